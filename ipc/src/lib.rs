@@ -1,0 +1,28 @@
+//! The meshd control protocol, defined once for the daemon and for meshctl.
+//!
+//! meshctl and meshd talk over a Unix stream socket, one JSON document per line
+//! in each direction (see `docs/control-protocol.md`). A client sends a
+//! [`RequestFrame`]; the daemon answers with one or more [`ReplyFrame`]s carrying
+//! the same request id, the last one with `more` unset, so follow-mode commands
+//! can stream. This crate holds only types and framing: it must never pull in an
+//! async runtime, because meshctl stays small and synchronous.
+
+mod frame;
+mod paths;
+mod reply;
+mod request;
+
+pub use frame::{FrameError, MAX_FRAME_BYTES, decode, encode, read_frame};
+pub use paths::default_socket_path;
+pub use reply::{
+    DeviceEntry, ErrorCode, ErrorReply, LinkState, ReloadReply, RemovedReply, Reply, ReplyFrame,
+    Response, RoleStatus, SignalingStatus, StatusReply,
+};
+pub use request::{Access, Request, RequestFrame, RequestHeader};
+
+/// The control protocol version spoken by this build.
+///
+/// The history of versions is kept in `docs/control-protocol.md`. Peers accept
+/// frames of other versions as long as they parse, and ignore unknown fields;
+/// meshctl warns once when the daemon speaks a different version.
+pub const PROTOCOL_VERSION: u32 = 1;

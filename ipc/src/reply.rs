@@ -1,0 +1,238 @@
+//! Replies from meshd to meshctl.
+//!
+//! These structs are also what `meshctl --json` prints, so their field names
+//! are part of the external contract (CONTRACT section 5): add fields freely,
+//! never rename or remove one.
+
+use serde::{Deserialize, Serialize};
+
+/// One reply frame: `{"v":1,"id":7,"ok":{...}}` or
+/// `{"v":1,"id":7,"error":{"code":"permission","message":"..."}}`.
+///
+/// A streaming reply sends frames with `"more":true` and ends with one without
+/// it; every other reply is a single frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyFrame {
+    /// Protocol version of the daemon.
+    pub v: u32,
+    /// The id of the request this answers.
+    pub id: u64,
+    /// More frames follow for the same request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+    /// The outcome.
+    #[serde(flatten)]
+    pub reply: Reply,
+}
+
+/// Success or failure of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// The request succeeded.
+    Ok(Response),
+    /// The request failed; nothing was changed unless the message says so.
+    Error(ErrorReply),
+}
+
+/// The payload of a successful reply, one variant per request kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to `status`.
+    Status(StatusReply),
+    /// Answer to `devices`, sorted by id.
+    Devices(Vec<DeviceEntry>),
+    /// Answer to `devices remove`.
+    Removed(RemovedReply),
+    /// Answer to `reload`.
+    Reloaded(ReloadReply),
+}
+
+/// Why a request failed, in a form scripts can match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The caller may not run this command.
+    Permission,
+    /// The request could not be parsed or has bad arguments.
+    BadRequest,
+    /// The request line exceeded the frame limit; the connection is closed.
+    TooLarge,
+    /// The named thing does not exist.
+    NotFound,
+    /// The role that would answer is not enabled on this node.
+    Unavailable,
+    /// A reload found the new configuration invalid; the old one stays.
+    InvalidConfig,
+    /// meshd failed internally; its log says more.
+    Internal,
+    /// A code from a newer daemon that this build does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// A failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Machine-readable category.
+    pub code: ErrorCode,
+    /// One line for a person: what failed and what to do about it.
+    pub message: String,
+}
+
+/// `meshctl status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// meshd's version.
+    pub version: String,
+    /// Control protocol version.
+    #[serde(default)]
+    pub protocol: u32,
+    /// This node's device id.
+    pub node_id: String,
+    /// Seconds since meshd started.
+    pub uptime_secs: u64,
+    /// meshd's process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// The configuration file in use, or null on the built-in defaults.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// The roles that are enabled; a disabled role is absent.
+    pub roles: RoleStatus,
+}
+
+/// The enabled roles and what each is doing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoleStatus {
+    /// The discovery server, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signaling: Option<SignalingStatus>,
+}
+
+/// The signaling role in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalingStatus {
+    /// The address actually bound (port 0 in the config is resolved here).
+    pub listen: String,
+    /// Devices currently registered and not expired.
+    #[serde(default)]
+    pub devices: usize,
+}
+
+/// How this node reaches a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// The device is this node.
+    #[serde(rename = "self")]
+    Local,
+    /// A link is being set up.
+    Connecting,
+    /// An encrypted link over a direct path.
+    Direct,
+    /// An encrypted link through the hub's relay.
+    Relayed,
+    /// No working link.
+    Down,
+}
+
+/// One device in `meshctl devices`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    /// Device id.
+    pub id: String,
+    /// The address the device registered.
+    pub addr: String,
+    /// The address the hub saw its registration come from.
+    pub observed: String,
+    /// Last registration or heartbeat, RFC 3339 in UTC.
+    pub last_seen: String,
+    /// Base64 X25519 public key, null if the device registered none.
+    pub pubkey: Option<String>,
+    /// Link state as seen from this node; null on a node that is only a hub.
+    pub link: Option<LinkState>,
+    /// The endpoint the link uses, when there is one.
+    pub endpoint: Option<String>,
+    /// Round-trip time of the link in milliseconds, when measured.
+    pub rtt_ms: Option<f64>,
+    /// Every endpoint the device advertised.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// `meshctl devices remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedReply {
+    /// The id that was forgotten.
+    pub device: String,
+    /// It was in the device list.
+    pub was_registered: bool,
+    /// A public key was bound to the id, and no longer is.
+    pub had_binding: bool,
+}
+
+/// `meshctl reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReply {
+    /// The file that was read, or null on built-in defaults.
+    pub config: Option<String>,
+    /// Keys whose new values are now in effect.
+    pub applied: Vec<String>,
+    /// Keys that changed but take effect only after a restart.
+    pub restart_required: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_and_error_frames_round_trip() {
+        let frame = ReplyFrame {
+            v: 1,
+            id: 3,
+            more: false,
+            reply: Reply::Ok(Response::Removed(RemovedReply {
+                device: "a".into(),
+                was_registered: true,
+                had_binding: false,
+            })),
+        };
+        let json = serde_json::to_string(&frame).unwrap();
+        assert!(json.starts_with(r#"{"v":1,"id":3,"ok":{"removed":"#), "{json}");
+        assert_eq!(serde_json::from_str::<ReplyFrame>(&json).unwrap(), frame);
+
+        let err = ReplyFrame {
+            v: 1,
+            id: 4,
+            more: true,
+            reply: Reply::Error(ErrorReply {
+                code: ErrorCode::Permission,
+                message: "no".into(),
+            }),
+        };
+        let json = serde_json::to_string(&err).unwrap();
+        assert_eq!(
+            json,
+            r#"{"v":1,"id":4,"more":true,"error":{"code":"permission","message":"no"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ReplyFrame>(&json).unwrap(), err);
+    }
+
+    #[test]
+    fn unknown_fields_and_codes_are_tolerated() {
+        let json = r#"{"v":2,"id":1,"new_field":true,"error":{"code":"brand_new","message":"m","hint":"h"}}"#;
+        let frame: ReplyFrame = serde_json::from_str(json).unwrap();
+        match frame.reply {
+            Reply::Error(e) => assert_eq!(e.code, ErrorCode::Unknown),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn link_state_self_is_spelled_self() {
+        assert_eq!(serde_json::to_string(&LinkState::Local).unwrap(), r#""self""#);
+    }
+}

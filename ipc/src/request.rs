@@ -1,0 +1,115 @@
+//! Requests from meshctl to meshd, and who may send each of them.
+
+use serde::{Deserialize, Serialize};
+
+/// One request as it travels on the socket: a version, an id the reply echoes,
+/// and the command itself flattened beside them:
+/// `{"v":1,"id":7,"cmd":"devices_remove","device":"laptop"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Protocol version of the sender.
+    pub v: u32,
+    /// Chosen by the client; echoed in every reply frame.
+    pub id: u64,
+    /// The command.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// The envelope fields alone, decoded first so that a request with an unknown
+/// command can still be answered under its own id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RequestHeader {
+    /// Protocol version of the sender.
+    pub v: u32,
+    /// The request id.
+    pub id: u64,
+}
+
+/// A command for the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// Version, node id, roles and counters.
+    Status,
+    /// Every device this node knows.
+    Devices,
+    /// Forget a device and its key binding (hub).
+    DevicesRemove {
+        /// The device id to forget.
+        device: String,
+    },
+    /// Re-read the configuration file, like SIGHUP, and answer once it is
+    /// applied or rejected.
+    Reload,
+}
+
+/// What a caller must be allowed to do for a request to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Reads state only: anyone who can open the socket (the socket file's mode
+    /// and group decide who can).
+    Read,
+    /// Changes state: root and the daemon's own user only.
+    Write,
+}
+
+impl Request {
+    /// The access level this request needs.
+    ///
+    /// One exhaustive match, so that a new command does not compile until
+    /// someone decides who may run it.
+    pub fn access(&self) -> Access {
+        match self {
+            Request::Status | Request::Devices => Access::Read,
+            Request::DevicesRemove { .. } | Request::Reload => Access::Write,
+        }
+    }
+
+    /// The command's name as meshctl users type it, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Devices => "devices",
+            Request::DevicesRemove { .. } => "devices remove",
+            Request::Reload => "reload",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_form_is_flat() {
+        let frame = RequestFrame {
+            v: 1,
+            id: 7,
+            request: Request::DevicesRemove {
+                device: "laptop".into(),
+            },
+        };
+        let json = serde_json::to_string(&frame).unwrap();
+        assert_eq!(json, r#"{"v":1,"id":7,"cmd":"devices_remove","device":"laptop"}"#);
+        let back: RequestFrame = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn unknown_command_still_yields_header() {
+        let line = r#"{"v":1,"id":9,"cmd":"launch_rockets"}"#;
+        assert!(serde_json::from_str::<RequestFrame>(line).is_err());
+        let header: RequestHeader = serde_json::from_str(line).unwrap();
+        assert_eq!(header.id, 9);
+    }
+
+    #[test]
+    fn mutating_commands_need_write_access() {
+        assert_eq!(Request::Status.access(), Access::Read);
+        assert_eq!(Request::Devices.access(), Access::Read);
+        assert_eq!(Request::Reload.access(), Access::Write);
+        let remove = Request::DevicesRemove { device: "x".into() };
+        assert_eq!(remove.access(), Access::Write);
+    }
+}
