@@ -1,1 +1,5 @@
+//! meshd: the daemon.
+mod config;
+mod device_id;
+mod paths;
 fn main() {}

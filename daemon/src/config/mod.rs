@@ -1,0 +1,189 @@
+//! meshd's configuration: the TOML file (CONTRACT section 2) parsed into typed,
+//! validated structs.
+//!
+//! Loading never half-succeeds: either every key is valid and a [`Config`] comes
+//! back, or a [`ConfigError`] lists every problem with file, line and key. A
+//! reload builds a whole new `Config` the same way and compares it with the
+//! running one (`diff.rs`), so an invalid file never touches a running daemon.
+
+mod diff;
+mod error;
+mod parse;
+mod raw;
+mod validate;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use diff::ReloadPlan;
+pub use error::{ConfigError, Problem};
+
+use crate::device_id::DeviceId;
+
+/// Where the configuration comes from: an explicit `--config PATH` must exist;
+/// the default path may be absent, and then the built-in defaults apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigLocation {
+    /// The file to read.
+    pub path: PathBuf,
+    /// Named on the command line, so a missing file is an error.
+    pub explicit: bool,
+}
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; `None` when running on built-in defaults.
+    pub file: Option<PathBuf>,
+    /// `[node]`
+    pub node: NodeConfig,
+    /// `[control]`
+    pub control: ControlConfig,
+    /// `[signaling]`
+    pub signaling: SignalingConfig,
+    /// `[chat]`
+    pub chat: ChatConfig,
+    /// `[mesh]`
+    pub mesh: MeshConfig,
+}
+
+/// `[node]`: who this node is and where it keeps state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// This device's id; defaults to the host name.
+    pub id: DeviceId,
+    /// Keys, users and other state live here.
+    pub state_dir: PathBuf,
+    /// The default log filter; `RUST_LOG` overrides it.
+    pub log_level: LogLevel,
+}
+
+/// `[control]`: the control socket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    /// The socket's path.
+    pub socket: PathBuf,
+    /// The group given the socket, when it exists; empty to keep the daemon's.
+    pub group: String,
+}
+
+/// `[signaling]`: the discovery server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalingConfig {
+    /// Role switch.
+    pub enabled: bool,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// A device not heard from for this long leaves the list.
+    pub device_ttl: Duration,
+    /// Non-empty: `POST /register` needs this bearer token.
+    pub join_token: String,
+    /// Time a client has to send a whole request, headers and body.
+    pub request_timeout: Duration,
+    /// Concurrent HTTP connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Device ids (and key bindings) the registry holds at most.
+    pub max_devices: usize,
+}
+
+/// `[chat]`: the broadcast TCP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatConfig {
+    /// Role switch.
+    pub enabled: bool,
+    /// TCP listen address.
+    pub listen: SocketAddr,
+    /// Logged-in clients at most.
+    pub max_clients: usize,
+    /// Longest line a client may send.
+    pub max_line_bytes: usize,
+}
+
+/// `[mesh]`: this node as a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshConfig {
+    /// Role switch.
+    pub enabled: bool,
+    /// Peer-to-peer listen address.
+    pub listen: SocketAddr,
+    /// Signaling servers, as `http://HOST:PORT`.
+    pub signaling: Vec<String>,
+    /// Bearer token sent when registering.
+    pub join_token: String,
+}
+
+/// `[node] log_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default: lifecycle events.
+    Info,
+    /// Per-request detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The spelling used in the config and in `RUST_LOG`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+impl Config {
+    /// The built-in defaults: every role on, on loopback.
+    pub fn builtin() -> Result<Config, ConfigError> {
+        Config::from_toml("", None)
+    }
+
+    /// Loads the configuration from `location` (see [`ConfigLocation`]).
+    pub fn load(location: &ConfigLocation) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(&location.path) {
+            Ok(text) => Config::from_toml(&text, Some(&location.path)),
+            Err(error) if error.kind() == ErrorKind::NotFound && !location.explicit => {
+                Config::builtin()
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: location.path.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses and validates TOML text read from `file`.
+    pub fn from_toml(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let (raw, lines) = parse::parse_document(text, &mut problems);
+        let config = validate::validate(raw, &lines, file, &mut problems);
+        problems.sort_by_key(|problem| problem.line);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                origin: file.map_or_else(
+                    || "<built-in defaults>".to_owned(),
+                    |path| path.display().to_string(),
+                ),
+                problems,
+            })
+        }
+    }
+
+    /// The effective configuration as TOML, every default filled in.
+    pub fn to_toml(&self) -> String {
+        let raw = validate::to_raw(self);
+        toml::to_string_pretty(&raw).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+}

@@ -1,0 +1,334 @@
+//! Raw values into typed config: defaults filled in, every value checked, every
+//! problem recorded with its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::error::Problem;
+use super::parse::KeyLines;
+use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling};
+use super::{
+    ChatConfig, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig,
+};
+use crate::device_id::DeviceId;
+use crate::paths;
+
+/// Longest Unix socket path the kernel accepts (`sun_path` less its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+struct Checker<'a> {
+    lines: &'a KeyLines,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: self.lines.of(key),
+            key: key.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn addr(&mut self, key: &str, value: Option<String>, default: &str) -> SocketAddr {
+        let fallback = default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let Some(text) = value else { return fallback };
+        match text.parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not an address: expected IP:PORT such as {default:?}"),
+                );
+                fallback
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        value: Option<String>,
+        default: Duration,
+        range: (Duration, Duration),
+    ) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(&text) {
+            Ok(d) if d >= range.0 && d <= range.1 => d,
+            Ok(_) => {
+                self.problem(
+                    key,
+                    format!(
+                        "{text:?} is out of range: must be between {} and {}",
+                        humantime::format_duration(range.0),
+                        humantime::format_duration(range.1)
+                    ),
+                );
+                default
+            }
+            Err(error) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration ({error}): write e.g. \"500ms\", \"30s\", \"5m\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, key: &str, value: Option<u64>, default: usize, range: (u64, u64)) -> usize {
+        let Some(n) = value else { return default };
+        if n < range.0 || n > range.1 {
+            self.problem(
+                key,
+                format!("{n} is out of range: must be between {} and {}", range.0, range.1),
+            );
+            return default;
+        }
+        usize::try_from(n).unwrap_or(default)
+    }
+
+    fn absolute_path(&mut self, key: &str, value: Option<String>, default: PathBuf) -> PathBuf {
+        let Some(text) = value else { return default };
+        let path = PathBuf::from(&text);
+        if !path.is_absolute() {
+            self.problem(key, format!("{text:?} must be an absolute path"));
+            return default;
+        }
+        path
+    }
+}
+
+pub fn validate(
+    raw: RawConfig,
+    lines: &KeyLines,
+    file: Option<&Path>,
+    problems: &mut Vec<Problem>,
+) -> Config {
+    let mut check = Checker { lines, problems };
+    Config {
+        file: file.map(Path::to_path_buf),
+        node: node(&mut check, raw.node.unwrap_or_default()),
+        control: control(&mut check, raw.control.unwrap_or_default()),
+        signaling: signaling(&mut check, raw.signaling.unwrap_or_default()),
+        chat: chat(&mut check, raw.chat.unwrap_or_default()),
+        mesh: mesh(&mut check, raw.mesh.unwrap_or_default()),
+    }
+}
+
+fn node(check: &mut Checker<'_>, raw: RawNode) -> NodeConfig {
+    let id = match raw.id {
+        Some(text) => DeviceId::parse(&text).unwrap_or_else(|message| {
+            check.problem("node.id", message);
+            DeviceId::from_hostname("")
+        }),
+        None => {
+            let host = nix::unistd::gethostname().unwrap_or_default();
+            DeviceId::from_hostname(&host.to_string_lossy())
+        }
+    };
+    let log_level = match raw.log_level.as_deref() {
+        None | Some("info") => LogLevel::Info,
+        Some("error") => LogLevel::Error,
+        Some("warn") => LogLevel::Warn,
+        Some("debug") => LogLevel::Debug,
+        Some("trace") => LogLevel::Trace,
+        Some(other) => {
+            check.problem(
+                "node.log_level",
+                format!("{other:?} is not a log level: use error, warn, info, debug or trace"),
+            );
+            LogLevel::Info
+        }
+    };
+    NodeConfig {
+        id,
+        state_dir: check.absolute_path("node.state_dir", raw.state_dir, paths::default_state_dir()),
+        log_level,
+    }
+}
+
+fn control(check: &mut Checker<'_>, raw: RawControl) -> ControlConfig {
+    let socket = check.absolute_path("control.socket", raw.socket, paths::default_socket_path());
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        check.problem(
+            "control.socket",
+            format!(
+                "path is {} bytes, longer than the {MAX_SOCKET_PATH} a Unix socket allows: choose a shorter path",
+                socket.as_os_str().len()
+            ),
+        );
+    }
+    ControlConfig {
+        socket,
+        group: raw.group.unwrap_or_else(|| "meshd".to_owned()),
+    }
+}
+
+fn signaling(check: &mut Checker<'_>, raw: RawSignaling) -> SignalingConfig {
+    SignalingConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        listen: check.addr("signaling.listen", raw.listen, "127.0.0.1:8080"),
+        device_ttl: check.duration(
+            "signaling.device_ttl",
+            raw.device_ttl,
+            Duration::from_secs(60),
+            (Duration::from_secs(1), Duration::from_secs(86_400)),
+        ),
+        join_token: raw.join_token.unwrap_or_default(),
+        request_timeout: check.duration(
+            "signaling.request_timeout",
+            raw.request_timeout,
+            Duration::from_secs(10),
+            (Duration::from_millis(100), Duration::from_secs(600)),
+        ),
+        max_connections: check.count(
+            "signaling.max_connections",
+            raw.max_connections,
+            1024,
+            (1, 1_000_000),
+        ),
+        max_devices: check.count("signaling.max_devices", raw.max_devices, 10_000, (1, 1_000_000)),
+    }
+}
+
+fn chat(check: &mut Checker<'_>, raw: RawChat) -> ChatConfig {
+    ChatConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        listen: check.addr("chat.listen", raw.listen, "127.0.0.1:8081"),
+        max_clients: check.count("chat.max_clients", raw.max_clients, 10_000, (1, 1_000_000)),
+        max_line_bytes: check.count(
+            "chat.max_line_bytes",
+            raw.max_line_bytes,
+            4096,
+            (64, 1 << 20),
+        ),
+    }
+}
+
+fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
+    let signaling = raw
+        .signaling
+        .unwrap_or_else(|| vec!["http://127.0.0.1:8080".to_owned()]);
+    for url in &signaling {
+        if let Err(message) = check_signaling_url(url) {
+            check.problem("mesh.signaling", message);
+        }
+    }
+    MeshConfig {
+        enabled: raw.enabled.unwrap_or(true),
+        listen: check.addr("mesh.listen", raw.listen, "0.0.0.0:8082"),
+        signaling,
+        join_token: raw.join_token.unwrap_or_default(),
+    }
+}
+
+/// A signaling server is `http://HOST:PORT` with an optional trailing `/`.
+fn check_signaling_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|error| format!("{url:?} is not a URL ({error}): write e.g. \"http://hub.example:8080\""))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url:?}: only http:// signaling servers are supported"));
+    }
+    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+        return Err(format!("{url:?} needs a host and a port, e.g. \"http://hub.example:8080\""));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("{url:?} must not have a path: write just http://HOST:PORT"));
+    }
+    Ok(())
+}
+
+/// The validated config back in raw form, every key present, for printing.
+pub fn to_raw(config: &Config) -> RawConfig {
+    let duration = |d: Duration| humantime::format_duration(d).to_string();
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    RawConfig {
+        node: Some(RawNode {
+            id: Some(config.node.id.to_string()),
+            state_dir: Some(config.node.state_dir.display().to_string()),
+            log_level: Some(config.node.log_level.as_str().to_owned()),
+        }),
+        control: Some(RawControl {
+            socket: Some(config.control.socket.display().to_string()),
+            group: Some(config.control.group.clone()),
+        }),
+        signaling: Some(RawSignaling {
+            enabled: Some(config.signaling.enabled),
+            listen: Some(config.signaling.listen.to_string()),
+            device_ttl: Some(duration(config.signaling.device_ttl)),
+            join_token: Some(config.signaling.join_token.clone()),
+            request_timeout: Some(duration(config.signaling.request_timeout)),
+            max_connections: Some(count(config.signaling.max_connections)),
+            max_devices: Some(count(config.signaling.max_devices)),
+        }),
+        chat: Some(RawChat {
+            enabled: Some(config.chat.enabled),
+            listen: Some(config.chat.listen.to_string()),
+            max_clients: Some(count(config.chat.max_clients)),
+            max_line_bytes: Some(count(config.chat.max_line_bytes)),
+        }),
+        mesh: Some(RawMesh {
+            enabled: Some(config.mesh.enabled),
+            listen: Some(config.mesh.listen.to_string()),
+            signaling: Some(config.mesh.signaling.clone()),
+            join_token: Some(config.mesh.join_token.clone()),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Config, ConfigError};
+    use std::path::Path;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml(text, Some(Path::new("/etc/meshd/meshd.toml"))) {
+            Ok(_) => Vec::new(),
+            Err(error @ ConfigError::Invalid { .. }) => error.lines(),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_on_loopback() {
+        let config = Config::builtin().unwrap();
+        assert!(config.signaling.enabled && config.chat.enabled && config.mesh.enabled);
+        assert_eq!(config.signaling.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.chat.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.mesh.listen.to_string(), "0.0.0.0:8082");
+        assert_eq!(config.signaling.device_ttl.as_secs(), 60);
+        assert_eq!(config.chat.max_clients, 10_000);
+        assert_eq!(config.chat.max_line_bytes, 4096);
+    }
+
+    #[test]
+    fn semantic_problems_name_file_line_and_key() {
+        let text = "[signaling]\nlisten = \"localhost\"\ndevice_ttl = \"soon\"\n[node]\nid = \"no spaces\"\nlog_level = \"loud\"\n[mesh]\nsignaling = [\"ftp://x:1\"]\n";
+        let lines = problems(text);
+        assert_eq!(lines.len(), 5, "{lines:#?}");
+        assert!(lines[0].starts_with("/etc/meshd/meshd.toml:2: "), "sorted by line: {lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:5: node.id: ")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:2: signaling.listen: \"localhost\" is not an address")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:3: signaling.device_ttl: ")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:6: node.log_level: ")), "{lines:#?}");
+        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:8: mesh.signaling: ")), "{lines:#?}");
+    }
+
+    #[test]
+    fn ranges_are_enforced() {
+        assert_eq!(problems("[chat]\nmax_line_bytes = 1\n").len(), 1);
+        assert_eq!(problems("[signaling]\ndevice_ttl = \"10ms\"\n").len(), 1);
+        assert_eq!(problems("[control]\nsocket = \"relative.sock\"\n").len(), 1);
+        assert!(problems("[mesh]\nsignaling = [\"http://10.0.0.1:8080\", \"http://hub:80/\"]\n").is_empty());
+    }
+
+    #[test]
+    fn effective_config_round_trips() {
+        let config = Config::from_toml("[node]\nid = \"x\"\n[chat]\nenabled = false\n", None).unwrap();
+        let again = Config::from_toml(&config.to_toml(), None).unwrap();
+        assert_eq!(config, again);
+    }
+}
