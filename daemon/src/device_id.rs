@@ -50,11 +50,6 @@ impl DeviceId {
             DeviceId(cleaned)
         }
     }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl fmt::Display for DeviceId {
@@ -83,8 +78,11 @@ mod tests {
 
     #[test]
     fn hostnames_become_valid_ids() {
-        assert_eq!(DeviceId::from_hostname("my host").as_str(), "my-host");
-        assert_eq!(DeviceId::from_hostname("").as_str(), "meshd");
-        assert_eq!(DeviceId::from_hostname(&"h".repeat(80)).as_str().len(), 64);
+        assert_eq!(DeviceId::from_hostname("my host").to_string(), "my-host");
+        assert_eq!(DeviceId::from_hostname("").to_string(), "meshd");
+        assert_eq!(
+            DeviceId::from_hostname(&"h".repeat(80)).to_string().len(),
+            64
+        );
     }
 }

@@ -1,5 +1,71 @@
-//! meshd: the daemon.
+//! meshd: one daemon whose TOML config switches on its roles: the signaling
+//! hub, the chat server and the mesh device. See docs/architecture.md.
+
+mod cli;
 mod config;
+mod control;
 mod device_id;
+mod logging;
 mod paths;
-fn main() {}
+mod public_key;
+mod signaling;
+mod signals;
+mod supervisor;
+mod systemd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+use crate::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let location = cli.config_location();
+    let config = match Config::load(&location) {
+        Ok(config) => config,
+        Err(error) => {
+            for line in error.lines() {
+                eprintln!("meshd: {line}");
+            }
+            eprintln!("meshd: not started; fix the config and check it with: meshd --check-config");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check_config {
+        let origin = config
+            .file
+            .as_ref()
+            .map_or("built-in defaults".to_owned(), |p| p.display().to_string());
+        println!(
+            "# meshd {}: effective configuration from {origin}",
+            env!("CARGO_PKG_VERSION")
+        );
+        print!("{}", config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+
+    let log = logging::init(config.node.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("meshd-worker")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("meshd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(supervisor::run(config, location, log));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "meshd failed to start");
+            eprintln!("meshd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -98,6 +98,9 @@ mod tests {
 
     #[test]
     fn encode_appends_newline() {
-        assert_eq!(encode(&serde_json::json!({"a": 1})).unwrap(), b"{\"a\":1}\n");
+        assert_eq!(
+            encode(&serde_json::json!({"a": 1})).unwrap(),
+            b"{\"a\":1}\n"
+        );
     }
 }

@@ -201,7 +201,10 @@ mod tests {
             })),
         };
         let json = serde_json::to_string(&frame).unwrap();
-        assert!(json.starts_with(r#"{"v":1,"id":3,"ok":{"removed":"#), "{json}");
+        assert!(
+            json.starts_with(r#"{"v":1,"id":3,"ok":{"removed":"#),
+            "{json}"
+        );
         assert_eq!(serde_json::from_str::<ReplyFrame>(&json).unwrap(), frame);
 
         let err = ReplyFrame {
@@ -233,6 +236,9 @@ mod tests {
 
     #[test]
     fn link_state_self_is_spelled_self() {
-        assert_eq!(serde_json::to_string(&LinkState::Local).unwrap(), r#""self""#);
+        assert_eq!(
+            serde_json::to_string(&LinkState::Local).unwrap(),
+            r#""self""#
+        );
     }
 }

@@ -91,7 +91,10 @@ mod tests {
             },
         };
         let json = serde_json::to_string(&frame).unwrap();
-        assert_eq!(json, r#"{"v":1,"id":7,"cmd":"devices_remove","device":"laptop"}"#);
+        assert_eq!(
+            json,
+            r#"{"v":1,"id":7,"cmd":"devices_remove","device":"laptop"}"#
+        );
         let back: RequestFrame = serde_json::from_str(&json).unwrap();
         assert_eq!(back, frame);
     }

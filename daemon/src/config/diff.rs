@@ -26,13 +26,22 @@ impl ReloadPlan {
             }
         };
         live("node.log_level", old.node.log_level != new.node.log_level);
-        live("signaling.device_ttl", old.signaling.device_ttl != new.signaling.device_ttl);
-        live("signaling.join_token", old.signaling.join_token != new.signaling.join_token);
+        live(
+            "signaling.device_ttl",
+            old.signaling.device_ttl != new.signaling.device_ttl,
+        );
+        live(
+            "signaling.join_token",
+            old.signaling.join_token != new.signaling.join_token,
+        );
         live(
             "signaling.request_timeout",
             old.signaling.request_timeout != new.signaling.request_timeout,
         );
-        live("signaling.max_devices", old.signaling.max_devices != new.signaling.max_devices);
+        live(
+            "signaling.max_devices",
+            old.signaling.max_devices != new.signaling.max_devices,
+        );
 
         let mut fixed = |key: &'static str, changed: bool| {
             if changed {
@@ -43,8 +52,14 @@ impl ReloadPlan {
         fixed("node.state_dir", old.node.state_dir != new.node.state_dir);
         fixed("control.socket", old.control.socket != new.control.socket);
         fixed("control.group", old.control.group != new.control.group);
-        fixed("signaling.enabled", old.signaling.enabled != new.signaling.enabled);
-        fixed("signaling.listen", old.signaling.listen != new.signaling.listen);
+        fixed(
+            "signaling.enabled",
+            old.signaling.enabled != new.signaling.enabled,
+        );
+        fixed(
+            "signaling.listen",
+            old.signaling.listen != new.signaling.listen,
+        );
         fixed(
             "signaling.max_connections",
             old.signaling.max_connections != new.signaling.max_connections,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use diff::ReloadPlan;
-pub use error::{ConfigError, Problem};
+pub use error::ConfigError;
 
 use crate::device_id::DeviceId;
 

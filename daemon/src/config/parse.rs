@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use serde::Deserialize;
-use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::Problem;
@@ -49,7 +48,9 @@ pub fn parse_document(text: &str, problems: &mut Vec<Problem>) -> (RawConfig, Ke
             Err(error) => error,
         };
         let span = error.span();
-        let key = span.clone().and_then(|span| remove_key_at(root.get_mut(), &span));
+        let key = span
+            .clone()
+            .and_then(|span| remove_key_at(root.get_mut(), &span));
         problems.push(Problem {
             line: span.map(|span| line_of(text, span.start)),
             key: key.clone().unwrap_or_default(),
@@ -64,7 +65,11 @@ pub fn parse_document(text: &str, problems: &mut Vec<Problem>) -> (RawConfig, Ke
 /// 1-based line number of byte `offset`.
 pub fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn index_lines(text: &str, root: &DeTable<'_>) -> KeyLines {
@@ -147,7 +152,8 @@ mod tests {
 
     #[test]
     fn collects_every_structural_problem() {
-        let text = "[node]\nid = \"a\"\nbogus = 1\n\n[chat]\nmax_clients = \"many\"\nenabled = false\n";
+        let text =
+            "[node]\nid = \"a\"\nbogus = 1\n\n[chat]\nmax_clients = \"many\"\nenabled = false\n";
         let (raw, problems) = parse(text);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert_eq!(problems[0].key, "node.bogus");

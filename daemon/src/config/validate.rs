@@ -8,9 +8,7 @@ use std::time::Duration;
 use super::error::Problem;
 use super::parse::KeyLines;
 use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling};
-use super::{
-    ChatConfig, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig,
-};
+use super::{ChatConfig, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig};
 use crate::device_id::DeviceId;
 use crate::paths;
 
@@ -32,7 +30,9 @@ impl Checker<'_> {
     }
 
     fn addr(&mut self, key: &str, value: Option<String>, default: &str) -> SocketAddr {
-        let fallback = default.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let fallback = default
+            .parse()
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         let Some(text) = value else { return fallback };
         match text.parse() {
             Ok(addr) => addr,
@@ -82,7 +82,10 @@ impl Checker<'_> {
         if n < range.0 || n > range.1 {
             self.problem(
                 key,
-                format!("{n} is out of range: must be between {} and {}", range.0, range.1),
+                format!(
+                    "{n} is out of range: must be between {} and {}",
+                    range.0, range.1
+                ),
             );
             return default;
         }
@@ -189,7 +192,12 @@ fn signaling(check: &mut Checker<'_>, raw: RawSignaling) -> SignalingConfig {
             1024,
             (1, 1_000_000),
         ),
-        max_devices: check.count("signaling.max_devices", raw.max_devices, 10_000, (1, 1_000_000)),
+        max_devices: check.count(
+            "signaling.max_devices",
+            raw.max_devices,
+            10_000,
+            (1, 1_000_000),
+        ),
     }
 }
 
@@ -226,17 +234,23 @@ fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
 
 /// A signaling server is `http://HOST:PORT` with an optional trailing `/`.
 fn check_signaling_url(url: &str) -> Result<(), String> {
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|error| format!("{url:?} is not a URL ({error}): write e.g. \"http://hub.example:8080\""))?;
+    let uri: hyper::Uri = url.parse().map_err(|error| {
+        format!("{url:?} is not a URL ({error}): write e.g. \"http://hub.example:8080\"")
+    })?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!("{url:?}: only http:// signaling servers are supported"));
+        return Err(format!(
+            "{url:?}: only http:// signaling servers are supported"
+        ));
     }
     if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
-        return Err(format!("{url:?} needs a host and a port, e.g. \"http://hub.example:8080\""));
+        return Err(format!(
+            "{url:?} needs a host and a port, e.g. \"http://hub.example:8080\""
+        ));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!("{url:?} must not have a path: write just http://HOST:PORT"));
+        return Err(format!(
+            "{url:?} must not have a path: write just http://HOST:PORT"
+        ));
     }
     Ok(())
 }
@@ -309,12 +323,40 @@ mod tests {
         let text = "[signaling]\nlisten = \"localhost\"\ndevice_ttl = \"soon\"\n[node]\nid = \"no spaces\"\nlog_level = \"loud\"\n[mesh]\nsignaling = [\"ftp://x:1\"]\n";
         let lines = problems(text);
         assert_eq!(lines.len(), 5, "{lines:#?}");
-        assert!(lines[0].starts_with("/etc/meshd/meshd.toml:2: "), "sorted by line: {lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:5: node.id: ")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:2: signaling.listen: \"localhost\" is not an address")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:3: signaling.device_ttl: ")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:6: node.log_level: ")), "{lines:#?}");
-        assert!(lines.iter().any(|l| l.starts_with("/etc/meshd/meshd.toml:8: mesh.signaling: ")), "{lines:#?}");
+        assert!(
+            lines[0].starts_with("/etc/meshd/meshd.toml:2: "),
+            "sorted by line: {lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("/etc/meshd/meshd.toml:5: node.id: ")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.starts_with(
+                "/etc/meshd/meshd.toml:2: signaling.listen: \"localhost\" is not an address"
+            )),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("/etc/meshd/meshd.toml:3: signaling.device_ttl: ")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("/etc/meshd/meshd.toml:6: node.log_level: ")),
+            "{lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("/etc/meshd/meshd.toml:8: mesh.signaling: ")),
+            "{lines:#?}"
+        );
     }
 
     #[test]
@@ -322,12 +364,16 @@ mod tests {
         assert_eq!(problems("[chat]\nmax_line_bytes = 1\n").len(), 1);
         assert_eq!(problems("[signaling]\ndevice_ttl = \"10ms\"\n").len(), 1);
         assert_eq!(problems("[control]\nsocket = \"relative.sock\"\n").len(), 1);
-        assert!(problems("[mesh]\nsignaling = [\"http://10.0.0.1:8080\", \"http://hub:80/\"]\n").is_empty());
+        assert!(
+            problems("[mesh]\nsignaling = [\"http://10.0.0.1:8080\", \"http://hub:80/\"]\n")
+                .is_empty()
+        );
     }
 
     #[test]
     fn effective_config_round_trips() {
-        let config = Config::from_toml("[node]\nid = \"x\"\n[chat]\nenabled = false\n", None).unwrap();
+        let config =
+            Config::from_toml("[node]\nid = \"x\"\n[chat]\nenabled = false\n", None).unwrap();
         let again = Config::from_toml(&config.to_toml(), None).unwrap();
         assert_eq!(config, again);
     }

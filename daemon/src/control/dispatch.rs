@@ -1,0 +1,123 @@
+//! The one place that maps each control request to the role that answers it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use meshd_ipc::{
+    ErrorCode, ErrorReply, PROTOCOL_VERSION, ReloadReply, Reply, Request, Response, RoleStatus,
+    StatusReply,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::device_id::DeviceId;
+use crate::signaling::SignalingHandle;
+
+/// Facts about this process that `status` reports.
+#[derive(Debug, Clone)]
+pub struct NodeFacts {
+    /// This node's device id.
+    pub id: DeviceId,
+    /// When meshd started.
+    pub started: Instant,
+    /// The config file in use, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// A reload asked for over the control socket; the supervisor runs it and
+/// answers on `reply`.
+pub struct ReloadRequest {
+    /// Where the outcome goes.
+    pub reply: oneshot::Sender<Result<ReloadReply, String>>,
+}
+
+/// Routes requests to roles.
+pub struct Dispatcher {
+    node: NodeFacts,
+    signaling: Option<SignalingHandle>,
+    reload: mpsc::Sender<ReloadRequest>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over the running roles.
+    pub fn new(
+        node: NodeFacts,
+        signaling: Option<SignalingHandle>,
+        reload: mpsc::Sender<ReloadRequest>,
+    ) -> Self {
+        Dispatcher {
+            node,
+            signaling,
+            reload,
+        }
+    }
+
+    /// Runs one request whose access was already checked.
+    pub async fn handle(&self, request: Request) -> Reply {
+        match request {
+            Request::Status => Reply::Ok(Response::Status(self.status())),
+            Request::Devices => match &self.signaling {
+                Some(signaling) => Reply::Ok(Response::Devices(signaling.devices())),
+                None => unavailable(
+                    "no device list here: this node runs no signaling role ([signaling] enabled = false)",
+                ),
+            },
+            Request::DevicesRemove { device } => self.remove(&device),
+            Request::Reload => self.reload().await,
+        }
+    }
+
+    fn status(&self) -> StatusReply {
+        StatusReply {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            protocol: PROTOCOL_VERSION,
+            node_id: self.node.id.to_string(),
+            uptime_secs: self.node.started.elapsed().as_secs(),
+            pid: std::process::id(),
+            config: self
+                .node
+                .config_file
+                .as_ref()
+                .map(|path| path.display().to_string()),
+            roles: RoleStatus {
+                signaling: self.signaling.as_ref().map(SignalingHandle::status),
+            },
+        }
+    }
+
+    fn remove(&self, device: &str) -> Reply {
+        let Some(signaling) = &self.signaling else {
+            return unavailable("devices remove works on a hub: this node runs no signaling role");
+        };
+        let id = match DeviceId::parse(device) {
+            Ok(id) => id,
+            Err(message) => return error(ErrorCode::BadRequest, message),
+        };
+        match signaling.remove(&id) {
+            Some(removed) => Reply::Ok(Response::Removed(removed)),
+            None => error(
+                ErrorCode::NotFound,
+                format!("no device or key binding for {id:?}; meshctl devices lists what is known"),
+            ),
+        }
+    }
+
+    async fn reload(&self) -> Reply {
+        let (reply, outcome) = oneshot::channel();
+        if self.reload.send(ReloadRequest { reply }).await.is_err() {
+            return error(ErrorCode::Unavailable, "meshd is shutting down".to_owned());
+        }
+        match outcome.await {
+            Ok(Ok(reloaded)) => Reply::Ok(Response::Reloaded(reloaded)),
+            Ok(Err(message)) => error(ErrorCode::InvalidConfig, message),
+            Err(_dropped) => error(ErrorCode::Unavailable, "meshd is shutting down".to_owned()),
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> Reply {
+    Reply::Error(ErrorReply { code, message })
+}
+
+fn unavailable(message: &str) -> Reply {
+    error(ErrorCode::Unavailable, message.to_owned())
+}

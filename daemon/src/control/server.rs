@@ -1,0 +1,197 @@
+//! Control connections: framing, limits and access checks around the
+//! dispatcher.
+//!
+//! Tasks: one accept loop, and one task per connection (at most
+//! [`MAX_CONNECTIONS`] at once; more wait in the backlog). A connection may
+//! send several requests, one line each. A line over [`MAX_FRAME_BYTES`] is
+//! answered with `too_large` and the connection closed; a malformed line gets
+//! a `bad_request` reply and the connection stays; a request not completed
+//! within [`REQUEST_TIMEOUT`] is cut off. None of this can reach other
+//! connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::os::unix::uds_local_socket::tokio::{Listener, Stream};
+use meshd_ipc::{
+    ErrorCode, ErrorReply, MAX_FRAME_BYTES, PROTOCOL_VERSION, Reply, ReplyFrame, RequestFrame,
+    RequestHeader,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::dispatch::Dispatcher;
+use super::peer::Caller;
+
+/// Concurrent control connections.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Time a client has to send a whole request line once it is connected or
+/// has had its previous answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn accept_loop(
+    listener: Listener,
+    dispatcher: Arc<Dispatcher>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            () = cancel.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let stream = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "control accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let dispatcher = dispatcher.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            serve(stream, &dispatcher, &cancel).await;
+            drop(permit);
+        });
+    }
+    // Dropping the listener removes the socket file.
+    drop(listener);
+    tracing::debug!("control socket closed");
+}
+
+async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationToken) {
+    let caller = match Caller::of(stream.inner()) {
+        Ok(caller) => caller,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read control peer credentials; closing");
+            return;
+        }
+    };
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = (MAX_FRAME_BYTES + 1) as u64;
+        let mut limited = (&mut reader).take(limit);
+        let read = tokio::select! {
+            () = cancel.cancelled() => return,
+            read = tokio::time::timeout(REQUEST_TIMEOUT, limited.read_until(b'\n', &mut line)) => read,
+        };
+        match read {
+            Err(_elapsed) => {
+                tracing::debug!(
+                    uid = caller.uid,
+                    "control request not completed in time; closing"
+                );
+                return;
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(uid = caller.uid, %error, "control read failed");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            if line.len() > MAX_FRAME_BYTES {
+                let error = ErrorReply {
+                    code: ErrorCode::TooLarge,
+                    message: format!("request exceeds {MAX_FRAME_BYTES} bytes; closing"),
+                };
+                tracing::warn!(
+                    uid = caller.uid,
+                    pid = caller.pid,
+                    "oversized control request"
+                );
+                let _ = send(&mut writer, 0, Reply::Error(error)).await;
+            }
+            // Otherwise the peer closed half-way through a line.
+            return;
+        }
+        let (id, reply) = answer(&line, caller, dispatcher).await;
+        if send(&mut writer, id, reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Decodes one request line, checks access and dispatches it.
+async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, Reply) {
+    let bad_request = |message: String| {
+        Reply::Error(ErrorReply {
+            code: ErrorCode::BadRequest,
+            message,
+        })
+    };
+    let header: RequestHeader = match meshd_ipc::decode(line) {
+        Ok(header) => header,
+        Err(error) => {
+            return (
+                0,
+                bad_request(format!("{error}; expected one JSON request per line")),
+            );
+        }
+    };
+    let frame: RequestFrame = match meshd_ipc::decode(line) {
+        Ok(frame) => frame,
+        Err(error) => {
+            return (
+                header.id,
+                bad_request(format!("unknown command or bad arguments: {error}")),
+            );
+        }
+    };
+    let request = frame.request;
+    let daemon_uid = nix::unistd::geteuid();
+    if !caller.may(request.access(), daemon_uid) {
+        tracing::info!(
+            uid = caller.uid,
+            pid = caller.pid,
+            command = request.name(),
+            "control request refused"
+        );
+        let message = format!(
+            "permission denied: `meshctl {}` changes meshd and needs root or the user meshd runs as (uid {daemon_uid}); you are uid {}",
+            request.name(),
+            caller.uid
+        );
+        return (
+            header.id,
+            Reply::Error(ErrorReply {
+                code: ErrorCode::Permission,
+                message,
+            }),
+        );
+    }
+    tracing::debug!(
+        uid = caller.uid,
+        command = request.name(),
+        "control request"
+    );
+    (header.id, dispatcher.handle(request).await)
+}
+
+async fn send(writer: &mut &Stream, id: u64, reply: Reply) -> std::io::Result<()> {
+    let frame = ReplyFrame {
+        v: PROTOCOL_VERSION,
+        id,
+        more: false,
+        reply,
+    };
+    let bytes = meshd_ipc::encode(&frame).map_err(std::io::Error::other)?;
+    writer.write_all(&bytes).await?;
+    writer.flush().await
+}

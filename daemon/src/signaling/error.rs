@@ -1,0 +1,88 @@
+//! Signaling errors, each mapped once to an HTTP status and a JSON body
+//! `{"error": "..."}` (CONTRACT section 3).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::{Response, StatusCode};
+
+/// Why a signaling request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    /// Malformed JSON or an invalid field.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A join token is configured and the request lacks it or has another.
+    #[error("missing or wrong bearer token: send \"Authorization: Bearer <signaling.join_token>\"")]
+    Unauthorized,
+    /// The id is bound to another key.
+    #[error(
+        "device id {0:?} is bound to another public key; an operator can release it on the hub with: meshctl devices remove {0}"
+    )]
+    KeyConflict(String),
+    /// The body exceeds the limit.
+    #[error("request body exceeds {} bytes", super::routes::MAX_BODY_BYTES)]
+    TooLarge,
+    /// The body did not arrive in time.
+    #[error("request body not received within the timeout")]
+    Timeout,
+    /// The path exists but not with this method.
+    #[error("method not allowed: use {0}")]
+    MethodNotAllowed(&'static str),
+    /// No such path.
+    #[error("no such path: the API has POST /register, GET /devices and GET /healthz")]
+    NotFound,
+    /// The registry is at `signaling.max_devices`.
+    #[error("{0}; try again later or raise signaling.max_devices")]
+    Full(String),
+}
+
+impl SignalingError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SignalingError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            SignalingError::Unauthorized => StatusCode::UNAUTHORIZED,
+            SignalingError::KeyConflict(_) => StatusCode::CONFLICT,
+            SignalingError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            SignalingError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            SignalingError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            SignalingError::NotFound => StatusCode::NOT_FOUND,
+            SignalingError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The full HTTP response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({ "error": self.to_string() });
+        let mut response = json_response(self.status(), &body);
+        let headers = response.headers_mut();
+        match self {
+            SignalingError::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            SignalingError::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            // The rest of the body may still be on the wire: do not try to
+            // read another request after it.
+            SignalingError::TooLarge | SignalingError::Timeout => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

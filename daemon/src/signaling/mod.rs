@@ -1,0 +1,180 @@
+//! The signaling role: the discovery server ("hub") where devices register and
+//! list each other (CONTRACT section 3).
+//!
+//! [`start`] binds the listener and spawns the accept loop and the expiry
+//! sweeper on the supervisor's tracker; the returned [`SignalingHandle`] is the
+//! role's whole public face: status, the device list, removal, and live
+//! settings on reload. The registry here is the one source of truth for
+//! `meshctl devices` on a hub.
+
+mod api;
+mod error;
+mod registry;
+mod routes;
+mod server;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use meshd_ipc::{DeviceEntry, RemovedReply, SignalingStatus};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::SignalingConfig;
+use crate::device_id::DeviceId;
+use registry::{Device, Registry};
+
+/// The settings a reload may change while connections are open.
+#[derive(Debug, Clone)]
+struct Settings {
+    device_ttl: Duration,
+    join_token: String,
+    request_timeout: Duration,
+}
+
+impl From<&SignalingConfig> for Settings {
+    fn from(config: &SignalingConfig) -> Self {
+        Settings {
+            device_ttl: config.device_ttl,
+            join_token: config.join_token.clone(),
+            request_timeout: config.request_timeout,
+        }
+    }
+}
+
+/// State shared by the HTTP tasks, the sweeper and the handle.
+pub struct SignalingState {
+    registry: Mutex<Registry>,
+    settings: RwLock<Settings>,
+}
+
+impl SignalingState {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // The registry's invariants hold between calls, so a panic elsewhere
+        // leaves it usable.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn live_devices(&self) -> Vec<Device> {
+        let ttl = self.settings().device_ttl;
+        self.registry().list(Instant::now(), ttl)
+    }
+}
+
+/// The signaling role as the rest of meshd sees it.
+#[derive(Clone)]
+pub struct SignalingHandle {
+    state: Arc<SignalingState>,
+    listen: SocketAddr,
+}
+
+/// Binds the listener; separate from [`start`] so every listener is bound
+/// before any task runs and READY=1 is sent.
+pub async fn bind(config: &SignalingConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(config.listen).await
+}
+
+/// Starts the role on an already bound listener.
+pub fn start(
+    config: &SignalingConfig,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<SignalingHandle> {
+    let listen = listener.local_addr()?;
+    let state = Arc::new(SignalingState {
+        registry: Mutex::new(Registry::new(config.max_devices)),
+        settings: RwLock::new(Settings::from(config)),
+    });
+    tracker.spawn(server::accept_loop(
+        listener,
+        state.clone(),
+        config.max_connections,
+        cancel.clone(),
+        tracker.clone(),
+    ));
+    tracker.spawn(sweep_expired(state.clone(), cancel));
+    tracing::info!(role = "signaling", %listen, "signaling server listening");
+    Ok(SignalingHandle { state, listen })
+}
+
+impl SignalingHandle {
+    /// For `meshctl status`.
+    pub fn status(&self) -> SignalingStatus {
+        let ttl = self.state.settings().device_ttl;
+        SignalingStatus {
+            listen: self.listen.to_string(),
+            devices: self.state.registry().live_count(Instant::now(), ttl),
+        }
+    }
+
+    /// For `meshctl devices`: every live device, sorted by id, no link data.
+    pub fn devices(&self) -> Vec<DeviceEntry> {
+        self.state
+            .live_devices()
+            .iter()
+            .map(|device| {
+                let view = api::DeviceView::from(device);
+                DeviceEntry {
+                    id: view.id,
+                    addr: view.addr,
+                    observed: view.observed,
+                    last_seen: view.last_seen,
+                    pubkey: view.pubkey,
+                    link: None,
+                    endpoint: None,
+                    rtt_ms: None,
+                    endpoints: view.endpoints,
+                }
+            })
+            .collect()
+    }
+
+    /// For `meshctl devices remove`; `None` when the id is not known at all.
+    pub fn remove(&self, id: &DeviceId) -> Option<RemovedReply> {
+        let removed = self.state.registry().remove(id);
+        if !removed.was_registered && !removed.had_binding {
+            return None;
+        }
+        tracing::info!(device_id = %id, "device removed by operator");
+        Some(RemovedReply {
+            device: id.to_string(),
+            was_registered: removed.was_registered,
+            had_binding: removed.had_binding,
+        })
+    }
+
+    /// Applies the live part of a reloaded config.
+    pub fn apply(&self, config: &SignalingConfig) {
+        *self
+            .state
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Settings::from(config);
+        self.state.registry().set_max_devices(config.max_devices);
+    }
+}
+
+/// Drops expired devices so the map does not keep what `GET /devices` hides.
+async fn sweep_expired(state: Arc<SignalingState>, cancel: CancellationToken) {
+    loop {
+        let ttl = state.settings().device_ttl;
+        let period = (ttl / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        for id in state.registry().sweep(Instant::now(), ttl) {
+            tracing::info!(device_id = %id, "device expired");
+        }
+    }
+}

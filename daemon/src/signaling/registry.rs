@@ -1,0 +1,295 @@
+//! The device registry: who is registered, where, and which key owns each id.
+//!
+//! Pure and synchronous: no I/O, no clock of its own (callers pass `now`), so
+//! the TTL and binding rules are unit-tested here. Both maps are bounded by
+//! `max_devices`. A key binding outlives its device's expiry, so an id cannot
+//! be taken over by another key by waiting for the owner to go quiet; only
+//! `meshctl devices remove` on the hub releases it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::device_id::DeviceId;
+use crate::public_key::PublicKey;
+
+/// A request to register (or refresh) a device, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// The device id.
+    pub id: DeviceId,
+    /// The address the device asks peers to use.
+    pub addr: SocketAddr,
+    /// Its identity key, if it has one.
+    pub pubkey: Option<PublicKey>,
+    /// Further addresses where it may be reached.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// A registered device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// What the device sent.
+    pub registration: Registration,
+    /// The source address of its last registration.
+    pub observed: SocketAddr,
+    /// Wall-clock time of the last registration, for display.
+    pub last_seen: SystemTime,
+    /// Monotonic time of the last registration, for expiry.
+    last_seen_at: Instant,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    /// The id is bound to a different key (or to a key, and none was sent).
+    #[error("device id {0:?} is bound to another public key")]
+    KeyConflict(DeviceId),
+    /// The registry holds `max_devices` ids already.
+    #[error("the registry is full ({0} devices)")]
+    Full(usize),
+}
+
+/// What `remove` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    /// The device was listed.
+    pub was_registered: bool,
+    /// A key was bound to the id.
+    pub had_binding: bool,
+}
+
+/// Devices and key bindings, both bounded.
+#[derive(Debug)]
+pub struct Registry {
+    devices: HashMap<DeviceId, Device>,
+    bindings: HashMap<DeviceId, PublicKey>,
+    max_devices: usize,
+}
+
+impl Registry {
+    /// An empty registry holding at most `max_devices` ids.
+    pub fn new(max_devices: usize) -> Self {
+        Registry {
+            devices: HashMap::new(),
+            bindings: HashMap::new(),
+            max_devices,
+        }
+    }
+
+    /// Changes the bound; existing entries stay even if over it.
+    pub fn set_max_devices(&mut self, max_devices: usize) {
+        self.max_devices = max_devices;
+    }
+
+    /// Registers or refreshes a device.
+    pub fn register(
+        &mut self,
+        registration: Registration,
+        observed: SocketAddr,
+        now: Instant,
+        wall: SystemTime,
+        ttl: Duration,
+    ) -> Result<&Device, RegisterError> {
+        let id = registration.id.clone();
+        match (self.bindings.get(&id), registration.pubkey) {
+            (Some(bound), Some(sent)) if *bound == sent => {}
+            (Some(_), _) => return Err(RegisterError::KeyConflict(id)),
+            (None, _) => {}
+        }
+        let is_new = !self.devices.contains_key(&id);
+        let binds = registration.pubkey.is_some() && !self.bindings.contains_key(&id);
+        if (is_new && self.devices.len() >= self.max_devices)
+            || (binds && self.bindings.len() >= self.max_devices)
+        {
+            self.sweep(now, ttl);
+        }
+        if (is_new && self.devices.len() >= self.max_devices)
+            || (binds && self.bindings.len() >= self.max_devices)
+        {
+            return Err(RegisterError::Full(self.max_devices));
+        }
+        if let Some(key) = registration.pubkey {
+            self.bindings.insert(id.clone(), key);
+        }
+        let device = Device {
+            registration,
+            observed,
+            last_seen: wall,
+            last_seen_at: now,
+        };
+        Ok(self.devices.entry(id).insert_entry(device).into_mut())
+    }
+
+    /// Every device heard from within `ttl`, sorted by id.
+    pub fn list(&self, now: Instant, ttl: Duration) -> Vec<Device> {
+        let mut live: Vec<Device> = self
+            .devices
+            .values()
+            .filter(|device| is_live(device, now, ttl))
+            .cloned()
+            .collect();
+        live.sort_by(|a, b| a.registration.id.cmp(&b.registration.id));
+        live
+    }
+
+    /// Whether `id` is registered and not expired.
+    pub fn is_live(&self, id: &DeviceId, now: Instant, ttl: Duration) -> bool {
+        self.devices
+            .get(id)
+            .is_some_and(|device| is_live(device, now, ttl))
+    }
+
+    /// How many devices are live.
+    pub fn live_count(&self, now: Instant, ttl: Duration) -> usize {
+        self.devices
+            .values()
+            .filter(|device| is_live(device, now, ttl))
+            .count()
+    }
+
+    /// Forgets a device and its key binding.
+    pub fn remove(&mut self, id: &DeviceId) -> Removed {
+        Removed {
+            was_registered: self.devices.remove(id).is_some(),
+            had_binding: self.bindings.remove(id).is_some(),
+        }
+    }
+
+    /// Drops expired devices (bindings stay) and returns their ids.
+    pub fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<DeviceId> {
+        let expired: Vec<DeviceId> = self
+            .devices
+            .values()
+            .filter(|device| !is_live(device, now, ttl))
+            .map(|device| device.registration.id.clone())
+            .collect();
+        for id in &expired {
+            self.devices.remove(id);
+        }
+        expired
+    }
+}
+
+fn is_live(device: &Device, now: Instant, ttl: Duration) -> bool {
+    now.saturating_duration_since(device.last_seen_at) < ttl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn reg(id: &str, key: Option<u8>) -> Registration {
+        Registration {
+            id: DeviceId::parse(id).unwrap(),
+            addr: "192.0.2.7:8082".parse().unwrap(),
+            pubkey: key.map(|k| PublicKey::from_base64(&base64_of(k)).unwrap()),
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn base64_of(byte: u8) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([byte; 32])
+    }
+
+    fn observed() -> SocketAddr {
+        "198.51.100.1:4000".parse().unwrap()
+    }
+
+    #[test]
+    fn registers_refreshes_and_expires() {
+        let mut registry = Registry::new(10);
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        registry
+            .register(reg("b", None), observed(), t0, wall, TTL)
+            .unwrap();
+        registry
+            .register(reg("a", None), observed(), t0, wall, TTL)
+            .unwrap();
+        let ids: Vec<String> = registry
+            .list(t0, TTL)
+            .iter()
+            .map(|d| d.registration.id.to_string())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+
+        // A heartbeat from "a" keeps it; "b" expires.
+        let later = t0 + Duration::from_secs(50);
+        registry
+            .register(reg("a", None), observed(), later, wall, TTL)
+            .unwrap();
+        let at_70 = t0 + Duration::from_secs(70);
+        assert_eq!(registry.live_count(at_70, TTL), 1);
+        let swept = registry.sweep(at_70, TTL);
+        assert_eq!(swept, vec![DeviceId::parse("b").unwrap()]);
+    }
+
+    #[test]
+    fn an_id_stays_bound_to_its_first_key() {
+        let mut registry = Registry::new(10);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        registry
+            .register(reg("a", Some(1)), observed(), now, wall, TTL)
+            .unwrap();
+        assert!(matches!(
+            registry.register(reg("a", Some(2)), observed(), now, wall, TTL),
+            Err(RegisterError::KeyConflict(_))
+        ));
+        assert!(matches!(
+            registry.register(reg("a", None), observed(), now, wall, TTL),
+            Err(RegisterError::KeyConflict(_))
+        ));
+        // Expiry does not release the binding.
+        let much_later = now + TTL * 10;
+        registry.sweep(much_later, TTL);
+        assert!(
+            registry
+                .register(reg("a", Some(2)), observed(), much_later, wall, TTL)
+                .is_err()
+        );
+        // Removal does.
+        let removed = registry.remove(&DeviceId::parse("a").unwrap());
+        assert!(removed.had_binding && !removed.was_registered);
+        assert!(
+            registry
+                .register(reg("a", Some(2)), observed(), much_later, wall, TTL)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn is_bounded_but_makes_room_from_expired_devices() {
+        let mut registry = Registry::new(2);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        registry
+            .register(reg("a", None), observed(), now, wall, TTL)
+            .unwrap();
+        registry
+            .register(reg("b", None), observed(), now, wall, TTL)
+            .unwrap();
+        assert_eq!(
+            registry
+                .register(reg("c", None), observed(), now, wall, TTL)
+                .unwrap_err(),
+            RegisterError::Full(2)
+        );
+        // Refreshing an existing id is always possible.
+        assert!(
+            registry
+                .register(reg("a", None), observed(), now, wall, TTL)
+                .is_ok()
+        );
+        let later = now + TTL * 2;
+        assert!(
+            registry
+                .register(reg("c", None), observed(), later, wall, TTL)
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! HTTP routes of the signaling server: one function per endpoint, all
+//! returning `Result<Response, SignalingError>`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
+use hyper::{Method, Request, Response, StatusCode};
+use subtle::ConstantTimeEq;
+
+use super::SignalingState;
+use super::api::{DeviceView, RegisterBody, RegisterReply};
+use super::error::{SignalingError, json_response};
+use super::registry::RegisterError;
+
+/// The largest request body accepted (CONTRACT section 3).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Dispatches one request. Never fails: every error becomes a JSON response.
+pub async fn route(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    state: Arc<SignalingState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let result = match (path.as_str(), &method) {
+        ("/register", &Method::POST) => register(request, peer, &state).await,
+        ("/register", _) => Err(SignalingError::MethodNotAllowed("POST")),
+        ("/devices", &Method::GET) => Ok(devices(&state)),
+        ("/devices", _) => Err(SignalingError::MethodNotAllowed("GET")),
+        ("/healthz", &Method::GET) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok" }),
+        )),
+        ("/healthz", _) => Err(SignalingError::MethodNotAllowed("GET")),
+        _ => Err(SignalingError::NotFound),
+    };
+    let response = result.unwrap_or_else(|error| {
+        tracing::debug!(peer_addr = %peer, %method, %path, %error, "signaling request refused");
+        error.into_response()
+    });
+    Ok(response)
+}
+
+async fn register(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    state: &SignalingState,
+) -> Result<Response<Full<Bytes>>, SignalingError> {
+    let settings = state.settings();
+    if !settings.join_token.is_empty() && !bearer_matches(&request, &settings.join_token) {
+        return Err(SignalingError::Unauthorized);
+    }
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(SignalingError::TooLarge);
+    }
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(settings.request_timeout, body.collect()).await {
+        Err(_elapsed) => return Err(SignalingError::Timeout),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(SignalingError::TooLarge);
+        }
+        Ok(Err(error)) => {
+            return Err(SignalingError::BadRequest(format!("reading body: {error}")));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let body: RegisterBody = serde_json::from_slice(&bytes)
+        .map_err(|error| SignalingError::BadRequest(format!("malformed JSON: {error}")))?;
+    let registration = body.validate().map_err(SignalingError::BadRequest)?;
+
+    let ttl = settings.device_ttl;
+    let now = Instant::now();
+    let mut registry = state.registry();
+    let is_new = !registry.is_live(&registration.id, now, ttl);
+    let device = registry
+        .register(registration, peer, now, SystemTime::now(), ttl)
+        .map_err(|error| match error {
+            RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
+            full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
+        })?;
+    let reply = RegisterReply {
+        id: device.registration.id.to_string(),
+        addr: device.registration.addr.to_string(),
+        observed: peer.to_string(),
+        ttl_secs: ttl.as_secs(),
+    };
+    drop(registry);
+    if is_new {
+        tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, "device registered");
+    } else {
+        tracing::debug!(device_id = %reply.id, peer_addr = %peer, "device refreshed");
+    }
+    Ok(json_response(StatusCode::OK, &reply))
+}
+
+fn devices(state: &SignalingState) -> Response<Full<Bytes>> {
+    let views: Vec<DeviceView> = state.live_devices().iter().map(DeviceView::from).collect();
+    json_response(StatusCode::OK, &views)
+}
+
+/// Compares the bearer token in constant time, so its bytes cannot be guessed
+/// one by one from response timing.
+fn bearer_matches(request: &Request<Incoming>, token: &str) -> bool {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|sent| bool::from(sent.trim().as_bytes().ct_eq(token.as_bytes())))
+}

@@ -1,0 +1,98 @@
+//! The signaling server's accept loop and per-connection HTTP/1.1 service.
+//!
+//! Tasks: one accept loop, and one task per connection, all on the
+//! supervisor's tracker. Connections are capped by a semaphore
+//! (`signaling.max_connections`): at the cap, the loop stops accepting and
+//! new clients wait in the kernel backlog. A client gets
+//! `signaling.request_timeout` to send each request's headers (hyper's header
+//! timer, which also runs while a kept-alive connection sits idle) and its body
+//! (see `routes.rs`), so a slow or silent client cannot hold a slot forever.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::SignalingState;
+use super::routes;
+
+/// How long open connections get to finish their request on shutdown.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Accepts connections until `cancel` fires.
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<SignalingState>,
+    max_connections: usize,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = cancel.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "signaling accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            serve_connection(stream, peer, state, cancel).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!("signaling listener closed");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<SignalingState>,
+    cancel: CancellationToken,
+) {
+    let timeout = state.settings().request_timeout;
+    let service = {
+        let state = state.clone();
+        service_fn(move |request| routes::route(request, peer, state.clone()))
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(64 * 1024);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(DRAIN_TIME, connection.as_mut()).await {
+                Ok(result) => result,
+                Err(_elapsed) => Ok(()),
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(peer_addr = %peer, %error, "signaling connection ended with an error");
+    }
+}

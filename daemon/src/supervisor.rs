@@ -1,0 +1,235 @@
+//! The supervisor owns every task: it binds all listeners, starts the roles,
+//! signals readiness, runs reloads, and shuts everything down in order.
+//!
+//! Tasks: the roles' accept loops and workers, the control server and the
+//! watchdog, all on one [`TaskTracker`] under one [`CancellationToken`]. The
+//! supervisor itself is the main task, waiting for signals and reload requests.
+//! It is, with the dispatcher, the only code that knows every role.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use meshd_ipc::ReloadReply;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigLocation, ReloadPlan};
+use crate::control::{self, ControlError, Dispatcher, NodeFacts, ReloadRequest};
+use crate::logging::LogControl;
+use crate::signaling::{self, SignalingHandle};
+use crate::signals::{Intent, Signals};
+use crate::systemd;
+
+/// How long tasks get to finish after SIGTERM; systemd's stop timeout and the
+/// contract's 5 s leave room for the rest of the exit.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// How often STATUS= is refreshed, so `systemctl status` shows current counts.
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Why meshd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A role's listener could not be bound.
+    #[error("binding {role} listener on {addr}: {source}{}", bind_hint(source))]
+    Bind {
+        /// The role.
+        role: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The control socket could not be set up.
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+fn bind_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process holds that port: stop it or choose another address in the config"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need CAP_NET_BIND_SERVICE: choose a higher port"
+        }
+        std::io::ErrorKind::AddrNotAvailable => "; that address is not on this host",
+        _ => "",
+    }
+}
+
+/// The running roles.
+struct Roles {
+    signaling: Option<SignalingHandle>,
+}
+
+/// Runs meshd until SIGTERM or SIGINT.
+pub async fn run(
+    config: Config,
+    location: ConfigLocation,
+    log: LogControl,
+) -> Result<(), StartError> {
+    let started = Instant::now();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut signals = Signals::install().map_err(StartError::Signals)?;
+
+    // Bind everything before starting anything, so a bad address fails the
+    // start cleanly and READY=1 means every listener is up.
+    let signaling_listener =
+        match config.signaling.enabled {
+            true => Some(signaling::bind(&config.signaling).await.map_err(|source| {
+                StartError::Bind {
+                    role: "signaling",
+                    addr: config.signaling.listen,
+                    source,
+                }
+            })?),
+            false => None,
+        };
+    let control_listener = control::bind(&config.control.socket, &config.control.group)?;
+
+    let signaling = match signaling_listener {
+        Some(listener) => Some(
+            signaling::start(&config.signaling, listener, cancel.child_token(), &tracker).map_err(
+                |source| StartError::Bind {
+                    role: "signaling",
+                    addr: config.signaling.listen,
+                    source,
+                },
+            )?,
+        ),
+        None => None,
+    };
+    for (role, enabled) in [("chat", config.chat.enabled), ("mesh", config.mesh.enabled)] {
+        if enabled {
+            tracing::info!(
+                role,
+                "role is configured but not part of this release yet; not started"
+            );
+        }
+    }
+    let roles = Roles { signaling };
+
+    let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let facts = NodeFacts {
+        id: config.node.id.clone(),
+        started,
+        config_file: config.file.clone(),
+    };
+    let dispatcher = Dispatcher::new(facts, roles.signaling.clone(), reload_tx);
+    control::start(control_listener, dispatcher, cancel.child_token(), &tracker);
+    systemd::spawn_watchdog(cancel.child_token(), &tracker);
+
+    tracing::info!(
+        node = %config.node.id,
+        socket = %config.control.socket.display(),
+        config = %config.file.as_ref().map_or("<built-in defaults>".into(), |p| p.display().to_string()),
+        "meshd ready"
+    );
+    systemd::ready(&status_line(&roles));
+
+    let mut running = config;
+    let mut status_refresh = tokio::time::interval(STATUS_REFRESH);
+    loop {
+        tokio::select! {
+            _ = status_refresh.tick() => systemd::status(&status_line(&roles)),
+            intent = signals.next() => match intent {
+                Intent::Reload => {
+                    let _ = reload(&mut running, &location, &roles, &log);
+                }
+                Intent::Stop(signal) => {
+                    tracing::info!(signal, "stopping");
+                    break;
+                }
+            },
+            Some(request) = reload_rx.recv() => {
+                let outcome = reload(&mut running, &location, &roles, &log);
+                let _ = request.reply.send(outcome);
+            }
+        }
+    }
+
+    systemd::stopping();
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = SHUTDOWN_GRACE.as_secs(),
+            "some connections did not finish in time; exiting anyway"
+        );
+    }
+    tracing::info!("meshd stopped");
+    Ok(())
+}
+
+/// Re-reads the config and applies what can change live. An invalid config
+/// leaves the running one untouched.
+fn reload(
+    running: &mut Config,
+    location: &ConfigLocation,
+    roles: &Roles,
+    log: &LogControl,
+) -> Result<ReloadReply, String> {
+    systemd::reloading();
+    let outcome = match Config::load(location) {
+        Ok(new) => {
+            let plan = ReloadPlan::between(running, &new);
+            log.set_level(new.node.log_level);
+            if let Some(signaling) = &roles.signaling {
+                signaling.apply(&new.signaling);
+            }
+            tracing::info!(
+                applied = ?plan.applied,
+                restart_required = ?plan.restart_required,
+                "configuration reloaded"
+            );
+            if !plan.restart_required.is_empty() {
+                tracing::warn!(keys = ?plan.restart_required, "some changed keys take effect only after a restart: systemctl restart meshd");
+            }
+            let reply = ReloadReply {
+                config: new.file.as_ref().map(|p| p.display().to_string()),
+                applied: plan.applied.iter().map(|k| (*k).to_owned()).collect(),
+                restart_required: plan
+                    .restart_required
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .collect(),
+            };
+            *running = new;
+            Ok(reply)
+        }
+        Err(error) => {
+            tracing::error!(%error, "reload failed; keeping the running configuration");
+            Err(format!(
+                "{error}; meshd keeps running on its previous configuration"
+            ))
+        }
+    };
+    systemd::ready(&status_line(roles));
+    outcome
+}
+
+/// The STATUS= line: what is listening where.
+fn status_line(roles: &Roles) -> String {
+    let mut parts = Vec::new();
+    if let Some(signaling) = &roles.signaling {
+        let status = signaling.status();
+        parts.push(format!(
+            "signaling on {} ({} devices)",
+            status.listen, status.devices
+        ));
+    }
+    if parts.is_empty() {
+        "running; no roles enabled".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
