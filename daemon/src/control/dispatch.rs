@@ -96,7 +96,9 @@ impl Dispatcher {
             Some(removed) => Reply::Ok(Response::Removed(removed)),
             None => error(
                 ErrorCode::NotFound,
-                format!("no device or key binding for {id:?}; meshctl devices lists what is known"),
+                format!(
+                    "no device or key binding for \"{id}\"; meshctl devices lists what is known"
+                ),
             ),
         }
     }

@@ -1,0 +1,43 @@
+//! `meshctl status`
+
+use meshd_ipc::{Request, Response};
+
+use crate::client::Client;
+use crate::error::CtlError;
+use crate::output::{print_json, short_duration};
+
+/// Prints version, node, roles and uptime.
+pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
+    let status = match client.call(Request::Status)? {
+        Response::Status(status) => status,
+        other => return Err(client.unexpected(&other)),
+    };
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    println!(
+        "meshd {} on node {} (pid {}, up {})",
+        status.version,
+        status.node_id,
+        status.pid,
+        short_duration(status.uptime_secs)
+    );
+    println!(
+        "config:    {}",
+        status.config.as_deref().unwrap_or("built-in defaults")
+    );
+    let roles = &status.roles;
+    if let Some(signaling) = &roles.signaling {
+        println!(
+            "signaling: listening on {}, {} device{}",
+            signaling.listen,
+            signaling.devices,
+            if signaling.devices == 1 { "" } else { "s" }
+        );
+    }
+    if roles.signaling.is_none() {
+        println!("roles:     none enabled");
+    }
+    Ok(())
+}
