@@ -23,7 +23,7 @@ impl PublicKey {
     }
 
     /// The base64 form.
-    pub fn to_base64(&self) -> String {
+    pub fn to_base64(self) -> String {
         STANDARD.encode(self.0)
     }
 }

@@ -1,1 +1,24 @@
-//! x
+//! Test harness for meshd's integration tests: real `meshd` and `meshctl`
+//! processes on real sockets.
+//!
+//! Every node gets its own temporary directory holding its config, state,
+//! control socket, log file and a NOTIFY_SOCKET owned by the harness, so the
+//! harness can wait for READY=1 like systemd would. Listeners use port 0 and
+//! the bound addresses are read back from `meshctl status --json`. A node still
+//! running when its handle drops is killed, and when a test fails the tail of
+//! every node's log is printed.
+
+// A test harness reports failure by panicking, with a message saying what
+// failed; that is what expect() is for here.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+pub mod binaries;
+pub mod http;
+pub mod node;
+pub mod notify;
+pub mod wait;
+
+pub use binaries::{meshctl_bin, meshd_bin};
+pub use node::{Node, NodeOptions};
+pub use notify::NotifySocket;
+pub use wait::wait_until;

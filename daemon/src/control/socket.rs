@@ -4,7 +4,7 @@
 //! listener is dropped.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
@@ -41,6 +41,11 @@ pub fn bind(path: &Path, group: &str) -> Result<Listener, ControlError> {
         .reclaim_name(true)
         .create_tokio_as()
         .map_err(|e| error(e.to_string()))?;
+    // bind() applies the umask on top of the mode interprocess set, so the
+    // file can start out stricter than SOCKET_MODE (never looser): widen it
+    // to exactly SOCKET_MODE now.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(|e| error(format!("cannot set mode {SOCKET_MODE:o}: {e}")))?;
     set_group(path, group)?;
     Ok(listener)
 }

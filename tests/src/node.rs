@@ -1,0 +1,310 @@
+//! One meshd process under test, with its own temporary directory.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::binaries::{meshctl_bin, meshd_bin};
+use crate::notify::NotifySocket;
+use crate::wait::wait_until;
+
+/// How a node is configured and started.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// `[node] id`.
+    pub id: String,
+    /// Extra TOML appended inside `[signaling]`.
+    pub signaling: String,
+    /// Run the signaling role.
+    pub signaling_enabled: bool,
+    /// Extra TOML appended at the end of the file (own sections).
+    pub extra: String,
+    /// Extra environment for meshd.
+    pub env: Vec<(String, String)>,
+    /// `[control] group`; empty keeps the daemon's group.
+    pub group: String,
+    /// `[control] socket`; defaults to `meshd.sock` in the node's directory.
+    pub socket: Option<PathBuf>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            id: "hub".to_owned(),
+            signaling: String::new(),
+            signaling_enabled: true,
+            extra: String::new(),
+            env: Vec::new(),
+            group: String::new(),
+            socket: None,
+        }
+    }
+}
+
+/// A running meshd.
+pub struct Node {
+    dir: TempDir,
+    child: Option<Child>,
+    notify: NotifySocket,
+    options: NodeOptions,
+}
+
+impl Node {
+    /// Starts a node with default options and waits for READY=1.
+    pub fn start_default() -> Node {
+        Node::start(NodeOptions::default())
+    }
+
+    /// Writes the config, starts meshd and waits for READY=1.
+    pub fn start(options: NodeOptions) -> Node {
+        let mut node = Node::spawn(options);
+        node.wait_ready();
+        node
+    }
+
+    /// Writes the config and starts meshd without waiting for anything.
+    pub fn spawn(options: NodeOptions) -> Node {
+        let mut node = Node::prepare(options);
+        node.launch();
+        node
+    }
+
+    /// Creates the node's directory and config without starting meshd.
+    pub fn prepare(options: NodeOptions) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("meshd-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        // Other users (the authorization tests run meshctl as nobody) must be
+        // able to reach the socket inside.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
+        let notify = NotifySocket::bind(&dir.path().join("notify.sock"));
+        let node = Node {
+            dir,
+            child: None,
+            notify,
+            options,
+        };
+        node.write_config(&node.config_text());
+        node
+    }
+
+    /// Starts (or starts again) the meshd process, without waiting.
+    pub fn launch(&mut self) {
+        assert!(
+            self.child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some()),
+            "meshd is already running"
+        );
+        self.notify.clear();
+        let log = fs::File::create(self.log_path()).expect("creating the log file");
+        let log_err = log.try_clone().expect("cloning the log file");
+        let mut command = Command::new(meshd_bin());
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .env("NOTIFY_SOCKET", self.notify.path())
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        for (key, value) in &self.options.env {
+            command.env(key, value);
+        }
+        self.child = Some(command.spawn().expect("spawning meshd"));
+    }
+
+    /// Starts meshd again after [`Node::stop`] and waits for READY=1.
+    pub fn restart(&mut self) {
+        self.launch();
+        self.wait_ready();
+    }
+
+    /// The config this node was started with.
+    pub fn config_text(&self) -> String {
+        let dir = self.dir.path().display();
+        format!(
+            "[node]\nid = \"{id}\"\nstate_dir = \"{dir}/state\"\nlog_level = \"debug\"\n\n\
+             [control]\nsocket = \"{socket}\"\ngroup = \"{group}\"\n\n\
+             [signaling]\nenabled = {sig}\nlisten = \"127.0.0.1:0\"\n{signaling}\n\n\
+             [chat]\nenabled = false\n\n[mesh]\nenabled = false\n\n{extra}\n",
+            id = self.options.id,
+            socket = self.socket().display(),
+            group = self.options.group,
+            sig = self.options.signaling_enabled,
+            signaling = self.options.signaling,
+            extra = self.options.extra,
+        )
+    }
+
+    /// Replaces the config file (for reload tests).
+    pub fn write_config(&self, text: &str) {
+        fs::write(self.config_path(), text).expect("writing the config");
+    }
+
+    /// Waits for READY=1, failing early if meshd exits.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.notify.count("READY=1") == 0 {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "meshd exited with {status} before READY=1; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshd sent no READY=1 within 15s; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The node's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("meshd.toml")
+    }
+
+    /// The control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.options
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("meshd.sock"))
+    }
+
+    /// The file meshd's stdout and stderr go to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("meshd.log")
+    }
+
+    /// Everything meshd logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// What meshd told the harness's NOTIFY_SOCKET.
+    pub fn notify(&self) -> &NotifySocket {
+        &self.notify
+    }
+
+    /// meshd's pid.
+    pub fn pid(&self) -> Pid {
+        let child = self.child.as_ref().expect("meshd was started");
+        Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"))
+    }
+
+    /// Sends a signal to meshd.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signalling meshd");
+    }
+
+    /// Exit status, if meshd has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().expect("polling meshd"))
+    }
+
+    /// Runs meshctl against this node.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(meshctl_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running meshctl")
+    }
+
+    /// Runs meshctl and returns its stdout, asserting exit 0.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let output = self.ctl(args);
+        assert!(
+            output.status.success(),
+            "meshctl {args:?} failed with {}: {}\nmeshd log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8(output.stdout).expect("meshctl prints UTF-8")
+    }
+
+    /// `meshctl --json ARGS` parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ctl_ok(&all);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("meshctl printed no JSON ({e}): {text}"))
+    }
+
+    /// The signaling server's bound address, from `meshctl status --json`.
+    pub fn signaling_addr(&self) -> SocketAddr {
+        let status = self.ctl_json(&["status"]);
+        status["roles"]["signaling"]["listen"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no signaling listen address in {status}"))
+            .parse()
+            .expect("listen address parses")
+    }
+
+    /// Sends SIGTERM and requires a clean exit 0 within 5 s; returns how long
+    /// it took.
+    pub fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        self.signal(Signal::SIGTERM);
+        let status = wait_until(
+            "meshd to exit after SIGTERM",
+            Duration::from_secs(5),
+            || self.try_wait(),
+        );
+        assert!(
+            status.success(),
+            "meshd exited with {status} after SIGTERM; log:\n{}",
+            self.log()
+        );
+        started.elapsed()
+    }
+
+    /// Waits for meshd to exit on its own and returns the status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_until("meshd to exit", timeout, || self.try_wait())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- meshd log tail ({}) ----", self.options.id);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! meshd's integration tests: one binary, one module per area. Each test
+//! starts real meshd processes (see the meshd-tests harness) and drives them
+//! with the real meshctl and raw sockets.
+
+// Tests and their helpers fail by panicking with a message.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod config;
+mod control;
+mod lifecycle;
+mod signaling;

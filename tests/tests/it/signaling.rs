@@ -1,0 +1,412 @@
+//! The signaling HTTP API (CONTRACT section 3): registration, listing,
+//! refresh, expiry, the join token, every row of the error table, and
+//! protection against slow clients.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use meshd_tests::http::{self, HttpResponse};
+use meshd_tests::{Node, NodeOptions, wait_until};
+use serde_json::json;
+
+const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const KEY_B: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+fn hub_with(signaling: &str) -> (Node, SocketAddr) {
+    let node = Node::start(NodeOptions {
+        signaling: signaling.to_owned(),
+        ..NodeOptions::default()
+    });
+    let addr = node.signaling_addr();
+    (node, addr)
+}
+
+fn register(addr: SocketAddr, body: serde_json::Value) -> HttpResponse {
+    http::post_json(addr, "/register", &body)
+}
+
+#[test]
+fn devices_register_list_and_refresh() {
+    let (node, addr) = hub_with("");
+    let reply = register(addr, json!({"id": "devB", "addr": "192.0.2.8:8082"}));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let body = reply.json();
+    assert_eq!(body["id"], "devB");
+    assert_eq!(body["addr"], "192.0.2.8:8082");
+    assert_eq!(body["ttl_secs"], 60);
+    let observed: SocketAddr = body["observed"].as_str().unwrap().parse().unwrap();
+    assert_eq!(observed.ip().to_string(), "127.0.0.1");
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+
+    let reply = register(
+        addr,
+        json!({"id": "devA", "addr": "192.0.2.7:8082", "pubkey": KEY_A, "endpoints": ["10.0.0.7:8082"]}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+
+    let list = http::get(addr, "/devices");
+    assert_eq!(list.status, 200);
+    let devices = list.json();
+    let devices = devices.as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(devices[0]["id"], "devA", "sorted by id");
+    assert_eq!(devices[0]["pubkey"], KEY_A);
+    assert_eq!(devices[1]["id"], "devB");
+    assert_eq!(devices[1]["pubkey"], serde_json::Value::Null);
+    let last_seen = devices[0]["last_seen"].as_str().unwrap();
+    assert!(
+        last_seen.len() == 20 && last_seen.ends_with('Z') && last_seen.as_bytes()[10] == b'T',
+        "RFC 3339 UTC: {last_seen}"
+    );
+    assert!(
+        devices[0]["observed"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+
+    // A heartbeat may change the address.
+    let reply = register(addr, json!({"id": "devB", "addr": "192.0.2.9:9000"}));
+    assert_eq!(reply.status, 200);
+    let devices = http::get(addr, "/devices").json();
+    assert_eq!(devices[1]["addr"], "192.0.2.9:9000");
+
+    // meshctl shows the hub's registry, the one source of truth.
+    let listed = node.ctl_json(&["devices"]);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["devA", "devB"]);
+    for field in [
+        "id",
+        "addr",
+        "observed",
+        "last_seen",
+        "pubkey",
+        "link",
+        "endpoint",
+        "rtt_ms",
+    ] {
+        assert!(
+            listed[0].get(field).is_some(),
+            "meshctl devices --json has {field}"
+        );
+    }
+    assert_eq!(listed[0]["endpoints"], json!(["10.0.0.7:8082"]));
+    let text = node.ctl_ok(&["devices"]);
+    assert!(text.starts_with("ID"), "{text}");
+    assert!(
+        text.contains("devA") && text.contains("192.0.2.9:9000"),
+        "{text}"
+    );
+    assert_eq!(
+        node.ctl_json(&["status"])["roles"]["signaling"]["devices"],
+        2
+    );
+
+    assert_eq!(http::get(addr, "/healthz").status, 200);
+}
+
+#[test]
+fn every_error_of_the_table_has_its_status_and_a_json_body() {
+    let (_node, addr) = hub_with("");
+    let cases: Vec<(&str, HttpResponse, u16)> = vec![
+        (
+            "malformed JSON",
+            http::request(addr, "POST", "/register", &[], b"{not json"),
+            400,
+        ),
+        ("missing field", register(addr, json!({"id": "a"})), 400),
+        (
+            "wrong type",
+            register(addr, json!({"id": 5, "addr": "192.0.2.1:1"})),
+            400,
+        ),
+        (
+            "invalid id",
+            register(addr, json!({"id": "a b", "addr": "192.0.2.1:1"})),
+            400,
+        ),
+        (
+            "long id",
+            register(addr, json!({"id": "x".repeat(65), "addr": "192.0.2.1:1"})),
+            400,
+        ),
+        (
+            "addr not ip:port",
+            register(addr, json!({"id": "a", "addr": "hub.example:80"})),
+            400,
+        ),
+        (
+            "bad pubkey",
+            register(
+                addr,
+                json!({"id": "a", "addr": "192.0.2.1:1", "pubkey": "AAAA"}),
+            ),
+            400,
+        ),
+        (
+            "bad endpoint",
+            register(
+                addr,
+                json!({"id": "a", "addr": "192.0.2.1:1", "endpoints": ["x"]}),
+            ),
+            400,
+        ),
+        ("GET /register", http::get(addr, "/register"), 405),
+        (
+            "POST /devices",
+            http::request(addr, "POST", "/devices", &[], b"{}"),
+            405,
+        ),
+        (
+            "DELETE /healthz",
+            http::request(addr, "DELETE", "/healthz", &[], b""),
+            405,
+        ),
+        ("unknown path", http::get(addr, "/nope"), 404),
+        (
+            "body over 64 KiB",
+            http::request(addr, "POST", "/register", &[], &vec![b' '; 64 * 1024 + 1]),
+            413,
+        ),
+    ];
+    for (what, response, status) in cases {
+        assert_eq!(response.status, status, "{what}: {response:?}");
+        assert!(!response.error().is_empty(), "{what}: error text");
+    }
+    let wrong_method = http::get(addr, "/register");
+    assert_eq!(wrong_method.header("allow"), Some("POST"));
+    let invalid = register(addr, json!({"id": "a b", "addr": "192.0.2.1:1"}));
+    assert!(invalid.error().starts_with("id:"), "{}", invalid.error());
+
+    // A chunked body over the limit (no Content-Length to check up front).
+    let mut chunked =
+        b"POST /register HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..70 {
+        chunked.extend_from_slice(b"400\r\n");
+        chunked.extend_from_slice(&[b' '; 1024]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(http::raw(addr, &chunked).status, 413);
+
+    // 409: the id is bound to the first key it registered with.
+    assert_eq!(
+        register(
+            addr,
+            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_A})
+        )
+        .status,
+        200
+    );
+    let conflict = register(
+        addr,
+        json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_B}),
+    );
+    assert_eq!(conflict.status, 409);
+    assert!(
+        conflict.error().contains("meshctl devices remove k"),
+        "{}",
+        conflict.error()
+    );
+    let keyless = register(addr, json!({"id": "k", "addr": "192.0.2.1:1"}));
+    assert_eq!(
+        keyless.status, 409,
+        "a bound id cannot be refreshed without its key"
+    );
+}
+
+#[test]
+fn removing_a_device_on_the_hub_releases_its_key() {
+    let (node, addr) = hub_with("");
+    assert_eq!(
+        register(
+            addr,
+            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_A})
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        register(
+            addr,
+            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_B})
+        )
+        .status,
+        409
+    );
+
+    let removed = node.ctl_json(&["devices", "remove", "k"]);
+    assert_eq!(removed["device"], "k");
+    assert_eq!(removed["had_binding"], true);
+    assert_eq!(http::get(addr, "/devices").json(), json!([]));
+
+    assert_eq!(
+        register(
+            addr,
+            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_B})
+        )
+        .status,
+        200
+    );
+    let unknown = node.ctl(&["devices", "remove", "never-seen"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no device or key binding"));
+}
+
+#[test]
+fn a_join_token_guards_registration() {
+    let (_node, addr) = hub_with("join_token = \"s3cret\"\n");
+    let body = serde_json::to_vec(&json!({"id": "a", "addr": "192.0.2.1:1"})).unwrap();
+    let missing = http::request(addr, "POST", "/register", &[], &body);
+    assert_eq!(missing.status, 401);
+    assert_eq!(missing.header("www-authenticate"), Some("Bearer"));
+    assert!(missing.error().contains("Authorization: Bearer"));
+    let wrong = http::request(
+        addr,
+        "POST",
+        "/register",
+        &[("Authorization", "Bearer guess")],
+        &body,
+    );
+    assert_eq!(wrong.status, 401);
+    let right = http::request(
+        addr,
+        "POST",
+        "/register",
+        &[("Authorization", "Bearer s3cret")],
+        &body,
+    );
+    assert_eq!(right.status, 200, "{right:?}");
+}
+
+#[test]
+fn devices_expire_after_device_ttl() {
+    let (node, addr) = hub_with("device_ttl = \"1s\"\n");
+    let reply = register(addr, json!({"id": "brief", "addr": "192.0.2.1:1"}));
+    assert_eq!(reply.json()["ttl_secs"], 1);
+    assert_eq!(
+        http::get(addr, "/devices").json().as_array().unwrap().len(),
+        1
+    );
+    let started = Instant::now();
+    wait_until("the device to expire", Duration::from_secs(5), || {
+        http::get(addr, "/devices")
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    wait_until(
+        "the sweeper to log the expiry",
+        Duration::from_secs(5),
+        || node.log().contains("device expired").then_some(()),
+    );
+}
+
+/// Reads until the server closes the connection; returns how long it took.
+fn time_until_closed(mut stream: TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut sink = Vec::new();
+    let result = stream.read_to_end(&mut sink);
+    assert!(
+        result.is_ok(),
+        "server did not close a stalled connection within {limit:?}: {result:?}"
+    );
+    started.elapsed()
+}
+
+#[test]
+fn stalled_clients_are_cut_off_and_do_not_block_others() {
+    let (_node, addr) = hub_with("request_timeout = \"1s\"\n");
+    let silent = TcpStream::connect(addr).unwrap();
+    let mut half_headers = TcpStream::connect(addr).unwrap();
+    half_headers
+        .write_all(b"POST /register HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut half_body = TcpStream::connect(addr).unwrap();
+    half_body
+        .write_all(b"POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"id\":")
+        .unwrap();
+
+    // Others are served at once meanwhile.
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert_eq!(http::get(addr, "/healthz").status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_millis(900));
+
+    for (what, stream) in [("silent", silent), ("half headers", half_headers)] {
+        let waited = time_until_closed(stream, Duration::from_secs(10));
+        assert!(
+            waited < Duration::from_secs(5),
+            "{what} cut off after {waited:?}"
+        );
+    }
+    // The stalled body gets a 408 before the close.
+    half_body
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = half_body.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_too() {
+    let (_node, addr) = hub_with("request_timeout = \"1s\"\n");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let waited = time_until_closed(stream, Duration::from_secs(10));
+    assert!(
+        waited < Duration::from_secs(5),
+        "idle connection closed after {waited:?}"
+    );
+}
+
+#[test]
+fn concurrent_connections_are_bounded() {
+    let (_node, addr) = hub_with("request_timeout = \"2s\"\nmax_connections = 3\n");
+    let _held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The fourth waits in the backlog until a slot frees (the held ones are
+    // cut off after the request timeout), then is served.
+    let started = Instant::now();
+    let response = http::get(addr, "/healthz");
+    assert_eq!(response.status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "the fourth connection was served after {waited:?}, before a slot was free"
+    );
+}
+
+#[test]
+fn devices_on_a_node_without_signaling_is_a_clear_error() {
+    let node = Node::start(NodeOptions {
+        signaling_enabled: false,
+        ..NodeOptions::default()
+    });
+    let output = node.ctl(&["devices"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("no signaling role"), "{stderr}");
+    assert!(
+        node.ctl_json(&["status"])["roles"]
+            .get("signaling")
+            .is_none()
+    );
+}
