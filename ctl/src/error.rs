@@ -20,7 +20,7 @@ pub enum CtlError {
     },
     /// The socket exists but this user may not open it.
     #[error(
-        "permission denied opening {}: read-only commands need membership in the socket's group (usually meshd: sudo usermod -aG meshd $USER, then log in again); changes need root",
+        "permission denied opening {}: read-only commands need membership in the socket's group (usually meshd: sudo usermod -aG meshd $USER, then log in again); changes need root or the user meshd runs as",
         path.display()
     )]
     PermissionDenied {

@@ -7,6 +7,7 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
+use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -20,6 +21,11 @@ pub struct LogControl {
 }
 
 impl LogControl {
+    /// RUST_LOG was set at start, so `[node] log_level` has no effect.
+    pub fn fixed_by_env(&self) -> bool {
+        self.from_env
+    }
+
     /// Applies `[node] log_level` from a reloaded config.
     pub fn set_level(&self, level: LogLevel) {
         if self.from_env {
@@ -50,6 +56,7 @@ pub fn init(level: LogLevel) -> LogControl {
                     layer
                         .with_field_prefix(None)
                         .with_syslog_identifier("meshd".to_owned())
+                        .with_priority_mappings(priorities())
                 })
                 .ok()
         })
@@ -68,6 +75,18 @@ pub fn init(level: LogLevel) -> LogControl {
     LogControl {
         filter: handle,
         from_env,
+    }
+}
+
+/// tracing's levels on syslog priorities as admins expect them, so that
+/// `journalctl -p info` shows info and above (tracing-journald's default maps
+/// info to notice and debug to info).
+fn priorities() -> PriorityMappings {
+    PriorityMappings {
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+        ..PriorityMappings::new()
     }
 }
 

@@ -29,7 +29,11 @@ fn main() -> ExitCode {
             for line in error.lines() {
                 eprintln!("meshd: {line}");
             }
-            eprintln!("meshd: not started; fix the config and check it with: meshd --check-config");
+            if !cli.check_config {
+                eprintln!(
+                    "meshd: not started; fix the config and check it with: meshd --check-config"
+                );
+            }
             return ExitCode::FAILURE;
         }
     };

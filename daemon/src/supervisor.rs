@@ -181,7 +181,11 @@ fn reload(
     systemd::reloading();
     let outcome = match Config::load(location) {
         Ok(new) => {
-            let plan = ReloadPlan::between(running, &new);
+            let mut plan = ReloadPlan::between(running, &new);
+            if log.fixed_by_env() {
+                // RUST_LOG wins over the config, so the level did not change.
+                plan.applied.retain(|key| *key != "node.log_level");
+            }
             log.set_level(new.node.log_level);
             if let Some(signaling) = &roles.signaling {
                 signaling.apply(&new.signaling);

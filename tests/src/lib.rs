@@ -19,6 +19,6 @@ pub mod notify;
 pub mod wait;
 
 pub use binaries::{meshctl_bin, meshd_bin};
-pub use node::{Node, NodeOptions};
+pub use node::{Node, NodeOptions, copy_executable};
 pub use notify::NotifySocket;
 pub use wait::wait_until;

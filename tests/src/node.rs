@@ -32,6 +32,9 @@ pub struct NodeOptions {
     pub group: String,
     /// `[control] socket`; defaults to `meshd.sock` in the node's directory.
     pub socket: Option<PathBuf>,
+    /// Run meshd as this `user:group` (through setpriv) instead of as the
+    /// test's own user; the node's directory is given to that user.
+    pub run_as: Option<(String, String)>,
 }
 
 impl Default for NodeOptions {
@@ -44,6 +47,7 @@ impl Default for NodeOptions {
             env: Vec::new(),
             group: String::new(),
             socket: None,
+            run_as: None,
         }
     }
 }
@@ -86,6 +90,17 @@ impl Node {
         // able to reach the socket inside.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod temp dir");
         let notify = NotifySocket::bind(&dir.path().join("notify.sock"));
+        if let Some((user, group)) = &options.run_as {
+            let uid = nix::unistd::User::from_name(user)
+                .expect("user lookup")
+                .expect("the run_as user exists")
+                .uid;
+            let gid = nix::unistd::Group::from_name(group)
+                .expect("group lookup")
+                .expect("the run_as group exists")
+                .gid;
+            nix::unistd::chown(dir.path(), Some(uid), Some(gid)).expect("chown the node dir");
+        }
         let node = Node {
             dir,
             child: None,
@@ -94,6 +109,11 @@ impl Node {
         };
         node.write_config(&node.config_text());
         node
+    }
+
+    /// Sets an environment variable for the next launch.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.options.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Starts (or starts again) the meshd process, without waiting.
@@ -105,9 +125,28 @@ impl Node {
             "meshd is already running"
         );
         self.notify.clear();
-        let log = fs::File::create(self.log_path()).expect("creating the log file");
+        // Truncate rather than replace, so the file keeps its inode (tests
+        // pass it to meshd as JOURNAL_STREAM).
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(self.log_path())
+            .expect("creating the log file");
         let log_err = log.try_clone().expect("cloning the log file");
-        let mut command = Command::new(meshd_bin());
+        let mut command = match &self.options.run_as {
+            None => Command::new(meshd_bin()),
+            Some((user, group)) => {
+                let meshd = copy_executable(&meshd_bin(), self.dir.path());
+                let mut setpriv = Command::new("setpriv");
+                setpriv
+                    .arg(format!("--reuid={user}"))
+                    .arg(format!("--regid={group}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(meshd);
+                setpriv
+            }
+        };
         command
             .arg("--config")
             .arg(self.config_path())
@@ -288,6 +327,18 @@ impl Node {
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         wait_until("meshd to exit", timeout, || self.try_wait())
     }
+}
+
+/// Copies an executable into `dir` with mode 0755, so that another user can
+/// run it whatever the permissions of the checkout are.
+pub fn copy_executable(source: &Path, dir: &Path) -> PathBuf {
+    let name = source.file_name().expect("an executable has a file name");
+    let copy = dir.join(name);
+    if !copy.exists() {
+        fs::copy(source, &copy).expect("copying the executable");
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+    }
+    copy
 }
 
 impl Drop for Node {

@@ -1,5 +1,6 @@
 //! A NOTIFY_SOCKET the harness owns, to see what meshd tells systemd.
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,9 @@ impl NotifySocket {
     /// Binds a datagram socket at `path` and starts collecting.
     pub fn bind(path: &Path) -> NotifySocket {
         let socket = UnixDatagram::bind(path).expect("binding the notify socket");
+        // meshd may run as another user (see NodeOptions::run_as).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod the notify socket");
         let messages = Arc::new(Mutex::new(Vec::new()));
         let sink = messages.clone();
         std::thread::spawn(move || {

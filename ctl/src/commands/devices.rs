@@ -8,10 +8,19 @@ use crate::output::{print_json, print_table};
 
 /// Lists every known device.
 pub fn list(client: &mut Client, json: bool) -> Result<(), CtlError> {
-    let devices = match client.call(Request::Devices)? {
-        Response::Devices(devices) => devices,
-        other => return Err(client.unexpected(&other)),
-    };
+    // A large hub sends its list in several frames.
+    let mut devices = Vec::new();
+    let mut unexpected = None;
+    client.call_streaming(Request::Devices, |response| {
+        match response {
+            Response::Devices(page) => devices.extend(page),
+            other => unexpected = Some(other),
+        }
+        Ok(())
+    })?;
+    if let Some(other) = unexpected {
+        return Err(client.unexpected(&other));
+    }
     if json {
         print_json(&devices);
         return Ok(());

@@ -219,6 +219,12 @@ fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
     let signaling = raw
         .signaling
         .unwrap_or_else(|| vec!["http://127.0.0.1:8080".to_owned()]);
+    if signaling.is_empty() && raw.enabled != Some(false) {
+        check.problem(
+            "mesh.signaling",
+            "needs one or more signaling servers, e.g. [\"http://127.0.0.1:8080\"]",
+        );
+    }
     for url in &signaling {
         if let Err(message) = check_signaling_url(url) {
             check.problem("mesh.signaling", message);

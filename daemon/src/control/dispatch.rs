@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use meshd_ipc::{
-    ErrorCode, ErrorReply, PROTOCOL_VERSION, ReloadReply, Reply, Request, Response, RoleStatus,
-    StatusReply,
+    DeviceEntry, ErrorCode, ErrorReply, PROTOCOL_VERSION, ReloadReply, Reply, Request, Response,
+    RoleStatus, StatusReply,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,18 +51,19 @@ impl Dispatcher {
         }
     }
 
-    /// Runs one request whose access was already checked.
-    pub async fn handle(&self, request: Request) -> Reply {
+    /// Runs one request whose access was already checked, and returns its
+    /// reply frames in order (most requests have one).
+    pub async fn handle(&self, request: Request) -> Vec<Reply> {
         match request {
-            Request::Status => Reply::Ok(Response::Status(self.status())),
+            Request::Status => vec![Reply::Ok(Response::Status(self.status()))],
             Request::Devices => match &self.signaling {
-                Some(signaling) => Reply::Ok(Response::Devices(signaling.devices())),
-                None => unavailable(
+                Some(signaling) => paged_devices(signaling.devices()),
+                None => vec![unavailable(
                     "no device list here: this node runs no signaling role ([signaling] enabled = false)",
-                ),
+                )],
             },
-            Request::DevicesRemove { device } => self.remove(&device),
-            Request::Reload => self.reload().await,
+            Request::DevicesRemove { device } => vec![self.remove(&device)],
+            Request::Reload => vec![self.reload().await],
         }
     }
 
@@ -114,6 +115,21 @@ impl Dispatcher {
             Err(_dropped) => error(ErrorCode::Unavailable, "meshd is shutting down".to_owned()),
         }
     }
+}
+
+/// Devices per reply frame: even with every optional field at its maximum a
+/// page stays far below the 1 MiB frame limit, however large the hub.
+const DEVICES_PER_FRAME: usize = 256;
+
+/// Splits a device list into frames; the client concatenates them.
+fn paged_devices(devices: Vec<DeviceEntry>) -> Vec<Reply> {
+    if devices.is_empty() {
+        return vec![Reply::Ok(Response::Devices(devices))];
+    }
+    devices
+        .chunks(DEVICES_PER_FRAME)
+        .map(|page| Reply::Ok(Response::Devices(page.to_vec())))
+        .collect()
 }
 
 fn error(code: ErrorCode, message: String) -> Reply {

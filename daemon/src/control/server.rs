@@ -3,7 +3,8 @@
 //!
 //! Tasks: one accept loop, and one task per connection (at most
 //! [`MAX_CONNECTIONS`] at once; more wait in the backlog). A connection may
-//! send several requests, one line each. A line over [`MAX_FRAME_BYTES`] is
+//! send several requests, one line each. A line of more than
+//! [`MAX_FRAME_BYTES`] (newline included) is
 //! answered with `too_large` and the connection closed; a malformed line gets
 //! a `bad_request` reply and the connection stays; a request not completed
 //! within [`REQUEST_TIMEOUT`] is cut off. None of this can reach other
@@ -84,7 +85,7 @@ async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationTok
     let mut line = Vec::new();
     loop {
         line.clear();
-        let limit = (MAX_FRAME_BYTES + 1) as u64;
+        let limit = MAX_FRAME_BYTES as u64;
         let mut limited = (&mut reader).take(limit);
         let read = tokio::select! {
             () = cancel.cancelled() => return,
@@ -106,7 +107,7 @@ async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationTok
             Ok(Ok(_)) => {}
         }
         if line.last() != Some(&b'\n') {
-            if line.len() > MAX_FRAME_BYTES {
+            if line.len() >= MAX_FRAME_BYTES {
                 let error = ErrorReply {
                     code: ErrorCode::TooLarge,
                     message: format!("request exceeds {MAX_FRAME_BYTES} bytes; closing"),
@@ -116,25 +117,28 @@ async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationTok
                     pid = caller.pid,
                     "oversized control request"
                 );
-                let _ = send(&mut writer, 0, Reply::Error(error)).await;
+                let _ = send(&mut writer, 0, false, Reply::Error(error)).await;
             }
             // Otherwise the peer closed half-way through a line.
             return;
         }
-        let (id, reply) = answer(&line, caller, dispatcher).await;
-        if send(&mut writer, id, reply).await.is_err() {
-            return;
+        let (id, replies) = answer(&line, caller, dispatcher).await;
+        let last = replies.len().saturating_sub(1);
+        for (index, reply) in replies.into_iter().enumerate() {
+            if send(&mut writer, id, index < last, reply).await.is_err() {
+                return;
+            }
         }
     }
 }
 
 /// Decodes one request line, checks access and dispatches it.
-async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, Reply) {
+async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, Vec<Reply>) {
     let bad_request = |message: String| {
-        Reply::Error(ErrorReply {
+        vec![Reply::Error(ErrorReply {
             code: ErrorCode::BadRequest,
             message,
-        })
+        })]
     };
     let header: RequestHeader = match meshd_ipc::decode(line) {
         Ok(header) => header,
@@ -170,10 +174,10 @@ async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, R
         );
         return (
             header.id,
-            Reply::Error(ErrorReply {
+            vec![Reply::Error(ErrorReply {
                 code: ErrorCode::Permission,
                 message,
-            }),
+            })],
         );
     }
     tracing::debug!(
@@ -184,14 +188,17 @@ async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, R
     (header.id, dispatcher.handle(request).await)
 }
 
-async fn send(writer: &mut &Stream, id: u64, reply: Reply) -> std::io::Result<()> {
+async fn send(writer: &mut &Stream, id: u64, more: bool, reply: Reply) -> std::io::Result<()> {
     let frame = ReplyFrame {
         v: PROTOCOL_VERSION,
         id,
-        more: false,
+        more,
         reply,
     };
-    let bytes = meshd_ipc::encode(&frame).map_err(std::io::Error::other)?;
+    let bytes = meshd_ipc::encode(&frame).map_err(|error| {
+        tracing::error!(%error, "reply does not fit in a control frame; closing the connection");
+        std::io::Error::other(error)
+    })?;
     writer.write_all(&bytes).await?;
     writer.flush().await
 }

@@ -86,10 +86,23 @@ fn set_group(path: &Path, group: &str) -> Result<(), ControlError> {
         return Ok(());
     }
     match Group::from_name(group) {
-        Ok(Some(entry)) => chown(path, None, Some(entry.gid)).map_err(|e| ControlError::Bind {
-            path: PathBuf::from(path),
-            reason: format!("cannot give the socket to group {group}: {e}"),
-        }),
+        Ok(Some(entry)) => match chown(path, None, Some(entry.gid)) {
+            Ok(()) => Ok(()),
+            // An ordinary user may only hand files to groups it belongs to;
+            // the socket then stays private to that user, which is safe.
+            Err(nix::errno::Errno::EPERM) => {
+                tracing::warn!(
+                    group,
+                    path = %path.display(),
+                    "not a member of the control group; the socket keeps the daemon's group"
+                );
+                Ok(())
+            }
+            Err(e) => Err(ControlError::Bind {
+                path: PathBuf::from(path),
+                reason: format!("cannot give the socket to group {group}: {e}"),
+            }),
+        },
         Ok(None) => {
             tracing::info!(
                 group,

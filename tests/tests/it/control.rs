@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshd_tests::{Node, NodeOptions, meshctl_bin};
+use meshd_tests::{Node, NodeOptions, copy_executable, meshctl_bin};
 
 fn connect(node: &Node) -> (BufReader<UnixStream>, UnixStream) {
     let stream = UnixStream::connect(node.socket()).expect("connecting to the control socket");
@@ -223,10 +223,7 @@ fn a_half_sent_request_is_cut_off_without_blocking_others() {
 /// Copies meshctl where user nobody can run it, whatever the checkout's
 /// permissions are.
 fn meshctl_for_nobody(dir: &Path) -> std::path::PathBuf {
-    let copy = dir.join("meshctl");
-    fs::copy(meshctl_bin(), &copy).unwrap();
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-    copy
+    copy_executable(&meshctl_bin(), dir)
 }
 
 fn as_user(meshctl: &Path, socket: &Path, group: &str, args: &[&str]) -> std::process::Output {
@@ -281,5 +278,40 @@ fn group_members_may_read_but_only_root_and_the_daemon_user_may_write() {
     assert!(stderr.contains("group"), "{stderr}");
 
     // Root may do everything.
+    node.ctl_ok(&["reload"]);
+}
+
+#[test]
+fn the_daemons_own_user_may_write_and_keeps_its_group_outside_the_control_group() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches users and needs root"
+    );
+    // meshd runs as nobody:nogroup and is told to use group "daemon", which
+    // nobody is not a member of.
+    let node = Node::start(NodeOptions {
+        group: "daemon".into(),
+        run_as: Some(("nobody".into(), "nogroup".into())),
+        ..NodeOptions::default()
+    });
+    let meta = fs::metadata(node.socket()).unwrap();
+    let nogroup = nix::unistd::Group::from_name("nogroup").unwrap().unwrap();
+    assert_eq!(
+        meta.gid(),
+        nogroup.gid.as_raw(),
+        "the socket keeps the daemon's group"
+    );
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert!(
+        node.log().contains("not a member of the control group"),
+        "{}",
+        node.log()
+    );
+
+    // nobody is the daemon's own user, so it may reload.
+    let meshctl = meshctl_for_nobody(node.dir());
+    let output = as_user(&meshctl, &node.socket(), "nogroup", &["reload"]);
+    assert!(output.status.success(), "{output:?}");
+    // Root may as well.
     node.ctl_ok(&["reload"]);
 }

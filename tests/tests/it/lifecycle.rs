@@ -1,6 +1,7 @@
 //! Start, reload and stop as systemd sees them: sd_notify messages, SIGHUP
 //! and `meshctl reload`, the watchdog, and SIGTERM.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -240,4 +241,120 @@ fn logs_on_stderr_carry_structured_fields() {
             && log.contains("peer_addr=127.0.0.1:"))
         .then_some(())
     });
+}
+
+/// The journald socket path tracing-journald writes to.
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// A stand-in for journald on a machine where none runs (CI): a datagram
+/// socket at journald's path, removed again on drop.
+struct FakeJournal {
+    socket: std::os::unix::net::UnixDatagram,
+    created_dir: bool,
+}
+
+impl FakeJournal {
+    fn bind() -> FakeJournal {
+        let dir = std::path::Path::new(JOURNAL_SOCKET).parent().unwrap();
+        let created_dir = !dir.exists();
+        std::fs::create_dir_all(dir).unwrap();
+        let socket = std::os::unix::net::UnixDatagram::bind(JOURNAL_SOCKET)
+            .expect("binding a stand-in journald socket (needs root)");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        FakeJournal {
+            socket,
+            created_dir,
+        }
+    }
+
+    /// Every entry received so far, as field maps.
+    fn entries(&self) -> Vec<HashMap<String, String>> {
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(len) = self.socket.recv(&mut buf) {
+            entries.push(parse_journal_entry(&buf[..len]));
+        }
+        entries
+    }
+}
+
+/// Decodes journald's native protocol: `KEY=value\n`, or for values that may
+/// hold newlines `KEY\n`, a little-endian u64 length, the value and `\n`.
+fn parse_journal_entry(mut bytes: &[u8]) -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+        let line = &bytes[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            fields.insert(
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            );
+            bytes = &bytes[end + 1..];
+        } else {
+            let rest = &bytes[end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            fields.insert(
+                String::from_utf8_lossy(line).into_owned(),
+                String::from_utf8_lossy(&rest[8..8 + len]).into_owned(),
+            );
+            bytes = &rest[8 + len + 1..];
+        }
+    }
+    fields
+}
+
+impl Drop for FakeJournal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(JOURNAL_SOCKET);
+        if self.created_dir {
+            let _ = std::fs::remove_dir(std::path::Path::new(JOURNAL_SOCKET).parent().unwrap());
+        }
+    }
+}
+
+#[test]
+fn under_systemd_logs_go_to_journald_with_structured_fields() {
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        !std::path::Path::new(JOURNAL_SOCKET).exists(),
+        "a journald already runs here; this test needs a machine without one (CI has none)"
+    );
+    let journal = FakeJournal::bind();
+    let mut node = Node::prepare(NodeOptions::default());
+    // systemd sets JOURNAL_STREAM to the device and inode of the stream it
+    // connected to stderr; here stderr is the node's log file.
+    std::fs::write(node.log_path(), "").unwrap();
+    let meta = std::fs::metadata(node.log_path()).unwrap();
+    node.set_env("JOURNAL_STREAM", &format!("{}:{}", meta.dev(), meta.ino()));
+    node.restart();
+    let addr = node.signaling_addr();
+    http::post_json(
+        addr,
+        "/register",
+        &json!({"id": "journaled", "addr": "192.0.2.1:1"}),
+    );
+
+    let mut seen = Vec::new();
+    let entry = wait_until("a journald entry for the registration", NOTIFY_WAIT, || {
+        seen.extend(journal.entries());
+        seen.iter()
+            .find(|entry| {
+                entry
+                    .get("MESSAGE")
+                    .is_some_and(|m| m == "device registered")
+            })
+            .cloned()
+    });
+    assert_eq!(entry["DEVICE_ID"], "journaled", "{entry:?}");
+    assert!(entry["PEER_ADDR"].starts_with("127.0.0.1:"), "{entry:?}");
+    assert_eq!(entry["SYSLOG_IDENTIFIER"], "meshd", "{entry:?}");
+    assert_eq!(entry["PRIORITY"], "6", "info is priority 6: {entry:?}");
+    assert!(
+        !node.log().contains("device registered"),
+        "with the journal on stderr, nothing is printed there: {}",
+        node.log()
+    );
+    node.stop();
 }

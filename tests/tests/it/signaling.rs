@@ -410,3 +410,61 @@ fn devices_on_a_node_without_signaling_is_a_clear_error() {
             .is_none()
     );
 }
+
+/// Registers `count` devices over one kept-alive connection.
+fn register_many(addr: SocketAddr, count: usize) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+    for i in 0..count {
+        let body = format!(
+            "{{\"id\":\"device-{i:05}\",\"addr\":\"192.0.2.1:{}\",\"endpoints\":[\"10.0.0.1:8082\",\"10.0.0.2:8082\"]}}",
+            1000 + i % 60000
+        );
+        // One write per request: several small writes would meet Nagle's
+        // algorithm and delayed ACKs at 40 ms a request.
+        let request = format!(
+            "POST /register HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+            if line.starts_with("HTTP/1.1 ") {
+                assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+            }
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+}
+
+#[test]
+fn meshctl_lists_a_hub_larger_than_one_control_frame() {
+    // About 300 bytes of JSON per device: 6,000 devices are well over the
+    // 1 MiB frame limit, so the list must arrive in several frames.
+    let (node, addr) = hub_with("");
+    register_many(addr, 6000);
+    let listed = node.ctl_json(&["devices"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 6000);
+    assert_eq!(listed[0]["id"], "device-00000");
+    assert_eq!(listed[5999]["id"], "device-05999");
+    let text = node.ctl_ok(&["devices"]);
+    assert_eq!(
+        text.lines().count(),
+        6001,
+        "a header and one line per device"
+    );
+}
