@@ -164,3 +164,21 @@ fn both_binaries_print_their_version() {
         );
     }
 }
+
+#[test]
+fn the_shipped_example_config_is_valid_and_complete() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/meshd.toml");
+    let output = check_config(std::path::Path::new(example));
+    assert!(output.status.success(), "{output:?}");
+    // Every key meshd knows is in the example, commented out or set.
+    let text = fs::read_to_string(example).unwrap();
+    let effective = String::from_utf8(output.stdout).unwrap();
+    for line in effective.lines().filter(|l| l.contains(" = ")) {
+        let key = line.split(" = ").next().unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start_matches('#').starts_with(&format!("{key} = "))),
+            "etc/meshd.toml lacks {key}"
+        );
+    }
+}
