@@ -186,9 +186,10 @@ fn reload(
                 // RUST_LOG wins over the config, so the level did not change.
                 plan.applied.retain(|key| *key != "node.log_level");
             }
-            log.set_level(new.node.log_level);
+            running.apply_live(&new);
+            log.set_level(running.node.log_level);
             if let Some(signaling) = &roles.signaling {
-                signaling.apply(&new.signaling);
+                signaling.apply(&running.signaling);
             }
             tracing::info!(
                 applied = ?plan.applied,
@@ -207,7 +208,6 @@ fn reload(
                     .map(|k| (*k).to_owned())
                     .collect(),
             };
-            *running = new;
             Ok(reply)
         }
         Err(error) => {

@@ -3,9 +3,76 @@
 //! Like Nebula's config, every key is either reloadable or not; the
 //! distinction is documented per key in `etc/meshd.toml`. Listeners, the
 //! socket and the node's identity are fixed for a process's life, because
-//! rebinding them would drop every client and peer.
+//! rebinding them would drop every client and peer. The two tables below are
+//! the only place that decides which is which.
 
 use super::Config;
+
+/// A key a reload applies at once: how to see it changed, and how to take
+/// the new value.
+struct LiveKey {
+    name: &'static str,
+    differs: Differs,
+    apply: fn(&mut Config, &Config),
+}
+
+const LIVE_KEYS: &[LiveKey] = &[
+    LiveKey {
+        name: "node.log_level",
+        differs: |a, b| a.node.log_level != b.node.log_level,
+        apply: |to, from| to.node.log_level = from.node.log_level,
+    },
+    LiveKey {
+        name: "signaling.device_ttl",
+        differs: |a, b| a.signaling.device_ttl != b.signaling.device_ttl,
+        apply: |to, from| to.signaling.device_ttl = from.signaling.device_ttl,
+    },
+    LiveKey {
+        name: "signaling.join_token",
+        differs: |a, b| a.signaling.join_token != b.signaling.join_token,
+        apply: |to, from| {
+            to.signaling
+                .join_token
+                .clone_from(&from.signaling.join_token)
+        },
+    },
+    LiveKey {
+        name: "signaling.request_timeout",
+        differs: |a, b| a.signaling.request_timeout != b.signaling.request_timeout,
+        apply: |to, from| to.signaling.request_timeout = from.signaling.request_timeout,
+    },
+    LiveKey {
+        name: "signaling.max_devices",
+        differs: |a, b| a.signaling.max_devices != b.signaling.max_devices,
+        apply: |to, from| to.signaling.max_devices = from.signaling.max_devices,
+    },
+];
+
+/// Tells whether a key differs between two configs.
+type Differs = fn(&Config, &Config) -> bool;
+
+/// Keys (or whole sections) that only a restart applies.
+const RESTART_KEYS: &[(&str, Differs)] = &[
+    ("node.id", |a, b| a.node.id != b.node.id),
+    ("node.state_dir", |a, b| {
+        a.node.state_dir != b.node.state_dir
+    }),
+    ("control.socket", |a, b| {
+        a.control.socket != b.control.socket
+    }),
+    ("control.group", |a, b| a.control.group != b.control.group),
+    ("signaling.enabled", |a, b| {
+        a.signaling.enabled != b.signaling.enabled
+    }),
+    ("signaling.listen", |a, b| {
+        a.signaling.listen != b.signaling.listen
+    }),
+    ("signaling.max_connections", |a, b| {
+        a.signaling.max_connections != b.signaling.max_connections
+    }),
+    ("chat", |a, b| a.chat != b.chat),
+    ("mesh", |a, b| a.mesh != b.mesh),
+];
 
 /// The outcome of comparing the running config with a newly loaded one.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -17,56 +84,32 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
-    /// Compares `old` with `new`.
-    pub fn between(old: &Config, new: &Config) -> ReloadPlan {
-        let mut plan = ReloadPlan::default();
-        let mut live = |key: &'static str, changed: bool| {
-            if changed {
-                plan.applied.push(key);
-            }
-        };
-        live("node.log_level", old.node.log_level != new.node.log_level);
-        live(
-            "signaling.device_ttl",
-            old.signaling.device_ttl != new.signaling.device_ttl,
-        );
-        live(
-            "signaling.join_token",
-            old.signaling.join_token != new.signaling.join_token,
-        );
-        live(
-            "signaling.request_timeout",
-            old.signaling.request_timeout != new.signaling.request_timeout,
-        );
-        live(
-            "signaling.max_devices",
-            old.signaling.max_devices != new.signaling.max_devices,
-        );
+    /// Compares the running config with a newly loaded one.
+    pub fn between(running: &Config, new: &Config) -> ReloadPlan {
+        ReloadPlan {
+            applied: LIVE_KEYS
+                .iter()
+                .filter(|key| (key.differs)(running, new))
+                .map(|key| key.name)
+                .collect(),
+            restart_required: RESTART_KEYS
+                .iter()
+                .filter(|(_, differs)| differs(running, new))
+                .map(|(name, _)| *name)
+                .collect(),
+        }
+    }
+}
 
-        let mut fixed = |key: &'static str, changed: bool| {
-            if changed {
-                plan.restart_required.push(key);
-            }
-        };
-        fixed("node.id", old.node.id != new.node.id);
-        fixed("node.state_dir", old.node.state_dir != new.node.state_dir);
-        fixed("control.socket", old.control.socket != new.control.socket);
-        fixed("control.group", old.control.group != new.control.group);
-        fixed(
-            "signaling.enabled",
-            old.signaling.enabled != new.signaling.enabled,
-        );
-        fixed(
-            "signaling.listen",
-            old.signaling.listen != new.signaling.listen,
-        );
-        fixed(
-            "signaling.max_connections",
-            old.signaling.max_connections != new.signaling.max_connections,
-        );
-        fixed("chat", old.chat != new.chat);
-        fixed("mesh", old.mesh != new.mesh);
-        plan
+impl Config {
+    /// Takes the live keys of `new` (and its file name); everything else keeps
+    /// its running value, so the result is the configuration actually in
+    /// force, and a later reload still reports pending restart keys.
+    pub fn apply_live(&mut self, new: &Config) {
+        for key in LIVE_KEYS {
+            (key.apply)(self, new);
+        }
+        self.file.clone_from(&new.file);
     }
 }
 
@@ -86,5 +129,40 @@ mod tests {
         assert_eq!(plan.applied, vec!["node.log_level", "signaling.device_ttl"]);
         assert_eq!(plan.restart_required, vec!["signaling.listen"]);
         assert_eq!(ReloadPlan::between(&old, &old), ReloadPlan::default());
+    }
+
+    #[test]
+    fn restart_keys_stay_pending_until_a_restart() {
+        let mut running = Config::from_toml("", None).unwrap();
+        let new = Config::from_toml(
+            "[signaling]\nlisten = \"127.0.0.1:9\"\ndevice_ttl = \"5s\"\n",
+            None,
+        )
+        .unwrap();
+        running.apply_live(&new);
+        assert_eq!(running.signaling.device_ttl.as_secs(), 5);
+        assert_eq!(running.signaling.listen.port(), 8080, "listener unchanged");
+        // Reloading the same file again: nothing new to apply, the listen
+        // change still pending.
+        let again = ReloadPlan::between(&running, &new);
+        assert!(again.applied.is_empty());
+        assert_eq!(again.restart_required, vec!["signaling.listen"]);
+    }
+
+    #[test]
+    fn every_live_key_is_applied() {
+        let old = Config::from_toml("", None).unwrap();
+        let new = Config::from_toml(
+            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\n",
+            None,
+        )
+        .unwrap();
+        let mut running = old.clone();
+        running.apply_live(&new);
+        assert_eq!(running, new, "only live keys changed, so all of them apply");
+        assert_eq!(
+            ReloadPlan::between(&old, &new).applied.len(),
+            LIVE_KEYS.len()
+        );
     }
 }

@@ -31,7 +31,7 @@ use super::peer::Caller;
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Time a client has to send a whole request line once it is connected or
-/// has had its previous answer.
+/// has had its previous answer, and to take each reply frame.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn accept_loop(
@@ -199,6 +199,15 @@ async fn send(writer: &mut &Stream, id: u64, more: bool, reply: Reply) -> std::i
         tracing::error!(%error, "reply does not fit in a control frame; closing the connection");
         std::io::Error::other(error)
     })?;
-    writer.write_all(&bytes).await?;
-    writer.flush().await
+    // A client that stops reading must not hold its task and slot for ever.
+    let write = async {
+        writer.write_all(&bytes).await?;
+        writer.flush().await
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, write)
+        .await
+        .unwrap_or_else(|_elapsed| {
+            tracing::debug!("control client stopped reading; closing");
+            Err(std::io::ErrorKind::TimedOut.into())
+        })
 }

@@ -6,7 +6,8 @@
 //! new clients wait in the kernel backlog. A client gets
 //! `signaling.request_timeout` to send each request's headers (hyper's header
 //! timer, which also runs while a kept-alive connection sits idle) and its body
-//! (see `routes.rs`), so a slow or silent client cannot hold a slot forever.
+//! (see `routes.rs`), and a connection lives at most six request timeouts, so
+//! a slow, silent or non-reading client cannot hold a slot forever.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,12 @@ use super::routes;
 
 /// How long open connections get to finish their request on shutdown.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// A connection lives at most this many request timeouts (60 s by default).
+/// Header and body reads have their own timeouts, but writing a response to a
+/// client that never reads would otherwise block for ever; honest clients
+/// simply reconnect.
+const MAX_AGE_IN_REQUEST_TIMEOUTS: u32 = 6;
 
 /// Accepts connections until `cancel` fires.
 pub async fn accept_loop(
@@ -82,14 +89,23 @@ async fn serve_connection(
         .max_buf_size(64 * 1024);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = cancel.cancelled() => {
+    let max_age = timeout * MAX_AGE_IN_REQUEST_TIMEOUTS;
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        () = cancel.cancelled() => None,
+        () = tokio::time::sleep(max_age) => {
+            tracing::debug!(peer_addr = %peer, ?max_age, "signaling connection reached its maximum age");
+            None
+        }
+    };
+    // Otherwise let the request in flight finish, for at most DRAIN_TIME.
+    let result = match finished {
+        Some(result) => result,
+        None => {
             connection.as_mut().graceful_shutdown();
-            match tokio::time::timeout(DRAIN_TIME, connection.as_mut()).await {
-                Ok(result) => result,
-                Err(_elapsed) => Ok(()),
-            }
+            tokio::time::timeout(DRAIN_TIME, connection.as_mut())
+                .await
+                .unwrap_or(Ok(()))
         }
     };
     if let Err(error) = result {

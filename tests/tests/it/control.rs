@@ -315,3 +315,57 @@ fn the_daemons_own_user_may_write_and_keeps_its_group_outside_the_control_group(
     // Root may as well.
     node.ctl_ok(&["reload"]);
 }
+
+#[test]
+fn a_client_that_stops_reading_replies_is_cut_off() {
+    let node = Node::start_default();
+    let addr = node.signaling_addr();
+    // A device list of a few MiB, far more than a Unix socket buffers.
+    for i in 0..3000 {
+        let body = serde_json::json!({"id": format!("d{i}"), "addr": "192.0.2.1:1"});
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        let body = body.to_string();
+        stream
+            .write_all(
+                format!(
+                    "POST /register HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        let mut sink = Vec::new();
+        stream.read_to_end(&mut sink).unwrap();
+    }
+    let (mut reader, mut writer) = connect(&node);
+    for id in 1..=10 {
+        writer
+            .write_all(format!("{{\"v\":1,\"id\":{id},\"cmd\":\"devices\"}}\n").as_bytes())
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    node.ctl_ok(&["status"]);
+    // Reading only after the daemon's 10 s write timeout: it has given up on
+    // this connection, so the stream ends long before 10 full lists.
+    std::thread::sleep(Duration::from_secs(11));
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let outcome = reader.read_to_end(&mut received);
+    assert!(
+        outcome.is_ok()
+            || outcome
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{outcome:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(2),
+        "already closed, read took {waited:?}"
+    );
+    let finished_replies = received
+        .split(|&b| b == b'\n')
+        .filter(|line| line.starts_with(b"{") && !line.windows(11).any(|w| w == b"\"more\":true"))
+        .count();
+    assert!(finished_replies < 10, "{finished_replies} complete replies");
+}

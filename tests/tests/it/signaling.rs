@@ -468,3 +468,56 @@ fn meshctl_lists_a_hub_larger_than_one_control_frame() {
         "a header and one line per device"
     );
 }
+
+#[test]
+fn a_client_that_never_reads_its_responses_is_cut_off() {
+    let (_node, addr) = hub_with("request_timeout = \"1s\"\n");
+    register_many(addr, 2000);
+    // Pipeline many large responses and read none of them: the server's
+    // writes block once the socket buffers are full.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let requests = "GET /devices HTTP/1.1\r\nHost: x\r\n\r\n".repeat(100);
+    stream.write_all(requests.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Others are served meanwhile.
+    assert_eq!(http::get(addr, "/healthz").status, 200);
+
+    // The connection ends after its maximum age (6 request timeouts) and the
+    // drain time (2 s), well before all 100 responses went out. Read only
+    // after that: reading earlier would let the server go on writing.
+    std::thread::sleep(Duration::from_secs(8));
+    let started = Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    let outcome = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(error) => break Err(error),
+        }
+    };
+    let waited = started.elapsed();
+    match outcome {
+        Ok(()) => {}
+        Err(error) => assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "the server closed the connection, not a timeout: {error}"
+        ),
+    }
+    let responses = received
+        .windows(12)
+        .filter(|w| w == b"HTTP/1.1 200")
+        .count();
+    assert!(
+        responses < 100,
+        "cut off before answering everything ({responses} sent)"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "already closed, read took {waited:?}"
+    );
+}
