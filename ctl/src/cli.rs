@@ -37,6 +37,54 @@ pub enum Command {
     /// Re-read the config file, like SIGHUP, and report what changed; fails
     /// if the new config is invalid (meshd keeps the old one).
     Reload,
+    /// Manage chat users.
+    Users {
+        /// What to do.
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+    /// Send TEXT to every chat client as `SYS TEXT`.
+    Broadcast {
+        /// The text; several words are joined with spaces.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+        text: Vec<String>,
+    },
+    /// Interactive chat client: log in, print what arrives, send each line
+    /// typed; `exit` ends it.
+    Chat {
+        /// Chat server [default: this node's chat address, or 127.0.0.1:8081]
+        #[arg(value_name = "HOST:PORT")]
+        server: Option<String>,
+    },
+}
+
+/// `meshctl users ...`
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Add a chat user; prompts twice for the password unless
+    /// --password-stdin.
+    Add {
+        /// User name: 1-32 characters of A-Z, a-z, 0-9, '.', '_', '-'.
+        name: String,
+        /// Read the password as one line from standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a chat user's password.
+    Passwd {
+        /// User name.
+        name: String,
+        /// Read the password as one line from standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a chat user.
+    Remove {
+        /// User name.
+        name: String,
+    },
+    /// List chat users.
+    List,
 }
 
 /// `meshctl devices ...`

@@ -30,6 +30,17 @@ pub enum CtlError {
     /// meshd answered with an error.
     #[error("{}", .0.message)]
     Daemon(ErrorReply),
+    /// A local problem: no terminal, passwords differ, bad input.
+    #[error("{0}")]
+    Input(String),
+    /// The chat server could not be used.
+    #[error("chat server {server}: {reason}")]
+    Chat {
+        /// HOST:PORT.
+        server: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The conversation with meshd broke.
     #[error("talking to meshd at {}: {reason}", path.display())]
     Protocol {

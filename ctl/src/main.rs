@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, DevicesAction};
+use crate::cli::{Cli, Command, DevicesAction, UsersAction};
 use crate::client::Client;
 use crate::error::CtlError;
 
@@ -31,6 +31,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CtlError> {
     let socket = cli.socket.unwrap_or_else(meshd_ipc::default_socket_path);
+    // The chat client talks to a chat server, not to meshd's socket.
+    if let Command::Chat { server } = cli.command {
+        return commands::chat::run(server, &socket);
+    }
+    // Ask for passwords before connecting, so a slow typist does not hold a
+    // control connection open.
+    let password = match &cli.command {
+        Command::Users {
+            action:
+                UsersAction::Add { password_stdin, .. } | UsersAction::Passwd { password_stdin, .. },
+        } => Some(commands::users::read_password(*password_stdin)?),
+        _ => None,
+    };
     let mut client = Client::connect(&socket)?;
     match cli.command {
         Command::Status => commands::status::run(&mut client, cli.json),
@@ -39,5 +52,10 @@ fn run(cli: Cli) -> Result<(), CtlError> {
             action: Some(DevicesAction::Remove { id }),
         } => commands::devices::remove(&mut client, id, cli.json),
         Command::Reload => commands::reload::run(&mut client, cli.json),
+        Command::Users { action } => commands::users::run(&mut client, action, password, cli.json),
+        Command::Broadcast { text } => {
+            commands::broadcast::run(&mut client, text.join(" "), cli.json)
+        }
+        Command::Chat { .. } => Ok(()),
     }
 }

@@ -1,10 +1,13 @@
 //! meshd: one daemon whose TOML config switches on its roles: the signaling
 //! hub, the chat server and the mesh device. See docs/architecture.md.
 
+mod atomic_file;
+mod chat;
 mod cli;
 mod config;
 mod control;
 mod device_id;
+mod limits;
 mod logging;
 mod paths;
 mod public_key;
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     }
 
     let log = logging::init(config.node.log_level);
+    limits::raise_open_files();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("meshd-worker")

@@ -14,10 +14,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::chat;
 use crate::config::{Config, ConfigLocation, ReloadPlan};
-use crate::control::{self, ControlError, Dispatcher, NodeFacts, ReloadRequest};
+use crate::control::{self, ControlError, Dispatcher, NodeFacts, ReloadRequest, Roles};
 use crate::logging::LogControl;
-use crate::signaling::{self, SignalingHandle};
+use crate::signaling;
 use crate::signals::{Intent, Signals};
 use crate::systemd;
 
@@ -62,11 +63,6 @@ fn bind_hint(error: &std::io::Error) -> &'static str {
     }
 }
 
-/// The running roles.
-struct Roles {
-    signaling: Option<SignalingHandle>,
-}
-
 /// Runs meshd until SIGTERM or SIGINT.
 pub async fn run(
     config: Config,
@@ -91,6 +87,18 @@ pub async fn run(
             })?),
             false => None,
         };
+    let chat_listener = match config.chat.enabled {
+        true => Some(
+            chat::bind(&config.chat)
+                .await
+                .map_err(|source| StartError::Bind {
+                    role: "chat",
+                    addr: config.chat.listen,
+                    source,
+                })?,
+        ),
+        false => None,
+    };
     let control_listener = control::bind(&config.control.socket, &config.control.group)?;
 
     let signaling = match signaling_listener {
@@ -105,15 +113,31 @@ pub async fn run(
         ),
         None => None,
     };
-    for (role, enabled) in [("chat", config.chat.enabled), ("mesh", config.mesh.enabled)] {
-        if enabled {
-            tracing::info!(
-                role,
-                "role is configured but not part of this release yet; not started"
-            );
-        }
+    let chat = match chat_listener {
+        Some(listener) => Some(
+            chat::start(
+                &config.chat,
+                &config.node.state_dir,
+                listener,
+                cancel.child_token(),
+                &tracker,
+            )
+            .await
+            .map_err(|source| StartError::Bind {
+                role: "chat",
+                addr: config.chat.listen,
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    if config.mesh.enabled {
+        tracing::info!(
+            role = "mesh",
+            "role is configured but not part of this release yet; not started"
+        );
     }
-    let roles = Roles { signaling };
+    let roles = Roles { signaling, chat };
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let facts = NodeFacts {
@@ -121,7 +145,7 @@ pub async fn run(
         started,
         config_file: config.file.clone(),
     };
-    let dispatcher = Dispatcher::new(facts, roles.signaling.clone(), reload_tx);
+    let dispatcher = Dispatcher::new(facts, roles.clone(), reload_tx);
     control::start(control_listener, dispatcher, cancel.child_token(), &tracker);
     systemd::spawn_watchdog(cancel.child_token(), &tracker);
 
@@ -140,7 +164,7 @@ pub async fn run(
             _ = status_refresh.tick() => systemd::status(&status_line(&roles)),
             intent = signals.next() => match intent {
                 Intent::Reload => {
-                    let _ = reload(&mut running, &location, &roles, &log);
+                    let _ = reload(&mut running, &location, &roles, &log).await;
                 }
                 Intent::Stop(signal) => {
                     tracing::info!(signal, "stopping");
@@ -148,7 +172,7 @@ pub async fn run(
                 }
             },
             Some(request) = reload_rx.recv() => {
-                let outcome = reload(&mut running, &location, &roles, &log);
+                let outcome = reload(&mut running, &location, &roles, &log).await;
                 let _ = request.reply.send(outcome);
             }
         }
@@ -172,7 +196,7 @@ pub async fn run(
 
 /// Re-reads the config and applies what can change live. An invalid config
 /// leaves the running one untouched.
-fn reload(
+async fn reload(
     running: &mut Config,
     location: &ConfigLocation,
     roles: &Roles,
@@ -199,7 +223,18 @@ fn reload(
             if !plan.restart_required.is_empty() {
                 tracing::warn!(keys = ?plan.restart_required, "some changed keys take effect only after a restart: systemctl restart meshd");
             }
+            let mut warnings = Vec::new();
+            if let Some(chat) = &roles.chat {
+                match chat.reload_users().await {
+                    Ok(count) => tracing::info!(users = count, "chat users reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "chat users file invalid; keeping the last good set");
+                        warnings.push(error.to_string());
+                    }
+                }
+            }
             let reply = ReloadReply {
+                warnings,
                 config: new.file.as_ref().map(|p| p.display().to_string()),
                 applied: plan.applied.iter().map(|k| (*k).to_owned()).collect(),
                 restart_required: plan
@@ -229,6 +264,13 @@ fn status_line(roles: &Roles) -> String {
         parts.push(format!(
             "signaling on {} ({} devices)",
             status.listen, status.devices
+        ));
+    }
+    if let Some(chat) = &roles.chat {
+        let status = chat.status();
+        parts.push(format!(
+            "chat on {} ({} clients)",
+            status.listen, status.clients
         ));
     }
     if parts.is_empty() {

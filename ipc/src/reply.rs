@@ -47,6 +47,12 @@ pub enum Response {
     Removed(RemovedReply),
     /// Answer to `reload`.
     Reloaded(ReloadReply),
+    /// Answer to `users list`, sorted by name.
+    Users(Vec<UserEntry>),
+    /// Answer to `users add`, `users passwd` and `users remove`.
+    UserChanged(UserChange),
+    /// Answer to `broadcast`.
+    Broadcasted(BroadcastReply),
 }
 
 /// Why a request failed, in a form scripts can match on.
@@ -61,6 +67,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The named thing does not exist.
     NotFound,
+    /// The named thing exists already.
+    Conflict,
     /// The role that would answer is not enabled on this node.
     Unavailable,
     /// A reload found the new configuration invalid; the old one stays.
@@ -109,6 +117,44 @@ pub struct RoleStatus {
     /// The discovery server, when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signaling: Option<SignalingStatus>,
+    /// The chat server, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<ChatStatus>,
+}
+
+/// The chat role in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatStatus {
+    /// The address actually bound.
+    pub listen: String,
+    /// Logged-in clients.
+    pub clients: usize,
+    /// Messages relayed since meshd started.
+    #[serde(default)]
+    pub messages_relayed: u64,
+}
+
+/// One chat user in `meshctl users list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserEntry {
+    /// The user name.
+    pub name: String,
+}
+
+/// A change to a chat user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserChange {
+    /// The user name.
+    pub name: String,
+    /// `added`, `changed` or `removed`.
+    pub action: String,
+}
+
+/// `meshctl broadcast`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastReply {
+    /// Logged-in clients the line went to.
+    pub clients: usize,
 }
 
 /// The signaling role in `status`.
@@ -182,6 +228,10 @@ pub struct ReloadReply {
     pub applied: Vec<String>,
     /// Keys that changed but take effect only after a restart.
     pub restart_required: Vec<String>,
+    /// Problems outside the config file found during the reload (such as an
+    /// invalid chat users file); the reload itself succeeded.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[cfg(test)]

@@ -42,6 +42,32 @@ pub enum Request {
     /// Re-read the configuration file, like SIGHUP, and answer once it is
     /// applied or rejected.
     Reload,
+    /// List chat users.
+    UsersList,
+    /// Add a chat user.
+    UsersAdd {
+        /// User name.
+        name: String,
+        /// Password in clear; meshd stores only its argon2id hash.
+        password: String,
+    },
+    /// Change a chat user's password.
+    UsersPasswd {
+        /// User name.
+        name: String,
+        /// New password in clear.
+        password: String,
+    },
+    /// Remove a chat user.
+    UsersRemove {
+        /// User name.
+        name: String,
+    },
+    /// Send `SYS <text>` to every chat client.
+    Broadcast {
+        /// The text.
+        text: String,
+    },
 }
 
 /// What a caller must be allowed to do for a request to run.
@@ -61,8 +87,13 @@ impl Request {
     /// someone decides who may run it.
     pub fn access(&self) -> Access {
         match self {
-            Request::Status | Request::Devices => Access::Read,
-            Request::DevicesRemove { .. } | Request::Reload => Access::Write,
+            Request::Status | Request::Devices | Request::UsersList => Access::Read,
+            Request::DevicesRemove { .. }
+            | Request::Reload
+            | Request::UsersAdd { .. }
+            | Request::UsersPasswd { .. }
+            | Request::UsersRemove { .. }
+            | Request::Broadcast { .. } => Access::Write,
         }
     }
 
@@ -73,6 +104,11 @@ impl Request {
             Request::Devices => "devices",
             Request::DevicesRemove { .. } => "devices remove",
             Request::Reload => "reload",
+            Request::UsersList => "users list",
+            Request::UsersAdd { .. } => "users add",
+            Request::UsersPasswd { .. } => "users passwd",
+            Request::UsersRemove { .. } => "users remove",
+            Request::Broadcast { .. } => "broadcast",
         }
     }
 }
@@ -114,5 +150,13 @@ mod tests {
         assert_eq!(Request::Reload.access(), Access::Write);
         let remove = Request::DevicesRemove { device: "x".into() };
         assert_eq!(remove.access(), Access::Write);
+        assert_eq!(Request::UsersList.access(), Access::Read);
+        let add = Request::UsersAdd {
+            name: "a".into(),
+            password: "p".into(),
+        };
+        assert_eq!(add.access(), Access::Write);
+        let broadcast = Request::Broadcast { text: "t".into() };
+        assert_eq!(broadcast.access(), Access::Write);
     }
 }

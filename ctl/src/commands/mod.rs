@@ -1,5 +1,8 @@
 //! One module per subcommand; each sends its request and prints the answer.
 
+pub mod broadcast;
+pub mod chat;
 pub mod devices;
 pub mod reload;
 pub mod status;
+pub mod users;

@@ -26,6 +26,9 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
     if !reloaded.applied.is_empty() {
         println!("applied: {}", reloaded.applied.join(", "));
     }
+    for warning in &reloaded.warnings {
+        eprintln!("meshctl: warning: {warning}");
+    }
     if !reloaded.restart_required.is_empty() {
         println!(
             "changed but needs a restart (systemctl restart meshd): {}",

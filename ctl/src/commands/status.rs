@@ -36,7 +36,17 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             if signaling.devices == 1 { "" } else { "s" }
         );
     }
-    if roles.signaling.is_none() {
+    if let Some(chat) = &roles.chat {
+        println!(
+            "chat:      listening on {}, {} client{} logged in, {} message{} relayed",
+            chat.listen,
+            chat.clients,
+            if chat.clients == 1 { "" } else { "s" },
+            chat.messages_relayed,
+            if chat.messages_relayed == 1 { "" } else { "s" }
+        );
+    }
+    if roles.signaling.is_none() && roles.chat.is_none() {
         println!("roles:     none enabled");
     }
     Ok(())

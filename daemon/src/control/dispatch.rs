@@ -4,11 +4,12 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use meshd_ipc::{
-    DeviceEntry, ErrorCode, ErrorReply, PROTOCOL_VERSION, ReloadReply, Reply, Request, Response,
-    RoleStatus, StatusReply,
+    BroadcastReply, DeviceEntry, ErrorCode, ErrorReply, PROTOCOL_VERSION, ReloadReply, Reply,
+    Request, Response, RoleStatus, StatusReply, UserChange, UserEntry,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::chat::{ChatHandle, UsersError};
 use crate::device_id::DeviceId;
 use crate::signaling::SignalingHandle;
 
@@ -30,23 +31,28 @@ pub struct ReloadRequest {
     pub reply: oneshot::Sender<Result<ReloadReply, String>>,
 }
 
+/// The running roles' handles; `None` for a role that is disabled.
+#[derive(Clone, Default)]
+pub struct Roles {
+    /// The discovery server.
+    pub signaling: Option<SignalingHandle>,
+    /// The chat server.
+    pub chat: Option<ChatHandle>,
+}
+
 /// Routes requests to roles.
 pub struct Dispatcher {
     node: NodeFacts,
-    signaling: Option<SignalingHandle>,
+    roles: Roles,
     reload: mpsc::Sender<ReloadRequest>,
 }
 
 impl Dispatcher {
     /// A dispatcher over the running roles.
-    pub fn new(
-        node: NodeFacts,
-        signaling: Option<SignalingHandle>,
-        reload: mpsc::Sender<ReloadRequest>,
-    ) -> Self {
+    pub fn new(node: NodeFacts, roles: Roles, reload: mpsc::Sender<ReloadRequest>) -> Self {
         Dispatcher {
             node,
-            signaling,
+            roles,
             reload,
         }
     }
@@ -56,7 +62,7 @@ impl Dispatcher {
     pub async fn handle(&self, request: Request) -> Vec<Reply> {
         match request {
             Request::Status => vec![Reply::Ok(Response::Status(self.status()))],
-            Request::Devices => match &self.signaling {
+            Request::Devices => match &self.roles.signaling {
                 Some(signaling) => paged_devices(signaling.devices()),
                 None => vec![unavailable(
                     "no device list here: this node runs no signaling role ([signaling] enabled = false)",
@@ -64,7 +70,90 @@ impl Dispatcher {
             },
             Request::DevicesRemove { device } => vec![self.remove(&device)],
             Request::Reload => vec![self.reload().await],
+            Request::UsersList => vec![self.with_chat(|chat| {
+                let users = chat
+                    .user_names()
+                    .into_iter()
+                    .map(|name| UserEntry { name })
+                    .collect();
+                Reply::Ok(Response::Users(users))
+            })],
+            Request::UsersAdd { name, password } => {
+                vec![
+                    self.change_user(name, "added", |chat, name| async move {
+                        chat.add_user(&name, password).await
+                    })
+                    .await,
+                ]
+            }
+            Request::UsersPasswd { name, password } => {
+                vec![
+                    self.change_user(name, "changed", |chat, name| async move {
+                        chat.set_password(&name, password).await
+                    })
+                    .await,
+                ]
+            }
+            Request::UsersRemove { name } => {
+                vec![
+                    self.change_user(name, "removed", |chat, name| async move {
+                        chat.remove_user(&name).await
+                    })
+                    .await,
+                ]
+            }
+            Request::Broadcast { text } => vec![self.broadcast(&text)],
         }
+    }
+
+    fn with_chat(&self, answer: impl FnOnce(&ChatHandle) -> Reply) -> Reply {
+        match &self.roles.chat {
+            Some(chat) => answer(chat),
+            None => unavailable("this node runs no chat role ([chat] enabled = false)"),
+        }
+    }
+
+    async fn change_user<F, Fut>(&self, name: String, action: &str, change: F) -> Reply
+    where
+        F: FnOnce(ChatHandle, String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), UsersError>>,
+    {
+        let Some(chat) = self.roles.chat.clone() else {
+            return unavailable("this node runs no chat role ([chat] enabled = false)");
+        };
+        match change(chat, name.clone()).await {
+            Ok(()) => Reply::Ok(Response::UserChanged(UserChange {
+                name,
+                action: action.to_owned(),
+            })),
+            Err(error) => {
+                let code = match &error {
+                    UsersError::NotFound(_) => ErrorCode::NotFound,
+                    UsersError::Exists(_) => ErrorCode::Conflict,
+                    UsersError::BadName(_) | UsersError::BadPassword(_) => ErrorCode::BadRequest,
+                    UsersError::Io { .. } | UsersError::Invalid { .. } | UsersError::Hash(_) => {
+                        ErrorCode::Internal
+                    }
+                };
+                Reply::Error(ErrorReply {
+                    code,
+                    message: error.to_string(),
+                })
+            }
+        }
+    }
+
+    fn broadcast(&self, text: &str) -> Reply {
+        if text.contains(['\n', '\r']) {
+            return error(
+                ErrorCode::BadRequest,
+                "a broadcast is one line: it must not contain line breaks".to_owned(),
+            );
+        }
+        self.with_chat(|chat| {
+            let clients = chat.broadcast(text);
+            Reply::Ok(Response::Broadcasted(BroadcastReply { clients }))
+        })
     }
 
     fn status(&self) -> StatusReply {
@@ -80,13 +169,14 @@ impl Dispatcher {
                 .as_ref()
                 .map(|path| path.display().to_string()),
             roles: RoleStatus {
-                signaling: self.signaling.as_ref().map(SignalingHandle::status),
+                signaling: self.roles.signaling.as_ref().map(SignalingHandle::status),
+                chat: self.roles.chat.as_ref().map(ChatHandle::status),
             },
         }
     }
 
     fn remove(&self, device: &str) -> Reply {
-        let Some(signaling) = &self.signaling else {
+        let Some(signaling) = &self.roles.signaling else {
             return unavailable("devices remove works on a hub: this node runs no signaling role");
         };
         let id = match DeviceId::parse(device) {

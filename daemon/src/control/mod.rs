@@ -14,7 +14,7 @@ mod socket;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use dispatch::{Dispatcher, NodeFacts, ReloadRequest};
+pub use dispatch::{Dispatcher, NodeFacts, ReloadRequest, Roles};
 pub use interprocess::os::unix::uds_local_socket::tokio::Listener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -1,0 +1,202 @@
+//! The chat role: a TCP broadcast server (CONTRACT section 4). Clients log in
+//! with a user name and password; every message goes to all other clients.
+//!
+//! [`start`] spawns the accept loop on the supervisor's tracker; each
+//! connection gets a task (`session.rs`), and each logged-in client a writer.
+//! The room (`room.rs`) fans lines out; users (`users.rs`) and password checks
+//! (`auth.rs`) decide who may log in. [`ChatHandle`] is the role's face to the
+//! rest of meshd: status, operator broadcasts, and user management.
+
+mod auth;
+mod line_reader;
+mod protocol;
+mod room;
+mod session;
+mod users;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use meshd_ipc::ChatStatus;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ChatConfig;
+use auth::Authenticator;
+use room::Room;
+use users::UserStore;
+pub use users::UsersError;
+
+/// Lines the room's ring holds; a client further behind than this is slow.
+const RING_CAPACITY: usize = 8192;
+
+/// What every session shares.
+pub struct ChatShared {
+    room: Room,
+    users: UserStore,
+    auth: Authenticator,
+    max_line_bytes: usize,
+    cancel: CancellationToken,
+}
+
+/// The chat role as the rest of meshd sees it.
+#[derive(Clone)]
+pub struct ChatHandle {
+    shared: Arc<ChatShared>,
+    listen: SocketAddr,
+}
+
+/// Binds the listener; separate from [`start`] so that READY=1 follows every
+/// bind.
+pub async fn bind(config: &ChatConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(config.listen).await
+}
+
+/// Starts the role on a bound listener, loading users from `state_dir`.
+pub async fn start(
+    config: &ChatConfig,
+    state_dir: &std::path::Path,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> std::io::Result<ChatHandle> {
+    let listen = listener.local_addr()?;
+    let shared = Arc::new(ChatShared {
+        room: Room::new(RING_CAPACITY),
+        users: UserStore::new(state_dir),
+        auth: Authenticator::new().await,
+        max_line_bytes: config.max_line_bytes,
+        cancel: cancel.clone(),
+    });
+    match shared.users.reload().await {
+        Ok(count) => tracing::info!(role = "chat", users = count, "chat users loaded"),
+        Err(error) => {
+            tracing::error!(role = "chat", %error, "chat users not loaded; no one can log in until it is fixed")
+        }
+    }
+    tracker.spawn(accept_loop(
+        listener,
+        shared.clone(),
+        config.max_clients,
+        tracker.clone(),
+    ));
+    tracing::info!(role = "chat", %listen, "chat server listening");
+    Ok(ChatHandle { shared, listen })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ChatShared>,
+    max_clients: usize,
+    tracker: TaskTracker,
+) {
+    let connections = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shared.cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "chat accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if connections.load(Ordering::Relaxed) >= max_clients {
+            tracker.spawn(refuse_full(stream, peer));
+            continue;
+        }
+        connections.fetch_add(1, Ordering::Relaxed);
+        let connections = connections.clone();
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            session::serve(stream, peer, shared).await;
+            connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    tracing::debug!("chat listener closed");
+}
+
+/// Tells a client over `max_clients` why it is turned away.
+async fn refuse_full(mut stream: TcpStream, peer: SocketAddr) {
+    tracing::warn!(peer_addr = %peer, "chat full; connection refused");
+    let mut lines = protocol::HELLO.to_vec();
+    lines.extend_from_slice(&protocol::err(
+        protocol::ErrCode::Full,
+        "too many clients; try again later",
+    ));
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&lines)).await;
+    let _ = stream.shutdown().await;
+}
+
+impl ChatHandle {
+    /// For `meshctl status`.
+    pub fn status(&self) -> ChatStatus {
+        ChatStatus {
+            listen: self.listen.to_string(),
+            clients: self.shared.room.clients(),
+            messages_relayed: self.shared.room.relayed(),
+        }
+    }
+
+    /// `meshctl broadcast`: `SYS text` to every client; returns how many.
+    pub fn broadcast(&self, text: &str) -> usize {
+        tracing::info!(role = "chat", "operator broadcast");
+        self.shared.room.system(text)
+    }
+
+    /// `meshctl users list`
+    pub fn user_names(&self) -> Vec<String> {
+        self.shared.users.snapshot().names()
+    }
+
+    /// `meshctl users add`
+    pub async fn add_user(&self, name: &str, password: String) -> Result<(), UsersError> {
+        users::check_name(name)?;
+        users::check_password(&password)?;
+        let hash = self.hash(password).await?;
+        self.shared.users.change(|set| set.add(name, hash)).await?;
+        tracing::info!(user = name, "chat user added");
+        Ok(())
+    }
+
+    /// `meshctl users passwd`
+    pub async fn set_password(&self, name: &str, password: String) -> Result<(), UsersError> {
+        if self.shared.users.snapshot().hash_of(name).is_none() {
+            return Err(UsersError::NotFound(name.to_owned()));
+        }
+        users::check_password(&password)?;
+        let hash = self.hash(password).await?;
+        self.shared
+            .users
+            .change(|set| set.set_password(name, hash))
+            .await?;
+        tracing::info!(user = name, "chat user password changed");
+        Ok(())
+    }
+
+    /// `meshctl users remove`
+    pub async fn remove_user(&self, name: &str) -> Result<(), UsersError> {
+        self.shared.users.change(|set| set.remove(name)).await?;
+        tracing::info!(user = name, "chat user removed");
+        Ok(())
+    }
+
+    /// Re-reads the users file (on reload); the last good set stays on error.
+    pub async fn reload_users(&self) -> Result<usize, UsersError> {
+        self.shared.users.reload().await
+    }
+
+    async fn hash(&self, password: String) -> Result<String, UsersError> {
+        self.shared
+            .auth
+            .hash(password)
+            .await
+            .map_err(UsersError::Hash)
+    }
+}

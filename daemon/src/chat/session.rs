@@ -1,0 +1,337 @@
+//! One chat connection, from `HELLO` to close.
+//!
+//! Tasks: the connection's task reads lines (login, then messages); once the
+//! client is logged in it spawns the client's writer, which alone writes to
+//! the socket from then on. The writer drains the room's ring and the
+//! session's private replies into batches and writes each batch with one
+//! vectored write, so a burst goes out in few syscalls and no line is copied
+//! per client. A writer that cannot write for [`WRITE_DEADLINE`], or that
+//! falls behind the ring, ends the session as slow: the others never wait.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::ChatShared;
+use super::line_reader::{Line, read_line};
+use super::protocol::{self, ClientLine, ErrCode};
+use super::room::{ClientId, Outgoing};
+
+/// Time a client has to log in after connecting.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Failed logins allowed on one connection.
+const MAX_AUTH_ATTEMPTS: u32 = 3;
+/// A writer that makes no progress for this long has a slow client.
+pub const WRITE_DEADLINE: Duration = Duration::from_millis(500);
+/// Lines written per vectored write at most.
+const MAX_BATCH: usize = 256;
+/// Private replies (WHO, ERR, BYE) queued per client; a client that floods
+/// commands without reading waits here.
+const PRIVATE_QUEUE: usize = 16;
+/// Initial read buffer; lines longer than this grow it up to the limit.
+const READ_BUFFER: usize = 1024;
+
+/// Serves one connection to its end.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
+    if write_direct(&mut write_half, protocol::HELLO)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let Some(user) = login(&mut reader, &mut write_half, peer, &shared).await else {
+        let _ = write_half.shutdown().await;
+        return;
+    };
+    tracing::info!(user, peer_addr = %peer, "chat login");
+    let (id, ring) = shared.room.join(&user);
+    let (private, private_rx) = mpsc::channel(PRIVATE_QUEUE);
+    let session_end = shared.cancel.child_token();
+    let writer = tokio::spawn(write_loop(Writer {
+        socket: write_half,
+        me: id,
+        ring,
+        private: private_rx,
+        end: session_end.clone(),
+        shutdown: shared.cancel.clone(),
+        user: user.clone(),
+        peer,
+    }));
+    read_loop(&mut reader, id, &user, &shared, &private, &session_end).await;
+    drop(private);
+    let _ = writer.await;
+    shared.room.leave(id);
+    tracing::info!(user, peer_addr = %peer, "chat logout");
+}
+
+/// The login phase; returns the user name once `OK` was sent.
+async fn login(
+    reader: &mut BufReader<OwnedReadHalf>,
+    socket: &mut OwnedWriteHalf,
+    peer: SocketAddr,
+    shared: &ChatShared,
+) -> Option<String> {
+    let deadline = Instant::now() + LOGIN_TIMEOUT;
+    let mut failures = 0;
+    let mut buf = Vec::new();
+    loop {
+        let read = tokio::select! {
+            () = shared.cancel.cancelled() => {
+                let _ = write_direct(socket, &shutdown_lines()).await;
+                return None;
+            }
+            read = tokio::time::timeout_at(deadline, read_line(reader, &mut buf, shared.max_line_bytes)) => read,
+        };
+        let reply = match read {
+            Err(_elapsed) => {
+                let line = protocol::err(ErrCode::Timeout, "no login within 10s; closing");
+                let _ = write_direct(socket, &line).await;
+                return None;
+            }
+            Ok(Err(_)) | Ok(Ok(Line::Eof)) => return None,
+            Ok(Ok(Line::TooLong)) => too_long(shared.max_line_bytes),
+            Ok(Ok(Line::Complete)) => match protocol::parse(protocol::trim_line_end(&buf)) {
+                Err(_) => protocol::err(ErrCode::Proto, "line is not UTF-8"),
+                Ok(ClientLine::Quit) => {
+                    let _ = write_direct(socket, protocol::BYE).await;
+                    return None;
+                }
+                Ok(ClientLine::Auth { user, password }) => {
+                    if let Err(retry) = shared.auth.check_throttle(peer.ip()) {
+                        tracing::warn!(peer_addr = %peer, "chat login throttled");
+                        let text = format!(
+                            "too many failed logins from {}; try again in {}s",
+                            peer.ip(),
+                            retry.as_secs().max(1)
+                        );
+                        let _ = write_direct(socket, &protocol::err(ErrCode::Auth, &text)).await;
+                        return None;
+                    }
+                    let hash = shared.users.snapshot().hash_of(user).map(str::to_owned);
+                    if shared.auth.verify(hash, password.to_owned()).await {
+                        let user = user.to_owned();
+                        write_direct(socket, &protocol::ok(&user)).await.ok()?;
+                        return Some(user);
+                    }
+                    shared.auth.record_failure(peer.ip());
+                    failures += 1;
+                    tracing::info!(peer_addr = %peer, user, failures, "chat login failed");
+                    if failures >= MAX_AUTH_ATTEMPTS {
+                        let _ = write_direct(socket, &protocol::auth_failed()).await;
+                        return None;
+                    }
+                    protocol::auth_failed()
+                }
+                Ok(_) => protocol::err(ErrCode::Proto, "log in first: AUTH <username> <password>"),
+            },
+        };
+        write_direct(socket, &reply).await.ok()?;
+    }
+}
+
+/// The chat phase: every line the client sends.
+async fn read_loop(
+    reader: &mut BufReader<OwnedReadHalf>,
+    id: ClientId,
+    user: &str,
+    shared: &ChatShared,
+    private: &mpsc::Sender<Bytes>,
+    session_end: &CancellationToken,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let read = tokio::select! {
+            () = session_end.cancelled() => return,
+            read = read_line(reader, &mut buf, shared.max_line_bytes) => read,
+        };
+        let reply = match read {
+            Err(_) | Ok(Line::Eof) => return,
+            Ok(Line::TooLong) => too_long(shared.max_line_bytes),
+            Ok(Line::Complete) => match protocol::parse(protocol::trim_line_end(&buf)) {
+                Ok(ClientLine::Message(text)) => {
+                    shared.room.publish(id, user, text);
+                    continue;
+                }
+                Ok(ClientLine::Who) => shared.room.who(),
+                Ok(ClientLine::Quit) => {
+                    let _ = private.send(Bytes::from_static(protocol::BYE)).await;
+                    return;
+                }
+                Ok(ClientLine::Auth { .. }) => protocol::err(ErrCode::Proto, "already logged in"),
+                Ok(ClientLine::UnknownCommand(command)) => protocol::err(
+                    ErrCode::Proto,
+                    &format!("unknown command {command}; commands are /who and /quit"),
+                ),
+                Err(_) => protocol::err(ErrCode::Proto, "line is not UTF-8"),
+            },
+        };
+        if private.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn too_long(max: usize) -> Bytes {
+    protocol::err(
+        ErrCode::TooLong,
+        &format!("line longer than {max} bytes; dropped"),
+    )
+}
+
+fn shutdown_lines() -> Bytes {
+    let mut lines = protocol::err(ErrCode::Shutdown, "meshd is stopping").to_vec();
+    lines.extend_from_slice(protocol::BYE);
+    Bytes::from(lines)
+}
+
+/// Writes during login, before the writer task exists.
+async fn write_direct(socket: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(LOGIN_TIMEOUT, socket.write_all(bytes))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+/// Everything the writer task owns.
+struct Writer {
+    socket: OwnedWriteHalf,
+    me: ClientId,
+    ring: broadcast::Receiver<Outgoing>,
+    private: mpsc::Receiver<Bytes>,
+    end: CancellationToken,
+    shutdown: CancellationToken,
+    user: String,
+    peer: SocketAddr,
+}
+
+/// Why a writer stopped.
+enum Stop {
+    /// The reader finished (EOF, /quit): flush and close.
+    Done,
+    /// The client cannot keep up.
+    Slow(&'static str),
+    /// meshd is stopping.
+    Shutdown,
+    /// The socket failed.
+    Broken,
+}
+
+async fn write_loop(mut writer: Writer) {
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    let stop = loop {
+        let first = tokio::select! {
+            biased;
+            () = writer.shutdown.cancelled() => break Stop::Shutdown,
+            private = writer.private.recv() => match private {
+                Some(line) => Ok(line),
+                None => break Stop::Done,
+            },
+            event = writer.ring.recv() => match event {
+                Ok(out) => Err(out),
+                Err(broadcast::error::RecvError::Lagged(_)) => break Stop::Slow("fell behind the room"),
+                Err(broadcast::error::RecvError::Closed) => break Stop::Shutdown,
+            },
+        };
+        match first {
+            Ok(line) => batch.push_back(line),
+            Err(out) if out.from != writer.me => batch.push_back(out.line),
+            Err(_own) => {}
+        }
+        if let Err(stop) = drain_ready(&mut writer, &mut batch) {
+            break stop;
+        }
+        match tokio::time::timeout(WRITE_DEADLINE, write_batch(&mut writer.socket, &mut batch))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break Stop::Broken,
+            Err(_elapsed) => break Stop::Slow("made no progress reading"),
+        }
+    };
+    match stop {
+        Stop::Done => {
+            let _ =
+                tokio::time::timeout(WRITE_DEADLINE, write_batch(&mut writer.socket, &mut batch))
+                    .await;
+        }
+        Stop::Shutdown => {
+            batch.push_back(shutdown_lines());
+            let _ =
+                tokio::time::timeout(WRITE_DEADLINE, write_batch(&mut writer.socket, &mut batch))
+                    .await;
+        }
+        Stop::Slow(why) => {
+            tracing::warn!(user = writer.user, peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
+            // Best effort: its buffers may be full, and it is not waited for.
+            let _ = writer.socket.try_write(&protocol::err(
+                ErrCode::Slow,
+                "client did not read fast enough; closing",
+            ));
+        }
+        Stop::Broken => {}
+    }
+    let _ = writer.socket.shutdown().await;
+    writer.end.cancel();
+}
+
+/// Moves whatever is already waiting into the batch, without blocking.
+fn drain_ready(writer: &mut Writer, batch: &mut VecDeque<Bytes>) -> Result<(), Stop> {
+    while batch.len() < MAX_BATCH {
+        match writer.ring.try_recv() {
+            Ok(out) if out.from != writer.me => batch.push_back(out.line),
+            Ok(_own) => {}
+            Err(broadcast::error::TryRecvError::Empty) => break,
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                return Err(Stop::Slow("fell behind the room"));
+            }
+            Err(broadcast::error::TryRecvError::Closed) => return Err(Stop::Shutdown),
+        }
+    }
+    while batch.len() < MAX_BATCH {
+        match writer.private.try_recv() {
+            Ok(line) => batch.push_back(line),
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// Writes every line of the batch with vectored writes; the lines are the
+/// room's shared buffers, never copied.
+async fn write_batch(
+    socket: &mut OwnedWriteHalf,
+    batch: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    while !batch.is_empty() {
+        let slices: Vec<IoSlice<'_>> = batch.iter().map(|line| IoSlice::new(line)).collect();
+        let mut written = socket.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let Some(front) = batch.front_mut() else {
+                break;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                batch.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
