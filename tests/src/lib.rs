@@ -13,12 +13,14 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod binaries;
+pub mod chat;
 pub mod http;
 pub mod node;
 pub mod notify;
 pub mod wait;
 
 pub use binaries::{meshctl_bin, meshd_bin};
+pub use chat::ChatClient;
 pub use node::{Node, NodeOptions, copy_executable};
 pub use notify::NotifySocket;
 pub use wait::wait_until;

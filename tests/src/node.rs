@@ -24,6 +24,10 @@ pub struct NodeOptions {
     pub signaling: String,
     /// Run the signaling role.
     pub signaling_enabled: bool,
+    /// Run the chat role.
+    pub chat_enabled: bool,
+    /// Extra TOML appended inside `[chat]`.
+    pub chat: String,
     /// Extra TOML appended at the end of the file (own sections).
     pub extra: String,
     /// Extra environment for meshd.
@@ -43,6 +47,8 @@ impl Default for NodeOptions {
             id: "hub".to_owned(),
             signaling: String::new(),
             signaling_enabled: true,
+            chat_enabled: false,
+            chat: String::new(),
             extra: String::new(),
             env: Vec::new(),
             group: String::new(),
@@ -177,11 +183,14 @@ impl Node {
             "[node]\nid = \"{id}\"\nstate_dir = \"{dir}/state\"\nlog_level = \"debug\"\n\n\
              [control]\nsocket = \"{socket}\"\ngroup = \"{group}\"\n\n\
              [signaling]\nenabled = {sig}\nlisten = \"127.0.0.1:0\"\n{signaling}\n\n\
-             [chat]\nenabled = false\n\n[mesh]\nenabled = false\n\n{extra}\n",
+             [chat]\nenabled = {chat_enabled}\nlisten = \"127.0.0.1:0\"\n{chat}\n\n\
+             [mesh]\nenabled = false\n\n{extra}\n",
             id = self.options.id,
             socket = self.socket().display(),
             group = self.options.group,
             sig = self.options.signaling_enabled,
+            chat_enabled = self.options.chat_enabled,
+            chat = self.options.chat,
             signaling = self.options.signaling,
             extra = self.options.extra,
         )
@@ -271,6 +280,66 @@ impl Node {
             .stdin(Stdio::null())
             .output()
             .expect("running meshctl")
+    }
+
+    /// Runs meshctl with `input` on its standard input.
+    pub fn ctl_with_input(&self, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(meshctl_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running meshctl");
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, input.as_bytes())
+                .expect("writing meshctl's stdin");
+        }
+        child.wait_with_output().expect("waiting for meshctl")
+    }
+
+    /// Adds a chat user with `meshctl users add NAME --password-stdin`.
+    pub fn add_user(&self, name: &str, password: &str) {
+        let output = self.ctl_with_input(
+            &["users", "add", name, "--password-stdin"],
+            &format!("{password}\n"),
+        );
+        assert!(
+            output.status.success(),
+            "meshctl users add {name} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// The chat server's bound address, from `meshctl status --json`.
+    pub fn chat_addr(&self) -> SocketAddr {
+        let status = self.ctl_json(&["status"]);
+        status["roles"]["chat"]["listen"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no chat listen address in {status}"))
+            .parse()
+            .expect("listen address parses")
+    }
+
+    /// meshd's resident memory in bytes, from /proc.
+    pub fn rss_bytes(&self) -> u64 {
+        let status =
+            fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("reading /proc");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .expect("VmRSS in /proc/PID/status")
     }
 
     /// Runs meshctl and returns its stdout, asserting exit 0.

@@ -250,6 +250,7 @@ fn group_members_may_read_but_only_root_and_the_daemon_user_may_write() {
     );
     let node = Node::start(NodeOptions {
         group: "nogroup".into(),
+        chat_enabled: true,
         ..NodeOptions::default()
     });
     let meshctl = meshctl_for_nobody(node.dir());
@@ -259,9 +260,16 @@ fn group_members_may_read_but_only_root_and_the_daemon_user_may_write() {
     assert!(status.status.success(), "{status:?}");
     let devices = as_user(&meshctl, &node.socket(), "nogroup", &["devices"]);
     assert!(devices.status.success(), "{devices:?}");
+    let users = as_user(&meshctl, &node.socket(), "nogroup", &["users", "list"]);
+    assert!(users.status.success(), "{users:?}");
 
     // ...mutating ones are refused with a clear message and exit 1.
-    for args in [&["reload"][..], &["devices", "remove", "x"][..]] {
+    for args in [
+        &["reload"][..],
+        &["devices", "remove", "x"][..],
+        &["users", "remove", "x"][..],
+        &["broadcast", "hi"][..],
+    ] {
         let output = as_user(&meshctl, &node.socket(), "nogroup", args);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
         let stderr = String::from_utf8(output.stderr).unwrap();

@@ -5,6 +5,7 @@
 // Tests and their helpers fail by panicking with a message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod chat;
 mod config;
 mod control;
 mod lifecycle;
