@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use meshd_ipc::{Request, Response};
@@ -51,7 +52,7 @@ pub fn run(server: Option<String>, socket: &Path) -> Result<(), CtlError> {
     }
     println!("logged in as {user}; type a message and press Enter, /who lists users, exit leaves");
 
-    let printer = std::thread::spawn(move || print_incoming(reader));
+    let printer = std::thread::spawn(move || print_incoming(reader, &QUITTING));
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -62,6 +63,7 @@ pub fn run(server: Option<String>, socket: &Path) -> Result<(), CtlError> {
             break;
         }
     }
+    QUITTING.store(true, Ordering::SeqCst);
     let _ = writer.write_all(b"/quit\n");
     // Wait briefly for BYE so the server sees a clean goodbye.
     let _ = writer.set_read_timeout(Some(Duration::from_secs(2)));
@@ -104,24 +106,41 @@ fn read_server_line(reader: &mut BufReader<TcpStream>) -> Result<String, String>
     }
 }
 
-/// Prints server lines until the connection ends.
-fn print_incoming(mut reader: BufReader<TcpStream>) {
+/// Set once the user asked to leave, so the end of the connection is
+/// expected.
+static QUITTING: AtomicBool = AtomicBool::new(false);
+
+/// Prints server lines until the connection ends. If the server ends it
+/// first (`ERR slow`, `ERR shutdown`), the whole client exits with status 1
+/// rather than waiting for more input.
+fn print_incoming(mut reader: BufReader<TcpStream>, quitting: &AtomicBool) {
     loop {
         let line = match read_server_line(&mut reader) {
+            Ok(line) if line == "BYE" => {
+                println!("* bye");
+                if quitting.load(Ordering::SeqCst) {
+                    return;
+                }
+                exit_closed_by_server("the server said goodbye");
+            }
             Ok(line) => line,
             Err(reason) => {
-                println!("* disconnected: {reason}");
-                return;
+                if quitting.load(Ordering::SeqCst) {
+                    return;
+                }
+                exit_closed_by_server(&reason);
             }
         };
-        if line == "BYE" {
-            println!("* bye");
-            return;
-        }
         if let Some(text) = render(&line) {
             println!("{text}");
         }
     }
+}
+
+fn exit_closed_by_server(reason: &str) -> ! {
+    let _ = std::io::stdout().flush();
+    eprintln!("meshctl: chat ended: {reason}");
+    std::process::exit(1);
 }
 
 /// A server line as a person reads it; `None` for verbs this client does not

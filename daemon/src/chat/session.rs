@@ -38,6 +38,8 @@ const MAX_BATCH: usize = 256;
 /// Private replies (WHO, ERR, BYE) queued per client; a client that floods
 /// commands without reading waits here.
 const PRIVATE_QUEUE: usize = 16;
+/// Batch capacity an idle writer keeps.
+const IDLE_BATCH_CAPACITY: usize = 16;
 /// Initial read buffer; lines longer than this grow it up to the limit.
 const READ_BUFFER: usize = 1024;
 
@@ -170,7 +172,14 @@ async fn read_loop(
                     let _ = private.send(Bytes::from_static(protocol::BYE)).await;
                     return;
                 }
-                Ok(ClientLine::Auth { .. }) => protocol::err(ErrCode::Proto, "already logged in"),
+                // After OK, every line not starting with '/' is a message,
+                // even one that looks like AUTH (CONTRACT section 4).
+                Ok(ClientLine::Auth { .. }) => {
+                    if let Ok(text) = std::str::from_utf8(protocol::trim_line_end(&buf)) {
+                        shared.room.publish(id, user, text);
+                    }
+                    continue;
+                }
                 Ok(ClientLine::UnknownCommand(command)) => protocol::err(
                     ErrCode::Proto,
                     &format!("unknown command {command}; commands are /who and /quit"),
@@ -252,25 +261,27 @@ async fn write_loop(mut writer: Writer) {
         if let Err(stop) = drain_ready(&mut writer, &mut batch) {
             break stop;
         }
-        match tokio::time::timeout(WRITE_DEADLINE, write_batch(&mut writer.socket, &mut batch))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => break Stop::Broken,
-            Err(_elapsed) => break Stop::Slow("made no progress reading"),
+        match write_batch(&mut writer.socket, &mut batch).await {
+            Ok(()) => {
+                // A burst may have grown the batch; an idle client should not
+                // keep that memory.
+                if batch.capacity() > IDLE_BATCH_CAPACITY {
+                    batch.shrink_to(IDLE_BATCH_CAPACITY);
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                break Stop::Slow("made no progress reading");
+            }
+            Err(_) => break Stop::Broken,
         }
     };
     match stop {
         Stop::Done => {
-            let _ =
-                tokio::time::timeout(WRITE_DEADLINE, write_batch(&mut writer.socket, &mut batch))
-                    .await;
+            let _ = write_batch(&mut writer.socket, &mut batch).await;
         }
         Stop::Shutdown => {
             batch.push_back(shutdown_lines());
-            let _ =
-                tokio::time::timeout(WRITE_DEADLINE, write_batch(&mut writer.socket, &mut batch))
-                    .await;
+            let _ = write_batch(&mut writer.socket, &mut batch).await;
         }
         Stop::Slow(why) => {
             tracing::warn!(user = writer.user, peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
@@ -309,14 +320,17 @@ fn drain_ready(writer: &mut Writer, batch: &mut VecDeque<Bytes>) -> Result<(), S
 }
 
 /// Writes every line of the batch with vectored writes; the lines are the
-/// room's shared buffers, never copied.
+/// room's shared buffers, never copied. Each write must make progress within
+/// [`WRITE_DEADLINE`], or this fails with `TimedOut`: the client is slow.
 async fn write_batch(
     socket: &mut OwnedWriteHalf,
     batch: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !batch.is_empty() {
         let slices: Vec<IoSlice<'_>> = batch.iter().map(|line| IoSlice::new(line)).collect();
-        let mut written = socket.write_vectored(&slices).await?;
+        let mut written = tokio::time::timeout(WRITE_DEADLINE, socket.write_vectored(&slices))
+            .await
+            .map_err(|_elapsed| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

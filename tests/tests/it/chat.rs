@@ -51,8 +51,9 @@ fn the_whole_protocol() {
     assert!(bob.line().starts_with("ERR proto unknown command /launch"));
     bob.send_raw(&[0xff, 0xfe, b'\n']);
     assert!(bob.line().starts_with("ERR proto "));
+    // After OK, a line that looks like AUTH is just a message.
     bob.send("AUTH bob bob-pw");
-    assert!(bob.line().starts_with("ERR proto "));
+    assert_eq!(alice.line(), "MSG bob AUTH bob bob-pw");
     bob.send(&"x".repeat(4097));
     assert!(bob.line().starts_with("ERR toolong "));
     // A line of exactly max_line_bytes passes.
@@ -71,12 +72,9 @@ fn the_whole_protocol() {
 
     let status = node.ctl_json(&["status"]);
     assert_eq!(status["roles"]["chat"]["clients"], 1);
-    assert_eq!(status["roles"]["chat"]["messages_relayed"], 3);
+    assert_eq!(status["roles"]["chat"]["messages_relayed"], 4);
     let text = node.ctl_ok(&["status"]);
-    assert!(
-        text.contains("1 client logged in, 3 messages relayed"),
-        "{text}"
-    );
+    assert!(text.contains("1 client logged in, 4 messages relayed"), "{text}");
 }
 
 #[test]
@@ -431,6 +429,74 @@ fn a_corrupt_users_file_names_its_line_and_the_last_good_set_stays() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), corrupt);
 }
 
+/// `meshctl chat` on a real terminal (`script` gives it one, so the password
+/// prompt really turns echo off), with what it prints collected.
+struct TerminalChat {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    screen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl TerminalChat {
+    fn start(addr: SocketAddr) -> TerminalChat {
+        let command = format!("{} chat {addr}", meshctl_bin().display());
+        let mut child = Command::new("script")
+            .args(["-q", "-f", "-e", "-c", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running script (util-linux)");
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let collected = screen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        TerminalChat {
+            child,
+            stdin,
+            screen,
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+    }
+
+    fn wait_for(&self, text: &str) {
+        wait_until(
+            &format!("{text:?} on the terminal"),
+            Duration::from_secs(10),
+            || self.screen.lock().unwrap().contains(text).then_some(()),
+        );
+    }
+
+    fn log_in(&mut self, user: &str, password: &str) {
+        self.wait_for("Username:");
+        self.type_line(user);
+        self.wait_for("Password:");
+        self.type_line(password);
+        self.wait_for(&format!("logged in as {user}"));
+    }
+
+    fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+}
+
 #[test]
 fn meshctl_chat_is_an_interactive_client() {
     let (node, addr) = chat_node("");
@@ -438,62 +504,62 @@ fn meshctl_chat_is_an_interactive_client() {
     node.add_user("iris", "pw");
     let mut iris = ChatClient::login(addr, "iris", "pw");
 
-    // `script` gives meshctl a real terminal, so the password prompt
-    // really turns echo off.
-    let command = format!("{} chat {addr}", meshctl_bin().display());
-    let mut child = Command::new("script")
-        .args(["-q", "-f", "-e", "-c", &command, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running script (util-linux)");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let collected = output.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            collected
-                .lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    let seen = |text: &str| output.lock().unwrap().contains(text);
-    wait_until("the Username prompt", Duration::from_secs(10), || {
-        seen("Username:").then_some(())
-    });
-    stdin.write_all(b"henry\n").unwrap();
-    wait_until("the Password prompt", Duration::from_secs(10), || {
-        seen("Password:").then_some(())
-    });
-    stdin.write_all(b"s3cret pass\n").unwrap();
-    wait_until("the login", Duration::from_secs(10), || {
-        seen("logged in as henry").then_some(())
-    });
+    let mut terminal = TerminalChat::start(addr);
+    terminal.log_in("henry", "s3cret pass");
     iris.expect("JOIN henry");
 
-    stdin.write_all(b"hello from the terminal\n").unwrap();
+    terminal.type_line("hello from the terminal");
     assert_eq!(iris.line(), "MSG henry hello from the terminal");
     iris.send("hi henry");
-    wait_until(
-        "iris's message on henry's screen",
-        Duration::from_secs(10),
-        || seen("iris: hi henry").then_some(()),
-    );
-    stdin.write_all(b"exit\n").unwrap();
+    terminal.wait_for("iris: hi henry");
+    node.ctl_ok(&["broadcast", "tea", "time"]);
+    terminal.wait_for("[system] tea time");
+    assert_eq!(iris.line(), "SYS tea time");
+    terminal.type_line("exit");
     assert_eq!(iris.line(), "LEAVE henry");
-    let status = child.wait().unwrap();
+    let status = terminal.child.wait().unwrap();
     assert!(status.success(), "{status}");
-    let screen = output.lock().unwrap().clone();
+    let screen = terminal.screen();
     assert!(
         !screen.contains("s3cret"),
         "the password was echoed:\n{screen}"
+    );
+}
+
+#[test]
+fn meshctl_chat_ends_with_status_1_when_the_server_goes_away() {
+    let (mut node, addr) = chat_node("");
+    node.add_user("jack", "pw");
+    let mut terminal = TerminalChat::start(addr);
+    terminal.log_in("jack", "pw");
+    node.stop();
+    terminal.wait_for("! meshd is stopping (shutdown)");
+    let status = terminal.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", terminal.screen());
+    assert!(
+        terminal.screen().contains("chat ended"),
+        "{}",
+        terminal.screen()
+    );
+}
+
+#[test]
+fn meshctl_chat_reports_a_failed_login() {
+    let (node, addr) = chat_node("");
+    node.add_user("kate", "pw");
+    let mut terminal = TerminalChat::start(addr);
+    terminal.wait_for("Username:");
+    terminal.type_line("kate");
+    terminal.wait_for("Password:");
+    terminal.type_line("wrong");
+    let status = terminal.child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        terminal
+            .screen()
+            .contains("login failed: ! invalid credentials (auth)"),
+        "{}",
+        terminal.screen()
     );
 }
 
