@@ -32,7 +32,7 @@ use users::UserStore;
 pub use users::UsersError;
 
 /// Lines the room's ring holds; a client further behind than this is slow.
-const RING_CAPACITY: usize = 8192;
+pub(crate) const RING_CAPACITY: usize = 8192;
 
 /// What every session shares.
 pub struct ChatShared {

@@ -33,6 +33,16 @@ pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_AUTH_ATTEMPTS: u32 = 3;
 /// A writer that makes no progress for this long has a slow client.
 pub const WRITE_DEADLINE: Duration = Duration::from_millis(500);
+/// How often a blocked write checks how far its client is behind.
+const LAG_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+/// Lines a client may fall behind the room while its socket is full: half the
+/// ring, so it is cut off well before it would lag out of the ring.
+const BLOCKED_LAG_LIMIT: usize = super::RING_CAPACITY / 2;
+/// The kernel's send buffer for a chat socket (it doubles this). Loopback
+/// autotuning grows it to megabytes, which takes a client that stopped
+/// reading a second to fill before anything notices; a fixed 128 KiB still
+/// holds tens of milliseconds of a fast client's traffic.
+const SEND_BUFFER: usize = 128 * 1024;
 /// Lines written per vectored write at most.
 const MAX_BATCH: usize = 256;
 /// Private replies (WHO, ERR, BYE) queued per client; a client that floods
@@ -46,6 +56,7 @@ const READ_BUFFER: usize = 1024;
 /// Serves one connection to its end.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>) {
     let _ = stream.set_nodelay(true);
+    let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
     if write_direct(&mut write_half, protocol::HELLO)
@@ -261,7 +272,7 @@ async fn write_loop(mut writer: Writer) {
         if let Err(stop) = drain_ready(&mut writer, &mut batch) {
             break stop;
         }
-        match write_batch(&mut writer.socket, &mut batch).await {
+        match write_batch(&mut writer.socket, &mut batch, Some(&writer.ring)).await {
             Ok(()) => {
                 // A burst may have grown the batch; an idle client should not
                 // keep that memory.
@@ -269,19 +280,17 @@ async fn write_loop(mut writer: Writer) {
                     batch.shrink_to(IDLE_BATCH_CAPACITY);
                 }
             }
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
-                break Stop::Slow("made no progress reading");
-            }
-            Err(_) => break Stop::Broken,
+            Err(WriteFailure::Slow(why)) => break Stop::Slow(why),
+            Err(WriteFailure::Broken) => break Stop::Broken,
         }
     };
     match stop {
         Stop::Done => {
-            let _ = write_batch(&mut writer.socket, &mut batch).await;
+            let _ = write_batch(&mut writer.socket, &mut batch, None).await;
         }
         Stop::Shutdown => {
             batch.push_back(shutdown_lines());
-            let _ = write_batch(&mut writer.socket, &mut batch).await;
+            let _ = write_batch(&mut writer.socket, &mut batch, None).await;
         }
         Stop::Slow(why) => {
             tracing::warn!(user = writer.user, peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
@@ -319,20 +328,45 @@ fn drain_ready(writer: &mut Writer, batch: &mut VecDeque<Bytes>) -> Result<(), S
     Ok(())
 }
 
+/// Why a batch could not be written.
+enum WriteFailure {
+    /// The client is not reading fast enough.
+    Slow(&'static str),
+    /// The socket failed.
+    Broken,
+}
+
 /// Writes every line of the batch with vectored writes; the lines are the
-/// room's shared buffers, never copied. Each write must make progress within
-/// [`WRITE_DEADLINE`], or this fails with `TimedOut`: the client is slow.
+/// room's shared buffers, never copied. A write that makes no progress for
+/// [`WRITE_DEADLINE`] means a slow client; so does a write stuck on a full
+/// socket while the room runs more than [`BLOCKED_LAG_LIMIT`] lines ahead
+/// of this client's place in `ring`, which catches a client that stopped
+/// reading within a few dozen milliseconds of its buffers filling.
 async fn write_batch(
     socket: &mut OwnedWriteHalf,
     batch: &mut VecDeque<Bytes>,
-) -> std::io::Result<()> {
+    ring: Option<&broadcast::Receiver<Outgoing>>,
+) -> Result<(), WriteFailure> {
     while !batch.is_empty() {
         let slices: Vec<IoSlice<'_>> = batch.iter().map(|line| IoSlice::new(line)).collect();
-        let mut written = tokio::time::timeout(WRITE_DEADLINE, socket.write_vectored(&slices))
-            .await
-            .map_err(|_elapsed| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let deadline = Instant::now() + WRITE_DEADLINE;
+        let write = socket.write_vectored(&slices);
+        tokio::pin!(write);
+        let mut written = loop {
+            tokio::select! {
+                result = &mut write => break result.map_err(|_| WriteFailure::Broken)?,
+                () = tokio::time::sleep(LAG_CHECK_INTERVAL) => {
+                    if Instant::now() >= deadline {
+                        return Err(WriteFailure::Slow("made no progress reading"));
+                    }
+                    if ring.is_some_and(|ring| ring.len() > BLOCKED_LAG_LIMIT) {
+                        return Err(WriteFailure::Slow("stopped reading while the room moved on"));
+                    }
+                }
+            }
+        };
         if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Err(WriteFailure::Broken);
         }
         while written > 0 {
             let Some(front) = batch.front_mut() else {
