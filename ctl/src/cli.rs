@@ -1,5 +1,6 @@
 //! meshctl's command line (CONTRACT section 5). Man pages and completions are
-//! generated from these definitions.
+//! generated from these definitions: this file depends on clap alone, and the
+//! xtask includes it.
 
 use std::path::PathBuf;
 

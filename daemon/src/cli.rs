@@ -1,11 +1,9 @@
-//! meshd's command line (CONTRACT section 1).
+//! meshd's command line (CONTRACT section 1). This file depends on clap
+//! alone: the xtask includes it to generate meshd(8).
 
 use std::path::PathBuf;
 
 use clap::Parser;
-
-use crate::config::ConfigLocation;
-use crate::paths::DEFAULT_CONFIG_PATH;
 
 /// meshd: a self-hosted mesh of devices, its signaling hub and a chat server.
 ///
@@ -22,20 +20,4 @@ pub struct Cli {
     /// and exit: 0 if valid, 1 with every problem listed if not.
     #[arg(long)]
     pub check_config: bool,
-}
-
-impl Cli {
-    /// Where the config comes from.
-    pub fn config_location(&self) -> ConfigLocation {
-        match &self.config {
-            Some(path) => ConfigLocation {
-                path: path.clone(),
-                explicit: true,
-            },
-            None => ConfigLocation {
-                path: PathBuf::from(DEFAULT_CONFIG_PATH),
-                explicit: false,
-            },
-        }
-    }
 }

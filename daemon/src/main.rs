@@ -21,11 +21,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::{Config, ConfigLocation};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let location = cli.config_location();
+    let location = config_location(&cli);
     let config = match Config::load(&location) {
         Ok(config) => config,
         Err(error) => {
@@ -75,5 +75,20 @@ fn main() -> ExitCode {
             eprintln!("meshd: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Where the config comes from: `--config PATH` must exist; the default path
+/// may be absent (then the built-in defaults apply).
+fn config_location(cli: &Cli) -> ConfigLocation {
+    match &cli.config {
+        Some(path) => ConfigLocation {
+            path: path.clone(),
+            explicit: true,
+        },
+        None => ConfigLocation {
+            path: std::path::PathBuf::from(paths::DEFAULT_CONFIG_PATH),
+            explicit: false,
+        },
     }
 }

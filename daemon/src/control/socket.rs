@@ -81,11 +81,18 @@ fn remove_if_stale(path: &Path) -> Result<(), ControlError> {
     }
 }
 
+fn file_gid(path: &Path) -> Option<u32> {
+    std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(path).ok()?).into()
+}
+
 fn set_group(path: &Path, group: &str) -> Result<(), ControlError> {
     if group.is_empty() {
         return Ok(());
     }
     match Group::from_name(group) {
+        // Already right (e.g. systemd's Group= is the control group): no
+        // chown, which a hardened unit's syscall filter may forbid.
+        Ok(Some(entry)) if file_gid(path) == Some(entry.gid.as_raw()) => Ok(()),
         Ok(Some(entry)) => match chown(path, None, Some(entry.gid)) {
             Ok(()) => Ok(()),
             // An ordinary user may only hand files to groups it belongs to;

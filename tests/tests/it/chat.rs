@@ -74,7 +74,10 @@ fn the_whole_protocol() {
     assert_eq!(status["roles"]["chat"]["clients"], 1);
     assert_eq!(status["roles"]["chat"]["messages_relayed"], 4);
     let text = node.ctl_ok(&["status"]);
-    assert!(text.contains("1 client logged in, 4 messages relayed"), "{text}");
+    assert!(
+        text.contains("1 client logged in, 4 messages relayed"),
+        "{text}"
+    );
 }
 
 #[test]
