@@ -50,6 +50,11 @@ pub enum StartError {
     Signals(std::io::Error),
 }
 
+/// Maps a listener error to a [`StartError`] naming the role and address.
+fn bind_failed(role: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError {
+    move |source| StartError::Bind { role, addr, source }
+}
+
 fn bind_hint(error: &std::io::Error) -> &'static str {
     match error.kind() {
         std::io::ErrorKind::AddrInUse => {
@@ -76,26 +81,19 @@ pub async fn run(
 
     // Bind everything before starting anything, so a bad address fails the
     // start cleanly and READY=1 means every listener is up.
-    let signaling_listener =
-        match config.signaling.enabled {
-            true => Some(signaling::bind(&config.signaling).await.map_err(|source| {
-                StartError::Bind {
-                    role: "signaling",
-                    addr: config.signaling.listen,
-                    source,
-                }
-            })?),
-            false => None,
-        };
+    let signaling_listener = match config.signaling.enabled {
+        true => Some(
+            signaling::bind(&config.signaling)
+                .await
+                .map_err(bind_failed("signaling", config.signaling.listen))?,
+        ),
+        false => None,
+    };
     let chat_listener = match config.chat.enabled {
         true => Some(
             chat::bind(&config.chat)
                 .await
-                .map_err(|source| StartError::Bind {
-                    role: "chat",
-                    addr: config.chat.listen,
-                    source,
-                })?,
+                .map_err(bind_failed("chat", config.chat.listen))?,
         ),
         false => None,
     };
@@ -103,13 +101,8 @@ pub async fn run(
 
     let signaling = match signaling_listener {
         Some(listener) => Some(
-            signaling::start(&config.signaling, listener, cancel.child_token(), &tracker).map_err(
-                |source| StartError::Bind {
-                    role: "signaling",
-                    addr: config.signaling.listen,
-                    source,
-                },
-            )?,
+            signaling::start(&config.signaling, listener, cancel.child_token(), &tracker)
+                .map_err(bind_failed("signaling", config.signaling.listen))?,
         ),
         None => None,
     };
@@ -123,11 +116,7 @@ pub async fn run(
                 &tracker,
             )
             .await
-            .map_err(|source| StartError::Bind {
-                role: "chat",
-                addr: config.chat.listen,
-                source,
-            })?,
+            .map_err(bind_failed("chat", config.chat.listen))?,
         ),
         None => None,
     };
