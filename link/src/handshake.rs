@@ -1,0 +1,324 @@
+//! The Noise_IK handshake that opens every link.
+//!
+//! IK because the dialler always knows whom it calls: the signaling servers
+//! list every device's public key. That gives one round trip, and the
+//! dialler's identity travels encrypted. The first message carries the
+//! dialler's [`Hello`]; the listener reads it, learns the dialler's static key,
+//! and decides (through its caller) whether that key belongs to the claimed id
+//! before it answers with its own hello. A listener that says no just closes:
+//! the dialler learns nothing.
+//!
+//! Each handshake message is `u16` length-prefixed; the whole exchange must
+//! finish within [`HANDSHAKE_TIMEOUT`].
+
+use std::time::Duration;
+
+use snow::params::NoiseParams;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::identity::{KEY_LEN, StaticKey};
+use crate::record::{RecordReader, RecordWriter};
+use crate::{Link, LinkError};
+
+/// The protocol name; a change here is a new, incompatible link protocol.
+const NOISE: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+
+/// Bound into the handshake hash, so that only meshd link version 1 peers
+/// agree on keys.
+const PROLOGUE: &[u8] = b"meshd link 1";
+
+/// Time allowed for the whole handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest id a hello may carry (device ids are at most 64 bytes).
+const MAX_ID_BYTES: usize = 64;
+
+/// Largest handshake message: keys, tags and a hello with two maximal ids.
+const MAX_HANDSHAKE_BYTES: usize = 512;
+
+pub(crate) fn params() -> NoiseParams {
+    // A constant that parses; a failure is a programming error caught by
+    // every test that opens a link.
+    NOISE
+        .parse()
+        .unwrap_or_else(|_| unreachable!("{NOISE} is a valid Noise protocol name"))
+}
+
+/// What each side says about itself inside the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender's device id.
+    pub from: String,
+    /// The device id the sender expects at the other end.
+    pub to: String,
+    /// Random per process start: lets the peer tell a restart (a new
+    /// instance, so older links are stale) from a second link of the same
+    /// instance (a simultaneous dial).
+    pub instance: u64,
+}
+
+impl Hello {
+    fn encode(&self) -> Result<Vec<u8>, LinkError> {
+        let mut out = Vec::with_capacity(10 + self.from.len() + self.to.len());
+        out.extend_from_slice(&self.instance.to_be_bytes());
+        for id in [&self.from, &self.to] {
+            let len = u8::try_from(id.len())
+                .ok()
+                .filter(|len| usize::from(*len) <= MAX_ID_BYTES)
+                .ok_or_else(|| LinkError::Handshake(format!("device id too long: {id:?}")))?;
+            out.push(len);
+            out.extend_from_slice(id.as_bytes());
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, LinkError> {
+        let malformed = || LinkError::Handshake("malformed hello".to_owned());
+        let (instance, mut rest) = bytes.split_first_chunk::<8>().ok_or_else(malformed)?;
+        let mut ids = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let (&len, tail) = rest.split_first().ok_or_else(malformed)?;
+            let len = usize::from(len);
+            if len > MAX_ID_BYTES || tail.len() < len {
+                return Err(malformed());
+            }
+            let id = std::str::from_utf8(&tail[..len]).map_err(|_| malformed())?;
+            ids.push(id.to_owned());
+            rest = &tail[len..];
+        }
+        if !rest.is_empty() {
+            return Err(malformed());
+        }
+        let to = ids.pop().ok_or_else(malformed)?;
+        let from = ids.pop().ok_or_else(malformed)?;
+        Ok(Hello {
+            from,
+            to,
+            instance: u64::from_be_bytes(*instance),
+        })
+    }
+}
+
+fn noise_error(error: snow::Error) -> LinkError {
+    LinkError::Handshake(error.to_string())
+}
+
+/// Dials: runs the initiator's side against a peer whose static key is
+/// `remote`. Returns the open link and the peer's hello, which the caller
+/// should check names the device it meant to reach.
+pub async fn connect<S>(
+    mut stream: S,
+    local: &StaticKey,
+    remote: &[u8; KEY_LEN],
+    hello: &Hello,
+) -> Result<(Link<S>, Hello), LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let exchange = async {
+        let mut noise = snow::Builder::new(params())
+            .local_private_key(local.private())
+            .and_then(|builder| builder.remote_public_key(remote))
+            .and_then(|builder| builder.prologue(PROLOGUE))
+            .and_then(|builder| builder.build_initiator())
+            .map_err(noise_error)?;
+        let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
+        let len = noise
+            .write_message(&hello.encode()?, &mut buffer)
+            .map_err(noise_error)?;
+        write_message(&mut stream, &buffer[..len]).await?;
+        let answer = read_message(&mut stream).await?;
+        let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
+        let len = noise
+            .read_message(&answer, &mut payload)
+            .map_err(noise_error)?;
+        let peer = Hello::decode(&payload[..len])?;
+        let transport = noise.into_stateless_transport_mode().map_err(noise_error)?;
+        Ok::<_, LinkError>((transport, peer))
+    };
+    let (transport, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok((Link::new(stream, transport, *remote), peer))
+}
+
+/// Listens: reads the dialler's first message. The caller checks
+/// [`Inbound::hello`] and [`Inbound::remote_key`] against what the signaling
+/// servers say, then calls [`Inbound::complete`] or drops it.
+pub async fn accept<S>(mut stream: S, local: &StaticKey) -> Result<Inbound<S>, LinkError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let first = async {
+        let mut noise = snow::Builder::new(params())
+            .local_private_key(local.private())
+            .and_then(|builder| builder.prologue(PROLOGUE))
+            .and_then(|builder| builder.build_responder())
+            .map_err(noise_error)?;
+        let message = read_message(&mut stream).await?;
+        let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
+        let len = noise
+            .read_message(&message, &mut payload)
+            .map_err(noise_error)?;
+        let hello = Hello::decode(&payload[..len])?;
+        let remote: [u8; KEY_LEN] = noise
+            .get_remote_static()
+            .and_then(|key| key.try_into().ok())
+            .ok_or_else(|| LinkError::Handshake("no static key from the dialler".to_owned()))?;
+        Ok::<_, LinkError>((noise, hello, remote))
+    };
+    let (noise, hello, remote_key) = tokio::time::timeout(HANDSHAKE_TIMEOUT, first)
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok(Inbound {
+        stream,
+        noise,
+        hello,
+        remote_key,
+    })
+}
+
+/// A dialler that has proved its static key but has not been answered yet.
+pub struct Inbound<S> {
+    stream: S,
+    noise: snow::HandshakeState,
+    hello: Hello,
+    remote_key: [u8; KEY_LEN],
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Inbound<S> {
+    /// What the dialler says about itself.
+    pub fn hello(&self) -> &Hello {
+        &self.hello
+    }
+
+    /// The static key the dialler proved it holds.
+    pub fn remote_key(&self) -> &[u8; KEY_LEN] {
+        &self.remote_key
+    }
+
+    /// The stream, e.g. to read the peer's address.
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Accepts the dialler: sends our hello and opens the link.
+    pub async fn complete(mut self, hello: &Hello) -> Result<Link<S>, LinkError> {
+        let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
+        let len = self
+            .noise
+            .write_message(&hello.encode()?, &mut buffer)
+            .map_err(noise_error)?;
+        tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            write_message(&mut self.stream, &buffer[..len]),
+        )
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+        let transport = self
+            .noise
+            .into_stateless_transport_mode()
+            .map_err(noise_error)?;
+        Ok(Link::new(self.stream, transport, self.remote_key))
+    }
+}
+
+async fn write_message<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    message: &[u8],
+) -> Result<(), LinkError> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| LinkError::Handshake("handshake message too long".to_owned()))?;
+    let mut framed = Vec::with_capacity(2 + message.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await?;
+    stream.flush().await?;
+    Ok(())
+}
+
+async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, LinkError> {
+    let len = usize::from(stream.read_u16().await?);
+    if len > MAX_HANDSHAKE_BYTES {
+        return Err(LinkError::Handshake(format!(
+            "handshake message of {len} bytes, at most {MAX_HANDSHAKE_BYTES}"
+        )));
+    }
+    let mut message = vec![0; len];
+    stream.read_exact(&mut message).await?;
+    Ok(message)
+}
+
+// Records need the transport; keep the constructors next to each other.
+impl<S> Link<S> {
+    fn new(stream: S, transport: snow::StatelessTransportState, remote_key: [u8; KEY_LEN]) -> Self {
+        let transport = std::sync::Arc::new(transport);
+        Link::from_parts(
+            stream,
+            RecordReader::new(transport.clone()),
+            RecordWriter::new(transport),
+            remote_key,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(from: &str, to: &str) -> Hello {
+        Hello {
+            from: from.into(),
+            to: to.into(),
+            instance: 42,
+        }
+    }
+
+    #[test]
+    fn hello_round_trips_and_rejects_garbage() {
+        let original = hello("alpha", "beta");
+        assert_eq!(
+            Hello::decode(&original.encode().unwrap()).unwrap(),
+            original
+        );
+        assert!(Hello::decode(b"short").is_err());
+        let mut trailing = original.encode().unwrap();
+        trailing.push(0);
+        assert!(Hello::decode(&trailing).is_err());
+        assert!(hello(&"x".repeat(65), "b").encode().is_err());
+    }
+
+    #[tokio::test]
+    async fn both_sides_learn_each_other() {
+        let (a, b) = tokio::io::duplex(4096);
+        let alice = StaticKey::generate().unwrap();
+        let bob = StaticKey::generate().unwrap();
+        let bob_public = *bob.public();
+        let dial = tokio::spawn({
+            let alice = alice.clone();
+            async move { connect(a, &alice, &bob_public, &hello("alice", "bob")).await }
+        });
+        let inbound = accept(b, &bob).await.unwrap();
+        assert_eq!(inbound.hello(), &hello("alice", "bob"));
+        assert_eq!(inbound.remote_key(), alice.public());
+        let _link = inbound.complete(&hello("bob", "alice")).await.unwrap();
+        let (_link, peer) = dial.await.unwrap().unwrap();
+        assert_eq!(peer, hello("bob", "alice"));
+    }
+
+    #[tokio::test]
+    async fn dialling_the_wrong_key_fails() {
+        let (a, b) = tokio::io::duplex(4096);
+        let alice = StaticKey::generate().unwrap();
+        let bob = StaticKey::generate().unwrap();
+        let impostor = StaticKey::generate().unwrap();
+        let expected = *bob.public();
+        let dial =
+            tokio::spawn(
+                async move { connect(a, &alice, &expected, &hello("alice", "bob")).await },
+            );
+        // The impostor cannot even read the dialler's hello.
+        assert!(accept(b, &impostor).await.is_err());
+        assert!(dial.await.unwrap().is_err());
+    }
+}
