@@ -50,6 +50,31 @@ pub enum Command {
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         text: Vec<String>,
     },
+    /// Deliver TEXT over the mesh to DEVICE (or every device with --all);
+    /// succeeds only once the device acknowledged it.
+    Send {
+        /// Send to every other device; one result line each.
+        #[arg(long)]
+        all: bool,
+        /// The device id (omit with --all), then the text; several words are
+        /// joined with spaces.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true, value_name = "DEVICE] [TEXT")]
+        words: Vec<String>,
+    },
+    /// Messages this node received over the mesh, oldest first.
+    Messages {
+        /// Keep running and print each new message as it arrives.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Round-trip time over the mesh link to DEVICE, and the path it takes.
+    Ping {
+        /// The device id.
+        device: String,
+        /// Number of pings, one a second.
+        #[arg(short = 'c', long = "count", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
+    },
     /// Interactive chat client: log in, print what arrives, send each line
     /// typed; `exit` ends it.
     Chat {

@@ -30,6 +30,9 @@ pub enum CtlError {
     /// meshd answered with an error.
     #[error("{}", .0.message)]
     Daemon(ErrorReply),
+    /// Part of a command failed; what did is already printed.
+    #[error("{0}")]
+    Failed(String),
     /// A local problem: no terminal, passwords differ, bad input.
     #[error("{0}")]
     Input(String),

@@ -56,6 +56,11 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Broadcast { text } => {
             commands::broadcast::run(&mut client, text.join(" "), cli.json)
         }
+        Command::Send { all, words } => commands::send::run(&mut client, all, words, cli.json),
+        Command::Messages { follow } => commands::messages::run(&mut client, follow, cli.json),
+        Command::Ping { device, count } => {
+            commands::ping::run(&mut client, device, count, cli.json)
+        }
         Command::Chat { .. } => Ok(()),
     }
 }

@@ -9,6 +9,7 @@ mod control;
 mod device_id;
 mod limits;
 mod logging;
+mod mesh;
 mod paths;
 mod public_key;
 mod signaling;

@@ -26,6 +26,17 @@ impl PublicKey {
     pub fn to_base64(self) -> String {
         STANDARD.encode(self.0)
     }
+
+    /// The raw key.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl From<[u8; 32]> for PublicKey {
+    fn from(bytes: [u8; 32]) -> Self {
+        PublicKey(bytes)
+    }
 }
 
 impl fmt::Debug for PublicKey {

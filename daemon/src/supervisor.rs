@@ -18,6 +18,7 @@ use crate::chat;
 use crate::config::{Config, ConfigLocation, ReloadPlan};
 use crate::control::{self, ControlError, Dispatcher, NodeFacts, ReloadRequest, Roles};
 use crate::logging::LogControl;
+use crate::mesh::{self, MeshError};
 use crate::signaling;
 use crate::signals::{Intent, Signals};
 use crate::systemd;
@@ -48,6 +49,9 @@ pub enum StartError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The mesh role could not start.
+    #[error(transparent)]
+    Mesh(#[from] MeshError),
 }
 
 /// Maps a listener error to a [`StartError`] naming the role and address.
@@ -97,6 +101,14 @@ pub async fn run(
         ),
         false => None,
     };
+    let mesh_listener = match config.mesh.enabled {
+        true => Some(
+            mesh::bind(&config.mesh)
+                .await
+                .map_err(bind_failed("mesh", config.mesh.listen))?,
+        ),
+        false => None,
+    };
     let control_listener = control::bind(&config.control.socket, &config.control.group)?;
 
     let signaling = match signaling_listener {
@@ -120,13 +132,25 @@ pub async fn run(
         ),
         None => None,
     };
-    if config.mesh.enabled {
-        tracing::info!(
-            role = "mesh",
-            "role is configured but not part of this release yet; not started"
-        );
-    }
-    let roles = Roles { signaling, chat };
+    let mesh = match mesh_listener {
+        Some(listener) => Some(
+            mesh::start(
+                &config.mesh,
+                config.node.id.clone(),
+                &config.node.state_dir,
+                listener,
+                cancel.child_token(),
+                &tracker,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let roles = Roles {
+        signaling,
+        chat,
+        mesh,
+    };
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let facts = NodeFacts {
@@ -260,6 +284,13 @@ fn status_line(roles: &Roles) -> String {
         parts.push(format!(
             "chat on {} ({} clients)",
             status.listen, status.clients
+        ));
+    }
+    if let Some(mesh) = &roles.mesh {
+        let status = mesh.status();
+        parts.push(format!(
+            "mesh on {} ({} links)",
+            status.listen, status.links
         ));
     }
     if parts.is_empty() {

@@ -40,7 +40,7 @@ pub enum Reply {
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     /// Answer to `status`.
-    Status(StatusReply),
+    Status(Box<StatusReply>),
     /// Answer to `devices`, sorted by id.
     Devices(Vec<DeviceEntry>),
     /// Answer to `devices remove`.
@@ -53,6 +53,16 @@ pub enum Response {
     UserChanged(UserChange),
     /// Answer to `broadcast`.
     Broadcasted(BroadcastReply),
+    /// Answer to `send`: the device acknowledged the message.
+    Sent(SendResult),
+    /// Answer to `send --all`: one result per device, sorted by id.
+    SentAll(Vec<SendResult>),
+    /// Answer to `messages`: the inbox, oldest first.
+    Messages(Vec<InboxMessage>),
+    /// One message as it arrives, streamed by `messages --follow`.
+    Message(InboxMessage),
+    /// Answer to `ping`.
+    Pong(PingReply),
 }
 
 /// Why a request failed, in a form scripts can match on.
@@ -75,6 +85,10 @@ pub enum ErrorCode {
     InvalidConfig,
     /// meshd failed internally; its log says more.
     Internal,
+    /// There is no working link to the device.
+    Unreachable,
+    /// The device did not answer in time.
+    Timeout,
     /// A code from a newer daemon that this build does not know.
     #[serde(other)]
     Unknown,
@@ -120,6 +134,78 @@ pub struct RoleStatus {
     /// The chat server, when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<ChatStatus>,
+    /// This node as a device of the mesh, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshStatus>,
+}
+
+/// The mesh role in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshStatus {
+    /// The peer-to-peer address actually bound.
+    pub listen: String,
+    /// This device's X25519 public key, base64: its identity.
+    pub pubkey: String,
+    /// This device's address as a signaling server saw it, once one answered.
+    pub observed: Option<String>,
+    /// Devices with a working link.
+    pub links: usize,
+    /// The endpoints this device advertises.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Each configured signaling server, in config order.
+    #[serde(default)]
+    pub signaling: Vec<HubStatus>,
+}
+
+/// One signaling server as a mesh node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HubStatus {
+    /// The server's URL from the config.
+    pub url: String,
+    /// The last registration succeeded.
+    pub reachable: bool,
+    /// This device's address as that server saw it.
+    pub observed: Option<String>,
+    /// Why the last registration failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The outcome of a send to one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendResult {
+    /// The device id.
+    pub device: String,
+    /// The device acknowledged the message.
+    pub delivered: bool,
+    /// Time from sending to the acknowledgement, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Why it was not delivered.
+    pub error: Option<String>,
+}
+
+/// One message received over the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxMessage {
+    /// The sending device's id.
+    pub from: String,
+    /// The text.
+    pub text: String,
+    /// When this node received it, RFC 3339 in UTC with milliseconds.
+    pub received_at: String,
+}
+
+/// `meshctl ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingReply {
+    /// The device id.
+    pub device: String,
+    /// Round-trip time in milliseconds.
+    pub rtt_ms: f64,
+    /// `direct` or `relayed`.
+    pub path: LinkState,
+    /// The endpoint the link uses.
+    pub endpoint: Option<String>,
 }
 
 /// The chat role in `status`.

@@ -68,6 +68,30 @@ pub enum Request {
         /// The text.
         text: String,
     },
+    /// Deliver a message over the mesh and answer once the device
+    /// acknowledged it.
+    Send {
+        /// The device id.
+        device: String,
+        /// The message.
+        text: String,
+    },
+    /// Deliver a message to every other device; one result per device.
+    SendAll {
+        /// The message.
+        text: String,
+    },
+    /// The messages this node received over the mesh, oldest first.
+    Messages {
+        /// Keep the request open and stream each new message as it arrives.
+        #[serde(default)]
+        follow: bool,
+    },
+    /// Measure the round-trip time of the link to a device.
+    Ping {
+        /// The device id.
+        device: String,
+    },
 }
 
 /// What a caller must be allowed to do for a request to run.
@@ -87,13 +111,19 @@ impl Request {
     /// someone decides who may run it.
     pub fn access(&self) -> Access {
         match self {
-            Request::Status | Request::Devices | Request::UsersList => Access::Read,
+            Request::Status
+            | Request::Devices
+            | Request::UsersList
+            | Request::Messages { .. }
+            | Request::Ping { .. } => Access::Read,
             Request::DevicesRemove { .. }
             | Request::Reload
             | Request::UsersAdd { .. }
             | Request::UsersPasswd { .. }
             | Request::UsersRemove { .. }
-            | Request::Broadcast { .. } => Access::Write,
+            | Request::Broadcast { .. }
+            | Request::Send { .. }
+            | Request::SendAll { .. } => Access::Write,
         }
     }
 
@@ -109,6 +139,10 @@ impl Request {
             Request::UsersPasswd { .. } => "users passwd",
             Request::UsersRemove { .. } => "users remove",
             Request::Broadcast { .. } => "broadcast",
+            Request::Send { .. } => "send",
+            Request::SendAll { .. } => "send --all",
+            Request::Messages { .. } => "messages",
+            Request::Ping { .. } => "ping",
         }
     }
 }
@@ -158,5 +192,16 @@ mod tests {
         assert_eq!(add.access(), Access::Write);
         let broadcast = Request::Broadcast { text: "t".into() };
         assert_eq!(broadcast.access(), Access::Write);
+        let send = Request::Send {
+            device: "d".into(),
+            text: "t".into(),
+        };
+        assert_eq!(send.access(), Access::Write);
+        assert_eq!(
+            Request::SendAll { text: "t".into() }.access(),
+            Access::Write
+        );
+        assert_eq!(Request::Messages { follow: true }.access(), Access::Read);
+        assert_eq!(Request::Ping { device: "d".into() }.access(), Access::Read);
     }
 }

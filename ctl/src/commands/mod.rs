@@ -3,6 +3,9 @@
 pub mod broadcast;
 pub mod chat;
 pub mod devices;
+pub mod messages;
+pub mod ping;
 pub mod reload;
+pub mod send;
 pub mod status;
 pub mod users;

@@ -46,7 +46,29 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             if chat.messages_relayed == 1 { "" } else { "s" }
         );
     }
-    if roles.signaling.is_none() && roles.chat.is_none() {
+    if let Some(mesh) = &roles.mesh {
+        println!(
+            "mesh:      listening on {}, {} link{} up",
+            mesh.listen,
+            mesh.links,
+            if mesh.links == 1 { "" } else { "s" }
+        );
+        println!("           public key {}", mesh.pubkey);
+        println!(
+            "           observed {}",
+            mesh.observed
+                .as_deref()
+                .unwrap_or("- (no signaling server answered yet)")
+        );
+        for hub in &mesh.signaling {
+            match (&hub.error, hub.reachable) {
+                (_, true) => println!("           signaling {}: registered", hub.url),
+                (Some(error), false) => println!("           signaling {}: {error}", hub.url),
+                (None, false) => println!("           signaling {}: not contacted yet", hub.url),
+            }
+        }
+    }
+    if roles.signaling.is_none() && roles.chat.is_none() && roles.mesh.is_none() {
         println!("roles:     none enabled");
     }
     Ok(())

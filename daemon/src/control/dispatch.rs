@@ -4,13 +4,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use meshd_ipc::{
-    BroadcastReply, DeviceEntry, ErrorCode, ErrorReply, PROTOCOL_VERSION, ReloadReply, Reply,
-    Request, Response, RoleStatus, StatusReply, UserChange, UserEntry,
+    BroadcastReply, DeviceEntry, ErrorCode, ErrorReply, InboxMessage, PROTOCOL_VERSION,
+    ReloadReply, Reply, Request, Response, RoleStatus, SendResult, StatusReply, UserChange,
+    UserEntry,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::chat::{ChatHandle, UsersError};
 use crate::device_id::DeviceId;
+use crate::mesh::{MeshHandle, RequestError, SendError};
 use crate::signaling::SignalingHandle;
 
 /// Facts about this process that `status` reports.
@@ -38,6 +40,22 @@ pub struct Roles {
     pub signaling: Option<SignalingHandle>,
     /// The chat server.
     pub chat: Option<ChatHandle>,
+    /// This node as a mesh device.
+    pub mesh: Option<MeshHandle>,
+}
+
+/// How a request is answered: a fixed list of frames, or frames and then a
+/// stream that lasts until the client goes away.
+pub enum Answer {
+    /// Every frame of the reply.
+    Replies(Vec<Reply>),
+    /// `messages --follow`: the inbox so far, then each new message.
+    Follow {
+        /// Frames to send first.
+        backlog: Vec<Reply>,
+        /// New messages.
+        feed: broadcast::Receiver<InboxMessage>,
+    },
 }
 
 /// Routes requests to roles.
@@ -57,15 +75,35 @@ impl Dispatcher {
         }
     }
 
+    /// Runs one request whose access was already checked.
+    pub async fn answer(&self, request: Request) -> Answer {
+        match request {
+            Request::Messages { follow: true } => match &self.roles.mesh {
+                Some(mesh) => {
+                    let (messages, feed) = mesh.follow();
+                    let backlog = messages
+                        .into_iter()
+                        .map(|message| Reply::Ok(Response::Message(message)))
+                        .collect();
+                    Answer::Follow { backlog, feed }
+                }
+                None => Answer::Replies(vec![no_mesh()]),
+            },
+            request => Answer::Replies(self.handle(request).await),
+        }
+    }
+
     /// Runs one request whose access was already checked, and returns its
     /// reply frames in order (most requests have one).
     pub async fn handle(&self, request: Request) -> Vec<Reply> {
         match request {
-            Request::Status => vec![Reply::Ok(Response::Status(self.status()))],
-            Request::Devices => match &self.roles.signaling {
-                Some(signaling) => paged_devices(signaling.devices()),
-                None => vec![unavailable(
-                    "no device list here: this node runs no signaling role ([signaling] enabled = false)",
+            Request::Status => vec![Reply::Ok(Response::Status(Box::new(self.status())))],
+            Request::Devices => match (&self.roles.mesh, &self.roles.signaling) {
+                // A mesh node shows links; a hub alone shows its registry.
+                (Some(mesh), _) => paged_devices(mesh.devices()),
+                (None, Some(signaling)) => paged_devices(signaling.devices()),
+                (None, None) => vec![unavailable(
+                    "no device list here: this node runs neither the signaling nor the mesh role",
                 )],
             },
             Request::DevicesRemove { device } => vec![self.remove(&device)],
@@ -103,6 +141,48 @@ impl Dispatcher {
                 ]
             }
             Request::Broadcast { text } => vec![self.broadcast(&text)],
+            Request::Send { device, text } => vec![self.send(&device, text).await],
+            Request::SendAll { text } => vec![self.send_all(text).await],
+            Request::Messages { .. } => vec![match &self.roles.mesh {
+                Some(mesh) => Reply::Ok(Response::Messages(mesh.messages())),
+                None => no_mesh(),
+            }],
+            Request::Ping { device } => vec![self.ping(&device).await],
+        }
+    }
+
+    async fn send(&self, device: &str, text: String) -> Reply {
+        let Some(mesh) = &self.roles.mesh else {
+            return no_mesh();
+        };
+        match mesh.send(device, text).await {
+            Ok(rtt) => Reply::Ok(Response::Sent(SendResult {
+                device: device.to_owned(),
+                delivered: true,
+                rtt_ms: Some(rtt.as_secs_f64() * 1e3),
+                error: None,
+            })),
+            Err(error) => mesh_error(&error),
+        }
+    }
+
+    async fn send_all(&self, text: String) -> Reply {
+        let Some(mesh) = &self.roles.mesh else {
+            return no_mesh();
+        };
+        match mesh.send_all(text).await {
+            Ok(results) => Reply::Ok(Response::SentAll(results)),
+            Err(error) => mesh_error(&error),
+        }
+    }
+
+    async fn ping(&self, device: &str) -> Reply {
+        let Some(mesh) = &self.roles.mesh else {
+            return no_mesh();
+        };
+        match mesh.ping(device).await {
+            Ok(pong) => Reply::Ok(Response::Pong(pong)),
+            Err(error) => mesh_error(&error),
         }
     }
 
@@ -171,6 +251,7 @@ impl Dispatcher {
             roles: RoleStatus {
                 signaling: self.roles.signaling.as_ref().map(SignalingHandle::status),
                 chat: self.roles.chat.as_ref().map(ChatHandle::status),
+                mesh: self.roles.mesh.as_ref().map(MeshHandle::status),
             },
         }
     }
@@ -223,6 +304,28 @@ fn paged_devices(devices: Vec<DeviceEntry>) -> Vec<Reply> {
 }
 
 fn error(code: ErrorCode, message: String) -> Reply {
+    Reply::Error(ErrorReply { code, message })
+}
+
+fn no_mesh() -> Reply {
+    unavailable("this node is not a mesh device ([mesh] enabled = false)")
+}
+
+fn mesh_error(error: &RequestError) -> Reply {
+    let code = match error {
+        RequestError::BadRequest(_) => ErrorCode::BadRequest,
+        RequestError::Unknown(_) => ErrorCode::NotFound,
+        RequestError::NoKey { .. } => ErrorCode::Unreachable,
+        RequestError::Send(SendError::NoLink { .. } | SendError::Stopped { .. }) => {
+            ErrorCode::Unreachable
+        }
+        RequestError::Send(SendError::Timeout { .. }) => ErrorCode::Timeout,
+        RequestError::Send(SendError::Busy { .. }) => ErrorCode::Unavailable,
+    };
+    error_reply(code, error.to_string())
+}
+
+fn error_reply(code: ErrorCode, message: String) -> Reply {
     Reply::Error(ErrorReply { code, message })
 }
 

@@ -16,15 +16,15 @@ use std::time::Duration;
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::os::unix::uds_local_socket::tokio::{Listener, Stream};
 use meshd_ipc::{
-    ErrorCode, ErrorReply, MAX_FRAME_BYTES, PROTOCOL_VERSION, Reply, ReplyFrame, RequestFrame,
-    RequestHeader,
+    ErrorCode, ErrorReply, InboxMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, Reply, ReplyFrame,
+    RequestFrame, RequestHeader, Response,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dispatch::Dispatcher;
+use super::dispatch::{Answer, Dispatcher};
 use super::peer::Caller;
 
 /// Concurrent control connections.
@@ -122,23 +122,68 @@ async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationTok
             // Otherwise the peer closed half-way through a line.
             return;
         }
-        let (id, replies) = answer(&line, caller, dispatcher).await;
-        let last = replies.len().saturating_sub(1);
-        for (index, reply) in replies.into_iter().enumerate() {
-            if send(&mut writer, id, index < last, reply).await.is_err() {
+        let (id, answer) = answer(&line, caller, dispatcher).await;
+        match answer {
+            Answer::Replies(replies) => {
+                let last = replies.len().saturating_sub(1);
+                for (index, reply) in replies.into_iter().enumerate() {
+                    if send(&mut writer, id, index < last, reply).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Answer::Follow { backlog, feed } => {
+                follow(&mut reader, &mut writer, id, backlog, feed, cancel).await;
                 return;
             }
         }
     }
 }
 
+/// Streams a backlog and then a feed as `more:true` frames until the client
+/// hangs up or meshd stops. A follower that falls behind the feed is told how
+/// many messages it missed (they are still in `meshctl messages`).
+async fn follow(
+    reader: &mut BufReader<&Stream>,
+    writer: &mut &Stream,
+    id: u64,
+    backlog: Vec<Reply>,
+    mut feed: broadcast::Receiver<InboxMessage>,
+    cancel: &CancellationToken,
+) {
+    for reply in backlog {
+        if send(writer, id, true, reply).await.is_err() {
+            return;
+        }
+    }
+    let mut ignored = [0u8; 256];
+    loop {
+        let reply = tokio::select! {
+            () = cancel.cancelled() => return,
+            // Anything the client sends, or its hanging up, ends the stream.
+            _ = reader.read(&mut ignored) => return,
+            message = feed.recv() => match message {
+                Ok(message) => Reply::Ok(Response::Message(message)),
+                Err(broadcast::error::RecvError::Lagged(missed)) => Reply::Error(ErrorReply {
+                    code: ErrorCode::Unavailable,
+                    message: format!("{missed} messages arrived faster than this follower read them; `meshctl messages` lists them"),
+                }),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if send(writer, id, true, reply).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Decodes one request line, checks access and dispatches it.
-async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, Vec<Reply>) {
+async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, Answer) {
     let bad_request = |message: String| {
-        vec![Reply::Error(ErrorReply {
+        Answer::Replies(vec![Reply::Error(ErrorReply {
             code: ErrorCode::BadRequest,
             message,
-        })]
+        })])
     };
     let header: RequestHeader = match meshd_ipc::decode(line) {
         Ok(header) => header,
@@ -174,10 +219,10 @@ async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, V
         );
         return (
             header.id,
-            vec![Reply::Error(ErrorReply {
+            Answer::Replies(vec![Reply::Error(ErrorReply {
                 code: ErrorCode::Permission,
                 message,
-            })],
+            })]),
         );
     }
     tracing::debug!(
@@ -185,7 +230,7 @@ async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, V
         command = request.name(),
         "control request"
     );
-    (header.id, dispatcher.handle(request).await)
+    (header.id, dispatcher.answer(request).await)
 }
 
 async fn send(writer: &mut &Stream, id: u64, more: bool, reply: Reply) -> std::io::Result<()> {

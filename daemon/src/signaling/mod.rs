@@ -13,6 +13,8 @@ mod registry;
 mod routes;
 mod server;
 
+pub use api::MAX_ENDPOINTS;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};

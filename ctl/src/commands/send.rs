@@ -1,0 +1,68 @@
+//! `meshctl send DEVICE TEXT...` and `meshctl send --all TEXT...`
+
+use meshd_ipc::{Request, Response};
+
+use crate::client::Client;
+use crate::error::CtlError;
+use crate::output::print_json;
+
+/// Sends and reports the acknowledgement; exit 1 unless every device
+/// acknowledged.
+pub fn run(client: &mut Client, all: bool, words: Vec<String>, json: bool) -> Result<(), CtlError> {
+    if all {
+        return send_all(client, words.join(" "), json);
+    }
+    let mut words = words.into_iter();
+    let device = words.next().unwrap_or_default();
+    let text: Vec<String> = words.collect();
+    if text.is_empty() {
+        return Err(CtlError::Input(
+            "nothing to send: write meshctl send DEVICE TEXT...".to_owned(),
+        ));
+    }
+    match client.call(Request::Send {
+        device,
+        text: text.join(" "),
+    })? {
+        Response::Sent(sent) if json => print_json(&sent),
+        Response::Sent(sent) => println!(
+            "delivered to {} ({})",
+            sent.device,
+            sent.rtt_ms
+                .map_or("acknowledged".to_owned(), |rtt| format!("{rtt:.1}ms"))
+        ),
+        other => return Err(client.unexpected(&other)),
+    }
+    Ok(())
+}
+
+fn send_all(client: &mut Client, text: String, json: bool) -> Result<(), CtlError> {
+    let results = match client.call(Request::SendAll { text })? {
+        Response::SentAll(results) => results,
+        other => return Err(client.unexpected(&other)),
+    };
+    if json {
+        print_json(&results);
+    } else {
+        for result in &results {
+            match (&result.error, result.rtt_ms) {
+                (None, Some(rtt)) => println!("{}: delivered ({rtt:.1}ms)", result.device),
+                (None, None) => println!("{}: delivered", result.device),
+                (Some(error), _) => println!("{}: failed: {error}", result.device),
+            }
+        }
+    }
+    let failed = results.iter().filter(|result| !result.delivered).count();
+    if results.is_empty() {
+        return Err(CtlError::Failed(
+            "nothing delivered: this node knows no other device; `meshctl devices` shows what the signaling servers list".to_owned(),
+        ));
+    }
+    if failed > 0 {
+        return Err(CtlError::Failed(format!(
+            "{failed} of {} devices did not acknowledge the message",
+            results.len()
+        )));
+    }
+    Ok(())
+}

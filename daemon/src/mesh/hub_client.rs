@@ -1,0 +1,234 @@
+//! The device's side of the signaling HTTP API (CONTRACT section 3): one
+//! HTTP/1.1 connection per round, over a TCP stream meshd dials itself so
+//! that it can read the local address the route to the hub uses.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+
+/// Time for connecting and for each request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest `GET /devices` answer read: ample for the hub's maximum
+/// device count with every field at its longest.
+const MAX_LIST_BYTES: usize = 32 << 20;
+
+/// A signaling server from `[mesh] signaling`, `http://HOST:PORT`.
+#[derive(Debug, Clone)]
+pub struct HubUrl {
+    /// As written in the config.
+    pub url: String,
+    authority: String,
+}
+
+impl HubUrl {
+    /// Parses a URL that config validation already accepted.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|error| format!("{url:?} is not a URL: {error}"))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("{url:?} has no host"))?
+            .to_string();
+        Ok(HubUrl {
+            url: url.to_owned(),
+            authority,
+        })
+    }
+}
+
+/// Why a round with a hub failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Name resolution or TCP connect failed.
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        /// host:port
+        authority: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No answer in time.
+    #[error("no answer within {}s", REQUEST_TIMEOUT.as_secs())]
+    Timeout,
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The hub answered with an error status.
+    #[error("{status}: {message}")]
+    Status {
+        /// The status code.
+        status: StatusCode,
+        /// The hub's `error` text.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+/// `POST /register` body.
+#[derive(Debug, Serialize)]
+pub struct RegisterBody<'a> {
+    /// Device id.
+    pub id: &'a str,
+    /// The endpoint on the route to this hub.
+    pub addr: String,
+    /// Base64 public key.
+    pub pubkey: &'a str,
+    /// Every endpoint this device advertises.
+    pub endpoints: Vec<String>,
+}
+
+/// `POST /register` answer (the fields meshd uses).
+#[derive(Debug, Deserialize)]
+pub struct Registered {
+    /// This device's address as the hub saw it.
+    pub observed: String,
+    /// Re-register well within this.
+    pub ttl_secs: u64,
+}
+
+/// One element of `GET /devices`, as sent; validated by the roster.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedDevice {
+    /// Device id.
+    pub id: String,
+    /// Registered address.
+    pub addr: String,
+    /// Source address of the registration.
+    #[serde(default)]
+    pub observed: String,
+    /// Base64 key, if any.
+    #[serde(default)]
+    pub pubkey: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub last_seen: String,
+    /// Further endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// One HTTP/1.1 connection to a hub.
+pub struct HubConnection {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+    local: SocketAddr,
+}
+
+impl HubConnection {
+    /// Resolves and dials the hub.
+    pub async fn open(hub: &HubUrl) -> Result<Self, HubError> {
+        let authority = hub.authority.clone();
+        let connect = async {
+            let stream = TcpStream::connect(authority.as_str())
+                .await
+                .map_err(|source| HubError::Connect {
+                    authority: authority.clone(),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().map_err(|source| HubError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
+            let (sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            // The connection task ends when the sender is dropped.
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "signaling connection ended");
+                }
+            });
+            Ok(HubConnection {
+                sender,
+                authority: authority.clone(),
+                local,
+            })
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, connect)
+            .await
+            .map_err(|_| HubError::Timeout)?
+    }
+
+    /// This end's address: the local address on the route to the hub.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Registers or refreshes this device.
+    pub async fn register(
+        &mut self,
+        body: &RegisterBody<'_>,
+        join_token: &str,
+    ) -> Result<Registered, HubError> {
+        let json = serde_json::to_vec(body).map_err(|error| HubError::Decode(error.to_string()))?;
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri("/register")
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if !join_token.is_empty() {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {join_token}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(json)))
+            .map_err(|error| HubError::Decode(error.to_string()))?;
+        let body = self.exchange(request, 64 * 1024).await?;
+        serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
+    }
+
+    /// Lists the live devices.
+    pub async fn devices(&mut self) -> Result<Vec<ListedDevice>, HubError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri("/devices")
+            .header(hyper::header::HOST, &self.authority)
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| HubError::Decode(error.to_string()))?;
+        let body = self.exchange(request, MAX_LIST_BYTES).await?;
+        serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
+    }
+
+    async fn exchange(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<Bytes, HubError> {
+        let exchange = async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|error| HubError::Decode(format!("reading the body: {error}")))?
+                .to_bytes();
+            if status.is_success() {
+                Ok(body)
+            } else {
+                let message = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|body| body.error)
+                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+                Err(HubError::Status { status, message })
+            }
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| HubError::Timeout)?
+    }
+}

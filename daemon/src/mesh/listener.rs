@@ -1,0 +1,124 @@
+//! Inbound links: accept, run the listener's half of the handshake, and
+//! check the dialler before answering.
+//!
+//! The dialler proves a static key in the first handshake message and names
+//! itself. It is answered only if that key is the one the signaling servers
+//! list for that name, and it addressed this device. A dialler the roster
+//! does not know yet (it registered a moment ago) triggers one refresh of the
+//! roster first. Anything else is refused and logged; a refused dialler gets
+//! no answer at all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::Mesh;
+use super::peer::Established;
+use super::roster::KeyStatus;
+use crate::device_id::DeviceId;
+use crate::public_key::PublicKey;
+
+/// Handshakes in progress at once; connections beyond it are closed at once,
+/// so a flood of half-open dials cannot exhaust memory or descriptors.
+const MAX_HANDSHAKES: usize = 256;
+
+/// Accepts connections until cancelled.
+pub async fn accept_loop(mesh: Arc<Mesh>, listener: TcpListener, cancel: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (stream, remote) = tokio::select! {
+            () = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "mesh accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "too many handshakes in progress; connection closed");
+            continue;
+        };
+        let mesh_for_task = mesh.clone();
+        mesh.local.tracker.spawn(async move {
+            inbound(&mesh_for_task, stream, remote).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let local = &mesh.local;
+    let pending = match meshd_link::accept(stream, &local.key).await {
+        Ok(pending) => pending,
+        Err(error) => {
+            tracing::debug!(%remote, %error, "inbound handshake failed");
+            return;
+        }
+    };
+    let hello = pending.hello().clone();
+    let key = PublicKey::from(*pending.remote_key());
+    let refuse = |reason: String| {
+        tracing::warn!(%remote, claimed = %hello.from, key = %key, %reason, "link refused");
+    };
+    let Ok(peer) = DeviceId::parse(&hello.from) else {
+        return refuse("the dialler's id is not a valid device id".to_owned());
+    };
+    if hello.to != local.id.to_string() {
+        return refuse(format!(
+            "it asked for device {:?}, this is {}",
+            hello.to, local.id
+        ));
+    }
+    if peer == local.id {
+        return refuse("it claims this device's own id".to_owned());
+    }
+    if let Err(reason) = check_key(mesh, &peer, key).await {
+        return refuse(reason);
+    }
+    let link = match pending.complete(&local.hello_to(&peer)).await {
+        Ok(link) => link,
+        Err(error) => {
+            tracing::debug!(%remote, %peer, %error, "inbound handshake failed");
+            return;
+        }
+    };
+    mesh.deliver(
+        &peer,
+        key,
+        Established {
+            link,
+            hello,
+            dialled: false,
+            endpoint: remote,
+        },
+    )
+    .await;
+}
+
+/// Checks `key` against the roster, refreshing it once if the device is
+/// unknown or listed with another key (it may have re-registered).
+async fn check_key(mesh: &Arc<Mesh>, peer: &DeviceId, key: PublicKey) -> Result<(), String> {
+    if mesh.key_of(peer) == Some(KeyStatus::Trusted(key)) {
+        return Ok(());
+    }
+    mesh.refresh_roster().await;
+    match mesh.key_of(peer) {
+        Some(KeyStatus::Trusted(listed)) if listed == key => Ok(()),
+        Some(KeyStatus::Trusted(listed)) => Err(format!(
+            "its key is not the key the signaling servers list for {peer} ({listed})"
+        )),
+        Some(KeyStatus::Missing) => Err(format!("{peer} registered without a public key")),
+        Some(KeyStatus::Conflict) => Err(format!(
+            "the signaling servers list different keys for {peer}"
+        )),
+        None => Err(format!("no signaling server lists a device {peer}")),
+    }
+}

@@ -1,0 +1,593 @@
+//! The mesh role: this node as a device.
+//!
+//! - [`identity`]: the static key pair in the state directory.
+//! - [`registrar`]: one task per signaling server: register, heartbeat, list.
+//! - [`roster`]: the servers' lists, merged; the source of trusted keys.
+//! - [`peer`]: one task per other device, owning the encrypted link to it
+//!   (the link protocol itself is the `meshd-link` crate).
+//! - [`listener`]: inbound links, checked against the roster.
+//! - [`inbox`]: messages received, for `meshctl messages`.
+//!
+//! [`MeshHandle`] is the role's face to the control socket: status, devices,
+//! send, ping and messages.
+
+mod backoff;
+mod hub_client;
+mod identity;
+mod inbox;
+mod listener;
+mod peer;
+mod registrar;
+mod roster;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meshd_ipc::{
+    DeviceEntry, HubStatus, InboxMessage, LinkState, MeshStatus, PingReply, SendResult,
+};
+use meshd_link::{Hello, StaticKey};
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::MeshConfig;
+use crate::device_id::DeviceId;
+use crate::public_key::PublicKey;
+use crate::signaling::MAX_ENDPOINTS;
+use hub_client::{HubConnection, HubUrl, ListedDevice};
+pub use identity::IdentityError;
+use inbox::Inbox;
+pub use peer::SendError;
+use peer::{Command, Established, PeerHandle};
+use roster::{KeyStatus, Roster};
+
+/// The longest message `meshctl send` accepts, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Devices this node keeps links to at most.
+const MAX_PEERS: usize = 4096;
+
+/// A hub's device list counts for this long when its TTL is unknown.
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+/// On-demand roster refreshes (for diallers not known yet) happen at most
+/// this often, whoever asks.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Time an on-demand refresh may take: well inside the dialler's handshake
+/// timeout.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the roster is re-merged, so devices whose hubs' answers expired
+/// lose their links even while no hub answers.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Why the mesh role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The device key.
+    #[error("device key: {0}")]
+    Identity(#[from] IdentityError),
+    /// A signaling server URL.
+    #[error("mesh.signaling: {0}")]
+    Hub(String),
+    /// The listener's address.
+    #[error("mesh listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// Why a `send` or `ping` request failed before reaching a peer task.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Bad arguments.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No signaling server lists the device.
+    #[error(
+        "unknown device {0}: no signaling server lists it; `meshctl devices` shows the known ones"
+    )]
+    Unknown(String),
+    /// The device is listed but cannot have a link.
+    #[error("no link to {device}: {reason}")]
+    NoKey {
+        /// The device.
+        device: DeviceId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The peer task answered with a failure.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+/// What every peer task and the listener share about this node.
+pub struct Local {
+    /// This device's id.
+    pub id: DeviceId,
+    /// Its key pair.
+    pub key: StaticKey,
+    /// Its public key, as the hubs list it.
+    pub public: PublicKey,
+    /// Random per start; lets peers tell a restart from a duplicate link.
+    pub instance: u64,
+    /// Received messages.
+    pub inbox: Inbox,
+    /// meshd is stopping.
+    pub cancel: CancellationToken,
+    /// Every mesh task runs here, so shutdown waits for them.
+    pub tracker: TaskTracker,
+}
+
+impl Local {
+    /// Our side of a handshake with `peer`.
+    pub fn hello_to(&self, peer: &DeviceId) -> Hello {
+        Hello {
+            from: self.id.to_string(),
+            to: peer.to_string(),
+            instance: self.instance,
+        }
+    }
+}
+
+struct HubState {
+    status: HubStatus,
+    ttl: Duration,
+}
+
+/// The role's shared state.
+pub struct Mesh {
+    local: Arc<Local>,
+    listen: SocketAddr,
+    hubs: Vec<HubUrl>,
+    join_token: String,
+    roster: Mutex<Roster>,
+    hub_states: Mutex<Vec<HubState>>,
+    endpoints: Mutex<Vec<SocketAddr>>,
+    peers: Mutex<HashMap<DeviceId, PeerHandle>>,
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the data consistent, so a panic in
+    // one does not make it unusable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Binds the peer-to-peer listener; before [`start`], so READY=1 means it
+/// is up.
+pub async fn bind(config: &MeshConfig) -> std::io::Result<TcpListener> {
+    TcpListener::bind(config.listen).await
+}
+
+/// Loads or creates the device key and starts the role.
+pub async fn start(
+    config: &MeshConfig,
+    id: DeviceId,
+    state_dir: &Path,
+    listener: TcpListener,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<MeshHandle, MeshError> {
+    let state_dir = state_dir.to_owned();
+    let key = tokio::task::spawn_blocking(move || identity::load_or_create(&state_dir))
+        .await
+        .map_err(|error| MeshError::Listener(std::io::Error::other(error)))??;
+    let hubs = config
+        .signaling
+        .iter()
+        .map(|url| HubUrl::parse(url))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(MeshError::Hub)?;
+    let listen = listener.local_addr().map_err(MeshError::Listener)?;
+    let public = PublicKey::from(*key.public());
+    let local = Arc::new(Local {
+        id,
+        key,
+        public,
+        instance: rand::random(),
+        inbox: Inbox::new(),
+        cancel: cancel.clone(),
+        tracker: tracker.clone(),
+    });
+    let hub_states = hubs
+        .iter()
+        .map(|hub| HubState {
+            status: HubStatus {
+                url: hub.url.clone(),
+                reachable: false,
+                observed: None,
+                error: None,
+            },
+            ttl: DEFAULT_TTL,
+        })
+        .collect();
+    let mesh = Arc::new(Mesh {
+        local,
+        listen,
+        roster: Mutex::new(Roster::new(hubs.len())),
+        hubs,
+        join_token: config.join_token.clone(),
+        hub_states: Mutex::new(hub_states),
+        endpoints: Mutex::new(Vec::new()),
+        peers: Mutex::new(HashMap::new()),
+        last_refresh: tokio::sync::Mutex::new(None),
+    });
+    tracker.spawn(listener::accept_loop(
+        mesh.clone(),
+        listener,
+        cancel.clone(),
+    ));
+    for index in 0..mesh.hubs.len() {
+        tracker.spawn(registrar::run(mesh.clone(), index, cancel.clone()));
+    }
+    tracker.spawn(reconcile_periodically(mesh.clone(), cancel));
+    tracing::info!(
+        role = "mesh",
+        %listen,
+        pubkey = %public,
+        hubs = mesh.hubs.len(),
+        "mesh device listening"
+    );
+    Ok(MeshHandle { mesh })
+}
+
+async fn reconcile_periodically(mesh: Arc<Mesh>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => mesh.reconcile(),
+        }
+    }
+    // Dropping the handles stops the peer tasks.
+    lock(&mesh.peers).clear();
+}
+
+impl Mesh {
+    /// The endpoint peers should dial, given our local address on the route
+    /// to a hub; remembered among the advertised endpoints.
+    fn endpoint_via(&self, local: SocketAddr) -> SocketAddr {
+        let endpoint = if self.listen.ip().is_unspecified() {
+            SocketAddr::new(local.ip(), self.listen.port())
+        } else {
+            self.listen
+        };
+        let mut endpoints = lock(&self.endpoints);
+        if !endpoints.contains(&endpoint) {
+            if endpoints.len() == MAX_ENDPOINTS {
+                endpoints.remove(0);
+            }
+            endpoints.push(endpoint);
+        }
+        endpoint
+    }
+
+    fn endpoints(&self) -> Vec<SocketAddr> {
+        lock(&self.endpoints).clone()
+    }
+
+    fn hub_registered(&self, index: usize, observed: String, ttl: Duration) {
+        if let Some(state) = lock(&self.hub_states).get_mut(index) {
+            state.status.observed = Some(observed);
+            state.ttl = ttl;
+        }
+    }
+
+    fn hub_answered(&self, index: usize, error: Option<String>) {
+        if let Some(state) = lock(&self.hub_states).get_mut(index) {
+            state.status.reachable = error.is_none();
+            state.status.error = error;
+        }
+    }
+
+    fn hub_ttl(&self, index: usize) -> Duration {
+        lock(&self.hub_states)
+            .get(index)
+            .map_or(DEFAULT_TTL, |state| state.ttl)
+    }
+
+    fn update_roster(&self, index: usize, devices: &[ListedDevice]) {
+        let ttl = self.hub_ttl(index);
+        lock(&self.roster).update(index, devices, ttl, Instant::now());
+        self.reconcile();
+    }
+
+    fn key_of(&self, id: &DeviceId) -> Option<KeyStatus> {
+        lock(&self.roster).key_of(id, Instant::now())
+    }
+
+    /// Fetches every hub's list now (at most every [`REFRESH_INTERVAL`]);
+    /// callers that arrive while one runs share it.
+    async fn refresh_roster(self: &Arc<Self>) {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
+            return;
+        }
+        let mut fetches = tokio::task::JoinSet::new();
+        for index in 0..self.hubs.len() {
+            let mesh = self.clone();
+            fetches.spawn(async move {
+                let mut connection = HubConnection::open(&mesh.hubs[index]).await?;
+                let devices = connection.devices().await?;
+                lock(&mesh.roster).update(index, &devices, mesh.hub_ttl(index), Instant::now());
+                Ok::<_, hub_client::HubError>(())
+            });
+        }
+        let _ = tokio::time::timeout(REFRESH_TIMEOUT, async {
+            while fetches.join_next().await.is_some() {}
+        })
+        .await;
+        *last = Some(Instant::now());
+        self.reconcile();
+    }
+
+    /// Starts peer tasks for newly listed devices, updates the others, and
+    /// stops those no hub lists any more (or whose key changed).
+    fn reconcile(&self) {
+        let merged = lock(&self.roster).merged(Instant::now());
+        let mut peers = lock(&self.peers);
+        peers.retain(|id, handle| {
+            let keep = merged
+                .get(id)
+                .is_some_and(|device| device.key == KeyStatus::Trusted(handle.key));
+            if !keep {
+                tracing::info!(peer = %id, "device no longer listed with the same key; closing its link");
+                handle.stop();
+            }
+            keep
+        });
+        for (id, device) in merged {
+            if id == self.local.id {
+                continue;
+            }
+            let KeyStatus::Trusted(key) = device.key else {
+                continue;
+            };
+            match peers.get(&id) {
+                Some(handle) => handle.update(device.listing),
+                None if peers.len() < MAX_PEERS => {
+                    let handle =
+                        PeerHandle::spawn(self.local.clone(), id.clone(), key, device.listing);
+                    peers.insert(id, handle);
+                }
+                None => {
+                    tracing::warn!(peer = %id, max = MAX_PEERS, "too many devices; no link made");
+                }
+            }
+        }
+    }
+
+    /// Hands an accepted link to its peer task.
+    async fn deliver(&self, peer: &DeviceId, key: PublicKey, established: Established) {
+        let sender = {
+            let peers = lock(&self.peers);
+            peers
+                .get(peer)
+                .filter(|handle| handle.key == key)
+                .map(|handle| handle.command_sender())
+        };
+        match sender {
+            Some(sender) => {
+                let _ = sender.send(Command::Established(established)).await;
+            }
+            None => {
+                tracing::debug!(%peer, "no peer task for an accepted link; closed");
+            }
+        }
+    }
+}
+
+/// The mesh role as the control socket sees it.
+#[derive(Clone)]
+pub struct MeshHandle {
+    mesh: Arc<Mesh>,
+}
+
+impl MeshHandle {
+    /// For `meshctl status`.
+    pub fn status(&self) -> MeshStatus {
+        let mesh = &self.mesh;
+        let signaling: Vec<HubStatus> = lock(&mesh.hub_states)
+            .iter()
+            .map(|state| state.status.clone())
+            .collect();
+        let links = lock(&mesh.peers)
+            .values()
+            .filter(|handle| handle.view().state == LinkState::Direct)
+            .count();
+        MeshStatus {
+            listen: mesh.listen.to_string(),
+            pubkey: mesh.local.public.to_base64(),
+            observed: signaling.iter().find_map(|hub| hub.observed.clone()),
+            links,
+            endpoints: mesh.endpoints().iter().map(ToString::to_string).collect(),
+            signaling,
+        }
+    }
+
+    /// For `meshctl devices`: every device the hubs list, with the link.
+    pub fn devices(&self) -> Vec<DeviceEntry> {
+        let mesh = &self.mesh;
+        let merged = lock(&mesh.roster).merged(Instant::now());
+        let peers = lock(&mesh.peers);
+        merged
+            .into_iter()
+            .map(|(id, device)| {
+                let listing = device.listing;
+                let (link, endpoint, rtt) = if id == mesh.local.id {
+                    (LinkState::Local, None, None)
+                } else {
+                    match peers.get(&id) {
+                        Some(handle) => {
+                            let view = handle.view();
+                            (view.state, view.endpoint, view.rtt)
+                        }
+                        None => (LinkState::Down, None, None),
+                    }
+                };
+                DeviceEntry {
+                    id: id.to_string(),
+                    addr: listing.addr.to_string(),
+                    observed: listing.observed,
+                    last_seen: listing.last_seen,
+                    pubkey: listing.pubkey.map(PublicKey::to_base64),
+                    link: Some(link),
+                    endpoint: endpoint.map(|endpoint| endpoint.to_string()),
+                    rtt_ms: rtt.map(millis),
+                    endpoints: listing.endpoints.iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// Delivers `text` to `device`; the time to its acknowledgement.
+    pub async fn send(&self, device: &str, text: String) -> Result<Duration, RequestError> {
+        check_text(&text)?;
+        let id = self.peer_id(device)?;
+        let (reply, answer) = oneshot::channel();
+        self.command(
+            &id,
+            Command::Send {
+                text: Bytes::from(text),
+                reply,
+            },
+        )
+        .await?;
+        Ok(self.await_answer(&id, answer).await?)
+    }
+
+    /// Delivers `text` to every other device at once.
+    pub async fn send_all(&self, text: String) -> Result<Vec<SendResult>, RequestError> {
+        check_text(&text)?;
+        let mesh = &self.mesh;
+        let others: Vec<DeviceId> = lock(&mesh.roster)
+            .merged(Instant::now())
+            .into_keys()
+            .filter(|id| *id != mesh.local.id)
+            .collect();
+        let text = Bytes::from(text);
+        let mut sends = tokio::task::JoinSet::new();
+        for id in others {
+            let handle = self.clone();
+            let text = text.clone();
+            sends.spawn(async move {
+                let (reply, answer) = oneshot::channel();
+                let outcome = match handle.command(&id, Command::Send { text, reply }).await {
+                    Ok(()) => handle
+                        .await_answer(&id, answer)
+                        .await
+                        .map_err(RequestError::from),
+                    Err(error) => Err(error),
+                };
+                SendResult {
+                    device: id.to_string(),
+                    delivered: outcome.is_ok(),
+                    rtt_ms: outcome.as_ref().ok().map(|rtt| millis(*rtt)),
+                    error: outcome.err().map(|error| error.to_string()),
+                }
+            });
+        }
+        let mut results = Vec::new();
+        while let Some(result) = sends.join_next().await {
+            if let Ok(result) = result {
+                results.push(result);
+            }
+        }
+        results.sort_by(|a, b| a.device.cmp(&b.device));
+        Ok(results)
+    }
+
+    /// Measures the round-trip time of the link to `device`.
+    pub async fn ping(&self, device: &str) -> Result<PingReply, RequestError> {
+        let id = self.peer_id(device)?;
+        let (reply, answer) = oneshot::channel();
+        self.command(&id, Command::Ping { reply }).await?;
+        let outcome = self.await_answer(&id, answer).await?;
+        Ok(PingReply {
+            device: id.to_string(),
+            rtt_ms: millis(outcome.rtt),
+            path: LinkState::Direct,
+            endpoint: Some(outcome.endpoint.to_string()),
+        })
+    }
+
+    /// The inbox, oldest first.
+    pub fn messages(&self) -> Vec<InboxMessage> {
+        self.mesh.local.inbox.list()
+    }
+
+    /// The inbox and a feed of later messages.
+    pub fn follow(&self) -> (Vec<InboxMessage>, broadcast::Receiver<InboxMessage>) {
+        self.mesh.local.inbox.follow()
+    }
+
+    fn peer_id(&self, device: &str) -> Result<DeviceId, RequestError> {
+        let id = DeviceId::parse(device).map_err(RequestError::BadRequest)?;
+        if id == self.mesh.local.id {
+            return Err(RequestError::BadRequest(format!(
+                "{id} is this device; name another one"
+            )));
+        }
+        match self.mesh.key_of(&id) {
+            None => Err(RequestError::Unknown(id.to_string())),
+            Some(KeyStatus::Missing) => Err(RequestError::NoKey {
+                device: id,
+                reason: "it registered without a public key, so no link can be authenticated",
+            }),
+            Some(KeyStatus::Conflict) => Err(RequestError::NoKey {
+                device: id,
+                reason: "the signaling servers list different keys for it",
+            }),
+            Some(KeyStatus::Trusted(_)) => Ok(id),
+        }
+    }
+
+    async fn command(&self, id: &DeviceId, command: Command) -> Result<(), RequestError> {
+        let sender = lock(&self.mesh.peers)
+            .get(id)
+            .map(PeerHandle::command_sender);
+        let stopped = || SendError::Stopped {
+            device: id.clone(),
+            reason: "meshd is stopping".to_owned(),
+        };
+        let sender = sender.ok_or_else(|| RequestError::Unknown(id.to_string()))?;
+        sender.send(command).await.map_err(|_| stopped())?;
+        Ok(())
+    }
+
+    async fn await_answer<T>(
+        &self,
+        id: &DeviceId,
+        answer: oneshot::Receiver<Result<T, SendError>>,
+    ) -> Result<T, SendError> {
+        // The peer task answers by its own deadline; this is a backstop.
+        match tokio::time::timeout(peer::ANSWER_TIMEOUT * 2, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_dropped)) => Err(SendError::Stopped {
+                device: id.clone(),
+                reason: "the link task ended".to_owned(),
+            }),
+            Err(_elapsed) => Err(SendError::Timeout { device: id.clone() }),
+        }
+    }
+}
+
+fn check_text(text: &str) -> Result<(), RequestError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(RequestError::BadRequest(format!(
+            "message of {} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}

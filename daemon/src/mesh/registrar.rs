@@ -1,0 +1,97 @@
+//! Registration and heartbeat with one signaling server.
+//!
+//! One task per server in `[mesh] signaling`. Each round opens a connection,
+//! registers (which doubles as the heartbeat), lists the devices and feeds
+//! the roster; then it waits a third of the TTL the server returned. A
+//! server that fails is retried with backoff and jitter; the log says when a
+//! server goes down and when it comes back, not on every retry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Mesh;
+use super::backoff::Backoff;
+use super::hub_client::{HubConnection, HubError, RegisterBody};
+
+/// Fastest heartbeat, whatever TTL a server returns.
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Runs the rounds for server `index` until cancelled.
+pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
+    let Some(hub) = mesh.hubs.get(index).cloned() else {
+        return;
+    };
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut reachable: Option<bool> = None;
+    let mut last_error = String::new();
+    loop {
+        let wait = match round(&mesh, index).await {
+            Ok(ttl) => {
+                match reachable {
+                    Some(true) => {}
+                    Some(false) => {
+                        tracing::info!(hub = %hub.url, "signaling server reachable again")
+                    }
+                    None => tracing::info!(hub = %hub.url, "registered with signaling server"),
+                }
+                reachable = Some(true);
+                last_error.clear();
+                backoff.reset();
+                mesh.hub_answered(index, None);
+                (ttl / 3).max(MIN_HEARTBEAT)
+            }
+            Err(error) => {
+                let message = explain(&error, &mesh.local.id.to_string());
+                // Once per outage, and again only if the reason changes.
+                if reachable != Some(false) || message != last_error {
+                    tracing::warn!(hub = %hub.url, error = %message, "signaling server unreachable; retrying with backoff");
+                }
+                reachable = Some(false);
+                mesh.hub_answered(index, Some(message.clone()));
+                last_error = message;
+                backoff.next_wait()
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// One registration and listing; the server's TTL on success.
+async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
+    let hub = &mesh.hubs[index];
+    let mut connection = HubConnection::open(hub).await?;
+    let addr = mesh.endpoint_via(connection.local_addr());
+    let local = &mesh.local;
+    let id = local.id.to_string();
+    let pubkey = local.public.to_base64();
+    let body = RegisterBody {
+        id: &id,
+        addr: addr.to_string(),
+        pubkey: &pubkey,
+        endpoints: mesh.endpoints().iter().map(ToString::to_string).collect(),
+    };
+    let registered = connection.register(&body, &mesh.join_token).await?;
+    let ttl = Duration::from_secs(registered.ttl_secs.max(3));
+    mesh.hub_registered(index, registered.observed, ttl);
+    let devices = connection.devices().await?;
+    mesh.update_roster(index, &devices);
+    Ok(ttl)
+}
+
+/// The error with what to do about it.
+fn explain(error: &HubError, id: &str) -> String {
+    match error {
+        HubError::Status { status, .. } if status.as_u16() == 409 => format!(
+            "{error}: the id {id} is bound to another key there; if this device's key was replaced on purpose, run `meshctl devices remove {id}` on that hub"
+        ),
+        HubError::Status { status, .. } if status.as_u16() == 401 => {
+            format!("{error}: set [mesh] join_token to the server's [signaling] join_token")
+        }
+        _ => error.to_string(),
+    }
+}

@@ -1,0 +1,261 @@
+//! The devices the signaling servers list, merged.
+//!
+//! Each hub's last answer is kept on its own and expires on its own (after
+//! the hub's device TTL), so that losing one hub loses nothing the others
+//! still list: Nebula's lighthouses work the same way. A device's key must be
+//! the same on every hub that lists it; hubs that disagree leave the device
+//! without a trusted key, and no link is made to it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::device_id::DeviceId;
+use crate::public_key::PublicKey;
+use crate::signaling::MAX_ENDPOINTS;
+
+use super::hub_client::ListedDevice;
+
+/// Devices taken from one hub's answer at most.
+pub const MAX_DEVICES_PER_HUB: usize = 65_536;
+
+/// A device as a hub lists it, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    /// Registered address.
+    pub addr: SocketAddr,
+    /// Where the hub saw it register from.
+    pub observed: String,
+    /// Its key, if it registered one.
+    pub pubkey: Option<PublicKey>,
+    /// RFC 3339 of its last registration.
+    pub last_seen: String,
+    /// Further endpoints it advertised.
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Listing {
+    /// Validates a hub's entry; `None` for entries no device could have
+    /// registered (the hub checks the same rules).
+    pub fn from_listed(device: &ListedDevice) -> Option<(DeviceId, Listing)> {
+        let id = DeviceId::parse(&device.id).ok()?;
+        let addr = device.addr.parse().ok()?;
+        let pubkey = match &device.pubkey {
+            Some(key) => Some(PublicKey::from_base64(key).ok()?),
+            None => None,
+        };
+        let endpoints = device
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| endpoint.parse().ok())
+            .take(MAX_ENDPOINTS)
+            .collect();
+        Some((
+            id,
+            Listing {
+                addr,
+                observed: device.observed.clone(),
+                pubkey,
+                last_seen: device.last_seen.clone(),
+                endpoints,
+            },
+        ))
+    }
+
+    /// Where to dial, best first, without repeats: the advertised endpoints,
+    /// then the registered address.
+    pub fn dial_candidates(&self) -> Vec<SocketAddr> {
+        let mut candidates: Vec<SocketAddr> = Vec::with_capacity(self.endpoints.len() + 1);
+        for endpoint in self.endpoints.iter().chain([&self.addr]) {
+            if !candidates.contains(endpoint) && !endpoint.ip().is_unspecified() {
+                candidates.push(*endpoint);
+            }
+        }
+        candidates
+    }
+}
+
+/// What the hubs say about a device's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Every hub that lists the device agrees on this key.
+    Trusted(PublicKey),
+    /// The device registered no key: it cannot have links.
+    Missing,
+    /// Hubs list different keys for the id: trust neither.
+    Conflict,
+}
+
+/// A device in the merged view.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Merged {
+    /// The freshest listing across hubs.
+    pub listing: Listing,
+    /// The key verdict.
+    pub key: KeyStatus,
+}
+
+struct HubView {
+    devices: HashMap<DeviceId, Listing>,
+    fetched: Instant,
+    ttl: Duration,
+}
+
+/// Every hub's last answer.
+pub struct Roster {
+    hubs: Vec<Option<HubView>>,
+}
+
+impl Roster {
+    /// An empty roster for `hubs` signaling servers.
+    pub fn new(hubs: usize) -> Self {
+        Roster {
+            hubs: (0..hubs).map(|_| None).collect(),
+        }
+    }
+
+    /// Replaces hub `index`'s view with its latest answer.
+    pub fn update(&mut self, index: usize, devices: &[ListedDevice], ttl: Duration, now: Instant) {
+        let devices = devices
+            .iter()
+            .take(MAX_DEVICES_PER_HUB)
+            .filter_map(Listing::from_listed)
+            .collect();
+        if let Some(slot) = self.hubs.get_mut(index) {
+            *slot = Some(HubView {
+                devices,
+                fetched: now,
+                ttl,
+            });
+        }
+    }
+
+    /// The merged view at `now`, sorted by id; answers older than their
+    /// hub's TTL no longer count.
+    pub fn merged(&self, now: Instant) -> BTreeMap<DeviceId, Merged> {
+        let mut merged: BTreeMap<DeviceId, Merged> = BTreeMap::new();
+        let fresh = self
+            .hubs
+            .iter()
+            .flatten()
+            .filter(|hub| now.saturating_duration_since(hub.fetched) <= hub.ttl);
+        for hub in fresh {
+            for (id, listing) in &hub.devices {
+                let key = match listing.pubkey {
+                    Some(key) => KeyStatus::Trusted(key),
+                    None => KeyStatus::Missing,
+                };
+                match merged.get_mut(id) {
+                    None => {
+                        merged.insert(
+                            id.clone(),
+                            Merged {
+                                listing: listing.clone(),
+                                key,
+                            },
+                        );
+                    }
+                    Some(existing) => {
+                        existing.key = match (existing.key, key) {
+                            (KeyStatus::Trusted(a), KeyStatus::Trusted(b)) if a != b => {
+                                KeyStatus::Conflict
+                            }
+                            (KeyStatus::Missing, other) => other,
+                            (current, _) => current,
+                        };
+                        // RFC 3339 in UTC sorts as text.
+                        if listing.last_seen > existing.listing.last_seen {
+                            existing.listing = listing.clone();
+                        }
+                    }
+                }
+            }
+        }
+        merged
+    }
+
+    /// The key verdict for one device, or `None` when no hub lists it.
+    pub fn key_of(&self, id: &DeviceId, now: Instant) -> Option<KeyStatus> {
+        self.merged(now).get(id).map(|merged| merged.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: &str, key: Option<u8>, last_seen: &str) -> ListedDevice {
+        use base64::Engine;
+        ListedDevice {
+            id: id.into(),
+            addr: "127.0.0.1:9".into(),
+            observed: "127.0.0.1:5".into(),
+            pubkey: key.map(|b| base64::engine::general_purpose::STANDARD.encode([b; 32])),
+            last_seen: last_seen.into(),
+            endpoints: vec!["10.0.0.1:9".into(), "bogus".into()],
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn merges_hubs_and_survives_losing_one() {
+        let now = Instant::now();
+        let mut roster = Roster::new(2);
+        roster.update(0, &[listed("a", Some(1), "2026-01-01T00:00:00Z")], TTL, now);
+        roster.update(1, &[listed("b", Some(2), "2026-01-01T00:00:00Z")], TTL, now);
+        let merged = roster.merged(now);
+        assert_eq!(merged.len(), 2);
+        // Hub 0 stops answering: its view ages out, hub 1's stays.
+        let later = now + Duration::from_secs(50);
+        roster.update(
+            1,
+            &[
+                listed("a", Some(1), "2026-01-01T00:00:50Z"),
+                listed("b", Some(2), "2026-01-01T00:00:50Z"),
+            ],
+            TTL,
+            later,
+        );
+        let merged = roster.merged(now + Duration::from_secs(90));
+        assert_eq!(merged.len(), 2);
+        assert_eq!(
+            merged[&DeviceId::parse("a").unwrap()].listing.last_seen,
+            "2026-01-01T00:00:50Z"
+        );
+        assert!(roster.merged(now + Duration::from_secs(200)).is_empty());
+    }
+
+    #[test]
+    fn disagreeing_hubs_leave_no_trusted_key() {
+        let now = Instant::now();
+        let mut roster = Roster::new(2);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, now);
+        roster.update(1, &[listed("a", Some(2), "t")], TTL, now);
+        let a = DeviceId::parse("a").unwrap();
+        assert_eq!(roster.key_of(&a, now), Some(KeyStatus::Conflict));
+        roster.update(1, &[listed("a", None, "t")], TTL, now);
+        assert!(matches!(
+            roster.key_of(&a, now),
+            Some(KeyStatus::Trusted(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_entries_are_dropped_and_candidates_deduplicated() {
+        let now = Instant::now();
+        let mut roster = Roster::new(1);
+        let mut bad = listed("no spaces allowed", Some(1), "t");
+        bad.addr = "x".into();
+        roster.update(0, &[bad, listed("ok", Some(1), "t")], TTL, now);
+        let merged = roster.merged(now);
+        assert_eq!(merged.len(), 1);
+        let listing = &merged[&DeviceId::parse("ok").unwrap()].listing;
+        let candidates: Vec<String> = listing
+            .dial_candidates()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(candidates, ["10.0.0.1:9", "127.0.0.1:9"]);
+    }
+}
