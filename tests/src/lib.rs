@@ -17,10 +17,11 @@ pub mod chat;
 pub mod http;
 pub mod node;
 pub mod notify;
+pub mod tap;
 pub mod wait;
 
 pub use binaries::{meshctl_bin, meshd_bin};
 pub use chat::ChatClient;
-pub use node::{Node, NodeOptions, copy_executable};
+pub use node::{MeshOptions, Node, NodeOptions, copy_executable};
 pub use notify::NotifySocket;
 pub use wait::wait_until;

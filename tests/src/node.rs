@@ -22,6 +22,8 @@ pub struct NodeOptions {
     pub id: String,
     /// Extra TOML appended inside `[signaling]`.
     pub signaling: String,
+    /// `[signaling] listen`.
+    pub signaling_listen: String,
     /// Run the signaling role.
     pub signaling_enabled: bool,
     /// Run the chat role.
@@ -39,6 +41,30 @@ pub struct NodeOptions {
     /// Run meshd as this `user:group` (through setpriv) instead of as the
     /// test's own user; the node's directory is given to that user.
     pub run_as: Option<(String, String)>,
+    /// Run the mesh role, registering with these signaling URLs.
+    pub mesh: Option<MeshOptions>,
+}
+
+/// The `[mesh]` section of a test node.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// `[mesh] signaling`.
+    pub hubs: Vec<String>,
+    /// `[mesh] listen`.
+    pub listen: String,
+    /// Extra TOML inside `[mesh]`.
+    pub extra: String,
+}
+
+impl MeshOptions {
+    /// Registers with `hubs` and listens on a free loopback port.
+    pub fn with_hubs(hubs: &[String]) -> Self {
+        MeshOptions {
+            hubs: hubs.to_vec(),
+            listen: "127.0.0.1:0".to_owned(),
+            extra: String::new(),
+        }
+    }
 }
 
 impl Default for NodeOptions {
@@ -46,6 +72,7 @@ impl Default for NodeOptions {
         NodeOptions {
             id: "hub".to_owned(),
             signaling: String::new(),
+            signaling_listen: "127.0.0.1:0".to_owned(),
             signaling_enabled: true,
             chat_enabled: false,
             chat: String::new(),
@@ -54,6 +81,7 @@ impl Default for NodeOptions {
             group: String::new(),
             socket: None,
             run_as: None,
+            mesh: None,
         }
     }
 }
@@ -179,12 +207,24 @@ impl Node {
     /// The config this node was started with.
     pub fn config_text(&self) -> String {
         let dir = self.dir.path().display();
+        let mesh = match &self.options.mesh {
+            None => "[mesh]\nenabled = false\n".to_owned(),
+            Some(mesh) => {
+                let hubs: Vec<String> = mesh.hubs.iter().map(|url| format!("\"{url}\"")).collect();
+                format!(
+                    "[mesh]\nenabled = true\nlisten = \"{}\"\nsignaling = [{}]\n{}\n",
+                    mesh.listen,
+                    hubs.join(", "),
+                    mesh.extra
+                )
+            }
+        };
         format!(
             "[node]\nid = \"{id}\"\nstate_dir = \"{dir}/state\"\nlog_level = \"debug\"\n\n\
              [control]\nsocket = \"{socket}\"\ngroup = \"{group}\"\n\n\
-             [signaling]\nenabled = {sig}\nlisten = \"127.0.0.1:0\"\n{signaling}\n\n\
+             [signaling]\nenabled = {sig}\nlisten = \"{signaling_listen}\"\n{signaling}\n\n\
              [chat]\nenabled = {chat_enabled}\nlisten = \"127.0.0.1:0\"\n{chat}\n\n\
-             [mesh]\nenabled = false\n\n{extra}\n",
+             {mesh}\n{extra}\n",
             id = self.options.id,
             socket = self.socket().display(),
             group = self.options.group,
@@ -192,6 +232,7 @@ impl Node {
             chat_enabled = self.options.chat_enabled,
             chat = self.options.chat,
             signaling = self.options.signaling,
+            signaling_listen = self.options.signaling_listen,
             extra = self.options.extra,
         )
     }
@@ -372,6 +413,66 @@ impl Node {
             .unwrap_or_else(|| panic!("no signaling listen address in {status}"))
             .parse()
             .expect("listen address parses")
+    }
+
+    /// The signaling server's URL, for other nodes' `[mesh] signaling`.
+    pub fn hub_url(&self) -> String {
+        format!("http://{}", self.signaling_addr())
+    }
+
+    /// The mesh role's status object from `meshctl status --json`.
+    pub fn mesh_status(&self) -> serde_json::Value {
+        let status = self.ctl_json(&["status"]);
+        let mesh = status["roles"]["mesh"].clone();
+        assert!(mesh.is_object(), "no mesh role in {status}");
+        mesh
+    }
+
+    /// This device's base64 public key.
+    pub fn pubkey(&self) -> String {
+        self.mesh_status()["pubkey"]
+            .as_str()
+            .expect("pubkey is a string")
+            .to_owned()
+    }
+
+    /// The mesh listener's bound address.
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.mesh_status()["listen"]
+            .as_str()
+            .expect("listen is a string")
+            .parse()
+            .expect("listen address parses")
+    }
+
+    /// `meshctl devices --json` as (id, link) pairs, plus the whole list.
+    pub fn links(&self) -> Vec<(String, String)> {
+        let devices = self.ctl_json(&["devices"]);
+        devices
+            .as_array()
+            .expect("devices is an array")
+            .iter()
+            .map(|device| {
+                (
+                    device["id"].as_str().unwrap_or_default().to_owned(),
+                    device["link"].as_str().unwrap_or("null").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// The link state this node shows for `device`, if it lists it.
+    pub fn link_to(&self, device: &str) -> Option<String> {
+        self.links()
+            .into_iter()
+            .find(|(id, _)| id == device)
+            .map(|(_, link)| link)
+    }
+
+    /// Kills meshd with SIGKILL, as a crash would, and reaps it.
+    pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        wait_until("meshd to die", Duration::from_secs(5), || self.try_wait());
     }
 
     /// Sends SIGTERM and requires a clean exit 0 within 5 s; returns how long

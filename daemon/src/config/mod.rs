@@ -112,6 +112,9 @@ pub struct MeshConfig {
     pub signaling: Vec<String>,
     /// Bearer token sent when registering.
     pub join_token: String,
+    /// Endpoints to advertise instead of the learnt ones (a port forward, a
+    /// known public address); empty: learn them.
+    pub advertise: Vec<SocketAddr>,
 }
 
 /// `[node] log_level`.

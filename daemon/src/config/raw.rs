@@ -65,4 +65,5 @@ pub struct RawMesh {
     pub listen: Option<String>,
     pub signaling: Option<Vec<String>>,
     pub join_token: Option<String>,
+    pub advertise: Option<Vec<String>>,
 }

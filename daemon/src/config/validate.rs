@@ -230,11 +230,36 @@ fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
             check.problem("mesh.signaling", message);
         }
     }
+    let advertise = raw.advertise.unwrap_or_default();
+    if advertise.len() > crate::signaling::MAX_ENDPOINTS {
+        check.problem(
+            "mesh.advertise",
+            format!(
+                "at most {} endpoints, got {}",
+                crate::signaling::MAX_ENDPOINTS,
+                advertise.len()
+            ),
+        );
+    }
+    let advertise = advertise
+        .into_iter()
+        .map(|text| check.addr("mesh.advertise", Some(text), "203.0.113.7:8082"))
+        .collect::<Vec<_>>();
+    if advertise
+        .iter()
+        .any(|addr| addr.ip().is_unspecified() || addr.port() == 0)
+    {
+        check.problem(
+            "mesh.advertise",
+            "peers cannot dial a wildcard address or port 0: list addresses they can reach",
+        );
+    }
     MeshConfig {
         enabled: raw.enabled.unwrap_or(true),
         listen: check.addr("mesh.listen", raw.listen, "0.0.0.0:8082"),
         signaling,
         join_token: raw.join_token.unwrap_or_default(),
+        advertise,
     }
 }
 
@@ -295,6 +320,14 @@ pub fn to_raw(config: &Config) -> RawConfig {
             listen: Some(config.mesh.listen.to_string()),
             signaling: Some(config.mesh.signaling.clone()),
             join_token: Some(config.mesh.join_token.clone()),
+            advertise: Some(
+                config
+                    .mesh
+                    .advertise
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
         }),
     }
 }

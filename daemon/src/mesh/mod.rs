@@ -144,6 +144,7 @@ struct HubState {
 pub struct Mesh {
     local: Arc<Local>,
     listen: SocketAddr,
+    advertise: Vec<SocketAddr>,
     hubs: Vec<HubUrl>,
     join_token: String,
     roster: Mutex<Roster>,
@@ -210,6 +211,7 @@ pub async fn start(
     let mesh = Arc::new(Mesh {
         local,
         listen,
+        advertise: config.advertise.clone(),
         roster: Mutex::new(Roster::new(hubs.len())),
         hubs,
         join_token: config.join_token.clone(),
@@ -251,8 +253,12 @@ async fn reconcile_periodically(mesh: Arc<Mesh>, cancel: CancellationToken) {
 
 impl Mesh {
     /// The endpoint peers should dial, given our local address on the route
-    /// to a hub; remembered among the advertised endpoints.
+    /// to a hub; remembered among the advertised endpoints. Configured
+    /// `advertise` endpoints replace all of this.
     fn endpoint_via(&self, local: SocketAddr) -> SocketAddr {
+        if let Some(first) = self.advertise.first() {
+            return *first;
+        }
         let endpoint = if self.listen.ip().is_unspecified() {
             SocketAddr::new(local.ip(), self.listen.port())
         } else {
@@ -269,6 +275,9 @@ impl Mesh {
     }
 
     fn endpoints(&self) -> Vec<SocketAddr> {
+        if !self.advertise.is_empty() {
+            return self.advertise.clone();
+        }
         lock(&self.endpoints).clone()
     }
 

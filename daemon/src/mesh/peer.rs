@@ -566,16 +566,10 @@ impl PeerTask {
         };
         let now = Instant::now();
         if let Some(current) = &self.active {
-            let keep_new = if hello.instance != current.instance {
-                // The peer restarted: the old link is stale.
-                true
-            } else if now.duration_since(current.since) > SIMULTANEOUS_WINDOW {
-                true
-            } else {
-                // Both sides dialled at once and both see both links: keep
-                // the one dialled by the smaller id, on both ends.
-                dialler < current.dialler
-            };
+            let keep_new = prefer_new_link(
+                (current.instance, &current.dialler, current.since),
+                (hello.instance, &dialler, now),
+            );
             if !keep_new {
                 tracing::debug!(peer = %self.peer, %endpoint, "duplicate link closed (tie-break)");
                 let (_, writer) = link.split();
@@ -711,6 +705,25 @@ impl PeerTask {
             }
         }
     }
+}
+
+/// The tie-break between the current link to a peer and a new one, each
+/// given as (the peer's instance, who dialled, when it was set up). Both ends
+/// see the same facts, so both keep the same link.
+fn prefer_new_link(
+    (current_instance, current_dialler, current_since): (u64, &DeviceId, Instant),
+    (new_instance, new_dialler, new_since): (u64, &DeviceId, Instant),
+) -> bool {
+    if new_instance != current_instance {
+        // The peer restarted: the current link is stale.
+        return true;
+    }
+    if new_since.duration_since(current_since) > SIMULTANEOUS_WINDOW {
+        // Not a simultaneous dial: the peer gave up on the current link.
+        return true;
+    }
+    // Both sides dialled at once: keep the link dialled by the smaller id.
+    new_dialler < current_dialler
 }
 
 /// Tries each candidate endpoint in order until one gives a link to the
@@ -880,5 +893,39 @@ async fn write_link(
         };
         let _ = events.send(LinkEvent::Closed { link, reason }).await;
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_ends_keep_the_same_link_when_dials_cross() {
+        let a = DeviceId::parse("alpha").unwrap();
+        let b = DeviceId::parse("beta").unwrap();
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(3);
+        // At alpha: its own dial finished first, beta's arrived next.
+        assert!(!prefer_new_link((7, &a, t0), (7, &b, t1)));
+        // At beta: its own dial finished first, alpha's arrived next.
+        assert!(prefer_new_link((7, &b, t0), (7, &a, t1)));
+    }
+
+    #[test]
+    fn a_restarted_or_reconnecting_peer_replaces_the_old_link() {
+        let a = DeviceId::parse("alpha").unwrap();
+        let b = DeviceId::parse("beta").unwrap();
+        let t0 = Instant::now();
+        assert!(prefer_new_link((7, &a, t0), (8, &b, t0)));
+        let later = t0 + SIMULTANEOUS_WINDOW + Duration::from_millis(1);
+        assert!(prefer_new_link((7, &a, t0), (7, &b, later)));
+    }
+
+    #[test]
+    fn previews_cut_at_character_boundaries() {
+        let text = "é".repeat(150);
+        let cut = preview(&text);
+        assert!(cut.len() <= 200 && text.starts_with(cut));
     }
 }

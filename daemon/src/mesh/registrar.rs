@@ -75,7 +75,17 @@ async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
         pubkey: &pubkey,
         endpoints: mesh.endpoints().iter().map(ToString::to_string).collect(),
     };
-    let registered = connection.register(&body, &mesh.join_token).await?;
+    let registered = match connection.register(&body, &mesh.join_token).await {
+        Ok(registered) => registered,
+        Err(error) => {
+            // Still learn the others (listing needs no token), so a device
+            // whose registration is refused can at least be seen trying.
+            if let Ok(devices) = connection.devices().await {
+                mesh.update_roster(index, &devices);
+            }
+            return Err(error);
+        }
+    };
     let ttl = Duration::from_secs(registered.ttl_secs.max(3));
     mesh.hub_registered(index, registered.observed, ttl);
     let devices = connection.devices().await?;

@@ -9,4 +9,5 @@ mod chat;
 mod config;
 mod control;
 mod lifecycle;
+mod mesh;
 mod signaling;

@@ -395,7 +395,7 @@ fn concurrent_connections_are_bounded() {
 }
 
 #[test]
-fn devices_on_a_node_without_signaling_is_a_clear_error() {
+fn devices_on_a_node_without_signaling_or_mesh_is_a_clear_error() {
     let node = Node::start(NodeOptions {
         signaling_enabled: false,
         ..NodeOptions::default()
@@ -403,7 +403,10 @@ fn devices_on_a_node_without_signaling_is_a_clear_error() {
     let output = node.ctl(&["devices"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("no signaling role"), "{stderr}");
+    assert!(
+        stderr.contains("neither the signaling nor the mesh role"),
+        "{stderr}"
+    );
     assert!(
         node.ctl_json(&["status"])["roles"]
             .get("signaling")

@@ -1,0 +1,677 @@
+//! The mesh role: identity, registration with several hubs, encrypted links
+//! between real meshd processes on loopback, messages, pings, failures and
+//! impostors.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use meshd_tests::http;
+use meshd_tests::tap::Tap;
+use meshd_tests::{MeshOptions, Node, NodeOptions, meshctl_bin, wait_until};
+use nix::sys::signal::Signal;
+use serde_json::json;
+
+/// A port that was free a moment ago, for a hub that must know its own URL
+/// before it starts.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free port")
+}
+
+/// A node that is both a hub and a device registered with itself.
+fn hub_device(id: &str, extra_signaling: &str) -> Node {
+    let port = free_port();
+    Node::start(NodeOptions {
+        id: id.to_owned(),
+        signaling_listen: format!("127.0.0.1:{port}"),
+        signaling: extra_signaling.to_owned(),
+        mesh: Some(MeshOptions::with_hubs(&[format!(
+            "http://127.0.0.1:{port}"
+        )])),
+        ..NodeOptions::default()
+    })
+}
+
+fn device_options(id: &str, hubs: &[String]) -> NodeOptions {
+    NodeOptions {
+        id: id.to_owned(),
+        signaling_enabled: false,
+        mesh: Some(MeshOptions::with_hubs(hubs)),
+        ..NodeOptions::default()
+    }
+}
+
+fn device(id: &str, hubs: &[String]) -> Node {
+    Node::start(device_options(id, hubs))
+}
+
+fn ids(nodes: &[&Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|node| {
+            node.ctl_json(&["status"])["node_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Waits until every node shows every other one as `direct`.
+fn wait_full_mesh(nodes: &[&Node], timeout: Duration) -> Duration {
+    let started = Instant::now();
+    let names = ids(nodes);
+    wait_until("a full mesh", timeout, || {
+        let complete = nodes.iter().zip(&names).all(|(node, me)| {
+            let links = node.links();
+            names.iter().filter(|id| *id != me).all(|other| {
+                links
+                    .iter()
+                    .any(|(id, link)| id == other && link == "direct")
+            })
+        });
+        complete.then(|| started.elapsed())
+    })
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The inbox of `node` as (from, text) pairs.
+fn inbox(node: &Node) -> Vec<(String, String)> {
+    node.ctl_json(&["messages"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| {
+            (
+                message["from"].as_str().unwrap().to_owned(),
+                message["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Established TCP connections of a process, as (local, remote) ports, from
+/// /proc: the sockets it holds, matched against /proc/net/tcp.
+fn established_ports(node: &Node) -> Vec<(u16, u16)> {
+    let pid = node.pid();
+    let mut inodes = HashSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let target = target.to_string_lossy().into_owned();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+            (fields.get(3) == Some(&"01") && fields.get(9).is_some_and(|i| inodes.contains(*i)))
+                .then(|| Some((port(fields[1])?, port(fields[2])?)))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Mesh connections between two nodes: each must be one the other holds
+/// reversed, with one end on a mesh listener.
+fn links_between(a: &Node, b: &Node) -> usize {
+    let (a_port, b_port) = (a.mesh_addr().port(), b.mesh_addr().port());
+    let b_conns: HashSet<(u16, u16)> = established_ports(b).into_iter().collect();
+    established_ports(a)
+        .into_iter()
+        .filter(|(local, remote)| b_conns.contains(&(*remote, *local)))
+        .filter(|(local, remote)| *local == a_port || *remote == b_port)
+        .count()
+}
+
+#[test]
+fn four_devices_form_a_full_mesh_and_talk_in_every_direction() {
+    let hub = hub_device("d0", "");
+    let hubs = [hub.hub_url()];
+    let mut others: Vec<Node> = ["d1", "d2", "d3"]
+        .iter()
+        .map(|id| Node::spawn(device_options(id, &hubs)))
+        .collect();
+    let last_start = Instant::now();
+    for node in &mut others {
+        node.wait_ready();
+    }
+    let mut nodes: Vec<&Node> = vec![&hub];
+    nodes.extend(others.iter());
+    wait_full_mesh(&nodes, Duration::from_secs(10));
+    let formed = last_start.elapsed();
+    assert!(
+        formed <= Duration::from_secs(3),
+        "full mesh took {formed:?} after the last start"
+    );
+
+    // Simultaneous dials at start-up settle on one connection per pair.
+    std::thread::sleep(Duration::from_millis(500));
+    for (i, a) in nodes.iter().enumerate() {
+        for b in &nodes[i + 1..] {
+            assert_eq!(links_between(a, b), 1, "exactly one link per pair");
+        }
+    }
+
+    // Every device shows its identity and every other device's link.
+    let names = ids(&nodes);
+    for (node, me) in nodes.iter().zip(&names) {
+        let status = node.mesh_status();
+        assert_eq!(
+            STANDARD
+                .decode(status["pubkey"].as_str().unwrap())
+                .unwrap()
+                .len(),
+            32
+        );
+        assert!(
+            status["observed"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:"),
+            "{status}"
+        );
+        assert_eq!(status["links"], 3);
+        let devices = node.ctl_json(&["devices"]);
+        for device in devices.as_array().unwrap() {
+            for field in [
+                "id",
+                "addr",
+                "observed",
+                "last_seen",
+                "pubkey",
+                "link",
+                "endpoint",
+                "rtt_ms",
+            ] {
+                assert!(device.get(field).is_some(), "{field} missing in {device}");
+            }
+            if device["id"] == me.as_str() {
+                assert_eq!(device["link"], "self");
+            } else {
+                assert!(
+                    device["endpoint"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("127.0.0.1:")
+                );
+            }
+        }
+    }
+
+    // Messages and pings in every direction.
+    for (from, from_id) in nodes.iter().zip(&names) {
+        for to_id in names.iter().filter(|id| *id != from_id) {
+            let text = format!("hello {to_id} from {from_id}");
+            let out = from.ctl_ok(&["send", to_id, "hello", to_id, "from", from_id]);
+            assert!(out.starts_with(&format!("delivered to {to_id}")), "{out}");
+            let pong = from.ctl_json(&["ping", to_id]);
+            assert_eq!(pong[0]["device"], to_id.as_str());
+            assert_eq!(pong[0]["path"], "direct");
+            assert!(pong[0]["rtt_ms"].as_f64().unwrap() > 0.0);
+            let _ = text;
+        }
+    }
+    for (node, me) in nodes.iter().zip(&names) {
+        let received = inbox(node);
+        for from in names.iter().filter(|id| *id != me) {
+            let text = format!("hello {me} from {from}");
+            assert!(
+                received.contains(&(from.clone(), text.clone())),
+                "{me} lacks {text:?}: {received:?}"
+            );
+        }
+        assert_eq!(received.len(), 3, "each message stored once");
+    }
+
+    // send --all: one result per peer, all delivered.
+    let results = hub.ctl_json(&["send", "--all", "to", "everyone"]);
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results.iter().all(|r| r["delivered"] == true),
+        "{results:?}"
+    );
+    for node in &others {
+        assert!(inbox(node).contains(&("d0".to_owned(), "to everyone".to_owned())));
+    }
+
+    // An unknown device: exit 1 with the reason.
+    let output = hub.ctl(&["send", "nobody", "hi"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("unknown device nobody"),
+        "{}",
+        stderr(&output)
+    );
+    let output = hub.ctl(&["ping", "nobody"]);
+    assert_eq!(output.status.code(), Some(1));
+    // Usage errors are 2.
+    assert_eq!(hub.ctl(&["send"]).status.code(), Some(2));
+}
+
+#[test]
+fn a_killed_device_goes_down_and_relinks_with_the_same_identity() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let mut b = device("b", &hubs);
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(10));
+    let key = b.pubkey();
+    let key_file = b.dir().join("state/device-key");
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the device key is private");
+
+    b.kill9();
+    let killed = Instant::now();
+    for node in [&hub, &a] {
+        wait_until("b shown down", Duration::from_secs(35), || {
+            node.link_to("b")
+                .is_some_and(|link| link != "direct")
+                .then_some(())
+        });
+    }
+    assert!(killed.elapsed() < Duration::from_secs(35));
+    let output = a.ctl(&["send", "b", "are you there"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no link to b"),
+        "{}",
+        stderr(&output)
+    );
+
+    b.restart();
+    let restarted = Instant::now();
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(15));
+    assert!(restarted.elapsed() < Duration::from_secs(15));
+    assert_eq!(
+        b.pubkey(),
+        key,
+        "the same state dir keeps the same identity"
+    );
+    a.ctl_ok(&["send", "b", "welcome back"]);
+    assert!(inbox(&b).contains(&("a".to_owned(), "welcome back".to_owned())));
+}
+
+#[test]
+fn a_frozen_device_is_declared_dead_after_30s_of_silence() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let mut frozen = device("frozen", &hubs);
+    wait_full_mesh(&[&hub, &a, &frozen], Duration::from_secs(10));
+    // Its sockets stay open but nothing answers: only keepalives can tell.
+    frozen.signal(Signal::SIGSTOP);
+    let stopped = Instant::now();
+    wait_until("frozen shown down", Duration::from_secs(40), || {
+        a.link_to("frozen")
+            .is_some_and(|link| link != "direct")
+            .then_some(())
+    });
+    let took = stopped.elapsed();
+    frozen.signal(Signal::SIGCONT);
+    assert!(
+        took <= Duration::from_secs(35),
+        "declared dead after {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(15),
+        "declared dead too early: {took:?}"
+    );
+    assert!(a.log().contains("silent for 30s"), "{}", a.log());
+    frozen.kill9();
+}
+
+#[test]
+fn an_impostor_gets_409_and_no_link_while_the_real_device_keeps_its_messages() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let b = device("b", &hubs);
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(10));
+    let real_key = b.pubkey();
+
+    // Same id, new state dir, so a new key.
+    let impostor = device("b", &hubs);
+    let refused = wait_until(
+        "the impostor's registration refused",
+        Duration::from_secs(10),
+        || {
+            let status = impostor.mesh_status();
+            let error = status["signaling"][0]["error"]
+                .as_str()
+                .map(ToOwned::to_owned);
+            error.filter(|error| error.contains("409"))
+        },
+    );
+    assert!(refused.contains("meshctl devices remove b"), "{refused}");
+    assert_ne!(impostor.pubkey(), real_key);
+
+    // The impostor can dial, but nobody answers it.
+    wait_until("the impostor refused by a", Duration::from_secs(10), || {
+        a.log().contains("link refused").then_some(())
+    });
+    assert!(impostor.links().iter().all(|(_, link)| link != "direct"));
+    let output = impostor.ctl(&["send", "a", "let me in"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(inbox(&a).is_empty(), "nothing from the impostor reached a");
+
+    // The real b keeps its key binding, its link and its messages.
+    let devices = a.ctl_json(&["devices"]);
+    let listed = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|device| device["id"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["pubkey"], real_key.as_str());
+    assert_eq!(listed["link"], "direct");
+    a.ctl_ok(&["send", "b", "for the real b"]);
+    assert!(inbox(&b).contains(&("a".to_owned(), "for the real b".to_owned())));
+    assert!(inbox(&impostor).is_empty());
+
+    // Raw registration with the id and another key: 409 as well.
+    let reply = http::post_json(
+        hub.signaling_addr(),
+        "/register",
+        &json!({"id": "b", "addr": "127.0.0.1:9", "pubkey": STANDARD.encode([9u8; 32])}),
+    );
+    assert_eq!(reply.status, 409, "{reply:?}");
+}
+
+#[test]
+fn losing_one_of_two_signaling_servers_loses_nothing() {
+    let mut hub1 = Node::start(NodeOptions {
+        id: "hub1".to_owned(),
+        ..NodeOptions::default()
+    });
+    let hub2 = Node::start(NodeOptions {
+        id: "hub2".to_owned(),
+        ..NodeOptions::default()
+    });
+    let hubs = [hub1.hub_url(), hub2.hub_url()];
+    let a = device("a", &hubs);
+    let b = device("b", &hubs);
+    wait_full_mesh(&[&a, &b], Duration::from_secs(10));
+    // Both hubs list both devices.
+    for hub in [&hub1, &hub2] {
+        let listed = http::get(hub.signaling_addr(), "/devices").json();
+        assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    }
+
+    hub1.stop();
+    wait_until("a notices hub1 is gone", Duration::from_secs(40), || {
+        let status = a.mesh_status();
+        (status["signaling"][0]["reachable"] == false
+            && status["signaling"][1]["reachable"] == true)
+            .then_some(())
+    });
+    // A device that joins now is known only to hub2: still found.
+    let c = device("c", &[hubs[1].clone()]);
+    wait_full_mesh(&[&a, &b, &c], Duration::from_secs(10));
+    a.ctl_ok(&["send", "b", "still here"]);
+    a.ctl_ok(&["send", "c", "hello newcomer"]);
+    assert!(inbox(&c).contains(&("a".to_owned(), "hello newcomer".to_owned())));
+    // One log line for the outage, not one per retry.
+    let outages = a.log().matches("signaling server unreachable").count();
+    assert_eq!(outages, 1, "{}", a.log());
+}
+
+#[test]
+fn the_bytes_of_a_link_hold_no_plaintext() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    // b's listener is reached only through the tap: b advertises the tap.
+    let b_port = free_port();
+    let tap = Tap::start(SocketAddr::from(([127, 0, 0, 1], b_port)));
+    let mut b_options = device_options("b", &hubs);
+    if let Some(mesh) = b_options.mesh.as_mut() {
+        mesh.listen = format!("127.0.0.1:{b_port}");
+        mesh.extra = format!("advertise = [\"{}\"]", tap.addr());
+    }
+    let b = Node::start(b_options);
+    let a = device("a", &hubs);
+    wait_until(
+        "a links to b through the tap",
+        Duration::from_secs(10),
+        || {
+            let devices = a.ctl_json(&["devices"]);
+            devices
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|device| {
+                    device["id"] == "b"
+                        && device["link"] == "direct"
+                        && device["endpoint"] == tap.addr().to_string().as_str()
+                })
+                .then_some(())
+        },
+    );
+    let secret = "attack at dawn, the password is swordfish";
+    a.ctl_ok(&["send", "b", secret]);
+    b.ctl_ok(&["send", "a", secret]);
+    assert!(inbox(&b).contains(&("a".to_owned(), secret.to_owned())));
+    let captured = tap.captured();
+    assert!(
+        captured.len() > 2 * secret.len(),
+        "the tap saw the link ({} bytes)",
+        captured.len()
+    );
+    for needle in [secret.as_bytes(), b"swordfish", b"attack", b"\"a\"", b"hub"] {
+        assert!(
+            !captured
+                .windows(needle.len())
+                .any(|window| window == needle),
+            "plaintext {:?} on the wire",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+#[test]
+fn a_device_that_leaves_every_registry_loses_its_link() {
+    let hub = hub_device("hub", "device_ttl = \"3s\"");
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let mut gone = device("gone", &hubs);
+    wait_full_mesh(&[&hub, &a, &gone], Duration::from_secs(10));
+    // Frozen, it stops heartbeating and expires from the hub long before
+    // its link could go silent for 30 s.
+    gone.signal(Signal::SIGSTOP);
+    let stopped = Instant::now();
+    wait_until(
+        "gone dropped from a's devices",
+        Duration::from_secs(15),
+        || a.link_to("gone").is_none().then_some(()),
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(15));
+    assert!(a.log().contains("no longer listed"), "{}", a.log());
+    gone.signal(Signal::SIGCONT);
+    gone.kill9();
+}
+
+#[test]
+fn a_wildcard_listener_registers_its_route_address_and_join_tokens_apply() {
+    let hub = hub_device("hub", "join_token = \"s3cret\"");
+    // The hub's own device has no token yet: it is refused with a hint.
+    let status = wait_until("the hub's device refused", Duration::from_secs(10), || {
+        let status = hub.mesh_status();
+        status["signaling"][0]["error"]
+            .as_str()
+            .map(ToOwned::to_owned)
+    });
+    assert!(
+        status.contains("401") && status.contains("join_token"),
+        "{status}"
+    );
+
+    let hubs = [hub.hub_url()];
+    let mut options = device_options("wild", &hubs);
+    if let Some(mesh) = options.mesh.as_mut() {
+        mesh.listen = "0.0.0.0:0".to_owned();
+        mesh.extra = "join_token = \"s3cret\"".to_owned();
+    }
+    let wild = Node::start(options);
+    let port = wild.mesh_addr().port();
+    let listed = wait_until("wild registered", Duration::from_secs(10), || {
+        let devices = http::get(hub.signaling_addr(), "/devices").json();
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|device| device["id"] == "wild")
+            .cloned()
+    });
+    assert_eq!(listed["addr"], format!("127.0.0.1:{port}"), "{listed}");
+    assert_eq!(listed["endpoints"], json!([format!("127.0.0.1:{port}")]));
+    assert_eq!(listed["pubkey"], wild.pubkey().as_str());
+}
+
+#[test]
+fn messages_follow_streams_each_message_as_it_arrives() {
+    let hub = hub_device("hub", "");
+    let a = device("a", &[hub.hub_url()]);
+    wait_full_mesh(&[&hub, &a], Duration::from_secs(10));
+    hub.ctl_ok(&["send", "a", "before following"]);
+    let mut follower = Command::new(meshctl_bin())
+        .arg("--socket")
+        .arg(a.socket())
+        .args(["--json", "messages", "--follow"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    hub.ctl_ok(&["send", "a", "first"]);
+    hub.ctl_ok(&["send", "a", "second"]);
+    wait_until("three lines followed", Duration::from_secs(10), || {
+        reader.is_finished().then_some(())
+    });
+    let lines = reader.join().unwrap();
+    let texts: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let message: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(message["from"], "hub");
+            assert!(message["received_at"].as_str().unwrap().ends_with('Z'));
+            message["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(texts, ["before following", "first", "second"]);
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+#[test]
+fn a_malformed_frame_closes_only_that_link_and_a_stolen_id_is_refused() {
+    use meshd_link::{Frame, Hello, StaticKey};
+    use tokio::io::AsyncWriteExt;
+
+    let hub = hub_device("hub", "");
+    let a = device("a", &[hub.hub_url()]);
+    wait_full_mesh(&[&hub, &a], Duration::from_secs(10));
+    let a_key: [u8; 32] = STANDARD.decode(a.pubkey()).unwrap().try_into().unwrap();
+    let a_addr = a.mesh_addr();
+
+    // mallory: a third-party client of the link protocol, registered with
+    // its own key like any device.
+    let mallory = StaticKey::generate().unwrap();
+    let reply = http::post_json(
+        hub.signaling_addr(),
+        "/register",
+        &json!({"id": "mallory", "addr": "127.0.0.1:9", "pubkey": STANDARD.encode(mallory.public())}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let hello = |from: &str| Hello {
+        from: from.to_owned(),
+        to: "a".to_owned(),
+        instance: 1,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // A proper link: the message is stored and acknowledged.
+        let stream = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+        let (link, answer) = meshd_link::connect(stream, &mallory, &a_key, &hello("mallory"))
+            .await
+            .unwrap();
+        assert_eq!(answer.from, "a");
+        let (mut reader, mut writer) = link.split();
+        let text = bytes::Bytes::from_static(b"from a third-party client");
+        writer.send(&Frame::Message { id: 1, text }).await.unwrap();
+        loop {
+            match reader.next().await.unwrap() {
+                Frame::Ack { id: 1 } => break,
+                _other => continue,
+            }
+        }
+        // A well-sealed but malformed frame (text that is not UTF-8) ends
+        // this link.
+        let bad = bytes::Bytes::from_static(&[0xff, 0xfe]);
+        writer
+            .send(&Frame::Message { id: 2, text: bad })
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if reader.next().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "a kept the link after a malformed frame");
+
+        // Claiming hub's id with mallory's key: no answer at all.
+        let stream = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+        let stolen = meshd_link::connect(stream, &mallory, &a_key, &hello("hub")).await;
+        assert!(stolen.is_err(), "a answered a dialler with a stolen id");
+
+        // Not the link protocol at all.
+        let mut garbage = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+        garbage
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 1, 2, 3])
+            .await
+            .unwrap();
+    });
+    assert!(inbox(&a).contains(&("mallory".to_owned(), "from a third-party client".to_owned())));
+    assert!(a.log().contains("malformed frame"), "{}", a.log());
+    assert!(a.log().contains("link refused"), "{}", a.log());
+    // Only mallory's links ended: hub and a still talk.
+    assert_eq!(a.link_to("hub").as_deref(), Some("direct"));
+    hub.ctl_ok(&["send", "a", "still fine"]);
+    a.ctl_ok(&["ping", "hub"]);
+}
