@@ -52,6 +52,9 @@ pub enum StartError {
     /// The mesh role could not start.
     #[error(transparent)]
     Mesh(#[from] MeshError),
+    /// The hub's saved key bindings could not be read.
+    #[error("signaling key bindings: {0}")]
+    Bindings(#[from] signaling::BindingsError),
 }
 
 /// Maps a listener error to a [`StartError`] naming the role and address.
@@ -102,20 +105,30 @@ pub async fn run(
         false => None,
     };
     let mesh_listener = match config.mesh.enabled {
-        true => Some(
+        true => Some((
             mesh::bind(&config.mesh)
                 .await
                 .map_err(bind_failed("mesh", config.mesh.listen))?,
-        ),
+            mesh::load_identity(&config.node.state_dir).await?,
+        )),
         false => None,
     };
     let control_listener = control::bind(&config.control.socket, &config.control.group)?;
 
     let signaling = match signaling_listener {
-        Some(listener) => Some(
-            signaling::start(&config.signaling, listener, cancel.child_token(), &tracker)
+        Some(listener) => {
+            let bindings = signaling::load_bindings(&config.node.state_dir).await?;
+            Some(
+                signaling::start(
+                    &config.signaling,
+                    listener,
+                    bindings,
+                    cancel.child_token(),
+                    &tracker,
+                )
                 .map_err(bind_failed("signaling", config.signaling.listen))?,
-        ),
+            )
+        }
         None => None,
     };
     let chat = match chat_listener {
@@ -133,11 +146,11 @@ pub async fn run(
         None => None,
     };
     let mesh = match mesh_listener {
-        Some(listener) => Some(
+        Some((listener, key)) => Some(
             mesh::start(
                 &config.mesh,
                 config.node.id.clone(),
-                &config.node.state_dir,
+                key,
                 listener,
                 cancel.child_token(),
                 &tracker,

@@ -8,8 +8,11 @@
 //! before it answers with its own hello. A listener that says no just closes:
 //! the dialler learns nothing.
 //!
-//! Each handshake message is `u16` length-prefixed; the whole exchange must
-//! finish within [`HANDSHAKE_TIMEOUT`].
+//! Each handshake message is `u16` length-prefixed; each step must finish
+//! within [`HANDSHAKE_TIMEOUT`]. After the two messages the dialler sends one
+//! empty record: IK's first message can be replayed by anyone who recorded
+//! it, and only this record proves the dialler holds the session keys, so
+//! the listener opens no link without it.
 
 use std::time::Duration;
 
@@ -21,7 +24,7 @@ use crate::record::{RecordReader, RecordWriter};
 use crate::{Link, LinkError};
 
 /// The protocol name; a change here is a new, incompatible link protocol.
-const NOISE: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+const NOISE: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 
 /// Bound into the handshake hash, so that only meshd link version 1 peers
 /// agree on keys.
@@ -139,7 +142,11 @@ where
     let (transport, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .map_err(|_| LinkError::Timeout)??;
-    Ok((Link::new(stream, transport, *remote), peer))
+    let mut link = Link::new(stream, transport, *remote);
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, link.send_confirmation())
+        .await
+        .map_err(|_| LinkError::Timeout)??;
+    Ok((link, peer))
 }
 
 /// Listens: reads the dialler's first message. The caller checks
@@ -202,7 +209,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inbound<S> {
         &self.stream
     }
 
-    /// Accepts the dialler: sends our hello and opens the link.
+    /// Accepts the dialler: sends our hello, waits for its key
+    /// confirmation and opens the link.
     pub async fn complete(mut self, hello: &Hello) -> Result<Link<S>, LinkError> {
         let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
         let len = self
@@ -219,7 +227,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inbound<S> {
             .noise
             .into_stateless_transport_mode()
             .map_err(noise_error)?;
-        Ok(Link::new(self.stream, transport, self.remote_key))
+        let mut link = Link::new(self.stream, transport, self.remote_key);
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, link.read_confirmation())
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+        Ok(link)
     }
 }
 
@@ -320,5 +332,93 @@ mod tests {
         // The impostor cannot even read the dialler's hello.
         assert!(accept(b, &impostor).await.is_err());
         assert!(dial.await.unwrap().is_err());
+    }
+}
+
+#[cfg(test)]
+mod replay_tests {
+    use super::*;
+
+    /// Records what a dialler writes.
+    struct Recorder {
+        inner: tokio::io::DuplexStream,
+        written: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(data);
+            std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+        }
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_first_message_never_becomes_a_link() {
+        let alice = StaticKey::generate().unwrap();
+        let bob = StaticKey::generate().unwrap();
+        let hello = |from: &str, to: &str| Hello {
+            from: from.into(),
+            to: to.into(),
+            instance: 1,
+        };
+        // A real exchange, recorded.
+        let (a, b) = tokio::io::duplex(4096);
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = Recorder {
+            inner: a,
+            written: written.clone(),
+        };
+        let bob_public = *bob.public();
+        let alice_dials = alice.clone();
+        let dial = tokio::spawn(async move {
+            connect(recorder, &alice_dials, &bob_public, &hello("alice", "bob")).await
+        });
+        let inbound = accept(b, &bob).await.unwrap();
+        inbound.complete(&hello("bob", "alice")).await.unwrap();
+        dial.await.unwrap().unwrap();
+        let first_message = {
+            let written = written.lock().unwrap();
+            let len = usize::from(u16::from_be_bytes([written[0], written[1]]));
+            written[..2 + len].to_vec()
+        };
+
+        // The same first message replayed: the listener checks the
+        // dialler's key (valid: it is alice's) and answers, but without the
+        // confirmation no link opens.
+        let (mut attacker, b) = tokio::io::duplex(4096);
+        attacker.write_all(&first_message).await.unwrap();
+        let inbound = accept(b, &bob).await.unwrap();
+        assert_eq!(inbound.remote_key(), alice.public());
+        let answered = tokio::spawn(async move { inbound.complete(&hello("bob", "alice")).await });
+        // The attacker cannot produce the confirmation; it sends garbage.
+        attacker.write_all(&[0, 16]).await.unwrap();
+        attacker.write_all(&[0; 16]).await.unwrap();
+        assert!(answered.await.unwrap().is_err());
     }
 }

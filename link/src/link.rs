@@ -1,9 +1,7 @@
 //! An open link, and its two halves.
 
 use bytes::BytesMut;
-use tokio::io::{
-    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::LinkError;
 use crate::frame::{Frame, MAX_FRAME_BYTES};
@@ -47,15 +45,43 @@ impl<S> Link<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+    /// The dialler's first record: empty, it proves to the listener that
+    /// the dialler holds the session keys, so a recorded first handshake
+    /// message replayed by someone else never becomes a link.
+    pub(crate) async fn send_confirmation(&mut self) -> Result<(), LinkError> {
+        let mut record = Vec::new();
+        self.writer.seal(&[], &mut record)?;
+        self.stream.write_all(&record).await?;
+        self.stream.flush().await?;
+        Ok(())
+    }
+
+    /// The listener's side of [`Link::send_confirmation`].
+    pub(crate) async fn read_confirmation(&mut self) -> Result<(), LinkError> {
+        let len = usize::from(self.stream.read_u16().await?);
+        let mut record = vec![0; len];
+        self.stream.read_exact(&mut record).await?;
+        let mut plaintext = BytesMut::new();
+        self.reader.open(&record, &mut plaintext)?;
+        if !plaintext.is_empty() {
+            return Err(LinkError::Handshake(
+                "the dialler's confirmation record is not empty".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite> Link<S> {
     /// Splits into halves for a reading task and a writing task.
     pub fn split(self) -> (LinkReader<ReadHalf<S>>, LinkWriter<WriteHalf<S>>) {
         let (read, write) = tokio::io::split(self.stream);
         (
             LinkReader {
-                stream: BufReader::with_capacity(READ_BUFFER_BYTES, read),
+                stream: read,
                 records: self.reader,
-                ciphertext: vec![0; MAX_RECORD_BYTES],
+                input: BytesMut::with_capacity(READ_BUFFER_BYTES),
                 plaintext: BytesMut::with_capacity(READ_BUFFER_BYTES),
             },
             LinkWriter {
@@ -70,9 +96,11 @@ impl<S: AsyncRead + AsyncWrite> Link<S> {
 
 /// The receiving half.
 pub struct LinkReader<R> {
-    stream: BufReader<R>,
+    stream: R,
     records: RecordReader,
-    ciphertext: Vec<u8>,
+    /// Ciphertext read but not yet opened: whole records are opened straight
+    /// from here, so each byte is copied once on its way in.
+    input: BytesMut,
     plaintext: BytesMut,
 }
 
@@ -87,20 +115,24 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
             // Bounded: a partial frame never exceeds MAX_FRAME_BYTES, and
             // one record adds at most MAX_RECORD_BYTES.
             debug_assert!(self.plaintext.len() <= 4 + MAX_FRAME_BYTES + MAX_RECORD_BYTES);
-            let len = match self.stream.read_u16().await {
-                Ok(len) => usize::from(len),
-                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return Err(if self.plaintext.is_empty() {
-                        LinkError::Closed
-                    } else {
-                        LinkError::Malformed("stream ended inside a frame".to_owned())
-                    });
-                }
-                Err(error) => return Err(error.into()),
-            };
-            let record = &mut self.ciphertext[..len];
-            self.stream.read_exact(record).await?;
-            self.records.open(record, &mut self.plaintext)?;
+            if let Some(len) = self
+                .input
+                .first_chunk::<2>()
+                .map(|len| usize::from(u16::from_be_bytes(*len)))
+                && self.input.len() >= 2 + len
+            {
+                let record = self.input.split_to(2 + len);
+                self.records.open(&record[2..], &mut self.plaintext)?;
+                continue;
+            }
+            self.input.reserve(READ_BUFFER_BYTES);
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Err(if self.plaintext.is_empty() && self.input.is_empty() {
+                    LinkError::Closed
+                } else {
+                    LinkError::Malformed("stream ended inside a frame".to_owned())
+                });
+            }
         }
     }
 }

@@ -36,9 +36,16 @@ impl RecordWriter {
         }
     }
 
-    /// Appends `plaintext` to `out` as one or more length-prefixed records.
+    /// Appends `plaintext` to `out` as one or more length-prefixed records
+    /// (one empty record for empty plaintext).
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), LinkError> {
-        for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
+        let empty: &[&[u8]] = &[&[]];
+        let chunks: Box<dyn Iterator<Item = &[u8]>> = if plaintext.is_empty() {
+            Box::new(empty.iter().copied())
+        } else {
+            Box::new(plaintext.chunks(MAX_RECORD_PLAINTEXT))
+        };
+        for chunk in chunks {
             let start = out.len();
             let sealed_len = chunk.len() + TAG_BYTES;
             out.resize(start + 2 + sealed_len, 0);

@@ -16,9 +16,12 @@ pub fn run(client: &mut Client, all: bool, words: Vec<String>, json: bool) -> Re
     let device = words.next().unwrap_or_default();
     let text: Vec<String> = words.collect();
     if text.is_empty() {
-        return Err(CtlError::Input(
-            "nothing to send: write meshctl send DEVICE TEXT...".to_owned(),
-        ));
+        // A usage error: clap prints it and exits with status 2.
+        clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "nothing to send: write meshctl send DEVICE TEXT... or meshctl send --all TEXT...\n",
+        )
+        .exit();
     }
     match client.call(Request::Send {
         device,

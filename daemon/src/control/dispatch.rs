@@ -159,7 +159,7 @@ impl Dispatcher {
             Ok(rtt) => Reply::Ok(Response::Sent(SendResult {
                 device: device.to_owned(),
                 delivered: true,
-                rtt_ms: Some(rtt.as_secs_f64() * 1e3),
+                rtt_ms: Some(crate::mesh::millis(rtt)),
                 error: None,
             })),
             Err(error) => mesh_error(&error),

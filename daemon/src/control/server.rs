@@ -141,8 +141,8 @@ async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationTok
 }
 
 /// Streams a backlog and then a feed as `more:true` frames until the client
-/// hangs up or meshd stops. A follower that falls behind the feed is told how
-/// many messages it missed (they are still in `meshctl messages`).
+/// hangs up or meshd stops. A follower that falls behind the feed skips what
+/// it missed (those messages are still in `meshctl messages`).
 async fn follow(
     reader: &mut BufReader<&Stream>,
     writer: &mut &Stream,
@@ -164,10 +164,12 @@ async fn follow(
             _ = reader.read(&mut ignored) => return,
             message = feed.recv() => match message {
                 Ok(message) => Reply::Ok(Response::Message(message)),
-                Err(broadcast::error::RecvError::Lagged(missed)) => Reply::Error(ErrorReply {
-                    code: ErrorCode::Unavailable,
-                    message: format!("{missed} messages arrived faster than this follower read them; `meshctl messages` lists them"),
-                }),
+                // An error frame would end the stream; the skipped
+                // messages are still in the inbox.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::debug!(missed, "messages follower fell behind; skipped some");
+                    continue;
+                }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };

@@ -23,6 +23,7 @@ mod roster;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,9 @@ pub enum MeshError {
     /// The listener's address.
     #[error("mesh listener: {0}")]
     Listener(std::io::Error),
+    /// A task meshd depends on failed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// Why a `send` or `ping` request failed before reaching a peer task.
@@ -118,6 +122,10 @@ pub struct Local {
     pub instance: u64,
     /// Received messages.
     pub inbox: Inbox,
+    /// Ids for sent messages: one counter per process, so a peer task that
+    /// is re-created never reuses an id the receiver would drop as a
+    /// duplicate.
+    next_message: AtomicU64,
     /// meshd is stopping.
     pub cancel: CancellationToken,
     /// Every mesh task runs here, so shutdown waits for them.
@@ -125,6 +133,11 @@ pub struct Local {
 }
 
 impl Local {
+    /// A message id never used before by this process.
+    pub fn next_message_id(&self) -> u64 {
+        self.next_message.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Our side of a handshake with `peer`.
     pub fn hello_to(&self, peer: &DeviceId) -> Hello {
         Hello {
@@ -149,7 +162,8 @@ pub struct Mesh {
     join_token: String,
     roster: Mutex<Roster>,
     hub_states: Mutex<Vec<HubState>>,
-    endpoints: Mutex<Vec<SocketAddr>>,
+    /// The endpoint learnt on the route to each hub, by hub index.
+    endpoints: Mutex<Vec<Option<SocketAddr>>>,
     peers: Mutex<HashMap<DeviceId, PeerHandle>>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -166,19 +180,25 @@ pub async fn bind(config: &MeshConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind(config.listen).await
 }
 
-/// Loads or creates the device key and starts the role.
+/// Loads the device key, creating it on first start; before any role
+/// starts, so a damaged key file stops meshd before it serves anything.
+pub async fn load_identity(state_dir: &Path) -> Result<StaticKey, MeshError> {
+    let state_dir = state_dir.to_owned();
+    tokio::task::spawn_blocking(move || identity::load_or_create(&state_dir))
+        .await
+        .map_err(|error| MeshError::Internal(format!("loading the device key: {error}")))?
+        .map_err(MeshError::from)
+}
+
+/// Starts the role.
 pub async fn start(
     config: &MeshConfig,
     id: DeviceId,
-    state_dir: &Path,
+    key: StaticKey,
     listener: TcpListener,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<MeshHandle, MeshError> {
-    let state_dir = state_dir.to_owned();
-    let key = tokio::task::spawn_blocking(move || identity::load_or_create(&state_dir))
-        .await
-        .map_err(|error| MeshError::Listener(std::io::Error::other(error)))??;
     let hubs = config
         .signaling
         .iter()
@@ -193,6 +213,7 @@ pub async fn start(
         public,
         instance: rand::random(),
         inbox: Inbox::new(),
+        next_message: AtomicU64::new(0),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });
@@ -216,7 +237,7 @@ pub async fn start(
         hubs,
         join_token: config.join_token.clone(),
         hub_states: Mutex::new(hub_states),
-        endpoints: Mutex::new(Vec::new()),
+        endpoints: Mutex::new(vec![None; config.signaling.len()]),
         peers: Mutex::new(HashMap::new()),
         last_refresh: tokio::sync::Mutex::new(None),
     });
@@ -255,7 +276,7 @@ impl Mesh {
     /// The endpoint peers should dial, given our local address on the route
     /// to a hub; remembered among the advertised endpoints. Configured
     /// `advertise` endpoints replace all of this.
-    fn endpoint_via(&self, local: SocketAddr) -> SocketAddr {
+    fn endpoint_via(&self, hub: usize, local: SocketAddr) -> SocketAddr {
         if let Some(first) = self.advertise.first() {
             return *first;
         }
@@ -264,21 +285,25 @@ impl Mesh {
         } else {
             self.listen
         };
-        let mut endpoints = lock(&self.endpoints);
-        if !endpoints.contains(&endpoint) {
-            if endpoints.len() == MAX_ENDPOINTS {
-                endpoints.remove(0);
-            }
-            endpoints.push(endpoint);
+        if let Some(slot) = lock(&self.endpoints).get_mut(hub) {
+            *slot = Some(endpoint);
         }
         endpoint
     }
 
+    /// The endpoints to advertise: configured, or one per route to a hub,
+    /// without repeats (a route that changes replaces its old address).
     fn endpoints(&self) -> Vec<SocketAddr> {
         if !self.advertise.is_empty() {
             return self.advertise.clone();
         }
-        lock(&self.endpoints).clone()
+        let mut endpoints: Vec<SocketAddr> = Vec::new();
+        for endpoint in lock(&self.endpoints).iter().flatten() {
+            if !endpoints.contains(endpoint) && endpoints.len() < MAX_ENDPOINTS {
+                endpoints.push(*endpoint);
+            }
+        }
+        endpoints
     }
 
     fn hub_registered(&self, index: usize, observed: String, ttl: Duration) {
@@ -487,7 +512,11 @@ impl MeshHandle {
             let text = text.clone();
             sends.spawn(async move {
                 let (reply, answer) = oneshot::channel();
-                let outcome = match handle.command(&id, Command::Send { text, reply }).await {
+                let outcome = match handle.peer_id(&id.to_string()) {
+                    Err(error) => Err(error),
+                    Ok(_) => handle.command(&id, Command::Send { text, reply }).await,
+                };
+                let outcome = match outcome {
                     Ok(()) => handle
                         .await_answer(&id, answer)
                         .await
@@ -565,7 +594,10 @@ impl MeshHandle {
             device: id.clone(),
             reason: "meshd is stopping".to_owned(),
         };
-        let sender = sender.ok_or_else(|| RequestError::Unknown(id.to_string()))?;
+        let sender = sender.ok_or_else(|| RequestError::NoKey {
+            device: id.clone(),
+            reason: "this node keeps links to at most 4096 devices",
+        })?;
         sender.send(command).await.map_err(|_| stopped())?;
         Ok(())
     }
@@ -597,6 +629,7 @@ fn check_text(text: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
-fn millis(duration: Duration) -> f64 {
+/// Milliseconds, rounded to the microsecond, for `rtt_ms` fields.
+pub fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }

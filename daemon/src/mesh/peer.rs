@@ -111,8 +111,8 @@ pub enum SendError {
         /// The device.
         device: DeviceId,
     },
-    /// Too many messages in flight to this device.
-    #[error("{MAX_IN_FLIGHT} messages to {device} are already awaiting acknowledgement; try again")]
+    /// Too many messages or pings in flight to this device.
+    #[error("too many requests to {device} are awaiting an answer; try again")]
     Busy {
         /// The device.
         device: DeviceId,
@@ -187,7 +187,6 @@ impl PeerHandle {
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             last_error: None,
             pending: BTreeMap::new(),
-            next_message: 0,
             pings: HashMap::new(),
             next_nonce: 0,
         };
@@ -290,7 +289,6 @@ struct PeerTask {
     backoff: Backoff,
     last_error: Option<String>,
     pending: BTreeMap<u64, PendingSend>,
-    next_message: u64,
     pings: HashMap<u64, PendingPing>,
     next_nonce: u64,
 }
@@ -393,8 +391,7 @@ impl PeerTask {
             }));
             return;
         }
-        let id = self.next_message;
-        self.next_message += 1;
+        let id = self.local.next_message_id();
         let now = Instant::now();
         let message = Frame::Message {
             id,

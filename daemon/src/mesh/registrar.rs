@@ -65,7 +65,7 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
 async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
     let hub = &mesh.hubs[index];
     let mut connection = HubConnection::open(hub).await?;
-    let addr = mesh.endpoint_via(connection.local_addr());
+    let addr = mesh.endpoint_via(index, connection.local_addr());
     let local = &mesh.local;
     let id = local.id.to_string();
     let pubkey = local.public.to_base64();

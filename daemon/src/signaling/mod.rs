@@ -8,19 +8,23 @@
 //! `meshctl devices` on a hub.
 
 mod api;
+mod bindings;
 mod error;
 mod registry;
 mod routes;
 mod server;
 
 pub use api::MAX_ENDPOINTS;
+pub use bindings::{BindingsError, BindingsFile};
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use meshd_ipc::{DeviceEntry, RemovedReply, SignalingStatus};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +54,8 @@ impl From<&SignalingConfig> for Settings {
 pub struct SignalingState {
     registry: Mutex<Registry>,
     settings: RwLock<Settings>,
+    /// Woken when the key bindings change, to save them.
+    bindings_changed: Notify,
 }
 
 impl SignalingState {
@@ -64,6 +70,18 @@ impl SignalingState {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Runs `change` on the registry and wakes the persister if it changed
+    /// a key binding.
+    fn change_registry<T>(&self, change: impl FnOnce(&mut Registry) -> T) -> T {
+        let mut registry = self.registry();
+        let before = registry.bindings_generation();
+        let outcome = change(&mut registry);
+        if registry.bindings_generation() != before {
+            self.bindings_changed.notify_one();
+        }
+        outcome
     }
 
     fn live_devices(&self) -> Vec<Device> {
@@ -85,18 +103,44 @@ pub async fn bind(config: &SignalingConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind(config.listen).await
 }
 
-/// Starts the role on an already bound listener.
+/// Reads the saved key bindings; before [`start`], so a damaged file stops
+/// the start with its line.
+pub async fn load_bindings(
+    state_dir: &Path,
+) -> Result<(BindingsFile, Vec<bindings::Binding>), BindingsError> {
+    let file = BindingsFile::in_dir(state_dir);
+    let reader = file.clone();
+    let bindings = tokio::task::spawn_blocking(move || reader.load())
+        .await
+        .map_err(|error| BindingsError::Io {
+            path: state_dir.join(bindings::BINDINGS_FILE),
+            source: std::io::Error::other(error),
+        })??;
+    Ok((file, bindings))
+}
+
+/// Starts the role on an already bound listener, with the bindings
+/// [`load_bindings`] read.
 pub fn start(
     config: &SignalingConfig,
     listener: TcpListener,
+    (file, saved): (BindingsFile, Vec<bindings::Binding>),
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<SignalingHandle> {
     let listen = listener.local_addr()?;
+    let mut registry = Registry::new(config.max_devices);
+    let restored = saved.len();
+    registry.restore_bindings(saved);
     let state = Arc::new(SignalingState {
-        registry: Mutex::new(Registry::new(config.max_devices)),
+        registry: Mutex::new(registry),
         settings: RwLock::new(Settings::from(config)),
+        bindings_changed: Notify::new(),
     });
+    if restored > 0 {
+        tracing::info!(bindings = restored, "key bindings restored");
+    }
+    tracker.spawn(save_bindings(state.clone(), file, cancel.clone()));
     tracker.spawn(server::accept_loop(
         listener,
         state.clone(),
@@ -143,7 +187,7 @@ impl SignalingHandle {
 
     /// For `meshctl devices remove`; `None` when the id is not known at all.
     pub fn remove(&self, id: &DeviceId) -> Option<RemovedReply> {
-        let removed = self.state.registry().remove(id);
+        let removed = self.state.change_registry(|registry| registry.remove(id));
         if !removed.was_registered && !removed.had_binding {
             return None;
         }
@@ -163,6 +207,32 @@ impl SignalingHandle {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Settings::from(config);
         self.state.registry().set_max_devices(config.max_devices);
+    }
+}
+
+/// Writes the key bindings whenever they change, off the async workers; a
+/// last time on shutdown if a change is still unsaved.
+async fn save_bindings(state: Arc<SignalingState>, file: BindingsFile, cancel: CancellationToken) {
+    let mut saved = state.registry().bindings_generation();
+    loop {
+        let stopping = tokio::select! {
+            () = cancel.cancelled() => true,
+            () = state.bindings_changed.notified() => false,
+        };
+        let (generation, bindings) = state.registry().bindings();
+        if generation != saved {
+            let writer = file.clone();
+            match tokio::task::spawn_blocking(move || writer.save(&bindings)).await {
+                Ok(Ok(())) => saved = generation,
+                Ok(Err(error)) => {
+                    tracing::error!(%error, "key bindings not saved; they hold in memory until meshd stops");
+                }
+                Err(error) => tracing::error!(%error, "key bindings not saved"),
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

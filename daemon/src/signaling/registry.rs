@@ -64,6 +64,8 @@ pub struct Removed {
 pub struct Registry {
     devices: HashMap<DeviceId, Device>,
     bindings: HashMap<DeviceId, PublicKey>,
+    /// Counts changes to `bindings`, so the persister knows when to write.
+    bindings_generation: u64,
     max_devices: usize,
 }
 
@@ -73,8 +75,31 @@ impl Registry {
         Registry {
             devices: HashMap::new(),
             bindings: HashMap::new(),
+            bindings_generation: 0,
             max_devices,
         }
+    }
+
+    /// Restores bindings saved by an earlier run.
+    pub fn restore_bindings(&mut self, bindings: Vec<(DeviceId, PublicKey)>) {
+        self.bindings.extend(bindings);
+        self.bindings_generation += 1;
+    }
+
+    /// The bindings, sorted by id, with the generation they belong to.
+    pub fn bindings(&self) -> (u64, Vec<(DeviceId, PublicKey)>) {
+        let mut bindings: Vec<(DeviceId, PublicKey)> = self
+            .bindings
+            .iter()
+            .map(|(id, key)| (id.clone(), *key))
+            .collect();
+        bindings.sort_by(|a, b| a.0.cmp(&b.0));
+        (self.bindings_generation, bindings)
+    }
+
+    /// Changes whenever a binding is added or removed.
+    pub fn bindings_generation(&self) -> u64 {
+        self.bindings_generation
     }
 
     /// Changes the bound; existing entries stay even if over it.
@@ -110,7 +135,9 @@ impl Registry {
             return Err(RegisterError::Full(self.max_devices));
         }
         if let Some(key) = registration.pubkey {
-            self.bindings.insert(id.clone(), key);
+            if self.bindings.insert(id.clone(), key).is_none() {
+                self.bindings_generation += 1;
+            }
         }
         let device = Device {
             registration,
@@ -150,9 +177,13 @@ impl Registry {
 
     /// Forgets a device and its key binding.
     pub fn remove(&mut self, id: &DeviceId) -> Removed {
+        let had_binding = self.bindings.remove(id).is_some();
+        if had_binding {
+            self.bindings_generation += 1;
+        }
         Removed {
             was_registered: self.devices.remove(id).is_some(),
-            had_binding: self.bindings.remove(id).is_some(),
+            had_binding,
         }
     }
 

@@ -82,21 +82,22 @@ async fn register(
 
     let ttl = settings.device_ttl;
     let now = Instant::now();
-    let mut registry = state.registry();
-    let is_new = !registry.is_live(&registration.id, now, ttl);
-    let device = registry
-        .register(registration, peer, now, SystemTime::now(), ttl)
-        .map_err(|error| match error {
-            RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
-            full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
-        })?;
-    let reply = RegisterReply {
-        id: device.registration.id.to_string(),
-        addr: device.registration.addr.to_string(),
-        observed: peer.to_string(),
-        ttl_secs: ttl.as_secs(),
-    };
-    drop(registry);
+    let (is_new, reply) = state.change_registry(|registry| {
+        let is_new = !registry.is_live(&registration.id, now, ttl);
+        let device = registry
+            .register(registration, peer, now, SystemTime::now(), ttl)
+            .map_err(|error| match error {
+                RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
+                full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
+            })?;
+        let reply = RegisterReply {
+            id: device.registration.id.to_string(),
+            addr: device.registration.addr.to_string(),
+            observed: peer.to_string(),
+            ttl_secs: ttl.as_secs(),
+        };
+        Ok::<_, SignalingError>((is_new, reply))
+    })?;
     if is_new {
         tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, "device registered");
     } else {

@@ -269,6 +269,7 @@ fn four_devices_form_a_full_mesh_and_talk_in_every_direction() {
     assert_eq!(output.status.code(), Some(1));
     // Usage errors are 2.
     assert_eq!(hub.ctl(&["send"]).status.code(), Some(2));
+    assert_eq!(hub.ctl(&["send", "d1"]).status.code(), Some(2));
 }
 
 #[test]

@@ -1,0 +1,92 @@
+//! mesh-link: meshd's peer links measured against plain TCP in the same run
+//! (issue 6, item 6).
+//!
+//! - `stream` (`stream.rs`): one-way throughput of 1 KiB and 64 KiB messages
+//!   over a loopback TCP connection, once as length-prefixed frames on plain
+//!   TCP and once through a meshd link (Noise_IK handshake, ChaCha20-Poly1305
+//!   records, the same frames), both batched the same way.
+//! - `rtt` (`stream.rs`): round trips of a small ping and its answer, plain
+//!   TCP against a link.
+//! - `mesh` (`full_mesh.rs`): real meshd processes (one hub that is also a
+//!   device, and N-1 devices) started at once on loopback; the time from the
+//!   last start until every device shows every other as `direct`, and the
+//!   round-trip time meshd itself measures between two of them.
+//!
+//! `bench/mesh-link.sh` builds everything in release and runs all three; see
+//! docs/benchmarks.md. Nothing here is a test: no figure is asserted.
+
+// A benchmark fails by saying what broke; these are its setup steps.
+#![allow(clippy::expect_used)]
+
+mod full_mesh;
+mod stream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Measures meshd's links against plain TCP.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-link", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Throughput and round-trip time: link against plain TCP.
+    Link {
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Round trips per RTT measurement.
+        #[arg(long, default_value_t = 20_000)]
+        round_trips: u32,
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+    /// Time to a full mesh of real meshd processes.
+    Mesh {
+        /// The meshd binary.
+        #[arg(long)]
+        meshd: PathBuf,
+        /// Devices, the hub included.
+        #[arg(long, default_value_t = 10)]
+        devices: usize,
+        /// Repetitions; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Link {
+            seconds,
+            round_trips,
+            repeat,
+        } => stream::run(seconds, round_trips, repeat.max(1)),
+        Command::Mesh {
+            meshd,
+            devices,
+            repeat,
+        } => full_mesh::run(&meshd, devices.max(2), repeat.max(1)),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("mesh-link: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The median of some samples.
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
