@@ -80,8 +80,14 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     if peer == local.id {
         return refuse("it claims this device's own id".to_owned());
     }
-    if let Err(reason) = check_key(mesh, &peer, key).await {
-        return refuse(reason);
+    match check_key(mesh, &peer, key).await {
+        Ok(()) => {}
+        // Usual while a device joins; not a security event.
+        Err(Refusal::Unknown(reason)) => {
+            tracing::info!(%remote, claimed = %hello.from, %reason, "link refused");
+            return;
+        }
+        Err(Refusal::WrongKey(reason)) => return refuse(reason),
     }
     let link = match pending.complete(&local.hello_to(&peer)).await {
         Ok(link) => link,
@@ -103,22 +109,34 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     .await;
 }
 
+/// Why a dialler was not answered.
+enum Refusal {
+    /// No hub lists the id (yet).
+    Unknown(String),
+    /// The id is listed, but not with this key.
+    WrongKey(String),
+}
+
 /// Checks `key` against the roster, refreshing it once if the device is
 /// unknown or listed with another key (it may have re-registered).
-async fn check_key(mesh: &Arc<Mesh>, peer: &DeviceId, key: PublicKey) -> Result<(), String> {
+async fn check_key(mesh: &Arc<Mesh>, peer: &DeviceId, key: PublicKey) -> Result<(), Refusal> {
     if mesh.key_of(peer) == Some(KeyStatus::Trusted(key)) {
         return Ok(());
     }
     mesh.refresh_roster().await;
     match mesh.key_of(peer) {
         Some(KeyStatus::Trusted(listed)) if listed == key => Ok(()),
-        Some(KeyStatus::Trusted(listed)) => Err(format!(
+        Some(KeyStatus::Trusted(listed)) => Err(Refusal::WrongKey(format!(
             "its key is not the key the signaling servers list for {peer} ({listed})"
-        )),
-        Some(KeyStatus::Missing) => Err(format!("{peer} registered without a public key")),
-        Some(KeyStatus::Conflict) => Err(format!(
+        ))),
+        Some(KeyStatus::Missing) => Err(Refusal::WrongKey(format!(
+            "{peer} registered without a public key"
+        ))),
+        Some(KeyStatus::Conflict) => Err(Refusal::WrongKey(format!(
             "the signaling servers list different keys for {peer}"
-        )),
-        None => Err(format!("no signaling server lists a device {peer}")),
+        ))),
+        None => Err(Refusal::Unknown(format!(
+            "no signaling server lists a device {peer}"
+        ))),
     }
 }

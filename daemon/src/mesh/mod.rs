@@ -336,13 +336,23 @@ impl Mesh {
         lock(&self.roster).key_of(id, Instant::now())
     }
 
-    /// Fetches every hub's list now (at most every [`REFRESH_INTERVAL`]);
-    /// callers that arrive while one runs share it.
+    /// Fetches every hub's list, unless a fetch that started after this
+    /// call was made already did; at most one fetch per
+    /// [`REFRESH_INTERVAL`], whoever asks, so diallers cannot make meshd
+    /// hammer its hubs.
     async fn refresh_roster(self: &Arc<Self>) {
+        let asked = Instant::now();
         let mut last = self.last_refresh.lock().await;
-        if last.is_some_and(|at| at.elapsed() < REFRESH_INTERVAL) {
-            return;
+        if let Some(started) = *last {
+            if started >= asked {
+                return;
+            }
+            let next = started + REFRESH_INTERVAL;
+            if next > Instant::now() {
+                tokio::time::sleep_until(next.into()).await;
+            }
         }
+        *last = Some(Instant::now());
         let mut fetches = tokio::task::JoinSet::new();
         for index in 0..self.hubs.len() {
             let mesh = self.clone();
@@ -357,7 +367,7 @@ impl Mesh {
             while fetches.join_next().await.is_some() {}
         })
         .await;
-        *last = Some(Instant::now());
+        drop(last);
         self.reconcile();
     }
 

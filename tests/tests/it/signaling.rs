@@ -530,33 +530,52 @@ fn key_bindings_survive_a_hub_restart_until_removed() {
     use std::os::unix::fs::PermissionsExt;
 
     let (mut node, addr) = hub_with("");
-    let first = register(addr, json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}));
+    let first = register(
+        addr,
+        json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}),
+    );
     assert_eq!(first.status, 200, "{first:?}");
     node.stop();
     node.restart();
     let addr = node.signaling_addr();
     // The device is gone from the list after the restart, its binding is not.
-    let taken = register(addr, json!({"id": "owned", "addr": "192.0.2.8:1", "pubkey": KEY_B}));
+    let taken = register(
+        addr,
+        json!({"id": "owned", "addr": "192.0.2.8:1", "pubkey": KEY_B}),
+    );
     assert_eq!(taken.status, 409, "{taken:?}");
     let file = node.dir().join("state/signaling-keys");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
     node.ctl_ok(&["devices", "remove", "owned"]);
-    let rebound = register(addr, json!({"id": "owned", "addr": "192.0.2.8:1", "pubkey": KEY_B}));
+    let rebound = register(
+        addr,
+        json!({"id": "owned", "addr": "192.0.2.8:1", "pubkey": KEY_B}),
+    );
     assert_eq!(rebound.status, 200, "{rebound:?}");
     node.stop();
     node.restart();
     let addr = node.signaling_addr();
-    let old_key = register(addr, json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}));
-    assert_eq!(old_key.status, 409, "the new binding was saved: {old_key:?}");
+    let old_key = register(
+        addr,
+        json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}),
+    );
+    assert_eq!(
+        old_key.status, 409,
+        "the new binding was saved: {old_key:?}"
+    );
 }
 
 #[test]
 fn a_damaged_bindings_file_stops_the_start_with_its_line() {
     let mut node = Node::prepare(NodeOptions::default());
     std::fs::create_dir_all(node.dir().join("state")).unwrap();
-    std::fs::write(node.dir().join("state/signaling-keys"), "# ok\nlaptop not-a-key\n").unwrap();
+    std::fs::write(
+        node.dir().join("state/signaling-keys"),
+        "# ok\nlaptop not-a-key\n",
+    )
+    .unwrap();
     node.launch();
     let status = node.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
