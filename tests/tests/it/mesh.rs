@@ -245,6 +245,21 @@ fn four_devices_form_a_full_mesh_and_talk_in_every_direction() {
         assert_eq!(received.len(), 3, "each message stored once");
     }
 
+    // The receiver logs what arrives.
+    assert!(
+        others[0].log().contains("message received"),
+        "{}",
+        others[0].log()
+    );
+    // ping -c N: one line per reply, then a summary.
+    let pings = hub.ctl_ok(&["ping", "d1", "-c", "2"]);
+    assert_eq!(
+        pings.matches("reply from d1 via direct").count(),
+        2,
+        "{pings}"
+    );
+    assert!(pings.contains("2 sent, 2 answered, 0 lost"), "{pings}");
+
     // send --all: one result per peer, all delivered.
     let results = hub.ctl_json(&["send", "--all", "to", "everyone"]);
     let results = results.as_array().unwrap();
@@ -325,6 +340,15 @@ fn a_frozen_device_is_declared_dead_after_30s_of_silence() {
     // Its sockets stay open but nothing answers: only keepalives can tell.
     frozen.signal(Signal::SIGSTOP);
     let stopped = Instant::now();
+    // Meanwhile the link still looks up, so a send waits for its
+    // acknowledgement and gives up with the reason.
+    let output = a.ctl(&["send", "frozen", "hello?"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("frozen did not acknowledge within 5s"),
+        "{}",
+        stderr(&output)
+    );
     wait_until("frozen shown down", Duration::from_secs(40), || {
         a.link_to("frozen")
             .is_some_and(|link| link != "direct")
@@ -404,8 +428,10 @@ fn an_impostor_gets_409_and_no_link_while_the_real_device_keeps_its_messages() {
 
 #[test]
 fn losing_one_of_two_signaling_servers_loses_nothing() {
+    // A fixed port, so that hub1 comes back where the devices look for it.
     let mut hub1 = Node::start(NodeOptions {
         id: "hub1".to_owned(),
+        signaling_listen: format!("127.0.0.1:{}", free_port()),
         ..NodeOptions::default()
     });
     let hub2 = Node::start(NodeOptions {
@@ -438,6 +464,20 @@ fn losing_one_of_two_signaling_servers_loses_nothing() {
     // One log line for the outage, not one per retry.
     let outages = a.log().matches("signaling server unreachable").count();
     assert_eq!(outages, 1, "{}", a.log());
+
+    // hub1 comes back: the next retry (backoff at most 30 s, jittered)
+    // registers again, and that is logged once.
+    hub1.restart();
+    wait_until(
+        "a registered with hub1 again",
+        Duration::from_secs(50),
+        || (a.mesh_status()["signaling"][0]["reachable"] == true).then_some(()),
+    );
+    assert_eq!(
+        a.log().matches("signaling server reachable again").count(),
+        1
+    );
+    assert_eq!(a.log().matches("signaling server unreachable").count(), 1);
 }
 
 #[test]
@@ -510,6 +550,15 @@ fn a_device_that_leaves_every_registry_loses_its_link() {
     );
     assert!(stopped.elapsed() < Duration::from_secs(15));
     assert!(a.log().contains("no longer listed"), "{}", a.log());
+    // Heartbeats every ttl/3 kept the others listed all along.
+    let listed = http::get(hub.signaling_addr(), "/devices").json();
+    let listed: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|device| device["id"].as_str())
+        .collect();
+    assert_eq!(listed, ["a", "hub"]);
     gone.signal(Signal::SIGCONT);
     gone.kill9();
 }
