@@ -1,6 +1,7 @@
 //! meshd: one daemon whose TOML config switches on its roles: the signaling
 //! hub, the chat server and the mesh device. See docs/architecture.md.
 
+mod accept;
 mod atomic_file;
 mod chat;
 mod cli;

@@ -513,11 +513,11 @@ pub fn copy_executable(source: &Path, dir: &Path) -> PathBuf {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+        if let Some(child) = self.child.as_mut()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
         if std::thread::panicking() {
             let log = self.log();

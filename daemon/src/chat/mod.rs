@@ -14,6 +14,7 @@ mod room;
 mod session;
 mod users;
 
+use crate::accept;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -96,16 +97,9 @@ async fn accept_loop(
 ) {
     let connections = Arc::new(AtomicUsize::new(0));
     loop {
-        let (stream, peer) = tokio::select! {
-            () = shared.cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "chat accept failed; retrying in 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept::next("chat", &shared.cancel, || listener.accept()).await
+        else {
+            break;
         };
         if connections.load(Ordering::Relaxed) >= max_clients {
             tracker.spawn(refuse_full(stream, peer));

@@ -10,6 +10,7 @@
 //! within [`REQUEST_TIMEOUT`] is cut off. None of this can reach other
 //! connections.
 
+use crate::accept;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,16 +50,8 @@ pub async fn accept_loop(
                 Err(_closed) => break,
             },
         };
-        let stream = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "control accept failed; retrying in 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some(stream) = accept::next("control", &cancel, || listener.accept()).await else {
+            break;
         };
         let dispatcher = dispatcher.clone();
         let cancel = cancel.clone();

@@ -50,10 +50,10 @@ impl Recent {
             return false;
         }
         self.order.push_back(key);
-        if self.order.len() > RECENT_IDS {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
+        if self.order.len() > RECENT_IDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
         }
         true
     }

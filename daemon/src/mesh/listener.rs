@@ -8,9 +8,9 @@
 //! roster first. Anything else is refused and logged; a refused dialler gets
 //! no answer at all.
 
+use crate::accept;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -30,16 +30,9 @@ const MAX_HANDSHAKES: usize = 256;
 pub async fn accept_loop(mesh: Arc<Mesh>, listener: TcpListener, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
-        let (stream, remote) = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "mesh accept failed; retrying in 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((stream, remote)) = accept::next("mesh", &cancel, || listener.accept()).await
+        else {
+            break;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%remote, "too many handshakes in progress; connection closed");

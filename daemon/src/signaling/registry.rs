@@ -134,10 +134,10 @@ impl Registry {
         {
             return Err(RegisterError::Full(self.max_devices));
         }
-        if let Some(key) = registration.pubkey {
-            if self.bindings.insert(id.clone(), key).is_none() {
-                self.bindings_generation += 1;
-            }
+        if let Some(key) = registration.pubkey
+            && self.bindings.insert(id.clone(), key).is_none()
+        {
+            self.bindings_generation += 1;
         }
         let device = Device {
             registration,

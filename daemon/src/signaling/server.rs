@@ -9,6 +9,7 @@
 //! (see `routes.rs`), and a connection lives at most six request timeouts, so
 //! a slow, silent or non-reading client cannot hold a slot forever.
 
+use crate::accept;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,17 +50,9 @@ pub async fn accept_loop(
                 Err(_closed) => break,
             },
         };
-        let (stream, peer) = tokio::select! {
-            () = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "signaling accept failed; retrying in 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let Some((stream, peer)) = accept::next("signaling", &cancel, || listener.accept()).await
+        else {
+            break;
         };
         let state = state.clone();
         let cancel = cancel.clone();
