@@ -11,7 +11,7 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command, DevicesAction, UsersAction};
 use crate::client::Client;
@@ -44,6 +44,17 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         } => Some(commands::users::read_password(*password_stdin)?),
         _ => None,
     };
+    if let Command::Send { all: false, words } = &cli.command
+        && words.len() < 2
+    {
+        // A usage error (exit 2), found before meshd is asked anything.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                commands::send::NO_TEXT,
+            )
+            .exit();
+    }
     let mut client = Client::connect(&socket)?;
     match cli.command {
         Command::Status => commands::status::run(&mut client, cli.json),

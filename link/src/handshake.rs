@@ -24,6 +24,8 @@ use crate::record::{RecordReader, RecordWriter};
 use crate::{Link, LinkError};
 
 /// The protocol name; a change here is a new, incompatible link protocol.
+/// AES-GCM rather than ChaChaPoly: with ring's AES-NI code it doubled link
+/// throughput in bench/mesh-link.sh (docs/benchmarks.md).
 const NOISE: &str = "Noise_IK_25519_AESGCM_BLAKE2s";
 
 /// Bound into the handshake hash, so that only meshd link version 1 peers

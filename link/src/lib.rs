@@ -4,9 +4,10 @@
 //! came from (a dialled TCP connection, an accepted one, or a stream spliced
 //! through a relay):
 //!
-//! - [`handshake`]: Noise_IK over X25519 with ChaChaPoly and BLAKE2s (via
-//!   `snow`). Both sides prove their static keys; each also names itself and
-//!   the device it expects, so a caller can check the key against the one
+//! - [`handshake`]: Noise_IK over X25519 with AES-256-GCM and BLAKE2s (via
+//!   `snow` and its ring backend), then a key confirmation from the dialler.
+//!   Both sides prove their static keys; each also names itself and the
+//!   device it expects, so a caller can check the key against the one
 //!   registered for that id before any message flows.
 //! - [`record`]: the encrypted byte stream: records of at most 65,535 bytes,
 //!   each `u16` length-prefixed and sealed with its own nonce.

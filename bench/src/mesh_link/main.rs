@@ -3,7 +3,7 @@
 //!
 //! - `stream` (`stream.rs`): one-way throughput of 1 KiB and 64 KiB messages
 //!   over a loopback TCP connection, once as length-prefixed frames on plain
-//!   TCP and once through a meshd link (Noise_IK handshake, ChaCha20-Poly1305
+//!   TCP and once through a meshd link (Noise_IK handshake, AES-256-GCM
 //!   records, the same frames), both batched the same way.
 //! - `rtt` (`stream.rs`): round trips of a small ping and its answer, plain
 //!   TCP against a link.

@@ -6,6 +6,10 @@ use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::print_json;
 
+/// What `send DEVICE` without text is told.
+pub const NO_TEXT: &str =
+    "nothing to send: write meshctl send DEVICE TEXT... or meshctl send --all TEXT...";
+
 /// Sends and reports the acknowledgement; exit 1 unless every device
 /// acknowledged.
 pub fn run(client: &mut Client, all: bool, words: Vec<String>, json: bool) -> Result<(), CtlError> {
@@ -16,12 +20,8 @@ pub fn run(client: &mut Client, all: bool, words: Vec<String>, json: bool) -> Re
     let device = words.next().unwrap_or_default();
     let text: Vec<String> = words.collect();
     if text.is_empty() {
-        // A usage error: clap prints it and exits with status 2.
-        clap::Error::raw(
-            clap::error::ErrorKind::MissingRequiredArgument,
-            "nothing to send: write meshctl send DEVICE TEXT... or meshctl send --all TEXT...\n",
-        )
-        .exit();
+        // main checks this before connecting; kept for other callers.
+        return Err(CtlError::Input(NO_TEXT.to_owned()));
     }
     match client.call(Request::Send {
         device,

@@ -363,8 +363,11 @@ impl Mesh {
                 Ok::<_, hub_client::HubError>(())
             });
         }
+        // Each hub's answer starts its peer tasks as soon as it arrives.
         let _ = tokio::time::timeout(REFRESH_TIMEOUT, async {
-            while fetches.join_next().await.is_some() {}
+            while fetches.join_next().await.is_some() {
+                self.reconcile();
+            }
         })
         .await;
         drop(last);

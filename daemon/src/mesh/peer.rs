@@ -380,7 +380,18 @@ impl PeerTask {
             Command::Send { text, reply } => self.send(text, reply),
             Command::Ping { reply } => self.ping(Some(reply)),
             Command::Established(established) => self.adopt(established),
-            Command::Listing(listing) => self.listing = listing,
+            Command::Listing(listing) => self.relisted(listing),
+        }
+    }
+
+    /// A new listing from the hubs. If the device moved while there is no
+    /// link, dial its new endpoints now rather than after the backoff.
+    fn relisted(&mut self, listing: Listing) {
+        let moved = listing.dial_candidates() != self.listing.dial_candidates();
+        self.listing = listing;
+        if moved && self.active.is_none() && !self.dialling {
+            self.backoff.reset();
+            self.dial_at = Some(Instant::now());
         }
     }
 
