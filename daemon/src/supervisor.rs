@@ -152,6 +152,7 @@ pub async fn run(
                 config.node.id.clone(),
                 key,
                 listener,
+                signaling.as_ref().map(signaling::SignalingHandle::arrivals),
                 cancel.child_token(),
                 &tracker,
             )

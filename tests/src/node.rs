@@ -43,6 +43,9 @@ pub struct NodeOptions {
     pub run_as: Option<(String, String)>,
     /// Run the mesh role, registering with these signaling URLs.
     pub mesh: Option<MeshOptions>,
+    /// Run meshd inside this network namespace (`ip netns exec`); its
+    /// control socket and files stay on the shared file system.
+    pub netns: Option<String>,
 }
 
 /// The `[mesh]` section of a test node.
@@ -82,6 +85,7 @@ impl Default for NodeOptions {
             socket: None,
             run_as: None,
             mesh: None,
+            netns: None,
         }
     }
 }
@@ -168,9 +172,16 @@ impl Node {
             .open(self.log_path())
             .expect("creating the log file");
         let log_err = log.try_clone().expect("cloning the log file");
-        let mut command = match &self.options.run_as {
-            None => Command::new(meshd_bin()),
-            Some((user, group)) => {
+        let mut command = match (&self.options.run_as, &self.options.netns) {
+            (None, Some(netns)) => {
+                // `ip netns exec` execs meshd in place: the pid stays meshd's.
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", netns]).arg(meshd_bin());
+                ip
+            }
+            (None, None) => Command::new(meshd_bin()),
+            (Some(_), Some(_)) => panic!("run_as and netns cannot be combined"),
+            (Some((user, group)), None) => {
                 let meshd = copy_executable(&meshd_bin(), self.dir.path());
                 let mut setpriv = Command::new("setpriv");
                 setpriv

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use meshd_ipc::{
-    BroadcastReply, DeviceEntry, ErrorCode, ErrorReply, InboxMessage, PROTOCOL_VERSION,
+    BroadcastReply, DeviceEntry, ErrorCode, ErrorReply, InboxMessage, LinkState, PROTOCOL_VERSION,
     ReloadReply, Reply, Request, Response, RoleStatus, SendResult, StatusReply, UserChange,
     UserEntry,
 };
@@ -100,7 +100,10 @@ impl Dispatcher {
             Request::Status => vec![Reply::Ok(Response::Status(Box::new(self.status())))],
             Request::Devices => match (&self.roles.mesh, &self.roles.signaling) {
                 // A mesh node shows links; a hub alone shows its registry.
-                (Some(mesh), _) => paged_devices(mesh.devices()),
+                (Some(mesh), None) => paged_devices(mesh.devices()),
+                (Some(mesh), Some(signaling)) => {
+                    paged_devices(with_registry(mesh.devices(), signaling.devices()))
+                }
                 (None, Some(signaling)) => paged_devices(signaling.devices()),
                 (None, None) => vec![unavailable(
                     "no device list here: this node runs neither the signaling nor the mesh role",
@@ -286,6 +289,26 @@ impl Dispatcher {
             Err(_dropped) => error(ErrorCode::Unavailable, "meshd is shutting down".to_owned()),
         }
     }
+}
+
+/// The mesh's view, plus what this node's own hub lists that the mesh has
+/// not learnt yet (it refreshes its roster when a device registers here, so
+/// only for a moment): shown as `connecting` if the device has a key, `down`
+/// if it has none and so can have no link.
+fn with_registry(mut devices: Vec<DeviceEntry>, registry: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
+    let known: std::collections::HashSet<String> =
+        devices.iter().map(|device| device.id.clone()).collect();
+    for mut device in registry {
+        if !known.contains(&device.id) {
+            device.link = Some(match device.pubkey {
+                Some(_) => LinkState::Connecting,
+                None => LinkState::Down,
+            });
+            devices.push(device);
+        }
+    }
+    devices.sort_by(|a, b| a.id.cmp(&b.id));
+    devices
 }
 
 /// Devices per reply frame: even with every optional field at its maximum a

@@ -33,7 +33,7 @@ use meshd_ipc::{
 };
 use meshd_link::{Hello, StaticKey};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -190,12 +190,15 @@ pub async fn load_identity(state_dir: &Path) -> Result<StaticKey, MeshError> {
         .map_err(MeshError::from)
 }
 
-/// Starts the role.
+/// Starts the role. `arrivals` (from a signaling role in the same process)
+/// changes when a new device registers there; the roster is refreshed at
+/// once rather than at the next round.
 pub async fn start(
     config: &MeshConfig,
     id: DeviceId,
     key: StaticKey,
     listener: TcpListener,
+    arrivals: Option<watch::Receiver<u64>>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<MeshHandle, MeshError> {
@@ -249,6 +252,9 @@ pub async fn start(
     for index in 0..mesh.hubs.len() {
         tracker.spawn(registrar::run(mesh.clone(), index, cancel.clone()));
     }
+    if let Some(arrivals) = arrivals {
+        tracker.spawn(refresh_on_arrivals(mesh.clone(), arrivals, cancel.clone()));
+    }
     tracker.spawn(reconcile_periodically(mesh.clone(), cancel));
     tracing::info!(
         role = "mesh",
@@ -258,6 +264,22 @@ pub async fn start(
         "mesh device listening"
     );
     Ok(MeshHandle { mesh })
+}
+
+async fn refresh_on_arrivals(
+    mesh: Arc<Mesh>,
+    mut arrivals: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = arrivals.changed() => match changed {
+                Ok(()) => mesh.refresh_roster().await,
+                Err(_closed) => return,
+            },
+        }
+    }
 }
 
 async fn reconcile_periodically(mesh: Arc<Mesh>, cancel: CancellationToken) {

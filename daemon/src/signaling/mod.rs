@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use meshd_ipc::{DeviceEntry, RemovedReply, SignalingStatus};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,6 +56,9 @@ pub struct SignalingState {
     settings: RwLock<Settings>,
     /// Woken when the key bindings change, to save them.
     bindings_changed: Notify,
+    /// Counts registrations of devices that were not listed, so a mesh role
+    /// in the same process learns of them at once.
+    arrivals: watch::Sender<u64>,
 }
 
 impl SignalingState {
@@ -136,6 +139,7 @@ pub fn start(
         registry: Mutex::new(registry),
         settings: RwLock::new(Settings::from(config)),
         bindings_changed: Notify::new(),
+        arrivals: watch::Sender::new(0),
     });
     if restored > 0 {
         tracing::info!(bindings = restored, "key bindings restored");
@@ -161,6 +165,11 @@ impl SignalingHandle {
             listen: self.listen.to_string(),
             devices: self.state.registry().live_count(Instant::now(), ttl),
         }
+    }
+
+    /// Changes whenever a device that was not listed registers.
+    pub fn arrivals(&self) -> watch::Receiver<u64> {
+        self.state.arrivals.subscribe()
     }
 
     /// For `meshctl devices`: every live device, sorted by id, no link data.

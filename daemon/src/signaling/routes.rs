@@ -99,6 +99,7 @@ async fn register(
         Ok::<_, SignalingError>((is_new, reply))
     })?;
     if is_new {
+        state.arrivals.send_modify(|count| *count += 1);
         tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, "device registered");
     } else {
         tracing::debug!(device_id = %reply.id, peer_addr = %peer, "device refreshed");

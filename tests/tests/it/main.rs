@@ -10,4 +10,5 @@ mod config;
 mod control;
 mod lifecycle;
 mod mesh;
+mod nat;
 mod signaling;

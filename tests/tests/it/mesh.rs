@@ -725,3 +725,25 @@ fn a_malformed_frame_closes_only_that_link_and_a_stolen_id_is_refused() {
     hub.ctl_ok(&["send", "a", "still fine"]);
     a.ctl_ok(&["ping", "hub"]);
 }
+
+#[test]
+fn a_hub_device_lists_what_its_own_hub_registers_at_once() {
+    let hub = hub_device("hub", "");
+    wait_until("the hub device registered", Duration::from_secs(10), || {
+        hub.link_to("hub").filter(|link| link == "self")
+    });
+    // Without a key: listed at once, and down, since it can have no link.
+    let reply = http::post_json(
+        hub.signaling_addr(),
+        "/register",
+        &json!({"id": "laptop", "addr": "203.0.113.7:8082"}),
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(hub.link_to("laptop").as_deref(), Some("down"));
+    // A real device is linked without waiting for the hub device's next
+    // round (20 s away): its registration here refreshes the roster.
+    let a = device("a", &[hub.hub_url()]);
+    let linked = Instant::now();
+    wait_full_mesh(&[&hub, &a], Duration::from_secs(5));
+    assert!(linked.elapsed() < Duration::from_secs(3));
+}
