@@ -123,6 +123,38 @@ struct ErrorBody {
     error: String,
 }
 
+/// Connects to `authority` from the address `local`, sharing its port with
+/// the mesh listener (SO_REUSEADDR and SO_REUSEPORT on both). If that port
+/// cannot be used for this destination right now (a previous connection's
+/// TIME_WAIT), connects from any port instead: registration still works,
+/// only the hub's observed port is then not the mesh port's mapping.
+async fn connect_from(local: SocketAddr, authority: &str) -> std::io::Result<TcpStream> {
+    let mut last_error = None;
+    for remote in tokio::net::lookup_host(authority).await? {
+        if remote.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = super::reusable_socket(local)?;
+        match socket.connect(remote).await {
+            Ok(stream) => return Ok(stream),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                tracing::debug!(%remote, %error, "mesh port busy for this hub; connecting from another port");
+                return TcpStream::connect(remote).await;
+            }
+            Err(error) => last_error = Some(error),
+        }
+    }
+    match last_error {
+        Some(error) => Err(error),
+        None => TcpStream::connect(authority).await,
+    }
+}
+
 /// One HTTP/1.1 connection to a hub.
 pub struct HubConnection {
     sender: SendRequest<Full<Bytes>>,
@@ -131,16 +163,23 @@ pub struct HubConnection {
 }
 
 impl HubConnection {
-    /// Resolves and dials the hub.
-    pub async fn open(hub: &HubUrl) -> Result<Self, HubError> {
+    /// Resolves and dials the hub, from `from` (the mesh port, so the hub
+    /// observes the NAT mapping peers must reach) or from any port.
+    pub async fn open(hub: &HubUrl, from: Option<SocketAddr>) -> Result<Self, HubError> {
         let authority = hub.authority.clone();
         let connect = async {
-            let stream = TcpStream::connect(authority.as_str())
-                .await
-                .map_err(|source| HubError::Connect {
-                    authority: authority.clone(),
-                    source,
-                })?;
+            let connect_error = |source| HubError::Connect {
+                authority: authority.clone(),
+                source,
+            };
+            let stream = match from {
+                Some(local) => connect_from(local, &authority)
+                    .await
+                    .map_err(connect_error)?,
+                None => TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(connect_error)?,
+            };
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().map_err(|source| HubError::Connect {
                 authority: authority.clone(),
@@ -192,12 +231,15 @@ impl HubConnection {
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
 
-    /// Lists the live devices.
+    /// Lists the live devices. Always the last request on a connection: it
+    /// asks the hub to close first, so the TIME_WAIT state stays on the hub's
+    /// side and this device can reconnect from its mesh port at once.
     pub async fn devices(&mut self) -> Result<Vec<ListedDevice>, HubError> {
         let request = Request::builder()
             .method(Method::GET)
             .uri("/devices")
             .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONNECTION, "close")
             .body(Full::new(Bytes::new()))
             .map_err(|error| HubError::Decode(error.to_string()))?;
         let body = self.exchange(request, MAX_LIST_BYTES).await?;

@@ -32,7 +32,7 @@ use meshd_ipc::{
     DeviceEntry, HubStatus, InboxMessage, LinkState, MeshStatus, PingReply, SendResult,
 };
 use meshd_link::{Hello, StaticKey};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{broadcast, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -175,9 +175,37 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Binds the peer-to-peer listener; before [`start`], so READY=1 means it
-/// is up.
+/// is up. The port is shared (SO_REUSEPORT) with this device's connections
+/// to its hubs, so that a hub observes the NAT mapping of the mesh port.
 pub async fn bind(config: &MeshConfig) -> std::io::Result<TcpListener> {
-    TcpListener::bind(config.listen).await
+    // SO_REUSEPORT would let a second meshd share the port without a word.
+    // A probe without it fails on any listener already there, and only on
+    // a listener (SO_REUSEADDR passes over connections in TIME_WAIT).
+    if config.listen.port() != 0 {
+        let probe = match config.listen {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        probe.set_reuseaddr(true)?;
+        probe.bind(config.listen)?;
+    }
+    reusable_socket(config.listen)?.listen(LISTEN_BACKLOG)
+}
+
+/// Pending connections the mesh listener queues.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A TCP socket bound to `local` with SO_REUSEADDR and SO_REUSEPORT, so that
+/// the listener and outgoing connections can share the mesh port.
+pub(crate) fn reusable_socket(local: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = match local {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(local)?;
+    Ok(socket)
 }
 
 /// Loads the device key, creating it on first start; before any role
@@ -379,7 +407,7 @@ impl Mesh {
         for index in 0..self.hubs.len() {
             let mesh = self.clone();
             fetches.spawn(async move {
-                let mut connection = HubConnection::open(&mesh.hubs[index]).await?;
+                let mut connection = HubConnection::open(&mesh.hubs[index], None).await?;
                 let devices = connection.devices().await?;
                 lock(&mesh.roster).update(index, &devices, mesh.hub_ttl(index), Instant::now());
                 Ok::<_, hub_client::HubError>(())

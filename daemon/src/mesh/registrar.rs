@@ -64,7 +64,7 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
 /// One registration and listing; the server's TTL on success.
 async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
     let hub = &mesh.hubs[index];
-    let mut connection = HubConnection::open(hub).await?;
+    let mut connection = HubConnection::open(hub, Some(mesh.listen)).await?;
     let addr = mesh.endpoint_via(index, connection.local_addr());
     let local = &mesh.local;
     let id = local.id.to_string();

@@ -747,3 +747,24 @@ fn a_hub_device_lists_what_its_own_hub_registers_at_once() {
     wait_full_mesh(&[&hub, &a], Duration::from_secs(5));
     assert!(linked.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn a_mesh_port_in_use_stops_the_start_despite_port_sharing() {
+    let port = free_port();
+    let mut first = device_options("first", &["http://127.0.0.1:9".to_owned()]);
+    if let Some(mesh) = first.mesh.as_mut() {
+        mesh.listen = format!("127.0.0.1:{port}");
+    }
+    let mut second = first.clone();
+    second.id = "second".to_owned();
+    let _first = Node::start(first);
+    let mut second = Node::spawn(second);
+    let status = second.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let log = second.log();
+    assert!(
+        log.contains(&format!("binding mesh listener on 127.0.0.1:{port}"))
+            && log.contains("another process holds that port"),
+        "{log}"
+    );
+}

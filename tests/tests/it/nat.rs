@@ -123,6 +123,14 @@ fn d_a_public_device_and_one_behind_nat_link_directly() {
         "direct",
         Duration::from_secs(10),
     );
+    // The hub saw the natted device's registration come from its mesh port
+    // through the port-preserving NAT: the public endpoint peers must reach.
+    let observed = natted.mesh_status()["observed"].clone();
+    assert_eq!(observed, format!("203.0.113.20:{MESH_PORT}").as_str());
+    assert_eq!(
+        public.mesh_status()["observed"],
+        format!("203.0.113.10:{MESH_PORT}").as_str()
+    );
     // The public device sees the link come from the router's address.
     assert!(public_end.starts_with("203.0.113.20:"), "{public_end}");
     assert_eq!(natted_end, format!("203.0.113.10:{MESH_PORT}"));
@@ -226,4 +234,24 @@ fn list_namespaces() -> Vec<String> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(ToOwned::to_owned))
         .collect()
+}
+
+#[test]
+fn a_random_port_nat_shows_another_public_port() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let hub_host = lab.public_host("hub", 1).unwrap();
+    let mut carrier = lab.router("cgnat", 40, 4, Nat::RandomPort).unwrap();
+    let host = lab.lan_host(&mut carrier, "dev").unwrap();
+    let _hub = start_hub(&hub_host);
+    let device = start_device("dev", &host, &hub_host);
+    let observed = wait_until("dev registered", Duration::from_secs(10), || {
+        device.mesh_status()["observed"]
+            .as_str()
+            .map(ToOwned::to_owned)
+    });
+    let (ip, port) = observed.rsplit_once(':').unwrap();
+    assert_eq!(ip, "203.0.113.40");
+    // --random-fully picks a random port; the mesh port survives only by a
+    // 1-in-64k chance.
+    assert_ne!(port, MESH_PORT.to_string(), "{observed}");
 }
