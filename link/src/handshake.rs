@@ -108,9 +108,28 @@ fn noise_error(error: snow::Error) -> LinkError {
     LinkError::Handshake(error.to_string())
 }
 
+/// Length of IK's first message carrying `hello`: ephemeral key, encrypted
+/// static key and tag, encrypted payload and tag.
+fn first_message_len(hello_len: usize) -> usize {
+    KEY_LEN + KEY_LEN + 16 + hello_len + 16
+}
+
+/// Length of IK's second message carrying a hello of `hello_len` bytes.
+fn second_message_len(hello_len: usize) -> usize {
+    KEY_LEN + hello_len + 16
+}
+
 /// Dials: runs the initiator's side against a peer whose static key is
 /// `remote`. Returns the open link and the peer's hello, which the caller
 /// should check names the device it meant to reach.
+///
+/// If the peer dialled at the same moment and the two dials met as one TCP
+/// connection (a simultaneous open, as NAT traversal provokes), both sides
+/// start as initiators and each receives a first message instead of an
+/// answer; the two are told apart by length. The side with the smaller id
+/// stays the initiator and waits for the answer; the other becomes the
+/// listener and answers the first message it received, checking it like
+/// [`accept`] would: same peer, same key.
 pub async fn connect<S>(
     mut stream: S,
     local: &StaticKey,
@@ -128,27 +147,90 @@ where
             .and_then(|builder| builder.build_initiator())
             .map_err(noise_error)?;
         let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
+        let encoded = hello.encode()?;
         let len = noise
-            .write_message(&hello.encode()?, &mut buffer)
+            .write_message(&encoded, &mut buffer)
             .map_err(noise_error)?;
         write_message(&mut stream, &buffer[..len]).await?;
-        let answer = read_message(&mut stream).await?;
+        let mut answer = read_message(&mut stream).await?;
+        // The peer's hello has the same length as ours: ids swapped.
+        if answer.len() == first_message_len(encoded.len())
+            && answer.len() != second_message_len(encoded.len())
+        {
+            if hello.from < hello.to {
+                // Simultaneous open, and we stay the initiator: the peer
+                // drops its own attempt and answers ours.
+                answer = read_message(&mut stream).await?;
+            } else {
+                return Ok::<_, LinkError>(Role::Listener(answer));
+            }
+        }
         let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
         let len = noise
             .read_message(&answer, &mut payload)
             .map_err(noise_error)?;
         let peer = Hello::decode(&payload[..len])?;
         let transport = noise.into_stateless_transport_mode().map_err(noise_error)?;
-        Ok::<_, LinkError>((transport, peer))
+        Ok(Role::Initiator(transport, peer))
     };
-    let (transport, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+    let role = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .map_err(|_| LinkError::Timeout)??;
+    let (transport, peer) = match role {
+        Role::Initiator(transport, peer) => (transport, peer),
+        Role::Listener(first) => {
+            let inbound = accept_first(stream, local, &first)?;
+            let expected = |inbound: &Inbound<S>| {
+                inbound.remote_key() == remote
+                    && inbound.hello().from == hello.to
+                    && inbound.hello().to == hello.from
+            };
+            if !expected(&inbound) {
+                return Err(LinkError::Handshake(
+                    "simultaneous open with a peer that is not the one dialled".to_owned(),
+                ));
+            }
+            let peer = inbound.hello().clone();
+            let link = inbound.complete(hello).await?;
+            return Ok((link, peer));
+        }
+    };
     let mut link = Link::new(stream, transport, *remote);
     tokio::time::timeout(HANDSHAKE_TIMEOUT, link.send_confirmation())
         .await
         .map_err(|_| LinkError::Timeout)??;
     Ok((link, peer))
+}
+
+/// How a dial turned out: as dialled, or as the listener of a simultaneous
+/// open, holding the peer's first message.
+enum Role {
+    Initiator(snow::StatelessTransportState, Hello),
+    Listener(Vec<u8>),
+}
+
+/// The listener's side from an already received first message.
+fn accept_first<S>(stream: S, local: &StaticKey, message: &[u8]) -> Result<Inbound<S>, LinkError> {
+    let mut noise = snow::Builder::new(params())
+        .local_private_key(local.private())
+        .and_then(|builder| builder.prologue(PROLOGUE))
+        .and_then(|builder| builder.build_responder())
+        .map_err(noise_error)?;
+    let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
+    let len = noise
+        .read_message(message, &mut payload)
+        .map_err(noise_error)?;
+    let hello = Hello::decode(&payload[..len])?;
+    let remote_key: [u8; KEY_LEN] = noise
+        .get_remote_static()
+        .and_then(|key| key.try_into().ok())
+        .ok_or_else(|| LinkError::Handshake("no static key from the dialler".to_owned()))?;
+    Ok(Inbound {
+        stream,
+        noise,
+        hello,
+        remote_key,
+    })
 }
 
 /// Listens: reads the dialler's first message. The caller checks
@@ -158,33 +240,10 @@ pub async fn accept<S>(mut stream: S, local: &StaticKey) -> Result<Inbound<S>, L
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let first = async {
-        let mut noise = snow::Builder::new(params())
-            .local_private_key(local.private())
-            .and_then(|builder| builder.prologue(PROLOGUE))
-            .and_then(|builder| builder.build_responder())
-            .map_err(noise_error)?;
-        let message = read_message(&mut stream).await?;
-        let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
-        let len = noise
-            .read_message(&message, &mut payload)
-            .map_err(noise_error)?;
-        let hello = Hello::decode(&payload[..len])?;
-        let remote: [u8; KEY_LEN] = noise
-            .get_remote_static()
-            .and_then(|key| key.try_into().ok())
-            .ok_or_else(|| LinkError::Handshake("no static key from the dialler".to_owned()))?;
-        Ok::<_, LinkError>((noise, hello, remote))
-    };
-    let (noise, hello, remote_key) = tokio::time::timeout(HANDSHAKE_TIMEOUT, first)
+    let message = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))
         .await
         .map_err(|_| LinkError::Timeout)??;
-    Ok(Inbound {
-        stream,
-        noise,
-        hello,
-        remote_key,
-    })
+    accept_first(stream, local, &message)
 }
 
 /// A dialler that has proved its static key but has not been answered yet.
@@ -422,5 +481,55 @@ mod replay_tests {
         attacker.write_all(&[0, 16]).await.unwrap();
         attacker.write_all(&[0; 16]).await.unwrap();
         assert!(answered.await.unwrap().is_err());
+    }
+}
+
+#[cfg(test)]
+mod simultaneous_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn two_dials_that_meet_as_one_connection_make_one_link() {
+        // One stream, both ends dialling: what a TCP simultaneous open gives.
+        let (a, b) = tokio::io::duplex(4096);
+        let alice = StaticKey::generate().unwrap();
+        let bob = StaticKey::generate().unwrap();
+        let (alice_public, bob_public) = (*alice.public(), *bob.public());
+        let a_hello = Hello {
+            from: "alice".into(),
+            to: "bob".into(),
+            instance: 1,
+        };
+        let b_hello = Hello {
+            from: "bob".into(),
+            to: "alice".into(),
+            instance: 2,
+        };
+        let (from_a, from_b) = tokio::join!(
+            connect(a, &alice, &bob_public, &a_hello),
+            connect(b, &bob, &alice_public, &b_hello)
+        );
+        let (a_link, a_peer) = from_a.unwrap();
+        let (b_link, b_peer) = from_b.unwrap();
+        assert_eq!(a_peer, b_hello);
+        assert_eq!(b_peer, a_hello);
+        let (mut a_read, mut a_write) = a_link.split();
+        let (mut b_read, mut b_write) = b_link.split();
+        a_write
+            .send(&crate::Frame::Ping { nonce: 1 })
+            .await
+            .unwrap();
+        assert_eq!(
+            b_read.next().await.unwrap(),
+            crate::Frame::Ping { nonce: 1 }
+        );
+        b_write
+            .send(&crate::Frame::Pong { nonce: 1 })
+            .await
+            .unwrap();
+        assert_eq!(
+            a_read.next().await.unwrap(),
+            crate::Frame::Pong { nonce: 1 }
+        );
     }
 }

@@ -120,6 +120,9 @@ pub struct Local {
     pub public: PublicKey,
     /// Random per start; lets peers tell a restart from a duplicate link.
     pub instance: u64,
+    /// The mesh listener's address: dials leave from its port, so that the
+    /// NAT mapping a hub observed is the one they use.
+    pub listen: SocketAddr,
     /// Received messages.
     pub inbox: Inbox,
     /// Ids for sent messages: one counter per process, so a peer task that
@@ -243,6 +246,7 @@ pub async fn start(
         key,
         public,
         instance: rand::random(),
+        listen,
         inbox: Inbox::new(),
         next_message: AtomicU64::new(0),
         cancel: cancel.clone(),

@@ -745,18 +745,18 @@ async fn dial(
     let mut errors = Vec::new();
     let hello = local.hello_to(peer);
     for &endpoint in candidates {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                errors.push(format!("{endpoint}: {error}"));
-                continue;
-            }
-            Err(_elapsed) => {
-                errors.push(format!("{endpoint}: connect timed out"));
-                continue;
-            }
-        };
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, connect(local.listen, endpoint)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    errors.push(format!("{endpoint}: {error}"));
+                    continue;
+                }
+                Err(_elapsed) => {
+                    errors.push(format!("{endpoint}: connect timed out"));
+                    continue;
+                }
+            };
         let _ = stream.set_nodelay(true);
         match meshd_link::connect(stream, &local.key, key.as_bytes(), &hello).await {
             Ok((link, remote)) if remote.from == peer.to_string() && remote.to == hello.from => {
@@ -775,6 +775,29 @@ async fn dial(
         }
     }
     Err(errors.join("; "))
+}
+
+/// Connects to `endpoint` from the mesh port, so that the NAT mapping is the
+/// one the hubs observed and a peer dialling back at the same time meets
+/// this connection in the NATs (TCP simultaneous open). Falls back to any
+/// port when the mesh port cannot be used for this destination (a previous
+/// connection to it in TIME_WAIT).
+async fn connect(mesh: SocketAddr, endpoint: SocketAddr) -> std::io::Result<TcpStream> {
+    if mesh.is_ipv4() == endpoint.is_ipv4() {
+        let socket = super::reusable_socket(mesh)?;
+        match socket.connect(endpoint).await {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                tracing::debug!(%endpoint, %error, "mesh port unusable for this dial; dialling from another port");
+            }
+            outcome => return outcome,
+        }
+    }
+    TcpStream::connect(endpoint).await
 }
 
 struct ReadContext {

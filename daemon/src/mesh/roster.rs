@@ -62,11 +62,19 @@ impl Listing {
         ))
     }
 
-    /// Where to dial, best first, without repeats: the advertised endpoints,
-    /// then the registered address.
+    /// Where to dial, best first, without repeats: the advertised endpoints
+    /// (local and LAN addresses), the registered address, then the address
+    /// the hub observed (the public endpoint: the NAT mapping of the
+    /// device's mesh port).
     pub fn dial_candidates(&self) -> Vec<SocketAddr> {
-        let mut candidates: Vec<SocketAddr> = Vec::with_capacity(self.endpoints.len() + 1);
-        for endpoint in self.endpoints.iter().chain([&self.addr]) {
+        let observed: Option<SocketAddr> = self.observed.parse().ok();
+        let mut candidates: Vec<SocketAddr> = Vec::with_capacity(self.endpoints.len() + 2);
+        for endpoint in self
+            .endpoints
+            .iter()
+            .chain([&self.addr])
+            .chain(observed.as_ref())
+        {
             if !candidates.contains(endpoint) && !endpoint.ip().is_unspecified() {
                 candidates.push(*endpoint);
             }
@@ -256,6 +264,6 @@ mod tests {
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(candidates, ["10.0.0.1:9", "127.0.0.1:9"]);
+        assert_eq!(candidates, ["10.0.0.1:9", "127.0.0.1:9", "127.0.0.1:5"]);
     }
 }
