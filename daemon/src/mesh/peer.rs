@@ -45,6 +45,13 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed to open a TCP connection to one endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Time a dial to a device's public endpoint (the address its hub
+/// observed) stays open. Behind NATs that drop unsolicited packets the
+/// dial goes unanswered, but while it waits (its SYN retransmitted) the
+/// device's own dial back, up to one registration round later, meets it in
+/// the NATs as a TCP simultaneous open. Longer than a round (20 s).
+const PUNCH_TIMEOUT: Duration = Duration::from_secs(25);
+
 /// Two links of one peer instance set up within this window are a
 /// simultaneous dial, settled by the tie-break; beyond it the newer link
 /// wins, because the peer evidently gave up on the older one.
@@ -183,6 +190,7 @@ impl PeerHandle {
             active: None,
             next_link: 0,
             dialling: false,
+            dial_started: Instant::now(),
             dial_at: Some(Instant::now()),
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             last_error: None,
@@ -285,6 +293,8 @@ struct PeerTask {
     active: Option<ActiveLink>,
     next_link: u64,
     dialling: bool,
+    /// When the dial in progress started.
+    dial_started: Instant,
     dial_at: Option<Instant>,
     backoff: Backoff,
     last_error: Option<String>,
@@ -502,6 +512,12 @@ impl PeerTask {
                         if self.active.is_none() {
                             tracing::debug!(peer = %self.peer, %error, "dial failed");
                             self.last_error = Some(error);
+                            if self.dial_started.elapsed() >= PUNCH_TIMEOUT {
+                                // A hole-punching dial waited its full time:
+                                // go again soon, so that a dial stays open
+                                // for the peer's to meet.
+                                self.backoff.reset();
+                            }
                             self.dial_at = Some(Instant::now() + self.backoff.next_wait());
                             // Messages waiting for a link fail now with the
                             // reason, rather than at their deadline.
@@ -648,12 +664,14 @@ impl PeerTask {
     fn dial(&mut self) {
         self.dial_at = None;
         let candidates = self.listing.dial_candidates();
+        let public = self.listing.public_endpoint();
         if candidates.is_empty() {
             self.last_error = Some("the device advertises no endpoint".to_owned());
             self.dial_at = Some(Instant::now() + self.backoff.next_wait());
             return;
         }
         self.dialling = true;
+        self.dial_started = Instant::now();
         let local = self.local.clone();
         let peer = self.peer.clone();
         let key = self.key;
@@ -662,7 +680,7 @@ impl PeerTask {
         self.local.tracker.spawn(async move {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
-                outcome = dial(&local, &peer, key, &candidates) => outcome,
+                outcome = dial(&local, &peer, key, &candidates, public) => outcome,
             };
             let _ = events.send(LinkEvent::Dialled(outcome)).await;
         });
@@ -741,22 +759,26 @@ async fn dial(
     peer: &DeviceId,
     key: PublicKey,
     candidates: &[SocketAddr],
+    public: Option<SocketAddr>,
 ) -> Result<Established, String> {
     let mut errors = Vec::new();
     let hello = local.hello_to(peer);
     for &endpoint in candidates {
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect(local.listen, endpoint)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    errors.push(format!("{endpoint}: {error}"));
-                    continue;
-                }
-                Err(_elapsed) => {
-                    errors.push(format!("{endpoint}: connect timed out"));
-                    continue;
-                }
-            };
+        let timeout = match public == Some(endpoint) {
+            true => PUNCH_TIMEOUT,
+            false => CONNECT_TIMEOUT,
+        };
+        let stream = match tokio::time::timeout(timeout, connect(local.listen, endpoint)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                errors.push(format!("{endpoint}: {error}"));
+                continue;
+            }
+            Err(_elapsed) => {
+                errors.push(format!("{endpoint}: connect timed out"));
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         match meshd_link::connect(stream, &local.key, key.as_bytes(), &hello).await {
             Ok((link, remote)) if remote.from == peer.to_string() && remote.to == hello.from => {

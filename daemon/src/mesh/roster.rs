@@ -62,12 +62,18 @@ impl Listing {
         ))
     }
 
+    /// The address the hub observed, if it is one: the device's public
+    /// endpoint.
+    pub fn public_endpoint(&self) -> Option<SocketAddr> {
+        self.observed.parse().ok()
+    }
+
     /// Where to dial, best first, without repeats: the advertised endpoints
     /// (local and LAN addresses), the registered address, then the address
     /// the hub observed (the public endpoint: the NAT mapping of the
     /// device's mesh port).
     pub fn dial_candidates(&self) -> Vec<SocketAddr> {
-        let observed: Option<SocketAddr> = self.observed.parse().ok();
+        let observed = self.public_endpoint();
         let mut candidates: Vec<SocketAddr> = Vec::with_capacity(self.endpoints.len() + 2);
         for endpoint in self
             .endpoints

@@ -255,3 +255,23 @@ fn a_random_port_nat_shows_another_public_port() {
     // 1-in-64k chance.
     assert_ne!(port, MESH_PORT.to_string(), "{observed}");
 }
+#[test]
+fn a_two_devices_behind_two_port_preserving_nats_link_directly() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let hub_host = lab.public_host("hub", 1).unwrap();
+    let mut home_a = lab.router("homea", 20, 1, Nat::PortPreserving).unwrap();
+    let mut home_b = lab.router("homeb", 30, 2, Nat::PortPreserving).unwrap();
+    let a_host = lab.lan_host(&mut home_a, "a").unwrap();
+    let b_host = lab.lan_host(&mut home_b, "b").unwrap();
+    let _hub = start_hub(&hub_host);
+    let a = start_device("a", &a_host, &hub_host);
+    let b = start_device("b", &b_host, &hub_host);
+    // Neither router lets an unsolicited SYN in. b learns of a at once and
+    // dials a's public endpoint from its mesh port, and keeps that dial open;
+    // a learns of b at its next round (within 20 s) and dials back; the two
+    // dials meet in the NATs as one TCP connection (simultaneous open).
+    let (a_end, b_end) = wait_link((&a, "a"), (&b, "b"), "direct", Duration::from_secs(45));
+    assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
+    assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
+    exchange((&a, "a"), (&b, "b"));
+}
