@@ -152,7 +152,7 @@ pub async fn run(
                 config.node.id.clone(),
                 key,
                 listener,
-                signaling.as_ref().map(signaling::SignalingHandle::arrivals),
+                signaling.as_ref().map(signaling::SignalingHandle::changes),
                 cancel.child_token(),
                 &tracker,
             )

@@ -16,6 +16,12 @@ use tokio::net::TcpStream;
 /// Time for connecting and for each request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Time for a long-poll: the hub answers within 25 s.
+const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// The hub's registry version header (a meshd extension of the API).
+const VERSION_HEADER: &str = "meshd-registry-version";
+
 /// The largest `GET /devices` answer read: ample for the hub's maximum
 /// device count with every field at its longest.
 const MAX_LIST_BYTES: usize = 32 << 20;
@@ -231,6 +237,31 @@ impl HubConnection {
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
 
+    /// Lists the devices as soon as the hub's list is no longer at
+    /// `version` (a long-poll; at once without a version), with the new
+    /// version. Keeps the connection open for the next call.
+    pub async fn devices_after(
+        &mut self,
+        version: Option<u64>,
+    ) -> Result<(Vec<ListedDevice>, Option<u64>), HubError> {
+        let uri = match version {
+            Some(version) => format!("/devices?wait={version}"),
+            None => "/devices".to_owned(),
+        };
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri)
+            .header(hyper::header::HOST, &self.authority)
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| HubError::Decode(error.to_string()))?;
+        let (body, version) = self
+            .exchange_with(request, MAX_LIST_BYTES, LONG_POLL_TIMEOUT)
+            .await?;
+        let devices =
+            serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))?;
+        Ok((devices, version))
+    }
+
     /// Lists the live devices. Always the last request on a connection: it
     /// asks the hub to close first, so the TIME_WAIT state stays on the hub's
     /// side and this device can reconnect from its mesh port at once.
@@ -251,17 +282,34 @@ impl HubConnection {
         request: Request<Full<Bytes>>,
         limit: usize,
     ) -> Result<Bytes, HubError> {
+        let (body, _version) = self.exchange_with(request, limit, REQUEST_TIMEOUT).await?;
+        Ok(body)
+    }
+
+    /// Sends `request`; the body and the registry version header of a
+    /// success, within `timeout`.
+    async fn exchange_with(
+        &mut self,
+        request: Request<Full<Bytes>>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(Bytes, Option<u64>), HubError> {
         let exchange = async {
             self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;
             let status = response.status();
+            let version = response
+                .headers()
+                .get(VERSION_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<u64>().ok());
             let body = Limited::new(response.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|error| HubError::Decode(format!("reading the body: {error}")))?
                 .to_bytes();
             if status.is_success() {
-                Ok(body)
+                Ok((body, version))
             } else {
                 let message = serde_json::from_slice::<ErrorBody>(&body)
                     .map(|body| body.error)
@@ -269,7 +317,7 @@ impl HubConnection {
                 Err(HubError::Status { status, message })
             }
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| HubError::Timeout)?
     }

@@ -169,6 +169,8 @@ pub struct Mesh {
     endpoints: Mutex<Vec<Option<SocketAddr>>>,
     peers: Mutex<HashMap<DeviceId, PeerHandle>>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Per hub: wakes its registrar to register at once.
+    register_now: Vec<tokio::sync::Notify>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,15 +223,15 @@ pub async fn load_identity(state_dir: &Path) -> Result<StaticKey, MeshError> {
         .map_err(MeshError::from)
 }
 
-/// Starts the role. `arrivals` (from a signaling role in the same process)
-/// changes when a new device registers there; the roster is refreshed at
-/// once rather than at the next round.
+/// Starts the role. `hub_changes` (from a signaling role in the same
+/// process) changes when that hub's device list changes; the roster is
+/// refreshed at once rather than at the next round.
 pub async fn start(
     config: &MeshConfig,
     id: DeviceId,
     key: StaticKey,
     listener: TcpListener,
-    arrivals: Option<watch::Receiver<u64>>,
+    hub_changes: Option<watch::Receiver<u64>>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<MeshHandle, MeshError> {
@@ -275,6 +277,11 @@ pub async fn start(
         endpoints: Mutex::new(vec![None; config.signaling.len()]),
         peers: Mutex::new(HashMap::new()),
         last_refresh: tokio::sync::Mutex::new(None),
+        register_now: config
+            .signaling
+            .iter()
+            .map(|_| tokio::sync::Notify::new())
+            .collect(),
     });
     tracker.spawn(listener::accept_loop(
         mesh.clone(),
@@ -283,9 +290,10 @@ pub async fn start(
     ));
     for index in 0..mesh.hubs.len() {
         tracker.spawn(registrar::run(mesh.clone(), index, cancel.clone()));
+        tracker.spawn(registrar::watch(mesh.clone(), index, cancel.clone()));
     }
-    if let Some(arrivals) = arrivals {
-        tracker.spawn(refresh_on_arrivals(mesh.clone(), arrivals, cancel.clone()));
+    if let Some(changes) = hub_changes {
+        tracker.spawn(refresh_on_arrivals(mesh.clone(), changes, cancel.clone()));
     }
     tracker.spawn(reconcile_periodically(mesh.clone(), cancel));
     tracing::info!(

@@ -56,9 +56,24 @@ pub struct SignalingState {
     settings: RwLock<Settings>,
     /// Woken when the key bindings change, to save them.
     bindings_changed: Notify,
-    /// Counts registrations of devices that were not listed, so a mesh role
-    /// in the same process learns of them at once.
-    arrivals: watch::Sender<u64>,
+    /// The registry's version: changes whenever the list `GET /devices`
+    /// answers changes in membership or addresses (not on a heartbeat), so
+    /// long-polling devices and a mesh role in the same process learn of
+    /// changes at once.
+    changes: watch::Sender<u64>,
+    /// Ends long-polls when meshd stops.
+    stopping: CancellationToken,
+    /// Long-polls waiting now, and the most allowed: half the connection
+    /// cap, so that waiting devices never crowd out registrations.
+    polls: std::sync::atomic::AtomicUsize,
+    max_polls: usize,
+}
+
+impl SignalingState {
+    /// Marks the device list as changed.
+    fn changed(&self) {
+        self.changes.send_modify(|version| *version += 1);
+    }
 }
 
 impl SignalingState {
@@ -139,7 +154,10 @@ pub fn start(
         registry: Mutex::new(registry),
         settings: RwLock::new(Settings::from(config)),
         bindings_changed: Notify::new(),
-        arrivals: watch::Sender::new(0),
+        changes: watch::Sender::new(0),
+        stopping: cancel.clone(),
+        polls: std::sync::atomic::AtomicUsize::new(0),
+        max_polls: config.max_connections / 2,
     });
     if restored > 0 {
         tracing::info!(bindings = restored, "key bindings restored");
@@ -167,9 +185,10 @@ impl SignalingHandle {
         }
     }
 
-    /// Changes whenever a device that was not listed registers.
-    pub fn arrivals(&self) -> watch::Receiver<u64> {
-        self.state.arrivals.subscribe()
+    /// Changes whenever the device list changes (a device arrives, leaves,
+    /// expires or moves).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.state.changes.subscribe()
     }
 
     /// For `meshctl devices`: every live device, sorted by id, no link data.
@@ -197,6 +216,9 @@ impl SignalingHandle {
     /// For `meshctl devices remove`; `None` when the id is not known at all.
     pub fn remove(&self, id: &DeviceId) -> Option<RemovedReply> {
         let removed = self.state.change_registry(|registry| registry.remove(id));
+        if removed.was_registered {
+            self.state.changed();
+        }
         if !removed.was_registered && !removed.had_binding {
             return None;
         }
@@ -254,7 +276,11 @@ async fn sweep_expired(state: Arc<SignalingState>, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(period) => {}
         }
-        for id in state.registry().sweep(Instant::now(), ttl) {
+        let expired = state.registry().sweep(Instant::now(), ttl);
+        if !expired.is_empty() {
+            state.changed();
+        }
+        for id in expired {
             tracing::info!(device_id = %id, "device expired");
         }
     }

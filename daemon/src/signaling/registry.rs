@@ -160,11 +160,11 @@ impl Registry {
         live
     }
 
-    /// Whether `id` is registered and not expired.
-    pub fn is_live(&self, id: &DeviceId, now: Instant, ttl: Duration) -> bool {
+    /// The device `id`, if registered and not expired.
+    pub fn live(&self, id: &DeviceId, now: Instant, ttl: Duration) -> Option<&Device> {
         self.devices
             .get(id)
-            .is_some_and(|device| is_live(device, now, ttl))
+            .filter(|device| is_live(device, now, ttl))
     }
 
     /// How many devices are live.

@@ -4,7 +4,8 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -32,7 +33,7 @@ pub async fn route(
     let result = match (path.as_str(), &method) {
         ("/register", &Method::POST) => register(request, peer, &state).await,
         ("/register", _) => Err(SignalingError::MethodNotAllowed("POST")),
-        ("/devices", &Method::GET) => Ok(devices(&state)),
+        ("/devices", &Method::GET) => Ok(devices(&request, &state).await),
         ("/devices", _) => Err(SignalingError::MethodNotAllowed("GET")),
         ("/healthz", &Method::GET) => Ok(json_response(
             StatusCode::OK,
@@ -82,24 +83,31 @@ async fn register(
 
     let ttl = settings.device_ttl;
     let now = Instant::now();
-    let (is_new, reply) = state.change_registry(|registry| {
-        let is_new = !registry.is_live(&registration.id, now, ttl);
+    let (is_new, moved, reply) = state.change_registry(|registry| {
+        let previous = registry
+            .live(&registration.id, now, ttl)
+            .map(|device| device.registration.clone());
         let device = registry
             .register(registration, peer, now, SystemTime::now(), ttl)
             .map_err(|error| match error {
                 RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
                 full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
             })?;
+        let moved = previous
+            .as_ref()
+            .is_some_and(|previous| *previous != device.registration);
         let reply = RegisterReply {
             id: device.registration.id.to_string(),
             addr: device.registration.addr.to_string(),
             observed: peer.to_string(),
             ttl_secs: ttl.as_secs(),
         };
-        Ok::<_, SignalingError>((is_new, reply))
+        Ok::<_, SignalingError>((previous.is_none(), moved, reply))
     })?;
+    if is_new || moved {
+        state.changed();
+    }
     if is_new {
-        state.arrivals.send_modify(|count| *count += 1);
         tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, "device registered");
     } else {
         tracing::debug!(device_id = %reply.id, peer_addr = %peer, "device refreshed");
@@ -107,9 +115,43 @@ async fn register(
     Ok(json_response(StatusCode::OK, &reply))
 }
 
-fn devices(state: &SignalingState) -> Response<Full<Bytes>> {
+/// The response header carrying the registry's version, for long-polls.
+pub const VERSION_HEADER: &str = "meshd-registry-version";
+
+/// Longest a long-poll waits; well inside a connection's lifetime (six
+/// request timeouts).
+const LONG_POLL: Duration = Duration::from_secs(25);
+
+/// `GET /devices`, and its long-poll form `GET /devices?wait=VERSION`: with
+/// `wait` equal to the current version the answer waits until the list
+/// changes (at most 25 s, or three request timeouts if less). Every answer
+/// carries the version in a header.
+async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Response<Full<Bytes>> {
+    let wait = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("wait="))
+            .and_then(|version| version.parse::<u64>().ok())
+    });
+    let mut changes = state.changes.subscribe();
+    let waiting = state.polls.fetch_add(1, Ordering::Relaxed);
+    // Over the cap a long-poll is answered at once; the device sees the same
+    // version and waits before asking again.
+    if wait == Some(*changes.borrow_and_update()) && waiting < state.max_polls {
+        let limit = LONG_POLL.min(state.settings().request_timeout * 3);
+        tokio::select! {
+            () = state.stopping.cancelled() => {}
+            _ = tokio::time::timeout(limit, changes.changed()) => {}
+        }
+    }
+    state.polls.fetch_sub(1, Ordering::Relaxed);
+    let version = *changes.borrow();
     let views: Vec<DeviceView> = state.live_devices().iter().map(DeviceView::from).collect();
-    json_response(StatusCode::OK, &views)
+    let mut response = json_response(StatusCode::OK, &views);
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&version.to_string()) {
+        response.headers_mut().insert(VERSION_HEADER, value);
+    }
+    response
 }
 
 /// Compares the bearer token in constant time, so its bytes cannot be guessed

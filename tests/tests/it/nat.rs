@@ -169,15 +169,14 @@ fn f_links_survive_a_hub_restart_and_new_devices_still_join() {
     assert!(!public.log().contains("link down"), "{}", public.log());
     exchange((&public, "public"), (&natted, "natted"));
 
-    // The restarted hub lists the others again at their next heartbeat
-    // (every 20 s); until then a newcomer finds no one. Within two rounds
-    // everyone is linked.
+    // The devices' long-polls see the restarted hub list nobody and
+    // register again at once, so a newcomer finds them.
     let late = start_device("late", &late_host, &hub_host);
     wait_link(
         (&late, "late"),
         (&public, "public"),
         "direct",
-        Duration::from_secs(45),
+        Duration::from_secs(10),
     );
     wait_link(
         (&late, "late"),
@@ -266,11 +265,11 @@ fn a_two_devices_behind_two_port_preserving_nats_link_directly() {
     let _hub = start_hub(&hub_host);
     let a = start_device("a", &a_host, &hub_host);
     let b = start_device("b", &b_host, &hub_host);
-    // Neither router lets an unsolicited SYN in. b learns of a at once and
-    // dials a's public endpoint from its mesh port, and keeps that dial open;
-    // a learns of b at its next round (within 20 s) and dials back; the two
-    // dials meet in the NATs as one TCP connection (simultaneous open).
-    let (a_end, b_end) = wait_link((&a, "a"), (&b, "b"), "direct", Duration::from_secs(45));
+    // Neither router lets an unsolicited SYN in. b learns of a from its
+    // first list, a of b from its long-poll on the hub, at once; each dials
+    // the other's public endpoint from its mesh port and keeps the dial
+    // open, and the two meet in the NATs as one TCP connection.
+    let (a_end, b_end) = wait_link((&a, "a"), (&b, "b"), "direct", Duration::from_secs(10));
     assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
     assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
     exchange((&a, "a"), (&b, "b"));

@@ -582,3 +582,43 @@ fn a_damaged_bindings_file_stops_the_start_with_its_line() {
     let log = node.log();
     assert!(log.contains("signaling-keys:2: key:"), "{log}");
 }
+
+#[test]
+fn a_long_poll_on_devices_answers_when_the_list_changes() {
+    let (_node, addr) = hub_with("");
+    let first = http::get(addr, "/devices");
+    let version: u64 = first
+        .header("meshd-registry-version")
+        .expect("a version header")
+        .parse()
+        .unwrap();
+    // Waits while nothing changes...
+    let poll = std::thread::spawn(move || {
+        let started = Instant::now();
+        let answer = http::get(addr, &format!("/devices?wait={version}"));
+        (started.elapsed(), answer)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !poll.is_finished(),
+        "the long-poll answered without a change"
+    );
+    // ...and answers as soon as a device registers.
+    let reply = register(addr, json!({"id": "newcomer", "addr": "192.0.2.9:8082"}));
+    assert_eq!(reply.status, 200);
+    let (took, answer) = poll.join().unwrap();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()[0]["id"], "newcomer");
+    let newer: u64 = answer
+        .header("meshd-registry-version")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(newer > version);
+    // A heartbeat is not a change: a poll at the new version waits again.
+    let again = std::thread::spawn(move || http::get(addr, &format!("/devices?wait={newer}")));
+    register(addr, json!({"id": "newcomer", "addr": "192.0.2.9:8082"}));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!again.is_finished(), "a heartbeat woke the long-poll");
+}
