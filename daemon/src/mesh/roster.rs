@@ -110,7 +110,8 @@ pub struct Merged {
 }
 
 struct HubView {
-    devices: HashMap<DeviceId, Listing>,
+    /// Each device with when this hub last listed it.
+    devices: HashMap<DeviceId, (Listing, Instant)>,
     fetched: Instant,
     ttl: Duration,
 }
@@ -129,19 +130,35 @@ impl Roster {
     }
 
     /// Replaces hub `index`'s view with its latest answer.
+    ///
+    /// A device the hub stops listing stays in its view for one more TTL:
+    /// a hub that restarted lists nobody until the devices register again,
+    /// a second later, and its empty list must not close working links. A
+    /// device that really left is gone after that TTL.
     pub fn update(&mut self, index: usize, devices: &[ListedDevice], ttl: Duration, now: Instant) {
-        let devices = devices
+        let Some(slot) = self.hubs.get_mut(index) else {
+            return;
+        };
+        let mut view: HashMap<DeviceId, (Listing, Instant)> = match slot.take() {
+            Some(old) => old
+                .devices
+                .into_iter()
+                .filter(|(_, (_, listed))| now.saturating_duration_since(*listed) < ttl)
+                .collect(),
+            None => HashMap::new(),
+        };
+        for (id, listing) in devices
             .iter()
             .take(MAX_DEVICES_PER_HUB)
             .filter_map(Listing::from_listed)
-            .collect();
-        if let Some(slot) = self.hubs.get_mut(index) {
-            *slot = Some(HubView {
-                devices,
-                fetched: now,
-                ttl,
-            });
+        {
+            view.insert(id, (listing, now));
         }
+        *slot = Some(HubView {
+            devices: view,
+            fetched: now,
+            ttl,
+        });
     }
 
     /// The merged view at `now`, sorted by id; answers older than their
@@ -154,7 +171,7 @@ impl Roster {
             .flatten()
             .filter(|hub| now.saturating_duration_since(hub.fetched) <= hub.ttl);
         for hub in fresh {
-            for (id, listing) in &hub.devices {
+            for (id, (listing, _)) in &hub.devices {
                 let key = match listing.pubkey {
                     Some(key) => KeyStatus::Trusted(key),
                     None => KeyStatus::Missing,
@@ -238,6 +255,25 @@ mod tests {
             "2026-01-01T00:00:50Z"
         );
         assert!(roster.merged(now + Duration::from_secs(200)).is_empty());
+    }
+
+    #[test]
+    fn a_device_a_hub_stops_listing_stays_for_one_ttl() {
+        let now = Instant::now();
+        let mut roster = Roster::new(1);
+        roster.update(
+            0,
+            &[listed("a", Some(1), "t"), listed("b", Some(2), "t")],
+            TTL,
+            now,
+        );
+        // The hub restarted: only a registered again so far.
+        let soon = now + Duration::from_secs(1);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, soon);
+        assert_eq!(roster.merged(soon).len(), 2, "b is kept for now");
+        let later = now + TTL + Duration::from_secs(1);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, later);
+        assert_eq!(roster.merged(later).len(), 1, "b is gone after a TTL");
     }
 
     #[test]
