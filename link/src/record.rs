@@ -39,25 +39,27 @@ impl RecordWriter {
     /// Appends `plaintext` to `out` as one or more length-prefixed records
     /// (one empty record for empty plaintext).
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), LinkError> {
-        let empty: &[&[u8]] = &[&[]];
-        let chunks: Box<dyn Iterator<Item = &[u8]>> = if plaintext.is_empty() {
-            Box::new(empty.iter().copied())
-        } else {
-            Box::new(plaintext.chunks(MAX_RECORD_PLAINTEXT))
-        };
-        for chunk in chunks {
-            let start = out.len();
-            let sealed_len = chunk.len() + TAG_BYTES;
-            out.resize(start + 2 + sealed_len, 0);
-            let written = self
-                .transport
-                .write_message(self.nonce, chunk, &mut out[start + 2..])
-                .map_err(|error| LinkError::Handshake(format!("sealing a record: {error}")))?;
-            debug_assert_eq!(written, sealed_len);
-            let len = u16::try_from(written).map_err(|_| LinkError::TooLarge { size: written })?;
-            out[start..start + 2].copy_from_slice(&len.to_be_bytes());
-            self.nonce += 1;
+        if plaintext.is_empty() {
+            return self.seal_one(&[], out);
         }
+        for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
+            self.seal_one(chunk, out)?;
+        }
+        Ok(())
+    }
+
+    fn seal_one(&mut self, chunk: &[u8], out: &mut Vec<u8>) -> Result<(), LinkError> {
+        let start = out.len();
+        let sealed_len = chunk.len() + TAG_BYTES;
+        out.resize(start + 2 + sealed_len, 0);
+        let written = self
+            .transport
+            .write_message(self.nonce, chunk, &mut out[start + 2..])
+            .map_err(|error| LinkError::Handshake(format!("sealing a record: {error}")))?;
+        debug_assert_eq!(written, sealed_len);
+        let len = u16::try_from(written).map_err(|_| LinkError::TooLarge { size: written })?;
+        out[start..start + 2].copy_from_slice(&len.to_be_bytes());
+        self.nonce += 1;
         Ok(())
     }
 }

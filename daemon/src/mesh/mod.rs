@@ -293,7 +293,11 @@ pub async fn start(
         tracker.spawn(registrar::watch(mesh.clone(), index, cancel.clone()));
     }
     if let Some(changes) = hub_changes {
-        tracker.spawn(refresh_on_arrivals(mesh.clone(), changes, cancel.clone()));
+        tracker.spawn(refresh_on_hub_changes(
+            mesh.clone(),
+            changes,
+            cancel.clone(),
+        ));
     }
     tracker.spawn(reconcile_periodically(mesh.clone(), cancel));
     tracing::info!(
@@ -306,15 +310,15 @@ pub async fn start(
     Ok(MeshHandle { mesh })
 }
 
-async fn refresh_on_arrivals(
+async fn refresh_on_hub_changes(
     mesh: Arc<Mesh>,
-    mut arrivals: watch::Receiver<u64>,
+    mut changes: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            changed = arrivals.changed() => match changed {
+            changed = changes.changed() => match changed {
                 Ok(()) => mesh.refresh_roster().await,
                 Err(_closed) => return,
             },
