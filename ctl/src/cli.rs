@@ -75,6 +75,10 @@ pub enum Command {
         #[arg(short = 'c', long = "count", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         count: u32,
     },
+    /// What the NAT in front of this device does: the public address the
+    /// signaling servers see, and whether it is the same for every
+    /// destination (what hole punching needs).
+    Netcheck,
     /// Interactive chat client: log in, print what arrives, send each line
     /// typed; `exit` ends it.
     Chat {

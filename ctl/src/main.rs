@@ -72,6 +72,7 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Ping { device, count } => {
             commands::ping::run(&mut client, device, count, cli.json)
         }
+        Command::Netcheck => commands::netcheck::run(&mut client, cli.json),
         Command::Chat { .. } => Ok(()),
     }
 }

@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod control;
 mod device_id;
+mod hub_protocol;
 mod limits;
 mod logging;
 mod mesh;

@@ -16,8 +16,9 @@ pub use frame::{FrameError, MAX_FRAME_BYTES, decode, encode, read_frame};
 pub use paths::default_socket_path;
 pub use reply::{
     BroadcastReply, ChatStatus, DeviceEntry, ErrorCode, ErrorReply, HubStatus, InboxMessage,
-    LinkState, MeshStatus, PingReply, ReloadReply, RemovedReply, Reply, ReplyFrame, Response,
-    RoleStatus, SendResult, SignalingStatus, StatusReply, UserChange, UserEntry,
+    LinkState, MeshStatus, NetcheckProbe, NetcheckReply, PingReply, ReloadReply, RemovedReply,
+    Reply, ReplyFrame, Response, RoleStatus, SendResult, SignalingStatus, StatusReply, UserChange,
+    UserEntry,
 };
 pub use request::{Access, Request, RequestFrame, RequestHeader};
 

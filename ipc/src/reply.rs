@@ -63,6 +63,8 @@ pub enum Response {
     Message(InboxMessage),
     /// Answer to `ping`.
     Pong(PingReply),
+    /// Answer to `netcheck`.
+    Netcheck(NetcheckReply),
 }
 
 /// Why a request failed, in a form scripts can match on.
@@ -169,6 +171,45 @@ pub struct HubStatus {
     pub observed: Option<String>,
     /// Why the last registration failed, if it did.
     pub error: Option<String>,
+    /// The authenticated channel to the server is open.
+    #[serde(default)]
+    pub channel: bool,
+    /// Round-trip time to the server over the channel, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// `meshctl netcheck`: what the NAT in front of this device does, probed
+/// from the mesh port through each signaling server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetcheckReply {
+    /// The mesh port the probes leave from.
+    pub mesh_port: u16,
+    /// One probe per signaling server.
+    pub probes: Vec<NetcheckProbe>,
+    /// The public address peers see, when the probes agree on one.
+    pub observed: Option<String>,
+    /// Every probe that left from the mesh port kept that port.
+    pub port_preserved: Option<bool>,
+    /// The NAT maps the mesh port to the same public port whatever the
+    /// destination (needs two servers at different addresses, or a kept
+    /// port); `false` means direct links need a relay or luck.
+    pub same_port_for_all_destinations: Option<bool>,
+    /// One line for people.
+    pub verdict: String,
+}
+
+/// One netcheck probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetcheckProbe {
+    /// The server's URL.
+    pub hub: String,
+    /// The local address the probe left from.
+    pub local: Option<String>,
+    /// The address the server saw.
+    pub observed: Option<String>,
+    /// Why the probe failed, if it did.
+    pub error: Option<String>,
 }
 
 /// The outcome of a send to one device.
@@ -251,6 +292,12 @@ pub struct SignalingStatus {
     /// Devices currently registered and not expired.
     #[serde(default)]
     pub devices: usize,
+    /// Devices with a hub channel open.
+    #[serde(default)]
+    pub channels: usize,
+    /// Relays splicing two devices now.
+    #[serde(default)]
+    pub relays: usize,
 }
 
 /// How this node reaches a device.

@@ -92,6 +92,8 @@ pub enum Request {
         /// The device id.
         device: String,
     },
+    /// Probe the NAT in front of this device through its hubs.
+    Netcheck,
 }
 
 /// What a caller must be allowed to do for a request to run.
@@ -115,7 +117,8 @@ impl Request {
             | Request::Devices
             | Request::UsersList
             | Request::Messages { .. }
-            | Request::Ping { .. } => Access::Read,
+            | Request::Ping { .. }
+            | Request::Netcheck => Access::Read,
             Request::DevicesRemove { .. }
             | Request::Reload
             | Request::UsersAdd { .. }
@@ -143,6 +146,7 @@ impl Request {
             Request::SendAll { .. } => "send --all",
             Request::Messages { .. } => "messages",
             Request::Ping { .. } => "ping",
+            Request::Netcheck => "netcheck",
         }
     }
 }

@@ -16,7 +16,12 @@
 //!
 //! [`Link`] puts them together and splits into a reader and a writer that can
 //! live in different tasks.
+//!
+//! [`channel`] reuses the record layer for a device's connection to a hub:
+//! a `Noise_XN` handshake in which only the device proves a key, then
+//! length-prefixed messages.
 
+pub mod channel;
 pub mod frame;
 pub mod handshake;
 mod identity;

@@ -4,6 +4,7 @@ pub mod broadcast;
 pub mod chat;
 pub mod devices;
 pub mod messages;
+pub mod netcheck;
 pub mod ping;
 pub mod reload;
 pub mod send;

@@ -30,10 +30,14 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
     let roles = &status.roles;
     if let Some(signaling) = &roles.signaling {
         println!(
-            "signaling: listening on {}, {} device{}",
+            "signaling: listening on {}, {} device{}, {} channel{}, {} relay{}",
             signaling.listen,
             signaling.devices,
-            if signaling.devices == 1 { "" } else { "s" }
+            if signaling.devices == 1 { "" } else { "s" },
+            signaling.channels,
+            if signaling.channels == 1 { "" } else { "s" },
+            signaling.relays,
+            if signaling.relays == 1 { "" } else { "s" }
         );
     }
     if let Some(chat) = &roles.chat {
@@ -62,7 +66,14 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
         );
         for hub in &mesh.signaling {
             match (&hub.error, hub.reachable) {
-                (_, true) => println!("           signaling {}: registered", hub.url),
+                (_, true) => {
+                    let channel = match (hub.channel, hub.rtt_ms) {
+                        (true, Some(rtt)) => format!("channel open, rtt {rtt:.3} ms"),
+                        (true, None) => "channel open".to_owned(),
+                        (false, _) => "no channel".to_owned(),
+                    };
+                    println!("           signaling {}: registered, {channel}", hub.url);
+                }
                 (Some(error), false) => println!("           signaling {}: {error}", hub.url),
                 (None, false) => println!("           signaling {}: not contacted yet", hub.url),
             }

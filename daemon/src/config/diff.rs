@@ -46,6 +46,11 @@ const LIVE_KEYS: &[LiveKey] = &[
         differs: |a, b| a.signaling.max_devices != b.signaling.max_devices,
         apply: |to, from| to.signaling.max_devices = from.signaling.max_devices,
     },
+    LiveKey {
+        name: "signaling.relay_bytes_per_sec",
+        differs: |a, b| a.signaling.relay_bytes_per_sec != b.signaling.relay_bytes_per_sec,
+        apply: |to, from| to.signaling.relay_bytes_per_sec = from.signaling.relay_bytes_per_sec,
+    },
 ];
 
 /// Tells whether a key differs between two configs.
@@ -153,7 +158,7 @@ mod tests {
     fn every_live_key_is_applied() {
         let old = Config::from_toml("", None).unwrap();
         let new = Config::from_toml(
-            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\n",
+            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\n",
             None,
         )
         .unwrap();

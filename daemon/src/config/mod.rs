@@ -86,6 +86,9 @@ pub struct SignalingConfig {
     pub max_connections: usize,
     /// Device ids (and key bindings) the registry holds at most.
     pub max_devices: usize,
+    /// Bytes per second each device may send through the relay; 0 turns
+    /// relaying off.
+    pub relay_bytes_per_sec: u64,
 }
 
 /// `[chat]`: the broadcast TCP server.

@@ -45,6 +45,7 @@ pub struct RawSignaling {
     pub request_timeout: Option<String>,
     pub max_connections: Option<u64>,
     pub max_devices: Option<u64>,
+    pub relay_bytes_per_sec: Option<u64>,
 }
 
 /// `[chat]`

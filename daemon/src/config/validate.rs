@@ -198,6 +198,12 @@ fn signaling(check: &mut Checker<'_>, raw: RawSignaling) -> SignalingConfig {
             10_000,
             (1, 1_000_000),
         ),
+        relay_bytes_per_sec: check.count(
+            "signaling.relay_bytes_per_sec",
+            raw.relay_bytes_per_sec,
+            8 << 20,
+            (0, 1 << 40),
+        ) as u64,
     }
 }
 
@@ -308,6 +314,7 @@ pub fn to_raw(config: &Config) -> RawConfig {
             request_timeout: Some(duration(config.signaling.request_timeout)),
             max_connections: Some(count(config.signaling.max_connections)),
             max_devices: Some(count(config.signaling.max_devices)),
+            relay_bytes_per_sec: Some(config.signaling.relay_bytes_per_sec),
         }),
         chat: Some(RawChat {
             enabled: Some(config.chat.enabled),

@@ -151,6 +151,10 @@ impl Dispatcher {
                 None => no_mesh(),
             }],
             Request::Ping { device } => vec![self.ping(&device).await],
+            Request::Netcheck => vec![match &self.roles.mesh {
+                Some(mesh) => Reply::Ok(Response::Netcheck(mesh.netcheck().await)),
+                None => no_mesh(),
+            }],
         }
     }
 

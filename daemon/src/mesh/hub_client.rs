@@ -13,14 +13,13 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
+use crate::hub_protocol::RELAY_TOKEN_HEADER;
+
+/// A stream after an HTTP upgrade (a hub channel or a relay).
+pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
+
 /// Time for connecting and for each request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Time for a long-poll: the hub answers within 25 s.
-const LONG_POLL_TIMEOUT: Duration = Duration::from_secs(35);
-
-/// The hub's registry version header (a meshd extension of the API).
-const VERSION_HEADER: &str = "meshd-registry-version";
 
 /// The largest `GET /devices` answer read: ample for the hub's maximum
 /// device count with every field at its longest.
@@ -129,6 +128,13 @@ struct ErrorBody {
     error: String,
 }
 
+/// The hub's `{"error": ...}` text, or the body as it is.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|body| body.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
 /// Connects to `authority` from the address `local`, sharing its port with
 /// the mesh listener (SO_REUSEADDR and SO_REUSEPORT on both). If that port
 /// cannot be used for this destination right now (a previous connection's
@@ -166,6 +172,7 @@ pub struct HubConnection {
     sender: SendRequest<Full<Bytes>>,
     authority: String,
     local: SocketAddr,
+    remote: SocketAddr,
 }
 
 impl HubConnection {
@@ -187,15 +194,19 @@ impl HubConnection {
                     .map_err(connect_error)?,
             };
             let _ = stream.set_nodelay(true);
-            let local = stream.local_addr().map_err(|source| HubError::Connect {
+            let addresses = stream
+                .local_addr()
+                .and_then(|local| Ok((local, stream.peer_addr()?)));
+            let (local, remote) = addresses.map_err(|source| HubError::Connect {
                 authority: authority.clone(),
                 source,
             })?;
             let (sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            // The connection task ends when the sender is dropped.
+            // The connection task ends when the sender is dropped, or hands
+            // the stream over after an upgrade.
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                if let Err(error) = connection.with_upgrades().await {
                     tracing::debug!(%error, "signaling connection ended");
                 }
             });
@@ -203,11 +214,17 @@ impl HubConnection {
                 sender,
                 authority: authority.clone(),
                 local,
+                remote,
             })
         };
         tokio::time::timeout(REQUEST_TIMEOUT, connect)
             .await
             .map_err(|_| HubError::Timeout)?
+    }
+
+    /// The hub's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
     }
 
     /// This end's address: the local address on the route to the hub.
@@ -237,29 +254,66 @@ impl HubConnection {
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
 
-    /// Lists the devices as soon as the hub's list is no longer at
-    /// `version` (a long-poll; at once without a version), with the new
-    /// version. Keeps the connection open for the next call.
-    pub async fn devices_after(
-        &mut self,
-        version: Option<u64>,
-    ) -> Result<(Vec<ListedDevice>, Option<u64>), HubError> {
-        let uri = match version {
-            Some(version) => format!("/devices?wait={version}"),
-            None => "/devices".to_owned(),
-        };
-        let request = Request::builder()
+    /// Asks for an HTTP upgrade to `protocol` at `path` (a hub channel or
+    /// a relay, with its token) and returns the raw stream after the 101.
+    pub async fn upgrade(
+        mut self,
+        path: &str,
+        protocol: &str,
+        relay_token: Option<&str>,
+    ) -> Result<Upgraded, HubError> {
+        let mut request = Request::builder()
             .method(Method::GET)
-            .uri(uri)
+            .uri(path)
             .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONNECTION, "upgrade")
+            .header(hyper::header::UPGRADE, protocol);
+        if let Some(token) = relay_token {
+            request = request.header(RELAY_TOKEN_HEADER, token);
+        }
+        let request = request
             .body(Full::new(Bytes::new()))
             .map_err(|error| HubError::Decode(error.to_string()))?;
-        let (body, version) = self
-            .exchange_with(request, MAX_LIST_BYTES, LONG_POLL_TIMEOUT)
-            .await?;
-        let devices =
-            serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))?;
-        Ok((devices, version))
+        let exchange = async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status();
+            if status != StatusCode::SWITCHING_PROTOCOLS {
+                let body = Limited::new(response.into_body(), 64 * 1024)
+                    .collect()
+                    .await
+                    .map(|body| body.to_bytes())
+                    .unwrap_or_default();
+                return Err(HubError::Status {
+                    status,
+                    message: error_message(&body),
+                });
+            }
+            Ok(TokioIo::new(hyper::upgrade::on(response).await?))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| HubError::Timeout)?
+    }
+
+    /// The address this connection sees for itself from the hub's side
+    /// (`GET /observed`), for `meshctl netcheck`.
+    pub async fn observed(&mut self) -> Result<String, HubError> {
+        #[derive(Deserialize)]
+        struct Observed {
+            observed: String,
+        }
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri("/observed")
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONNECTION, "close")
+            .body(Full::new(Bytes::new()))
+            .map_err(|error| HubError::Decode(error.to_string()))?;
+        let body = self.exchange(request, 64 * 1024).await?;
+        serde_json::from_slice::<Observed>(&body)
+            .map(|answer| answer.observed)
+            .map_err(|error| HubError::Decode(error.to_string()))
     }
 
     /// Lists the live devices. Always the last request on a connection: it
@@ -277,47 +331,31 @@ impl HubConnection {
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
 
+    /// Sends `request`; the body of a success.
     async fn exchange(
         &mut self,
         request: Request<Full<Bytes>>,
         limit: usize,
     ) -> Result<Bytes, HubError> {
-        let (body, _version) = self.exchange_with(request, limit, REQUEST_TIMEOUT).await?;
-        Ok(body)
-    }
-
-    /// Sends `request`; the body and the registry version header of a
-    /// success, within `timeout`.
-    async fn exchange_with(
-        &mut self,
-        request: Request<Full<Bytes>>,
-        limit: usize,
-        timeout: Duration,
-    ) -> Result<(Bytes, Option<u64>), HubError> {
         let exchange = async {
             self.sender.ready().await?;
             let response = self.sender.send_request(request).await?;
             let status = response.status();
-            let version = response
-                .headers()
-                .get(VERSION_HEADER)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.parse::<u64>().ok());
             let body = Limited::new(response.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|error| HubError::Decode(format!("reading the body: {error}")))?
                 .to_bytes();
             if status.is_success() {
-                Ok((body, version))
+                Ok(body)
             } else {
-                let message = serde_json::from_slice::<ErrorBody>(&body)
-                    .map(|body| body.error)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-                Err(HubError::Status { status, message })
+                Err(HubError::Status {
+                    status,
+                    message: error_message(&body),
+                })
             }
         };
-        tokio::time::timeout(timeout, exchange)
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| HubError::Timeout)?
     }

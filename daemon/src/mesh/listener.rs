@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
-use super::peer::Established;
+use super::path::{Established, Path, Stream};
 use super::roster::KeyStatus;
 use crate::device_id::DeviceId;
 use crate::public_key::PublicKey;
@@ -49,6 +49,7 @@ pub async fn accept_loop(mesh: Arc<Mesh>, listener: TcpListener, cancel: Cancell
 async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let local = &mesh.local;
+    let stream: Stream = Box::new(stream);
     let pending = match meshd_link::accept(stream, &local.key).await {
         Ok(pending) => pending,
         Err(error) => {
@@ -97,6 +98,7 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
             hello,
             dialled: false,
             endpoint: remote,
+            path: Path::Direct,
         },
     )
     .await;

@@ -2,9 +2,14 @@
 //!
 //! - [`identity`]: the static key pair in the state directory.
 //! - [`registrar`]: one task per signaling server: register, heartbeat, list.
+//! - [`hub_channel`]: one task per signaling server: the authenticated
+//!   channel over which the hub pushes list changes, hole-punching signals
+//!   and relay offers.
 //! - [`roster`]: the servers' lists, merged; the source of trusted keys.
 //! - [`peer`]: one task per other device, owning the encrypted link to it
-//!   (the link protocol itself is the `meshd-link` crate).
+//!   (the link protocol itself is the `meshd-link` crate); [`path`] opens
+//!   those links, directly or through a hub's relay.
+//! - [`netcheck`]: what the NAT in front of this device does.
 //! - [`listener`]: inbound links, checked against the roster.
 //! - [`inbox`]: messages received, for `meshctl messages`.
 //!
@@ -12,10 +17,14 @@
 //! send, ping and messages.
 
 mod backoff;
+mod hub_channel;
 mod hub_client;
 mod identity;
 mod inbox;
+mod link_io;
 mod listener;
+mod netcheck;
+mod path;
 mod peer;
 mod registrar;
 mod roster;
@@ -29,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meshd_ipc::{
-    DeviceEntry, HubStatus, InboxMessage, LinkState, MeshStatus, PingReply, SendResult,
+    DeviceEntry, HubStatus, InboxMessage, LinkState, MeshStatus, NetcheckReply, PingReply,
+    SendResult,
 };
 use meshd_link::{Hello, StaticKey};
 use tokio::net::{TcpListener, TcpSocket};
@@ -44,8 +54,9 @@ use crate::signaling::MAX_ENDPOINTS;
 use hub_client::{HubConnection, HubUrl, ListedDevice};
 pub use identity::IdentityError;
 use inbox::Inbox;
+use path::Established;
 pub use peer::SendError;
-use peer::{Command, Established, PeerHandle};
+use peer::{Command, PeerHandle};
 use roster::{KeyStatus, Roster};
 
 /// The longest message `meshctl send` accepts, in bytes.
@@ -129,6 +140,8 @@ pub struct Local {
     /// is re-created never reuses an id the receiver would drop as a
     /// duplicate.
     next_message: AtomicU64,
+    /// The channel to each hub, by index in `[mesh] signaling`.
+    pub hubs: Vec<hub_channel::HubChannel>,
     /// meshd is stopping.
     pub cancel: CancellationToken,
     /// Every mesh task runs here, so shutdown waits for them.
@@ -171,6 +184,8 @@ pub struct Mesh {
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
     /// Per hub: wakes its registrar to register at once.
     register_now: Vec<tokio::sync::Notify>,
+    /// Per hub: this device is registered there (so its channel can open).
+    registered: Vec<watch::Sender<bool>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -251,6 +266,11 @@ pub async fn start(
         listen,
         inbox: Inbox::new(),
         next_message: AtomicU64::new(0),
+        hubs: hubs
+            .iter()
+            .cloned()
+            .map(hub_channel::HubChannel::new)
+            .collect(),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
     });
@@ -262,6 +282,8 @@ pub async fn start(
                 reachable: false,
                 observed: None,
                 error: None,
+                channel: false,
+                rtt_ms: None,
             },
             ttl: DEFAULT_TTL,
         })
@@ -282,6 +304,11 @@ pub async fn start(
             .iter()
             .map(|_| tokio::sync::Notify::new())
             .collect(),
+        registered: config
+            .signaling
+            .iter()
+            .map(|_| watch::Sender::new(false))
+            .collect(),
     });
     tracker.spawn(listener::accept_loop(
         mesh.clone(),
@@ -290,7 +317,7 @@ pub async fn start(
     ));
     for index in 0..mesh.hubs.len() {
         tracker.spawn(registrar::run(mesh.clone(), index, cancel.clone()));
-        tracker.spawn(registrar::watch(mesh.clone(), index, cancel.clone()));
+        tracker.spawn(hub_channel::run(mesh.clone(), index, cancel.clone()));
     }
     if let Some(changes) = hub_changes {
         tracker.spawn(refresh_on_hub_changes(
@@ -476,6 +503,14 @@ impl Mesh {
         }
     }
 
+    /// Passes a hub's message to a peer task, unless it is too busy to
+    /// take it now (the sender retries).
+    fn tell_peer(&self, peer: &DeviceId, command: Command) {
+        if let Some(handle) = lock(&self.peers).get(peer) {
+            let _ = handle.command_sender().try_send(command);
+        }
+    }
+
     /// Hands an accepted link to its peer task.
     async fn deliver(&self, peer: &DeviceId, key: PublicKey, established: Established) {
         let sender = {
@@ -508,11 +543,16 @@ impl MeshHandle {
         let mesh = &self.mesh;
         let signaling: Vec<HubStatus> = lock(&mesh.hub_states)
             .iter()
-            .map(|state| state.status.clone())
+            .zip(&mesh.local.hubs)
+            .map(|(state, channel)| HubStatus {
+                channel: channel.is_open(),
+                rtt_ms: channel.rtt().map(millis),
+                ..state.status.clone()
+            })
             .collect();
         let links = lock(&mesh.peers)
             .values()
-            .filter(|handle| handle.view().state == LinkState::Direct)
+            .filter(|handle| matches!(handle.view().state, LinkState::Direct | LinkState::Relayed))
             .count();
         MeshStatus {
             listen: mesh.listen.to_string(),
@@ -629,9 +669,14 @@ impl MeshHandle {
         Ok(PingReply {
             device: id.to_string(),
             rtt_ms: millis(outcome.rtt),
-            path: LinkState::Direct,
+            path: outcome.path,
             endpoint: Some(outcome.endpoint.to_string()),
         })
+    }
+
+    /// Probes the NAT in front of this device through every hub.
+    pub async fn netcheck(&self) -> NetcheckReply {
+        netcheck::run(&self.mesh.hubs, self.mesh.listen).await
     }
 
     /// The inbox, oldest first.

@@ -1,16 +1,20 @@
-//! One task per known device: it owns the link to that device.
+//! One task per known device: it owns the links to that device.
 //!
-//! The peer task dials (with backoff), adopts links that arrive from the
-//! listener, keeps exactly one of them when both sides dialled at once,
-//! keeps the link alive, and carries `send` and `ping` requests. Each link
-//! has a reader task (frames in; messages go straight to the inbox and are
-//! acknowledged from there) and a writer task (frames out, batched). The peer
-//! task hears from them over one channel of [`LinkEvent`]s.
+//! A device is reached by up to two links at once: a direct one and a
+//! relayed one (through a hub). Messages go over the direct link when there
+//! is one, over the relayed link otherwise. When there is no link, the task
+//! dials every endpoint of the device at once (see `path.rs`), asks the
+//! device through the hub channel to dial back at the same moment (hole
+//! punching), and after a short head start asks a hub for a relay, so a
+//! first message never waits for hole punching. A relayed link keeps the
+//! task trying for a direct one in the background; once a direct link is up
+//! the relayed one is closed a few seconds later. A direct link that goes
+//! silent is dropped, and the relay takes over.
 //!
-//! Messages wait for their acknowledgement in `pending`. If the link they
-//! went out on dies, they are sent again on the next one before their
-//! deadline; the receiver drops the duplicates, so a message acknowledged
-//! once is never lost and never stored twice.
+//! Messages wait for their acknowledgement in `pending`. Whenever the link
+//! they go out on changes, they are sent again on the new one; the receiver
+//! drops the duplicates, so a message acknowledged once is never lost and
+//! never stored twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,43 +23,42 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use meshd_ipc::LinkState;
-use meshd_link::{Frame, Hello, Link, LinkError, LinkReader, LinkWriter};
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::net::TcpStream;
+use meshd_link::Frame;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Local;
 use super::backoff::Backoff;
-use super::inbox::MessageKey;
+use super::link_io::{self, KEEPALIVE, LinkEvent, ReadContext};
+use super::path::{self, Established, PUNCH_TIMEOUT, Path, Target};
 use super::roster::Listing;
 use crate::device_id::DeviceId;
+use crate::hub_protocol::{Signal, ToHub};
 use crate::public_key::PublicKey;
-
-/// A link that carried nothing for this long is dead.
-pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
-
-/// Keepalive pings go out this often; they also measure the round-trip time.
-pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// How long a `send` or `ping` waits for its answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Time allowed to open a TCP connection to one endpoint.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Time a dial to a device's public endpoint (the address its hub
-/// observed) stays open. Behind NATs that drop unsolicited packets the
-/// dial goes unanswered, but while it waits (its SYN retransmitted) the
-/// device's own dial back, up to one registration round later, meets it in
-/// the NATs as a TCP simultaneous open. Longer than a round (20 s).
-const PUNCH_TIMEOUT: Duration = Duration::from_secs(25);
-
-/// Two links of one peer instance set up within this window are a
-/// simultaneous dial, settled by the tie-break; beyond it the newer link
-/// wins, because the peer evidently gave up on the older one.
+/// Two links of one peer instance on the same path set up within this
+/// window are a simultaneous dial, settled by the tie-break; beyond it the
+/// newer link wins, because the peer evidently gave up on the older one.
 const SIMULTANEOUS_WINDOW: Duration = Duration::from_secs(2);
+
+/// Direct paths get this long before a relay is asked for. The device
+/// with the larger id waits three times as long, so that usually only one
+/// of the two asks.
+const RELAY_HEAD_START: Duration = Duration::from_millis(300);
+
+/// An asked-for relay that brought no offer by then is asked for again.
+const RELAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A relayed link stays this long beside a new direct one, so that both
+/// ends have moved before it closes.
+const RELAY_LINGER: Duration = Duration::from_secs(5);
+
+/// Time for the device's answer to a hole-punching request.
+const PUNCH_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Messages awaiting acknowledgement per peer; more are refused as busy.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -67,10 +70,6 @@ const MAX_PINGS: usize = 64;
 /// outstanding (our messages, acks of the peer's, pings and pongs), so the
 /// reader never waits on the writer while the peer behaves.
 const WRITE_QUEUE: usize = 4 * MAX_IN_FLIGHT + 4 * MAX_PINGS;
-
-/// Frames and bytes the writer puts in one write.
-const WRITE_BATCH_FRAMES: usize = 64;
-const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// Requests for a peer task.
 pub enum Command {
@@ -90,6 +89,29 @@ pub enum Command {
     Established(Established),
     /// The hubs' latest listing of the peer.
     Listing(Listing),
+    /// A hole-punching signal from the peer, through hub `hub`.
+    Signal {
+        /// The hub's index.
+        hub: usize,
+        /// The signal.
+        signal: Signal,
+    },
+    /// Hub `hub` offers a relay to the peer.
+    RelayOffer {
+        /// The hub's index.
+        hub: usize,
+        /// The one-time token.
+        token: String,
+        /// This side runs the link's initiator handshake.
+        dial: bool,
+    },
+    /// Hub `hub` could not pass a signal or relay request to the peer.
+    Refused {
+        /// The hub's index.
+        hub: usize,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A successful ping.
@@ -99,6 +121,8 @@ pub struct PingOutcome {
     pub rtt: Duration,
     /// The link's remote endpoint.
     pub endpoint: SocketAddr,
+    /// Direct or relayed.
+    pub path: LinkState,
 }
 
 /// Why a send or ping failed.
@@ -134,18 +158,6 @@ pub enum SendError {
     },
 }
 
-/// An open link, handed to the peer task by the dialler or the listener.
-pub struct Established {
-    /// The link.
-    pub link: Link<TcpStream>,
-    /// The peer's hello from the handshake.
-    pub hello: Hello,
-    /// We dialled.
-    pub dialled: bool,
-    /// The peer's address on this link.
-    pub endpoint: SocketAddr,
-}
-
 /// What `meshctl devices` shows about the link.
 #[derive(Debug, Clone)]
 pub struct PeerView {
@@ -177,22 +189,36 @@ impl PeerHandle {
         }));
         let stop = local.cancel.child_token();
         let (events_tx, events) = mpsc::channel(WRITE_QUEUE);
+        let now = Instant::now();
+        let head_start = if local.id < peer {
+            RELAY_HEAD_START
+        } else {
+            RELAY_HEAD_START * 3
+        };
         let task = PeerTask {
             local: local.clone(),
-            peer,
-            key,
+            target: Target { peer, key },
             listing,
             view: view.clone(),
             commands: inbox,
             events,
             events_tx,
             stop: stop.clone(),
-            active: None,
+            direct: None,
+            relayed: None,
             next_link: 0,
-            dialling: false,
-            dial_started: Instant::now(),
-            dial_at: Some(Instant::now()),
-            backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
+            dials: 0,
+            punching: false,
+            round_started: now,
+            dial_at: Some(now),
+            dial_backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
+            punch: None,
+            punch_at: None,
+            relay: RelayState::Idle,
+            relay_at: Some(now + head_start),
+            relay_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(15)),
+            relay_hub: 0,
+            linger_until: None,
             last_error: None,
             pending: BTreeMap::new(),
             pings: HashMap::new(),
@@ -226,7 +252,7 @@ impl PeerHandle {
         let _ = self.commands.try_send(Command::Listing(listing));
     }
 
-    /// Ends the task and closes its link.
+    /// Ends the task and closes its links.
     pub fn stop(&self) {
         self.stop.cancel();
     }
@@ -238,23 +264,17 @@ impl Drop for PeerHandle {
     }
 }
 
-enum LinkEvent {
-    /// An ack or pong from link `link`.
-    Frame { link: u64, frame: Frame },
-    /// Link `link` ended.
-    Closed { link: u64, reason: String },
-    /// A dial finished.
-    Dialled(Result<Established, String>),
-}
-
 struct ActiveLink {
     id: u64,
     frames: mpsc::Sender<Frame>,
     instance: u64,
-    /// The id of the device that dialled this link.
+    /// The id of the device that ran the initiator side.
     dialler: DeviceId,
     since: Instant,
     endpoint: SocketAddr,
+    path: Path,
+    /// When an ack or pong last came over it.
+    heard: Instant,
     stop: CancellationToken,
 }
 
@@ -267,6 +287,27 @@ impl ActiveLink {
     }
 }
 
+/// The relay, as far as this task asked for or accepted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayState {
+    Idle,
+    /// Asked hub `hub` at `since`; waiting for its offer.
+    Asked {
+        hub: usize,
+        since: Instant,
+    },
+    /// Joining an offered relay.
+    Joining,
+}
+
+/// A hole-punching request sent to the peer, awaiting its answer.
+#[derive(Debug, Clone, Copy)]
+struct Punch {
+    nonce: u64,
+    hub: usize,
+    sent: Instant,
+}
+
 struct PendingSend {
     text: Bytes,
     sent: Instant,
@@ -275,6 +316,7 @@ struct PendingSend {
 }
 
 struct PendingPing {
+    link: u64,
     sent: Instant,
     deadline: Instant,
     reply: Option<oneshot::Sender<Result<PingOutcome, SendError>>>,
@@ -282,21 +324,34 @@ struct PendingPing {
 
 struct PeerTask {
     local: Arc<Local>,
-    peer: DeviceId,
-    key: PublicKey,
+    target: Target,
     listing: Listing,
     view: Arc<Mutex<PeerView>>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Receiver<LinkEvent>,
     events_tx: mpsc::Sender<LinkEvent>,
     stop: CancellationToken,
-    active: Option<ActiveLink>,
+    direct: Option<ActiveLink>,
+    relayed: Option<ActiveLink>,
     next_link: u64,
-    dialling: bool,
-    /// When the dial in progress started.
-    dial_started: Instant,
+    /// Direct dials in flight.
+    dials: usize,
+    /// One of them includes the public endpoint (a hole-punching dial).
+    punching: bool,
+    /// When the last dial round started.
+    round_started: Instant,
     dial_at: Option<Instant>,
-    backoff: Backoff,
+    dial_backoff: Backoff,
+    punch: Option<Punch>,
+    /// When to send our own punching dial, timed from the hub RTT.
+    punch_at: Option<Instant>,
+    relay: RelayState,
+    relay_at: Option<Instant>,
+    relay_backoff: Backoff,
+    /// The hub to ask for the next relay (rotates on refusals).
+    relay_hub: usize,
+    /// When to close the relayed link beside a direct one.
+    linger_until: Option<Instant>,
     last_error: Option<String>,
     pending: BTreeMap<u64, PendingSend>,
     pings: HashMap<u64, PendingPing>,
@@ -304,17 +359,22 @@ struct PeerTask {
 }
 
 impl PeerTask {
+    fn peer(&self) -> &DeviceId {
+        &self.target.peer
+    }
+
+    /// The link messages go over: direct if there is one.
+    fn current(&self) -> Option<&ActiveLink> {
+        self.direct.as_ref().or(self.relayed.as_ref())
+    }
+
     async fn run(mut self) {
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         loop {
             self.publish_view();
-            let dial_at = match (&self.active, self.dialling, self.dial_at) {
-                (None, false, Some(at)) => at,
-                _ => far,
-            };
-            let deadline = self.next_deadline().unwrap_or(far);
+            let wake = self.next_wake().unwrap_or(far);
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
@@ -326,8 +386,7 @@ impl PeerTask {
                     Some(command) => self.on_command(command),
                     None => break,
                 },
-                () = tokio::time::sleep_until(dial_at) => self.dial(),
-                () = tokio::time::sleep_until(deadline) => self.expire(),
+                () = tokio::time::sleep_until(wake) => self.on_timer(),
                 _ = keepalive.tick() => self.keepalive(),
             }
         }
@@ -336,8 +395,11 @@ impl PeerTask {
         } else {
             "the device left the signaling servers' lists"
         };
-        if let Some(active) = self.active.take() {
-            tracing::info!(peer = %self.peer, reason, "link closed");
+        for active in [self.direct.take(), self.relayed.take()]
+            .into_iter()
+            .flatten()
+        {
+            tracing::info!(peer = %self.peer(), reason, "link closed");
             active.close(reason);
         }
         for (_, pending) in std::mem::take(&mut self.pending) {
@@ -352,14 +414,14 @@ impl PeerTask {
 
     fn stopped(&self, reason: &str) -> SendError {
         SendError::Stopped {
-            device: self.peer.clone(),
+            device: self.peer().clone(),
             reason: reason.to_owned(),
         }
     }
 
     fn no_link(&self) -> SendError {
         SendError::NoLink {
-            device: self.peer.clone(),
+            device: self.peer().clone(),
             reason: self
                 .last_error
                 .clone()
@@ -369,20 +431,84 @@ impl PeerTask {
 
     fn publish_view(&self) {
         let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-        match &self.active {
+        match self.current() {
             Some(active) => {
-                view.state = LinkState::Direct;
+                view.state = active.path.state();
                 view.endpoint = Some(active.endpoint);
             }
             None => {
-                view.state = if self.dialling {
+                view.state = if self.dials > 0 || self.relay != RelayState::Idle {
                     LinkState::Connecting
                 } else {
                     LinkState::Down
                 };
                 view.endpoint = None;
+                view.rtt = None;
             }
         }
+    }
+
+    /// The earliest of the task's timers.
+    fn next_wake(&self) -> Option<Instant> {
+        let dial = self
+            .dial_at
+            .filter(|_| self.direct.is_none() && self.dials == 0);
+        let relay = self.relay_at.filter(|_| self.needs_relay());
+        let asked = match self.relay {
+            RelayState::Asked { since, .. } => Some(since + RELAY_ANSWER_TIMEOUT),
+            _ => None,
+        };
+        let punch = self.punch.map(|punch| punch.sent + PUNCH_ANSWER_TIMEOUT);
+        let send = self.pending.values().next().map(|pending| pending.deadline);
+        let ping = self.pings.values().map(|ping| ping.deadline).min();
+        [
+            dial,
+            relay,
+            asked,
+            punch,
+            self.punch_at,
+            self.linger_until,
+            send,
+            ping,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// No link at all, and no relay on the way.
+    fn needs_relay(&self) -> bool {
+        self.direct.is_none() && self.relayed.is_none() && self.relay == RelayState::Idle
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.direct.is_none() && self.dials == 0 && self.dial_at.is_some_and(|at| at <= now) {
+            self.dial_round();
+        }
+        if self.needs_relay() && self.relay_at.is_some_and(|at| at <= now) {
+            self.ask_for_relay();
+        }
+        if let RelayState::Asked { since, .. } = self.relay
+            && since + RELAY_ANSWER_TIMEOUT <= now
+        {
+            self.relay = RelayState::Idle;
+            self.relay_at = Some(now + self.relay_backoff.next_wait());
+        }
+        if let Some(punch) = self.punch
+            && punch.sent + PUNCH_ANSWER_TIMEOUT <= now
+        {
+            // No answer: the peer may still dial on its own schedule.
+            self.punch = None;
+        }
+        if self.punch_at.is_some_and(|at| at <= now) {
+            self.punch_at = None;
+            self.punch_dial();
+        }
+        if self.linger_until.is_some_and(|at| at <= now) {
+            self.end_linger(now);
+        }
+        self.expire(now);
     }
 
     fn on_command(&mut self, command: Command) {
@@ -391,16 +517,19 @@ impl PeerTask {
             Command::Ping { reply } => self.ping(Some(reply)),
             Command::Established(established) => self.adopt(established),
             Command::Listing(listing) => self.relisted(listing),
+            Command::Signal { hub, signal } => self.on_signal(hub, signal),
+            Command::RelayOffer { hub, token, dial } => self.join_relay(hub, token, dial),
+            Command::Refused { hub, reason } => self.refused(hub, reason),
         }
     }
 
     /// A new listing from the hubs. If the device moved while there is no
-    /// link, dial its new endpoints now rather than after the backoff.
+    /// direct link, dial its new endpoints now rather than after the backoff.
     fn relisted(&mut self, listing: Listing) {
         let moved = listing.dial_candidates() != self.listing.dial_candidates();
         self.listing = listing;
-        if moved && self.active.is_none() && !self.dialling {
-            self.backoff.reset();
+        if moved && self.direct.is_none() && self.dials == 0 {
+            self.dial_backoff.reset();
             self.dial_at = Some(Instant::now());
         }
     }
@@ -408,7 +537,7 @@ impl PeerTask {
     fn send(&mut self, text: Bytes, reply: oneshot::Sender<Result<Duration, SendError>>) {
         if self.pending.len() >= MAX_IN_FLIGHT {
             let _ = reply.send(Err(SendError::Busy {
-                device: self.peer.clone(),
+                device: self.peer().clone(),
             }));
             return;
         }
@@ -427,37 +556,41 @@ impl PeerTask {
                 reply,
             },
         );
-        match &self.active {
-            Some(_) => self.write(message),
-            // Queued until a link is up; dial now rather than at the next
-            // backoff step, and fail fast if that dial fails.
-            None if !self.dialling => self.dial_at = Some(now),
-            None => {}
+        if self.current().is_some() {
+            self.write(message);
+            return;
         }
+        // Queued until a link is up: dial now rather than at the next
+        // backoff step, and ask for a relay soon.
+        if self.dials == 0 {
+            self.dial_at = Some(now);
+        }
+        let soon = now + RELAY_HEAD_START;
+        self.relay_at = Some(self.relay_at.map_or(soon, |at| at.min(soon)));
     }
 
     fn ping(&mut self, reply: Option<oneshot::Sender<Result<PingOutcome, SendError>>>) {
-        if self.active.is_none() {
+        let Some(link) = self.current().map(|active| active.id) else {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(self.no_link()));
             }
             return;
-        }
+        };
+        self.ping_on(link, reply);
+    }
+
+    fn ping_on(
+        &mut self,
+        link: u64,
+        reply: Option<oneshot::Sender<Result<PingOutcome, SendError>>>,
+    ) {
         if self.pings.len() >= MAX_PINGS {
             // Keepalive pings that were never answered make room.
-            let stale: Vec<u64> = self
-                .pings
-                .iter()
-                .filter(|(_, ping)| ping.reply.is_none())
-                .map(|(nonce, _)| *nonce)
-                .collect();
-            for nonce in stale {
-                self.pings.remove(&nonce);
-            }
+            self.pings.retain(|_, ping| ping.reply.is_some());
             if self.pings.len() >= MAX_PINGS {
                 if let Some(reply) = reply {
                     let _ = reply.send(Err(SendError::Busy {
-                        device: self.peer.clone(),
+                        device: self.peer().clone(),
                     }));
                 }
                 return;
@@ -469,26 +602,42 @@ impl PeerTask {
         self.pings.insert(
             nonce,
             PendingPing {
+                link,
                 sent: now,
                 deadline: now + ANSWER_TIMEOUT,
                 reply,
             },
         );
-        self.write(Frame::Ping { nonce });
+        self.write_on(link, Frame::Ping { nonce });
     }
 
+    /// Pings every link: keeps NAT mappings and the relay open, measures
+    /// the RTT, and lets a silent link be noticed by its reader.
     fn keepalive(&mut self) {
-        if self.active.is_some() {
-            self.ping(None);
+        let links: Vec<u64> = [&self.direct, &self.relayed]
+            .into_iter()
+            .flatten()
+            .map(|active| active.id)
+            .collect();
+        for link in links {
+            self.ping_on(link, None);
         }
     }
 
-    /// Queues a frame on the active link. A full queue means the peer stopped
-    /// reading; that link is dropped.
+    /// Queues a frame on the current link.
     fn write(&mut self, frame: Frame) {
-        let Some(active) = &self.active else { return };
+        if let Some(link) = self.current().map(|active| active.id) {
+            self.write_on(link, frame);
+        }
+    }
+
+    /// Queues a frame on link `link`. A full queue means the peer stopped
+    /// reading; that link is dropped.
+    fn write_on(&mut self, link: u64, frame: Frame) {
+        let Some(active) = self.link(link) else {
+            return;
+        };
         if active.frames.try_send(frame).is_err() {
-            let link = active.id;
             self.link_lost(
                 link,
                 "the peer stopped reading (write queue full)".to_owned(),
@@ -496,44 +645,84 @@ impl PeerTask {
         }
     }
 
+    fn link(&self, id: u64) -> Option<&ActiveLink> {
+        [&self.direct, &self.relayed]
+            .into_iter()
+            .flatten()
+            .find(|active| active.id == id)
+    }
+
     fn on_event(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Frame { link, frame } => {
-                if self.active.as_ref().is_some_and(|active| active.id == link) {
-                    self.on_frame(frame);
+            LinkEvent::Frame { link, frame } => self.on_frame(link, frame),
+            LinkEvent::Closed { link, reason } => self.link_lost(link, reason),
+            LinkEvent::Dialled { punch, outcome } => {
+                self.dials = self.dials.saturating_sub(1);
+                if punch {
+                    self.punching = false;
+                }
+                match outcome {
+                    Ok(established) => self.adopt(established),
+                    Err(error) => self.dial_failed(error),
                 }
             }
-            LinkEvent::Closed { link, reason } => self.link_lost(link, reason),
-            LinkEvent::Dialled(outcome) => {
-                self.dialling = false;
+            LinkEvent::Relayed(outcome) => {
+                self.relay = RelayState::Idle;
                 match outcome {
                     Ok(established) => self.adopt(established),
                     Err(error) => {
-                        if self.active.is_none() {
-                            tracing::debug!(peer = %self.peer, %error, "dial failed");
+                        tracing::debug!(peer = %self.peer(), %error, "relay failed");
+                        if self.current().is_none() {
                             self.last_error = Some(error);
-                            if self.dial_started.elapsed() >= PUNCH_TIMEOUT {
-                                // A hole-punching dial waited its full time:
-                                // go again soon, so that a dial stays open
-                                // for the peer's to meet.
-                                self.backoff.reset();
-                            }
-                            self.dial_at = Some(Instant::now() + self.backoff.next_wait());
-                            // Messages waiting for a link fail now with the
-                            // reason, rather than at their deadline.
-                            let error = self.no_link();
-                            for (_, pending) in std::mem::take(&mut self.pending) {
-                                let _ = pending.reply.send(Err(error.clone()));
-                            }
                         }
+                        self.relay_at = Some(Instant::now() + self.relay_backoff.next_wait());
                     }
                 }
             }
         }
     }
 
-    fn on_frame(&mut self, frame: Frame) {
+    fn dial_failed(&mut self, error: String) {
+        if self.direct.is_some() || self.dials > 0 {
+            return;
+        }
+        tracing::debug!(peer = %self.peer(), %error, "dial failed");
+        if self.relayed.is_none() {
+            self.last_error = Some(error);
+        }
+        if self.round_started.elapsed() >= PUNCH_TIMEOUT {
+            // A hole-punching dial waited its full time: go again soon, so
+            // that a dial stays open for the peer's to meet.
+            self.dial_backoff.reset();
+        }
+        self.dial_at = Some(Instant::now() + self.dial_backoff.next_wait());
+        if self.current().is_none() && !self.relay_possible() {
+            // Nothing else will bring a link soon: messages waiting for
+            // one fail now with the reason, rather than at their deadline.
+            let error = self.no_link();
+            for (_, pending) in std::mem::take(&mut self.pending) {
+                let _ = pending.reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// Some hub channel is open, so a relay can be asked for.
+    fn relay_possible(&self) -> bool {
+        self.local.hubs.iter().any(|hub| hub.is_open())
+    }
+
+    fn on_frame(&mut self, link: u64, frame: Frame) {
         let now = Instant::now();
+        let current = self.current().map(|active| active.id);
+        let Some(active) = [&mut self.direct, &mut self.relayed]
+            .into_iter()
+            .flatten()
+            .find(|active| active.id == link)
+        else {
+            return;
+        };
+        active.heard = now;
+        let (endpoint, path) = (active.endpoint, active.path);
         match frame {
             Frame::Ack { id } => {
                 if let Some(pending) = self.pending.remove(&id) {
@@ -541,15 +730,19 @@ impl PeerTask {
                 }
             }
             Frame::Pong { nonce } => {
-                if let Some(ping) = self.pings.remove(&nonce) {
-                    let rtt = now - ping.sent;
+                let Some(ping) = self.pings.remove(&nonce) else {
+                    return;
+                };
+                let rtt = now - ping.sent;
+                if current == Some(link) {
                     self.view.lock().unwrap_or_else(PoisonError::into_inner).rtt = Some(rtt);
-                    if let (Some(reply), Some(active)) = (ping.reply, &self.active) {
-                        let _ = reply.send(Ok(PingOutcome {
-                            rtt,
-                            endpoint: active.endpoint,
-                        }));
-                    }
+                }
+                if let Some(reply) = ping.reply {
+                    let _ = reply.send(Ok(PingOutcome {
+                        rtt,
+                        endpoint,
+                        path: path.state(),
+                    }));
                 }
             }
             // Messages, pings and closes are handled by the reader task.
@@ -558,44 +751,68 @@ impl PeerTask {
     }
 
     fn link_lost(&mut self, link: u64, reason: String) {
-        if self.active.as_ref().is_none_or(|active| active.id != link) {
-            return;
+        let was_current = self.current().is_some_and(|active| active.id == link);
+        let lost = if self.direct.as_ref().is_some_and(|active| active.id == link) {
+            self.direct.take()
+        } else if self
+            .relayed
+            .as_ref()
+            .is_some_and(|active| active.id == link)
+        {
+            self.relayed.take()
+        } else {
+            None
+        };
+        let Some(lost) = lost else { return };
+        let path = lost.path;
+        tracing::info!(peer = %self.peer(), endpoint = %lost.endpoint, path = ?path, %reason, "link down");
+        lost.close(&reason);
+        self.pings.retain(|_, ping| ping.link != link);
+        let now = Instant::now();
+        if path == Path::Direct && self.dials == 0 {
+            self.dial_at = Some(now + self.dial_backoff.next_wait());
         }
-        if let Some(active) = self.active.take() {
-            tracing::info!(peer = %self.peer, endpoint = %active.endpoint, %reason, "link down");
-            active.close(&reason);
+        if self.current().is_none() {
+            self.last_error = Some(reason);
+            self.view.lock().unwrap_or_else(PoisonError::into_inner).rtt = None;
+            // Fall back to the relay at once after a direct path failed;
+            // after a failed relay, retry it with backoff.
+            self.relay_at = Some(match path {
+                Path::Direct => now,
+                Path::Relayed => now + self.relay_backoff.next_wait(),
+            });
+        } else if was_current {
+            tracing::info!(peer = %self.peer(), "moved to the relayed link");
+            self.resend_pending();
         }
-        self.last_error = Some(reason);
-        self.view.lock().unwrap_or_else(PoisonError::into_inner).rtt = None;
-        for (_, ping) in std::mem::take(&mut self.pings) {
-            if let Some(reply) = ping.reply {
-                let _ = reply.send(Err(self.no_link()));
-            }
-        }
-        self.dial_at = Some(Instant::now() + self.backoff.next_wait());
     }
 
-    /// Takes a new link, or refuses it in favour of the current one.
+    /// Takes a new link, or refuses it in favour of the one on that path.
     fn adopt(&mut self, established: Established) {
         let Established {
             link,
             hello,
             dialled,
             endpoint,
+            path,
         } = established;
         let dialler = if dialled {
             self.local.id.clone()
         } else {
-            self.peer.clone()
+            self.peer().clone()
         };
         let now = Instant::now();
-        if let Some(current) = &self.active {
+        let slot = match path {
+            Path::Direct => &mut self.direct,
+            Path::Relayed => &mut self.relayed,
+        };
+        if let Some(current) = slot.as_ref() {
             let keep_new = prefer_new_link(
                 (current.instance, &current.dialler, current.since),
                 (hello.instance, &dialler, now),
             );
             if !keep_new {
-                tracing::debug!(peer = %self.peer, %endpoint, "duplicate link closed (tie-break)");
+                tracing::debug!(peer = %self.target.peer, %endpoint, "duplicate link closed (tie-break)");
                 let (_, writer) = link.split();
                 self.local.tracker.spawn(async move {
                     writer.close("duplicate link").await;
@@ -603,19 +820,20 @@ impl PeerTask {
                 return;
             }
         }
-        if let Some(old) = self.active.take() {
-            tracing::debug!(peer = %self.peer, endpoint = %old.endpoint, "link replaced by a newer one");
+        if let Some(old) = slot.take() {
+            tracing::debug!(peer = %self.target.peer, endpoint = %old.endpoint, "link replaced by a newer one");
             old.close("replaced by a newer link");
         }
+        let previous = self.current().map(|active| active.id);
         let id = self.next_link;
         self.next_link += 1;
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let stop = self.stop.child_token();
         let (reader, writer) = link.split();
-        self.local.tracker.spawn(read_link(
+        self.local.tracker.spawn(link_io::read_link(
             ReadContext {
                 local: self.local.clone(),
-                peer: self.peer.clone(),
+                peer: self.target.peer.clone(),
                 instance: hello.instance,
                 link: id,
                 frames: frames.clone(),
@@ -624,28 +842,53 @@ impl PeerTask {
             },
             reader,
         ));
-        self.local.tracker.spawn(write_link(
+        self.local.tracker.spawn(link_io::write_link(
             writer,
             queue,
             id,
             self.events_tx.clone(),
             self.local.cancel.clone(),
         ));
-        tracing::info!(peer = %self.peer, %endpoint, dialled, "link up");
-        self.active = Some(ActiveLink {
+        tracing::info!(peer = %self.target.peer, %endpoint, path = ?path, dialled, "link up");
+        let active = ActiveLink {
             id,
             frames,
             instance: hello.instance,
             dialler,
             since: now,
             endpoint,
+            path,
+            heard: now,
             stop,
-        });
-        self.backoff.reset();
+        };
+        match path {
+            Path::Direct => {
+                self.direct = Some(active);
+                self.dial_backoff.reset();
+                self.dial_at = None;
+                self.punch = None;
+                self.punch_at = None;
+            }
+            Path::Relayed => {
+                self.relayed = Some(active);
+                self.relay_backoff.reset();
+                self.relay_at = None;
+            }
+        }
         self.last_error = None;
-        self.dial_at = None;
-        // Everything unacknowledged goes (again) on the new link; the
-        // receiver drops what it already has.
+        if self.direct.is_some() && self.relayed.is_some() {
+            self.linger_until = Some(now + RELAY_LINGER);
+        }
+        if self.current().map(|active| active.id) != previous {
+            self.resend_pending();
+        }
+        // A first measurement right away, for `meshctl devices`.
+        self.ping_on(id, None);
+    }
+
+    /// Sends every unacknowledged message (again) on the current link; the
+    /// receiver drops what it already has.
+    fn resend_pending(&mut self) {
         let resend: Vec<Frame> = self
             .pending
             .iter()
@@ -657,46 +900,179 @@ impl PeerTask {
         for frame in resend {
             self.write(frame);
         }
-        // A first measurement right away, for `meshctl devices`.
-        self.ping(None);
     }
 
-    fn dial(&mut self) {
+    /// Closes the relayed link once the direct one has proved itself;
+    /// otherwise looks again a keepalive later.
+    fn end_linger(&mut self, now: Instant) {
+        self.linger_until = None;
+        let Some(direct) = &self.direct else { return };
+        if self.relayed.is_none() {
+            return;
+        }
+        if now.duration_since(direct.heard) <= KEEPALIVE * 2 {
+            if let Some(relayed) = self.relayed.take() {
+                tracing::info!(peer = %self.target.peer, endpoint = %direct.endpoint, "moved to a direct path; relay closed");
+                relayed.close("moved to a direct path");
+            }
+        } else {
+            self.linger_until = Some(now + KEEPALIVE);
+        }
+    }
+
+    /// Starts a round of direct dials: every endpoint at once, the public
+    /// one with a long wait; and asks the peer, through a hub, to dial back
+    /// now, so the two dials meet in the NATs.
+    fn dial_round(&mut self) {
         self.dial_at = None;
         let candidates = self.listing.dial_candidates();
         let public = self.listing.public_endpoint();
         if candidates.is_empty() {
             self.last_error = Some("the device advertises no endpoint".to_owned());
-            self.dial_at = Some(Instant::now() + self.backoff.next_wait());
+            self.dial_at = Some(Instant::now() + self.dial_backoff.next_wait());
             return;
         }
-        self.dialling = true;
-        self.dial_started = Instant::now();
+        self.round_started = Instant::now();
+        self.spawn_dial(candidates, public);
+        if public.is_some() {
+            self.request_punch();
+        }
+    }
+
+    fn spawn_dial(&mut self, candidates: Vec<SocketAddr>, public: Option<SocketAddr>) {
+        let punch = public.is_some();
+        self.dials += 1;
+        self.punching |= punch;
         let local = self.local.clone();
-        let peer = self.peer.clone();
-        let key = self.key;
+        let target = self.target.clone();
         let events = self.events_tx.clone();
         let stop = self.stop.clone();
         self.local.tracker.spawn(async move {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
-                outcome = dial(&local, &peer, key, &candidates, public) => outcome,
+                outcome = path::dial(&local, &target, &candidates, public) => outcome,
             };
-            let _ = events.send(LinkEvent::Dialled(outcome)).await;
+            let _ = events.send(LinkEvent::Dialled { punch, outcome }).await;
         });
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let send = self.pending.values().next().map(|pending| pending.deadline);
-        let ping = self.pings.values().map(|ping| ping.deadline).min();
-        match (send, ping) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// DCUtR's first step: Connect, through the first hub with an open
+    /// channel; its answer times our dial.
+    fn request_punch(&mut self) {
+        let nonce = rand::random();
+        let to = self.target.peer.to_string();
+        let sent = (0..self.local.hubs.len()).find(|&hub| {
+            self.local.hubs[hub].send(ToHub::Signal {
+                to: to.clone(),
+                signal: Signal::Connect { nonce },
+            })
+        });
+        if let Some(hub) = sent {
+            self.punch = Some(Punch {
+                nonce,
+                hub,
+                sent: Instant::now(),
+            });
         }
     }
 
-    fn expire(&mut self) {
-        let now = Instant::now();
+    fn on_signal(&mut self, hub: usize, signal: Signal) {
+        let to = self.target.peer.to_string();
+        match signal {
+            Signal::Connect { nonce } => {
+                self.local.hubs[hub].send(ToHub::Signal {
+                    to,
+                    signal: Signal::ConnectReply { nonce },
+                });
+            }
+            Signal::ConnectReply { nonce } => {
+                let Some(punch) = self.punch.filter(|punch| punch.nonce == nonce) else {
+                    return;
+                };
+                self.punch = None;
+                self.local.hubs[punch.hub].send(ToHub::Signal {
+                    to,
+                    signal: Signal::Sync { nonce },
+                });
+                // The Sync reaches the peer about half a round trip from
+                // now; dial then, so both dials leave together.
+                self.punch_at = Some(Instant::now() + punch.sent.elapsed() / 2);
+            }
+            Signal::Sync { .. } => self.punch_dial(),
+        }
+    }
+
+    /// Dials the peer's public endpoint alone, unless a direct link is up
+    /// or such a dial is already waiting.
+    fn punch_dial(&mut self) {
+        if self.direct.is_some() || self.punching {
+            return;
+        }
+        if let Some(public) = self.listing.public_endpoint() {
+            self.spawn_dial(Vec::new(), Some(public));
+        }
+    }
+
+    /// Asks a hub with an open channel for a relay to the peer.
+    fn ask_for_relay(&mut self) {
+        self.relay_at = None;
+        let hubs = self.local.hubs.len();
+        let to = self.target.peer.to_string();
+        let asked = (0..hubs)
+            .map(|offset| (self.relay_hub + offset) % hubs)
+            .find(|&hub| self.local.hubs[hub].send(ToHub::Relay { to: to.clone() }));
+        match asked {
+            Some(hub) => {
+                self.relay = RelayState::Asked {
+                    hub,
+                    since: Instant::now(),
+                };
+            }
+            None => {
+                self.relay_at = Some(Instant::now() + self.relay_backoff.next_wait());
+            }
+        }
+    }
+
+    /// Joins a relay a hub offered, whoever asked for it. The peer asks
+    /// only when it has no link, so a direct link here is probably dead
+    /// too: the relayed link stands by beside it until that is clear.
+    fn join_relay(&mut self, hub: usize, token: String, dial: bool) {
+        if hub >= self.local.hubs.len() || self.relay == RelayState::Joining {
+            return;
+        }
+        self.relay = RelayState::Joining;
+        let local = self.local.clone();
+        let target = self.target.clone();
+        let events = self.events_tx.clone();
+        let stop = self.stop.clone();
+        self.local.tracker.spawn(async move {
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = path::relay(&local, hub, &token, dial, &target) => outcome,
+            };
+            let _ = events.send(LinkEvent::Relayed(outcome)).await;
+        });
+    }
+
+    fn refused(&mut self, hub: usize, reason: String) {
+        if let RelayState::Asked { hub: asked, .. } = self.relay
+            && asked == hub
+        {
+            tracing::debug!(peer = %self.target.peer, %reason, "relay refused");
+            self.relay = RelayState::Idle;
+            self.relay_hub = hub + 1;
+            if self.current().is_none() {
+                self.last_error = Some(reason);
+            }
+            self.relay_at = Some(Instant::now() + self.relay_backoff.next_wait());
+        }
+        if self.punch.is_some_and(|punch| punch.hub == hub) {
+            self.punch = None;
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .pending
             .iter()
@@ -705,9 +1081,9 @@ impl PeerTask {
             .collect();
         for id in expired {
             if let Some(pending) = self.pending.remove(&id) {
-                let error = match self.active {
+                let error = match self.current() {
                     Some(_) => SendError::Timeout {
-                        device: self.peer.clone(),
+                        device: self.target.peer.clone(),
                     },
                     None => self.no_link(),
                 };
@@ -726,16 +1102,16 @@ impl PeerTask {
             }) = self.pings.remove(&nonce)
             {
                 let _ = reply.send(Err(SendError::Timeout {
-                    device: self.peer.clone(),
+                    device: self.target.peer.clone(),
                 }));
             }
         }
     }
 }
 
-/// The tie-break between the current link to a peer and a new one, each
-/// given as (the peer's instance, who dialled, when it was set up). Both ends
-/// see the same facts, so both keep the same link.
+/// The tie-break between the current link to a peer on one path and a new
+/// one, each given as (the peer's instance, who dialled, when it was set
+/// up). Both ends see the same facts, so both keep the same link.
 fn prefer_new_link(
     (current_instance, current_dialler, current_since): (u64, &DeviceId, Instant),
     (new_instance, new_dialler, new_since): (u64, &DeviceId, Instant),
@@ -750,203 +1126,6 @@ fn prefer_new_link(
     }
     // Both sides dialled at once: keep the link dialled by the smaller id.
     new_dialler < current_dialler
-}
-
-/// Tries each candidate endpoint in order until one gives a link to the
-/// device with the expected key and id.
-async fn dial(
-    local: &Local,
-    peer: &DeviceId,
-    key: PublicKey,
-    candidates: &[SocketAddr],
-    public: Option<SocketAddr>,
-) -> Result<Established, String> {
-    let mut errors = Vec::new();
-    let hello = local.hello_to(peer);
-    for &endpoint in candidates {
-        let timeout = match public == Some(endpoint) {
-            true => PUNCH_TIMEOUT,
-            false => CONNECT_TIMEOUT,
-        };
-        let stream = match tokio::time::timeout(timeout, connect(local.listen, endpoint)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                errors.push(format!("{endpoint}: {error}"));
-                continue;
-            }
-            Err(_elapsed) => {
-                errors.push(format!("{endpoint}: connect timed out"));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        match meshd_link::connect(stream, &local.key, key.as_bytes(), &hello).await {
-            Ok((link, remote)) if remote.from == peer.to_string() && remote.to == hello.from => {
-                return Ok(Established {
-                    link,
-                    hello: remote,
-                    dialled: true,
-                    endpoint,
-                });
-            }
-            Ok((_, remote)) => errors.push(format!(
-                "{endpoint}: answered as {:?} expecting {:?}",
-                remote.from, remote.to
-            )),
-            Err(error) => errors.push(format!("{endpoint}: {error}")),
-        }
-    }
-    Err(errors.join("; "))
-}
-
-/// Connects to `endpoint` from the mesh port, so that the NAT mapping is the
-/// one the hubs observed and a peer dialling back at the same time meets
-/// this connection in the NATs (TCP simultaneous open). Falls back to any
-/// port when the mesh port cannot be used for this destination (a previous
-/// connection to it in TIME_WAIT).
-async fn connect(mesh: SocketAddr, endpoint: SocketAddr) -> std::io::Result<TcpStream> {
-    if mesh.is_ipv4() == endpoint.is_ipv4() {
-        let socket = super::reusable_socket(mesh)?;
-        match socket.connect(endpoint).await {
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
-                ) =>
-            {
-                tracing::debug!(%endpoint, %error, "mesh port unusable for this dial; dialling from another port");
-            }
-            outcome => return outcome,
-        }
-    }
-    TcpStream::connect(endpoint).await
-}
-
-struct ReadContext {
-    local: Arc<Local>,
-    peer: DeviceId,
-    instance: u64,
-    link: u64,
-    frames: mpsc::Sender<Frame>,
-    events: mpsc::Sender<LinkEvent>,
-    stop: CancellationToken,
-}
-
-/// Reads frames until the link fails, goes silent or is stopped. Messages
-/// are stored and acknowledged here; pings answered here; the rest goes to
-/// the peer task.
-async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<TcpStream>>) {
-    let reason = loop {
-        let frame = tokio::select! {
-            () = context.stop.cancelled() => return,
-            frame = tokio::time::timeout(SILENCE_LIMIT, reader.next()) => frame,
-        };
-        let frame = match frame {
-            Err(_elapsed) => break format!("silent for {}s", SILENCE_LIMIT.as_secs()),
-            Ok(Err(LinkError::Closed)) => break "closed by the peer".to_owned(),
-            Ok(Err(error)) => break error.to_string(),
-            Ok(Ok(frame)) => frame,
-        };
-        let reply = match frame {
-            Frame::Message { id, text } => {
-                let key = MessageKey {
-                    instance: context.instance,
-                    id,
-                };
-                // The frame layer checked the text is UTF-8.
-                let text = String::from_utf8_lossy(&text);
-                if context.local.inbox.store(&context.peer, key, &text) {
-                    tracing::info!(from = %context.peer, bytes = text.len(), text = %preview(&text), "message received");
-                }
-                Frame::Ack { id }
-            }
-            Frame::Ping { nonce } => Frame::Pong { nonce },
-            Frame::Close { reason } => break format!("closed by the peer: {reason}"),
-            frame @ (Frame::Ack { .. } | Frame::Pong { .. }) => {
-                let event = LinkEvent::Frame {
-                    link: context.link,
-                    frame,
-                };
-                if context.events.send(event).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        };
-        if context.frames.send(reply).await.is_err() {
-            return;
-        }
-    };
-    let _ = context
-        .events
-        .send(LinkEvent::Closed {
-            link: context.link,
-            reason,
-        })
-        .await;
-}
-
-/// The start of a message for the log.
-fn preview(text: &str) -> &str {
-    const MAX: usize = 200;
-    if text.len() <= MAX {
-        return text;
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
-}
-
-/// Writes queued frames in batches until the queue closes, a write fails or
-/// stalls for [`SILENCE_LIMIT`], or meshd stops.
-async fn write_link(
-    mut writer: LinkWriter<WriteHalf<TcpStream>>,
-    mut queue: mpsc::Receiver<Frame>,
-    link: u64,
-    events: mpsc::Sender<LinkEvent>,
-    shutdown: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
-    loop {
-        let first = tokio::select! {
-            biased;
-            frame = queue.recv() => frame,
-            () = shutdown.cancelled() => {
-                writer.close("meshd is stopping").await;
-                return;
-            }
-        };
-        let Some(first) = first else {
-            // The link was dropped by its peer task.
-            writer.close("link closed").await;
-            return;
-        };
-        let mut bytes = first.encoded_len();
-        let mut closing = matches!(first, Frame::Close { .. });
-        batch.push(first);
-        while !closing && batch.len() < WRITE_BATCH_FRAMES && bytes < WRITE_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(frame) => {
-                    bytes += frame.encoded_len();
-                    closing = matches!(frame, Frame::Close { .. });
-                    batch.push(frame);
-                }
-                Err(_) => break,
-            }
-        }
-        let written = tokio::time::timeout(SILENCE_LIMIT, writer.send_all(&batch)).await;
-        batch.clear();
-        let reason = match written {
-            Ok(Ok(())) if closing => return,
-            Ok(Ok(())) => continue,
-            Ok(Err(error)) => error.to_string(),
-            Err(_elapsed) => format!("no write progress for {}s", SILENCE_LIMIT.as_secs()),
-        };
-        let _ = events.send(LinkEvent::Closed { link, reason }).await;
-        return;
-    }
 }
 
 #[cfg(test)]
@@ -973,12 +1152,5 @@ mod tests {
         assert!(prefer_new_link((7, &a, t0), (8, &b, t0)));
         let later = t0 + SIMULTANEOUS_WINDOW + Duration::from_millis(1);
         assert!(prefer_new_link((7, &a, t0), (7, &b, later)));
-    }
-
-    #[test]
-    fn previews_cut_at_character_boundaries() {
-        let text = "é".repeat(150);
-        let cut = preview(&text);
-        assert!(cut.len() <= 200 && text.starts_with(cut));
     }
 }

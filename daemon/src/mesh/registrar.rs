@@ -15,9 +15,6 @@ use super::Mesh;
 use super::backoff::Backoff;
 use super::hub_client::{HubConnection, HubError, RegisterBody};
 
-/// Pause after a long-poll answered without a change.
-const UNCHANGED_PAUSE: Duration = Duration::from_secs(1);
-
 /// Fastest heartbeat, whatever TTL a server returns.
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 
@@ -60,7 +57,7 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
-            // The watcher saw the hub's list without this device (a
+            // The hub channel saw the list without this device (a
             // restarted hub): register now.
             () = mesh.register_now[index].notified() => {}
         }
@@ -94,6 +91,7 @@ async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
     };
     let ttl = Duration::from_secs(registered.ttl_secs.max(3));
     mesh.hub_registered(index, registered.observed, ttl);
+    mesh.registered[index].send_replace(true);
     let devices = connection.devices().await?;
     mesh.update_roster(index, &devices);
     Ok(ttl)
@@ -109,59 +107,5 @@ fn explain(error: &HubError, id: &str) -> String {
             format!("{error}: set [mesh] join_token to the server's [signaling] join_token")
         }
         _ => error.to_string(),
-    }
-}
-
-/// Follows hub `index`'s device list with long-polls, so a device that
-/// joins, leaves or moves is known at once rather than at the next round.
-/// A list without this device means the hub lost it (it restarted): the
-/// registrar is woken to register again at once.
-pub async fn watch(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
-    let Some(hub) = mesh.hubs.get(index).cloned() else {
-        return;
-    };
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    loop {
-        let outcome = async {
-            let mut connection = HubConnection::open(&hub, None).await?;
-            let mut version = None;
-            loop {
-                let (devices, next) = connection.devices_after(version).await?;
-                let listed = devices
-                    .iter()
-                    .any(|device| device.id == mesh.local.id.to_string());
-                if !listed {
-                    mesh.register_now[index].notify_one();
-                }
-                mesh.update_roster(index, &devices);
-                backoff.reset();
-                // A hub without versions cannot long-poll: fall back to
-                // the registrar's rounds.
-                let Some(next) = next else {
-                    return Ok::<_, HubError>(());
-                };
-                if version == Some(next) {
-                    // Answered without a change: the hub's wait ran out or
-                    // it is at its long-poll cap. Pause before asking again.
-                    tokio::time::sleep(UNCHANGED_PAUSE).await;
-                }
-                version = Some(next);
-            }
-        };
-        let ended = tokio::select! {
-            () = cancel.cancelled() => return,
-            ended = outcome => ended,
-        };
-        let wait = match ended {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::debug!(hub = %hub.url, %error, "watching signaling server; retrying");
-                backoff.next_wait()
-            }
-        };
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
     }
 }

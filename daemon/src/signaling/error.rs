@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, UPGRADE, WWW_AUTHENTICATE};
 use hyper::{Response, StatusCode};
 
 /// Why a signaling request failed.
@@ -30,8 +30,16 @@ pub enum SignalingError {
     #[error("method not allowed: use {0}")]
     MethodNotAllowed(&'static str),
     /// No such path.
-    #[error("no such path: the API has POST /register, GET /devices and GET /healthz")]
+    #[error(
+        "no such path: the API has POST /register, GET /devices, GET /healthz and GET /observed (and the upgrades GET /channel and GET /relay)"
+    )]
     NotFound,
+    /// An upgrade path requested without its upgrade.
+    #[error("this path needs \"Connection: upgrade\" and \"Upgrade: {0}\"")]
+    UpgradeRequired(&'static str),
+    /// A relay token that is not (or no longer) valid.
+    #[error("{0}")]
+    Relay(String),
     /// The registry is at `signaling.max_devices`.
     #[error("{0}; try again later or raise signaling.max_devices")]
     Full(String),
@@ -47,7 +55,8 @@ impl SignalingError {
             SignalingError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SignalingError::Timeout => StatusCode::REQUEST_TIMEOUT,
             SignalingError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            SignalingError::NotFound => StatusCode::NOT_FOUND,
+            SignalingError::NotFound | SignalingError::Relay(_) => StatusCode::NOT_FOUND,
+            SignalingError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             SignalingError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -63,6 +72,9 @@ impl SignalingError {
             }
             SignalingError::MethodNotAllowed(allow) => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            SignalingError::UpgradeRequired(protocol) => {
+                headers.insert(UPGRADE, HeaderValue::from_static(protocol));
             }
             // The rest of the body may still be on the wire: do not try to
             // read another request after it.

@@ -9,8 +9,10 @@
 
 mod api;
 mod bindings;
+mod channels;
 mod error;
 mod registry;
+mod relay;
 mod routes;
 mod server;
 
@@ -38,6 +40,7 @@ struct Settings {
     device_ttl: Duration,
     join_token: String,
     request_timeout: Duration,
+    relay_bytes_per_sec: u64,
 }
 
 impl From<&SignalingConfig> for Settings {
@@ -46,6 +49,7 @@ impl From<&SignalingConfig> for Settings {
             device_ttl: config.device_ttl,
             join_token: config.join_token.clone(),
             request_timeout: config.request_timeout,
+            relay_bytes_per_sec: config.relay_bytes_per_sec,
         }
     }
 }
@@ -67,6 +71,12 @@ pub struct SignalingState {
     /// cap, so that waiting devices never crowd out registrations.
     polls: std::sync::atomic::AtomicUsize,
     max_polls: usize,
+    /// Devices' open channels.
+    channels: channels::Channels,
+    /// Offered and running relays.
+    relays: relay::Relays,
+    /// Channel and relay tasks run here, so shutdown waits for them.
+    tracker: TaskTracker,
 }
 
 impl SignalingState {
@@ -158,6 +168,9 @@ pub fn start(
         stopping: cancel.clone(),
         polls: std::sync::atomic::AtomicUsize::new(0),
         max_polls: config.max_connections / 2,
+        channels: channels::Channels::default(),
+        relays: relay::Relays::new(config.max_connections),
+        tracker: tracker.clone(),
     });
     if restored > 0 {
         tracing::info!(bindings = restored, "key bindings restored");
@@ -182,6 +195,8 @@ impl SignalingHandle {
         SignalingStatus {
             listen: self.listen.to_string(),
             devices: self.state.registry().live_count(Instant::now(), ttl),
+            channels: self.state.channels.count(),
+            relays: self.state.relays.active(),
         }
     }
 

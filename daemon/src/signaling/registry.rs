@@ -167,6 +167,11 @@ impl Registry {
             .filter(|device| is_live(device, now, ttl))
     }
 
+    /// The key `id` is bound to, if any.
+    pub fn binding(&self, id: &DeviceId) -> Option<PublicKey> {
+        self.bindings.get(id).copied()
+    }
+
     /// How many devices are live.
     pub fn live_count(&self, now: Instant, ttl: Duration) -> usize {
         self.devices

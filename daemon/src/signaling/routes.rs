@@ -10,14 +10,19 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH};
+use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 
 use super::SignalingState;
 use super::api::{DeviceView, RegisterBody, RegisterReply};
+use super::channels;
 use super::error::{SignalingError, json_response};
 use super::registry::RegisterError;
+use crate::hub_protocol::{
+    CHANNEL_PATH, CHANNEL_UPGRADE, RELAY_PATH, RELAY_TOKEN_HEADER, RELAY_UPGRADE,
+};
 
 /// The largest request body accepted (CONTRACT section 3).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -40,6 +45,14 @@ pub async fn route(
             &serde_json::json!({ "status": "ok" }),
         )),
         ("/healthz", _) => Err(SignalingError::MethodNotAllowed("GET")),
+        ("/observed", &Method::GET) => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "observed": peer.to_string() }),
+        )),
+        ("/observed", _) => Err(SignalingError::MethodNotAllowed("GET")),
+        (CHANNEL_PATH, &Method::GET) => channel(request, peer, &state),
+        (RELAY_PATH, &Method::GET) => relay(request, &state),
+        (CHANNEL_PATH | RELAY_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
         _ => Err(SignalingError::NotFound),
     };
     let response = result.unwrap_or_else(|error| {
@@ -151,6 +164,82 @@ async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Respons
     if let Ok(value) = hyper::header::HeaderValue::from_str(&version.to_string()) {
         response.headers_mut().insert(VERSION_HEADER, value);
     }
+    response
+}
+
+/// `GET /channel`: upgrades to a device's hub channel (channels.rs).
+fn channel(
+    mut request: Request<Incoming>,
+    peer: SocketAddr,
+    state: &Arc<SignalingState>,
+) -> Result<Response<Full<Bytes>>, SignalingError> {
+    require_upgrade(&request, CHANNEL_UPGRADE)?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    let task_state = state.clone();
+    state.tracker.spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => channels::serve(task_state, TokioIo::new(upgraded), peer).await,
+            Err(error) => tracing::debug!(peer_addr = %peer, %error, "hub channel upgrade failed"),
+        }
+    });
+    Ok(switching_protocols(CHANNEL_UPGRADE))
+}
+
+/// `GET /relay`: joins one side of a relay offered over a channel
+/// (relay.rs); the token in the `meshd-relay-token` header says which.
+fn relay(
+    mut request: Request<Incoming>,
+    state: &Arc<SignalingState>,
+) -> Result<Response<Full<Bytes>>, SignalingError> {
+    require_upgrade(&request, RELAY_UPGRADE)?;
+    let token = request
+        .headers()
+        .get(RELAY_TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let claim = state
+        .relays
+        .claim(token)
+        .map_err(|error| SignalingError::Relay(error.to_string()))?;
+    let upgrade = hyper::upgrade::on(&mut request);
+    let task_state = state.clone();
+    state.tracker.spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let rate_state = task_state.clone();
+        let rate = move || rate_state.settings().relay_bytes_per_sec;
+        task_state
+            .relays
+            .join(
+                claim,
+                TokioIo::new(upgraded),
+                rate,
+                task_state.stopping.clone(),
+            )
+            .await;
+    });
+    Ok(switching_protocols(RELAY_UPGRADE))
+}
+
+fn require_upgrade(
+    request: &Request<Incoming>,
+    protocol: &'static str,
+) -> Result<(), SignalingError> {
+    let upgrade = request
+        .headers()
+        .get(UPGRADE)
+        .and_then(|value| value.to_str().ok());
+    match upgrade {
+        Some(value) if value.eq_ignore_ascii_case(protocol) => Ok(()),
+        _ => Err(SignalingError::UpgradeRequired(protocol)),
+    }
+}
+
+fn switching_protocols(protocol: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, HeaderValue::from_static(protocol));
     response
 }
 

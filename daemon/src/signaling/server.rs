@@ -80,7 +80,10 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
         .max_buf_size(64 * 1024);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    // Upgrades hand the stream to a channel or relay task (routes.rs).
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let max_age = timeout * MAX_AGE_IN_REQUEST_TIMEOUTS;
     let finished = tokio::select! {

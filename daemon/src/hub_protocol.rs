@@ -1,0 +1,143 @@
+//! What travels over a hub channel (docs/mesh.md, "The hub channel"):
+//! JSON messages inside the Noise channel of `meshd_link::channel`. Shared
+//! by the signaling role, which serves channels, and the mesh role, which
+//! keeps one open to each of its hubs.
+//!
+//! Also the names of the HTTP upgrades that open a channel or a relay.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /channel` with `Upgrade: meshd-channel/1` opens a channel.
+pub const CHANNEL_PATH: &str = "/channel";
+/// The upgrade protocol of a channel.
+pub const CHANNEL_UPGRADE: &str = "meshd-channel/1";
+/// `GET /relay` with `Upgrade: meshd-relay/1` and a token joins a relay.
+pub const RELAY_PATH: &str = "/relay";
+/// The upgrade protocol of a relay.
+pub const RELAY_UPGRADE: &str = "meshd-relay/1";
+/// The header carrying a relay token.
+pub const RELAY_TOKEN_HEADER: &str = "meshd-relay-token";
+
+/// The largest message a device may send the hub.
+pub const MAX_TO_HUB_BYTES: usize = 16 * 1024;
+/// The largest message the hub may send a device: a full device list.
+pub const MAX_FROM_HUB_BYTES: usize = 32 << 20;
+
+/// Device to hub.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToHub {
+    /// Liveness, and the round-trip time to the hub.
+    Ping {
+        /// Echoed in the pong.
+        nonce: u64,
+    },
+    /// Pass `signal` on to device `to`.
+    Signal {
+        /// The device to tell.
+        to: String,
+        /// What to tell it.
+        signal: Signal,
+    },
+    /// Open a relay between this device and `to`.
+    Relay {
+        /// The other device.
+        to: String,
+    },
+}
+
+/// Hub to device. `D` is the device list's element type: the hub sends its
+/// own view, the device reads it as the API's `GET /devices` element.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromHub<D> {
+    /// Answer to [`ToHub::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// The device list, sent when the channel opens and whenever it
+    /// changes (arrivals, departures, moves; not heartbeats).
+    Devices {
+        /// The registry version (as in the `meshd-registry-version` header).
+        version: u64,
+        /// Every live device, as `GET /devices` lists them.
+        devices: Vec<D>,
+    },
+    /// A signal from device `from`.
+    Signal {
+        /// The sender, authenticated by its channel.
+        from: String,
+        /// What it says.
+        signal: Signal,
+    },
+    /// A relay to `peer` is ready: join it with `GET /relay` and this token.
+    /// The device with `dial` runs the link's initiator side over it.
+    Relay {
+        /// The other device.
+        peer: String,
+        /// One-time token, valid for a few seconds.
+        token: String,
+        /// This device opens the link through the relay.
+        dial: bool,
+    },
+    /// A signal or relay request could not be carried out.
+    Refused {
+        /// The device it was for.
+        to: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Hole-punching coordination between two devices, modelled on libp2p's
+/// DCUtR: the initiator times the round trip of Connect and its reply
+/// through the hub, sends Sync, and dials half that time later; the other
+/// device dials as soon as Sync arrives, so both dials leave together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Signal {
+    /// "I want a direct link; are you there?"
+    Connect {
+        /// Matches the reply.
+        nonce: u64,
+    },
+    /// The answer to Connect.
+    ConnectReply {
+        /// Connect's nonce.
+        nonce: u64,
+    },
+    /// "Dial my public endpoint now."
+    Sync {
+        /// Connect's nonce.
+        nonce: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_a_stable_json_form() {
+        let signal = ToHub::Signal {
+            to: "b".into(),
+            signal: Signal::Sync { nonce: 3 },
+        };
+        assert_eq!(
+            serde_json::to_string(&signal).unwrap(),
+            r#"{"type":"signal","to":"b","signal":{"kind":"sync","nonce":3}}"#
+        );
+        let relay: FromHub<String> =
+            serde_json::from_str(r#"{"type":"relay","peer":"a","token":"t","dial":false}"#)
+                .unwrap();
+        assert_eq!(
+            relay,
+            FromHub::Relay {
+                peer: "a".into(),
+                token: "t".into(),
+                dial: false
+            }
+        );
+    }
+}

@@ -1,0 +1,206 @@
+//! This device's channel to one hub: an HTTP upgrade on the hub's port,
+//! then `Noise_XN` with the device key (`meshd_link::channel`), kept open
+//! for as long as meshd runs.
+//!
+//! Over it the hub pushes the device list whenever it changes, so arrivals
+//! and departures are known at once, and passes hole-punching signals and
+//! relay offers, which go to the peer task they concern. The device pings
+//! every [`PING_INTERVAL`]; the round-trip time is what hole punching uses.
+//! A list without this device means the hub lost it (it restarted): the
+//! registrar is woken to register again at once.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Mesh;
+use super::backoff::Backoff;
+use super::hub_client::{HubConnection, HubError, HubUrl, ListedDevice};
+use super::peer::Command;
+use crate::device_id::DeviceId;
+use crate::hub_protocol::{CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, MAX_FROM_HUB_BYTES, ToHub};
+
+/// Pings go out this often.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A channel silent for this long (three pings unanswered) is reopened.
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Messages queued for the hub; beyond it, signals are dropped (their
+/// senders retry).
+const OUTGOING_QUEUE: usize = 256;
+
+/// The rest of meshd's hold on one hub's channel.
+pub struct HubChannel {
+    /// The hub.
+    pub url: HubUrl,
+    outgoing: Mutex<Option<mpsc::Sender<ToHub>>>,
+    rtt: Mutex<Option<Duration>>,
+}
+
+impl HubChannel {
+    /// A closed channel to `url`.
+    pub fn new(url: HubUrl) -> Self {
+        HubChannel {
+            url,
+            outgoing: Mutex::new(None),
+            rtt: Mutex::new(None),
+        }
+    }
+
+    /// Queues a message; false when the channel is down or full.
+    pub fn send(&self, message: ToHub) -> bool {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.try_send(message).is_ok())
+    }
+
+    /// The channel is open.
+    pub fn is_open(&self) -> bool {
+        self.outgoing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|outgoing| !outgoing.is_closed())
+    }
+
+    /// The last round-trip time measured to the hub.
+    pub fn rtt(&self) -> Option<Duration> {
+        *self.rtt.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
+        *self.outgoing.lock().unwrap_or_else(PoisonError::into_inner) = outgoing;
+    }
+}
+
+/// Keeps hub `index`'s channel open until cancelled: opens it once the
+/// device is registered there (the hub checks the key binding), reopens it
+/// with backoff when it fails.
+pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
+    let Some(hub) = mesh.hubs.get(index).cloned() else {
+        return;
+    };
+    let mut registered = mesh.registered[index].subscribe();
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = registered.wait_for(|registered| *registered) => {}
+        }
+        let outcome = tokio::select! {
+            () = cancel.cancelled() => return,
+            outcome = session(&mesh, index, &mut backoff) => outcome,
+        };
+        mesh.local.hubs[index].set(None);
+        if let Err(error) = outcome {
+            tracing::debug!(hub = %hub.url, %error, "hub channel closed; reopening");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(backoff.next_wait()) => {}
+        }
+    }
+}
+
+/// Why a channel ended.
+#[derive(Debug, thiserror::Error)]
+enum ChannelError {
+    #[error("{0}")]
+    Hub(#[from] HubError),
+    #[error("channel: {0}")]
+    Link(#[from] meshd_link::LinkError),
+    #[error("silent for {}s", SILENCE_LIMIT.as_secs())]
+    Silent,
+    #[error("malformed message from the hub: {0}")]
+    Malformed(String),
+}
+
+async fn session(
+    mesh: &Arc<Mesh>,
+    index: usize,
+    backoff: &mut Backoff,
+) -> Result<(), ChannelError> {
+    let local = &mesh.local;
+    let hub = &mesh.hubs[index];
+    let stream = HubConnection::open(hub, None)
+        .await?
+        .upgrade(CHANNEL_PATH, CHANNEL_UPGRADE, None)
+        .await?;
+    let channel = meshd_link::channel::open(stream, &local.key, &local.id.to_string()).await?;
+    let (mut reader, mut writer) = channel.split(MAX_FROM_HUB_BYTES);
+    let (outgoing, mut queue) = mpsc::channel(OUTGOING_QUEUE);
+    local.hubs[index].set(Some(outgoing));
+    tracing::debug!(hub = %hub.url, "hub channel open");
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut ping_sent: Option<(u64, Instant)> = None;
+    let mut nonce = 0u64;
+    let mut heard = Instant::now();
+    loop {
+        let outgoing = tokio::select! {
+            message = queue.recv() => match message {
+                Some(message) => message,
+                None => return Ok(()),
+            },
+            _ = ping.tick() => {
+                if heard.elapsed() >= SILENCE_LIMIT {
+                    return Err(ChannelError::Silent);
+                }
+                nonce += 1;
+                ping_sent = Some((nonce, Instant::now()));
+                ToHub::Ping { nonce }
+            }
+            read = reader.next() => {
+                let bytes = read?;
+                heard = Instant::now();
+                let message: FromHub<ListedDevice> = serde_json::from_slice(&bytes)
+                    .map_err(|error| ChannelError::Malformed(error.to_string()))?;
+                backoff.reset();
+                match message {
+                    FromHub::Pong { nonce } => {
+                        if let Some((sent_nonce, sent)) = ping_sent
+                            && sent_nonce == nonce
+                        {
+                            *local.hubs[index].rtt.lock().unwrap_or_else(PoisonError::into_inner) =
+                                Some(sent.elapsed());
+                        }
+                    }
+                    FromHub::Devices { devices, .. } => on_devices(mesh, index, &devices),
+                    FromHub::Signal { from, signal } => {
+                        tell(mesh, &from, Command::Signal { hub: index, signal });
+                    }
+                    FromHub::Relay { peer, token, dial } => {
+                        tell(mesh, &peer, Command::RelayOffer { hub: index, token, dial });
+                    }
+                    FromHub::Refused { to, reason } => {
+                        tell(mesh, &to, Command::Refused { hub: index, reason });
+                    }
+                }
+                continue;
+            }
+        };
+        let bytes = serde_json::to_vec(&outgoing)
+            .map_err(|error| ChannelError::Malformed(error.to_string()))?;
+        writer.send(&bytes).await?;
+    }
+}
+
+fn on_devices(mesh: &Mesh, index: usize, devices: &[ListedDevice]) {
+    let own = mesh.local.id.to_string();
+    if !devices.iter().any(|device| device.id == own) {
+        mesh.register_now[index].notify_one();
+    }
+    mesh.update_roster(index, devices);
+}
+
+/// Passes a hub message to the peer task of `device`, if there is one.
+fn tell(mesh: &Mesh, device: &str, command: Command) {
+    if let Ok(device) = DeviceId::parse(device) {
+        mesh.tell_peer(&device, command);
+    }
+}

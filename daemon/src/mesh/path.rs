@@ -1,0 +1,245 @@
+//! Opening a link to a device: directly, by racing its endpoints from the
+//! mesh port, or through a hub's relay. Both end in the same Noise_IK
+//! handshake over whatever stream they got, so the rest of meshd sees one
+//! kind of link with a [`Path`] label.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshd_ipc::LinkState;
+use meshd_link::{Hello, Link};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use super::Local;
+use super::hub_client::HubConnection;
+use crate::device_id::DeviceId;
+use crate::hub_protocol::{RELAY_PATH, RELAY_UPGRADE};
+use crate::public_key::PublicKey;
+
+/// Time allowed to open a TCP connection to a local or advertised endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Time a dial to a device's public endpoint (the address its hub
+/// observed) stays open. Behind NATs that drop unsolicited packets the
+/// dial goes unanswered until the device dials back, and the two dials
+/// meet in the NATs as a TCP simultaneous open; the SYN retransmissions of
+/// a waiting dial keep its NAT mapping open meanwhile.
+pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Endpoints are dialled in order of preference, each this long after the
+/// one before (as in Happy Eyeballs), and the first link made wins: a LAN
+/// path that answers at once is never beaten by a slower public one.
+const STAGGER: Duration = Duration::from_millis(50);
+
+/// Any byte stream a link runs over: a TCP connection, or a relay.
+pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> LinkStream for T {}
+
+/// The stream under every link.
+pub type Stream = Box<dyn LinkStream>;
+
+/// How a link reaches the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// A TCP connection between the two devices.
+    Direct,
+    /// Two TCP connections to a hub, spliced by it.
+    Relayed,
+}
+
+impl Path {
+    /// As `meshctl devices` and `ping` show it.
+    pub fn state(self) -> LinkState {
+        match self {
+            Path::Direct => LinkState::Direct,
+            Path::Relayed => LinkState::Relayed,
+        }
+    }
+}
+
+/// An open link, handed to the peer task by a dial, the listener or a
+/// relay.
+pub struct Established {
+    /// The link.
+    pub link: Link<Stream>,
+    /// The peer's hello from the handshake.
+    pub hello: Hello,
+    /// We ran the handshake's initiator side.
+    pub dialled: bool,
+    /// The peer's address on a direct link; the hub's on a relayed one.
+    pub endpoint: SocketAddr,
+    /// Direct or relayed.
+    pub path: Path,
+}
+
+/// Who to reach, and how to check that we did.
+#[derive(Clone)]
+pub struct Target {
+    /// The device.
+    pub peer: DeviceId,
+    /// Its key, as the hubs list it.
+    pub key: PublicKey,
+}
+
+/// Dials `candidates` (each within [`CONNECT_TIMEOUT`]) and `public` (the
+/// hole-punching endpoint, within [`PUNCH_TIMEOUT`]) in a staggered race;
+/// the first link made to the right device wins and the other attempts are
+/// dropped. The errors of all attempts if none succeeds.
+pub async fn dial(
+    local: &Arc<Local>,
+    target: &Target,
+    candidates: &[SocketAddr],
+    public: Option<SocketAddr>,
+) -> Result<Established, String> {
+    let mut attempts = JoinSet::new();
+    let ordered = candidates
+        .iter()
+        .filter(|endpoint| Some(**endpoint) != public)
+        .map(|endpoint| (*endpoint, CONNECT_TIMEOUT))
+        .chain(public.map(|endpoint| (endpoint, PUNCH_TIMEOUT)));
+    for (position, (endpoint, timeout)) in ordered.enumerate() {
+        let local = local.clone();
+        let target = target.clone();
+        let delay = STAGGER * u32::try_from(position).unwrap_or(u32::MAX);
+        attempts.spawn(async move {
+            tokio::time::sleep(delay).await;
+            dial_one(&local, &target, endpoint, timeout).await
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(joined) = attempts.join_next().await {
+        match joined {
+            Ok(Ok(established)) => return Ok(established),
+            Ok(Err(error)) => errors.push(error),
+            Err(error) => errors.push(error.to_string()),
+        }
+    }
+    if errors.is_empty() {
+        return Err("the device advertises no endpoint".to_owned());
+    }
+    Err(errors.join("; "))
+}
+
+async fn dial_one(
+    local: &Local,
+    target: &Target,
+    endpoint: SocketAddr,
+    timeout: Duration,
+) -> Result<Established, String> {
+    let stream = match tokio::time::timeout(timeout, connect(local.listen, endpoint)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => return Err(format!("{endpoint}: {error}")),
+        Err(_elapsed) => return Err(format!("{endpoint}: connect timed out")),
+    };
+    let _ = stream.set_nodelay(true);
+    handshake(local, target, Box::new(stream), endpoint, Path::Direct)
+        .await
+        .map_err(|error| format!("{endpoint}: {error}"))
+}
+
+/// Runs the initiator's handshake over `stream` and checks the answer
+/// names the device we meant.
+async fn handshake(
+    local: &Local,
+    target: &Target,
+    stream: Stream,
+    endpoint: SocketAddr,
+    path: Path,
+) -> Result<Established, String> {
+    let hello = local.hello_to(&target.peer);
+    match meshd_link::connect(stream, &local.key, target.key.as_bytes(), &hello).await {
+        Ok((link, remote)) if remote.from == target.peer.to_string() && remote.to == hello.from => {
+            Ok(Established {
+                link,
+                hello: remote,
+                dialled: true,
+                endpoint,
+                path,
+            })
+        }
+        Ok((_, remote)) => Err(format!(
+            "answered as {:?} expecting {:?}",
+            remote.from, remote.to
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Connects to `endpoint` from the mesh port, so that the NAT mapping is the
+/// one the hubs observed and a peer dialling back at the same time meets
+/// this connection in the NATs (TCP simultaneous open). Falls back to any
+/// port when the mesh port cannot be used for this destination (a previous
+/// connection to it in TIME_WAIT).
+async fn connect(mesh: SocketAddr, endpoint: SocketAddr) -> std::io::Result<TcpStream> {
+    if mesh.is_ipv4() == endpoint.is_ipv4() {
+        let socket = super::reusable_socket(mesh)?;
+        match socket.connect(endpoint).await {
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                tracing::debug!(%endpoint, %error, "mesh port unusable for this dial; dialling from another port");
+            }
+            outcome => return outcome,
+        }
+    }
+    TcpStream::connect(endpoint).await
+}
+
+/// Joins the relay that hub `hub` offered with `token`. With `dial` this
+/// side runs the link's initiator handshake; otherwise it answers, and
+/// accepts only the device `target` with its listed key. The hub splices
+/// bytes it cannot read: the handshake is end to end.
+pub async fn relay(
+    local: &Local,
+    hub: usize,
+    token: &str,
+    dial: bool,
+    target: &Target,
+) -> Result<Established, String> {
+    let url = &local.hubs[hub].url;
+    let connection = HubConnection::open(url, None)
+        .await
+        .map_err(|error| format!("relay at {}: {error}", url.url))?;
+    let endpoint = connection.remote_addr();
+    let stream: Stream = Box::new(
+        connection
+            .upgrade(RELAY_PATH, RELAY_UPGRADE, Some(token))
+            .await
+            .map_err(|error| format!("relay at {}: {error}", url.url))?,
+    );
+    if dial {
+        return handshake(local, target, stream, endpoint, Path::Relayed)
+            .await
+            .map_err(|error| format!("relay at {}: {error}", url.url));
+    }
+    let inbound = meshd_link::accept(stream, &local.key)
+        .await
+        .map_err(|error| format!("relay at {}: {error}", url.url))?;
+    let hello = inbound.hello().clone();
+    if hello.from != target.peer.to_string()
+        || hello.to != local.id.to_string()
+        || inbound.remote_key() != target.key.as_bytes()
+    {
+        return Err(format!(
+            "relay at {}: the other end is not {} with its listed key",
+            url.url, target.peer
+        ));
+    }
+    let link = inbound
+        .complete(&local.hello_to(&target.peer))
+        .await
+        .map_err(|error| format!("relay at {}: {error}", url.url))?;
+    Ok(Established {
+        link,
+        hello,
+        dialled: false,
+        endpoint,
+        path: Path::Relayed,
+    })
+}

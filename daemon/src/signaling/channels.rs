@@ -1,0 +1,261 @@
+//! Hub channels: each device keeps one open (an HTTP upgrade on the
+//! signaling port, then `Noise_XN` with its device key). Over it the hub
+//! pushes the device list whenever it changes, forwards hole-punching
+//! signals between devices, and hands out relay tokens.
+//!
+//! A channel is accepted only if the key the device proves is the key its
+//! id is bound to, so a signal's `from` and a relay's ends are the devices
+//! they claim to be. One channel per id: a newer one replaces the older.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use meshd_link::channel::{ChannelReader, ChannelWriter};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use super::SignalingState;
+use super::api::DeviceView;
+use crate::device_id::DeviceId;
+use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, ToHub};
+use crate::public_key::PublicKey;
+
+/// Messages queued for one device; beyond it signals to that device are
+/// dropped (they are retried) rather than buffered without bound.
+const OUTGOING_QUEUE: usize = 64;
+
+/// Devices ping every 10 s; a channel silent for this long is dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(45);
+
+/// A write to a device that makes no progress for this long ends its
+/// channel.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A message queued for a device's channel.
+type Outgoing = FromHub<DeviceView>;
+
+struct Session {
+    serial: u64,
+    outgoing: mpsc::Sender<Outgoing>,
+}
+
+/// The open channels, by device.
+#[derive(Default)]
+pub struct Channels {
+    sessions: Mutex<HashMap<DeviceId, Session>>,
+    next_serial: AtomicU64,
+    /// The device list message, serialized once per registry version.
+    devices_message: Mutex<Option<(u64, Bytes)>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Channels {
+    /// Channels open now.
+    pub fn count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    fn open(&self, id: &DeviceId, outgoing: mpsc::Sender<Outgoing>) -> u64 {
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        // Dropping the replaced session's sender ends its writer.
+        lock(&self.sessions).insert(id.clone(), Session { serial, outgoing });
+        serial
+    }
+
+    fn close(&self, id: &DeviceId, serial: u64) {
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .get(id)
+            .is_some_and(|session| session.serial == serial)
+        {
+            sessions.remove(id);
+        }
+    }
+
+    /// Queues a message for `to`; false if it has no channel or its queue
+    /// is full.
+    fn send(&self, to: &DeviceId, message: FromHub<DeviceView>) -> bool {
+        lock(&self.sessions)
+            .get(to)
+            .is_some_and(|session| session.outgoing.try_send(message).is_ok())
+    }
+}
+
+/// Runs one channel from its upgraded stream until it closes.
+pub async fn serve<S>(state: Arc<SignalingState>, stream: S, remote: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (channel, peer) = match meshd_link::channel::serve(stream).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::debug!(peer_addr = %remote, %error, "hub channel handshake failed");
+            return;
+        }
+    };
+    let key = PublicKey::from(peer.key);
+    let id = match DeviceId::parse(&peer.id) {
+        Ok(id) if state.registry().binding(&id) == Some(key) => id,
+        _ => {
+            tracing::warn!(peer_addr = %remote, claimed = %peer.id, %key, "hub channel refused: that id is not registered with that key");
+            return;
+        }
+    };
+    let (reader, writer) = channel.split(MAX_TO_HUB_BYTES);
+    let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
+    let serial = state.channels.open(&id, outgoing.clone());
+    tracing::debug!(device_id = %id, peer_addr = %remote, "hub channel open");
+    let stop = state.stopping.child_token();
+    let writing = state
+        .tracker
+        .spawn(write_channel(state.clone(), writer, queue, stop.clone()));
+    let reason = read_channel(&state, &id, reader, &outgoing).await;
+    state.channels.close(&id, serial);
+    stop.cancel();
+    let _ = writing.await;
+    tracing::debug!(device_id = %id, peer_addr = %remote, %reason, "hub channel closed");
+}
+
+/// Handles the device's messages; the reason the channel ended.
+async fn read_channel<R: AsyncRead + Unpin>(
+    state: &SignalingState,
+    id: &DeviceId,
+    mut reader: ChannelReader<R>,
+    outgoing: &mpsc::Sender<Outgoing>,
+) -> String {
+    loop {
+        let bytes = tokio::select! {
+            () = state.stopping.cancelled() => return "meshd is stopping".to_owned(),
+            read = tokio::time::timeout(SILENCE_LIMIT, reader.next()) => match read {
+                Err(_elapsed) => return format!("silent for {}s", SILENCE_LIMIT.as_secs()),
+                Ok(Err(error)) => return error.to_string(),
+                Ok(Ok(bytes)) => bytes,
+            },
+        };
+        let message: ToHub = match serde_json::from_slice(&bytes) {
+            Ok(message) => message,
+            Err(error) => return format!("malformed message: {error}"),
+        };
+        let reply = match message {
+            ToHub::Ping { nonce } => Some(FromHub::Pong { nonce }),
+            ToHub::Signal { to, signal } => {
+                let delivered = DeviceId::parse(&to).is_ok_and(|target| {
+                    state.channels.send(
+                        &target,
+                        FromHub::Signal {
+                            from: id.to_string(),
+                            signal,
+                        },
+                    )
+                });
+                (!delivered).then(|| FromHub::Refused {
+                    reason: format!("{to} has no channel open to this hub"),
+                    to,
+                })
+            }
+            ToHub::Relay { to } => relay(state, id, to),
+        };
+        if let Some(reply) = reply {
+            // A device that does not read its channel loses replies, not
+            // the hub's memory.
+            let _ = outgoing.try_send(reply);
+        }
+    }
+}
+
+/// Offers a relay between `id` and `to`: tokens to both; the refusal to
+/// `id` if that cannot be done.
+fn relay(state: &SignalingState, id: &DeviceId, to: String) -> Option<FromHub<DeviceView>> {
+    let refused = |reason: String, to: String| Some(FromHub::Refused { to, reason });
+    let Ok(target) = DeviceId::parse(&to) else {
+        return refused(format!("{to:?} is not a device id"), to);
+    };
+    let rate = state.settings().relay_bytes_per_sec;
+    let (own, theirs) = match state.relays.offer(id, &target, rate) {
+        Ok(tokens) => tokens,
+        Err(error) => return refused(error.to_string(), to),
+    };
+    let offered = state.channels.send(
+        &target,
+        FromHub::Relay {
+            peer: id.to_string(),
+            token: theirs,
+            dial: false,
+        },
+    );
+    if !offered {
+        return refused(format!("{to} has no channel open to this hub"), to);
+    }
+    Some(FromHub::Relay {
+        peer: to,
+        token: own,
+        dial: true,
+    })
+}
+
+/// Sends the device list on open and on every change, and queued messages,
+/// until the queue closes (the session was replaced or ended).
+async fn write_channel<W: AsyncWrite + Unpin>(
+    state: Arc<SignalingState>,
+    mut writer: ChannelWriter<W>,
+    mut queue: mpsc::Receiver<Outgoing>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut changes = state.changes.subscribe();
+    let mut push = true;
+    loop {
+        let bytes = if push {
+            push = false;
+            changes.borrow_and_update();
+            devices_message(&state)
+        } else {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                message = queue.recv() => match message {
+                    Some(message) => match serde_json::to_vec(&message) {
+                        Ok(bytes) => Bytes::from(bytes),
+                        Err(_) => continue,
+                    },
+                    None => break,
+                },
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    push = true;
+                    continue;
+                }
+            }
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, writer.send(&bytes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    writer.close().await;
+}
+
+/// The current device list as a channel message, serialized once per
+/// registry version whatever the number of channels.
+fn devices_message(state: &SignalingState) -> Bytes {
+    let version = *state.changes.borrow();
+    let mut cached = lock(&state.channels.devices_message);
+    if let Some((cached_version, bytes)) = &*cached
+        && *cached_version == version
+    {
+        return bytes.clone();
+    }
+    let devices: Vec<DeviceView> = state.live_devices().iter().map(DeviceView::from).collect();
+    let message = FromHub::Devices { version, devices };
+    let bytes = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
+    *cached = Some((version, bytes.clone()));
+    bytes
+}

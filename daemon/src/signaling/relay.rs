@@ -1,0 +1,377 @@
+//! The relay: when two devices cannot reach each other directly, the hub
+//! splices their TCP streams together. The link's own Noise session runs
+//! through it end to end, so the hub only ever sees ciphertext.
+//!
+//! A device asks over its channel; the hub hands each side a one-time token
+//! over its own channel ([`Relays::offer`]). Each side then opens
+//! `GET /relay` with its token and upgrades; the first to arrive waits (at
+//! most [`JOIN_TIMEOUT`]) for the other, and the two streams are copied into
+//! each other. Each direction is charged to the device that sends it, at
+//! `signaling.relay_bytes_per_sec` per device across all its relays.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::device_id::DeviceId;
+
+/// Time a token stays valid, and the first side waits for the second.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A relay with no bytes in one direction for this long is closed. Links
+/// send keepalives far more often.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Bytes read per copy step.
+const COPY_CHUNK: usize = 16 * 1024;
+
+/// A stream joined to a relay.
+pub trait RelayStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> RelayStream for T {}
+
+type Stream = Box<dyn RelayStream>;
+
+/// One side of an offered relay.
+struct Half {
+    device: DeviceId,
+    partner: String,
+    created: Instant,
+    /// The side has arrived and waits for its partner's stream.
+    waiting: Option<oneshot::Sender<(Stream, DeviceId)>>,
+    claimed: bool,
+}
+
+/// Why a relay could not be offered or joined.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RelayError {
+    /// `signaling.relay_bytes_per_sec` is 0.
+    #[error("this hub does not relay (signaling.relay_bytes_per_sec = 0)")]
+    Disabled,
+    /// At the cap of relays.
+    #[error("this hub relays {0} streams already; try again later")]
+    Full(usize),
+    /// The token is unknown, used or expired.
+    #[error("unknown, used or expired relay token; ask for a new relay over the hub channel")]
+    UnknownToken,
+}
+
+/// Offered and running relays.
+pub struct Relays {
+    pending: Mutex<HashMap<String, Half>>,
+    /// Per device, the bucket every relay it sends through shares.
+    buckets: Mutex<HashMap<DeviceId, Weak<Bucket>>>,
+    /// Relays spliced now.
+    active: Arc<AtomicUsize>,
+    /// Pending halves plus active relays at most.
+    max: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A token: 128 random bits, hex.
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Proof that a `GET /relay` presented a valid token.
+pub struct Claim {
+    token: String,
+    device: DeviceId,
+}
+
+impl Relays {
+    /// Room for `max` relays, pending or active.
+    pub fn new(max: usize) -> Self {
+        Relays {
+            pending: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(HashMap::new()),
+            active: Arc::new(AtomicUsize::new(0)),
+            max,
+        }
+    }
+
+    /// Relays spliced now.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Creates a relay between `a` and `b`: their tokens, in that order.
+    pub fn offer(
+        &self,
+        a: &DeviceId,
+        b: &DeviceId,
+        rate: u64,
+    ) -> Result<(String, String), RelayError> {
+        if rate == 0 {
+            return Err(RelayError::Disabled);
+        }
+        let mut pending = lock(&self.pending);
+        let now = Instant::now();
+        pending.retain(|_, half| now.duration_since(half.created) < JOIN_TIMEOUT);
+        if pending.len() / 2 + self.active() >= self.max {
+            return Err(RelayError::Full(self.max));
+        }
+        let (token_a, token_b) = (new_token(), new_token());
+        let half = |device: &DeviceId, partner: &str| Half {
+            device: device.clone(),
+            partner: partner.to_owned(),
+            created: now,
+            waiting: None,
+            claimed: false,
+        };
+        pending.insert(token_a.clone(), half(a, &token_b));
+        pending.insert(token_b.clone(), half(b, &token_a));
+        Ok((token_a, token_b))
+    }
+
+    /// Checks a token before the upgrade is answered; each token is good
+    /// for one claim.
+    pub fn claim(&self, token: &str) -> Result<Claim, RelayError> {
+        let mut pending = lock(&self.pending);
+        match pending.get_mut(token) {
+            Some(half) if !half.claimed && half.created.elapsed() < JOIN_TIMEOUT => {
+                half.claimed = true;
+                Ok(Claim {
+                    token: token.to_owned(),
+                    device: half.device.clone(),
+                })
+            }
+            _ => Err(RelayError::UnknownToken),
+        }
+    }
+
+    /// Joins a claimed side's stream to its partner's: hands it over if the
+    /// partner waits, or waits for the partner and then copies both ways
+    /// until either side closes, the relay idles or meshd stops.
+    pub async fn join<S: RelayStream>(
+        &self,
+        claim: Claim,
+        stream: S,
+        rate: impl Fn() -> u64 + Send + Sync + 'static,
+        stopping: CancellationToken,
+    ) {
+        let stream: Stream = Box::new(stream);
+        let arrived = {
+            let mut pending = lock(&self.pending);
+            let partner = pending
+                .get(&claim.token)
+                .map(|half| half.partner.clone())
+                .unwrap_or_default();
+            match pending
+                .get_mut(&partner)
+                .and_then(|half| half.waiting.take())
+            {
+                Some(waiting) => {
+                    pending.remove(&partner);
+                    pending.remove(&claim.token);
+                    Err((waiting, stream))
+                }
+                None => {
+                    let (sender, receiver) = oneshot::channel();
+                    match pending.get_mut(&claim.token) {
+                        Some(half) => half.waiting = Some(sender),
+                        // Expired between the claim and the upgrade.
+                        None => return,
+                    }
+                    Ok((receiver, stream))
+                }
+            }
+        };
+        let (receiver, own) = match arrived {
+            Err((waiting, stream)) => {
+                // The partner's task splices.
+                let _ = waiting.send((stream, claim.device));
+                return;
+            }
+            Ok(waiting) => waiting,
+        };
+        let partner = tokio::select! {
+            () = stopping.cancelled() => None,
+            received = tokio::time::timeout(JOIN_TIMEOUT, receiver) => received.ok().and_then(Result::ok),
+        };
+        let Some((other, other_device)) = partner else {
+            lock(&self.pending).remove(&claim.token);
+            tracing::debug!(device_id = %claim.device, "relay partner never came; closed");
+            return;
+        };
+        let own_bucket = self.bucket(&claim.device);
+        let other_bucket = self.bucket(&other_device);
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let _active = ActiveGuard(self.active.clone());
+        tracing::info!(a = %claim.device, b = %other_device, "relay open");
+        let (own_read, own_write) = tokio::io::split(own);
+        let (other_read, other_write) = tokio::io::split(other);
+        let rate = Arc::new(rate);
+        let (sent_a, sent_b) = tokio::select! {
+            () = stopping.cancelled() => (0, 0),
+            (a, b) = async {
+                tokio::join!(
+                    pump(own_read, other_write, own_bucket, rate.clone()),
+                    pump(other_read, own_write, other_bucket, rate.clone()),
+                )
+            } => (a, b),
+        };
+        tracing::info!(a = %claim.device, b = %other_device, bytes_from_a = sent_a, bytes_from_b = sent_b, "relay closed");
+    }
+
+    fn bucket(&self, device: &DeviceId) -> Arc<Bucket> {
+        let mut buckets = lock(&self.buckets);
+        if let Some(bucket) = buckets.get(device).and_then(Weak::upgrade) {
+            return bucket;
+        }
+        buckets.retain(|_, bucket| bucket.strong_count() > 0);
+        let bucket = Arc::new(Bucket::new());
+        buckets.insert(device.clone(), Arc::downgrade(&bucket));
+        bucket
+    }
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Copies one direction until end of stream, an error, an idle read or a
+/// rate of 0; then shuts the write side, so the other end sees the close.
+/// The bytes copied.
+async fn pump<R, W>(mut from: R, mut to: W, bucket: Arc<Bucket>, rate: Arc<impl Fn() -> u64>) -> u64
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0; COPY_CHUNK];
+    let mut copied = 0u64;
+    loop {
+        let read = match tokio::time::timeout(IDLE_TIMEOUT, from.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(read)) => read,
+        };
+        let rate = rate();
+        if rate == 0 {
+            break;
+        }
+        bucket.take(read, rate).await;
+        if to.write_all(&buffer[..read]).await.is_err() {
+            break;
+        }
+        copied += read as u64;
+    }
+    let _ = to.shutdown().await;
+    copied
+}
+
+/// A token bucket in bytes: a burst of one second's worth, then `rate`
+/// bytes per second. Senders over it sleep off their debt.
+struct Bucket {
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Bucket {
+    fn new() -> Self {
+        Bucket {
+            state: Mutex::new((f64::MAX, tokio::time::Instant::now())),
+        }
+    }
+
+    async fn take(&self, bytes: usize, rate: u64) {
+        let wait = {
+            let mut state = lock(&self.state);
+            let (tokens, last) = &mut *state;
+            let now = tokio::time::Instant::now();
+            let rate = rate as f64;
+            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
+            *last = now;
+            *tokens -= bytes as f64;
+            if *tokens >= 0.0 {
+                return;
+            }
+            Duration::from_secs_f64(-*tokens / rate)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> DeviceId {
+        DeviceId::parse(name).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_one_time_and_the_cap_holds() {
+        let relays = Relays::new(1);
+        let (a, _b) = relays.offer(&id("a"), &id("b"), 1000).unwrap();
+        assert!(matches!(
+            relays.offer(&id("a"), &id("c"), 1000),
+            Err(RelayError::Full(1))
+        ));
+        assert!(relays.claim(&a).is_ok());
+        assert!(matches!(relays.claim(&a), Err(RelayError::UnknownToken)));
+        assert!(matches!(
+            relays.claim("0123"),
+            Err(RelayError::UnknownToken)
+        ));
+        assert!(matches!(
+            Relays::new(4).offer(&id("a"), &id("b"), 0),
+            Err(RelayError::Disabled)
+        ));
+    }
+
+    #[tokio::test]
+    async fn two_sides_are_spliced_and_bytes_cross_unchanged() {
+        let relays = Arc::new(Relays::new(4));
+        let (ta, tb) = relays.offer(&id("a"), &id("b"), 1 << 30).unwrap();
+        let (mut a_end, a_hub) = tokio::io::duplex(1 << 16);
+        let (mut b_end, b_hub) = tokio::io::duplex(1 << 16);
+        let stop = CancellationToken::new();
+        let claim_a = relays.claim(&ta).unwrap();
+        let claim_b = relays.claim(&tb).unwrap();
+        let first = tokio::spawn({
+            let relays = relays.clone();
+            let stop = stop.clone();
+            async move { relays.join(claim_a, a_hub, || 1 << 30, stop).await }
+        });
+        let second = tokio::spawn({
+            let relays = relays.clone();
+            async move { relays.join(claim_b, b_hub, || 1 << 30, stop).await }
+        });
+        a_end.write_all(b"sealed bytes").await.unwrap();
+        let mut got = [0; 12];
+        b_end.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"sealed bytes");
+        b_end.write_all(b"back").await.unwrap();
+        let mut back = [0; 4];
+        a_end.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"back");
+        drop(a_end);
+        drop(b_end);
+        first.await.unwrap();
+        second.await.unwrap();
+        assert_eq!(relays.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_bucket_holds_a_sender_to_its_rate() {
+        let bucket = Bucket::new();
+        let start = tokio::time::Instant::now();
+        // One second's burst at once, then three tenths of a second more.
+        bucket.take(100_000, 100_000).await;
+        assert!(start.elapsed() < Duration::from_millis(100));
+        for _ in 0..3 {
+            bucket.take(10_000, 100_000).await;
+        }
+        assert!(start.elapsed() >= Duration::from_millis(280));
+    }
+}
