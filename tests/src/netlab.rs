@@ -17,7 +17,8 @@
 //! and 10.0.0.0/8 are used: hosts have routes to nothing else. Dropping the
 //! [`Lab`] deletes its namespaces, which removes everything in them; a lab
 //! left behind by a test process that was killed is removed by the next
-//! [`Lab::new`]. Needs root, iproute2 and iptables (`.ci/run` installs them).
+//! [`Lab::new`]. Needs root, iproute2 and iptables, and tcpdump for
+//! [`Lab::capture`] (`.ci/run` installs them).
 
 use std::net::Ipv4Addr;
 use std::process::Command;
@@ -250,6 +251,66 @@ impl Lab {
         let mut all = vec!["-n", netns];
         all.extend_from_slice(args);
         run("ip", &all)
+    }
+}
+
+/// A packet capture (tcpdump) running in one of the lab's namespaces.
+pub struct Capture {
+    child: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Lab {
+    /// Starts capturing every TCP packet on every interface of `netns`
+    /// into `file`; returns once tcpdump listens.
+    pub fn capture(&self, netns: &str, file: &std::path::Path) -> Result<Capture, String> {
+        let path = file.display().to_string();
+        let mut child = Command::new("ip")
+            .args([
+                "netns", "exec", netns, "tcpdump", "-i", "any", "-U", "-n", "-s", "0", "-w", &path,
+                "tcp",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|error| format!("tcpdump: {error}"))?;
+        // tcpdump says "listening on ..." on stderr once it captures.
+        let stderr = child.stderr.take().ok_or("tcpdump has no stderr")?;
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+        let mut said = Vec::new();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("listening") => break,
+                Some(Ok(line)) if said.len() < 10 => said.push(line),
+                _ => {
+                    let _ = child.kill();
+                    return Err(format!("tcpdump did not start: {}", said.join("; ")));
+                }
+            }
+        }
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Capture {
+            child,
+            file: file.to_owned(),
+        })
+    }
+}
+
+impl Capture {
+    /// Stops the capture and returns the pcap file's bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        std::fs::read(&self.file).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -70,6 +70,8 @@ async fn serve_connection(
     state: Arc<SignalingState>,
     cancel: CancellationToken,
 ) {
+    // Relays and channels carry small, latency-bound records: no Nagle.
+    let _ = stream.set_nodelay(true);
     let timeout = state.settings().request_timeout;
     let service = {
         let state = state.clone();

@@ -331,7 +331,7 @@ fn a_killed_device_goes_down_and_relinks_with_the_same_identity() {
 }
 
 #[test]
-fn a_frozen_device_is_declared_dead_after_30s_of_silence() {
+fn a_frozen_device_is_declared_dead_after_6s_of_silence() {
     let hub = hub_device("hub", "");
     let hubs = [hub.hub_url()];
     let a = device("a", &hubs);
@@ -340,31 +340,34 @@ fn a_frozen_device_is_declared_dead_after_30s_of_silence() {
     // Its sockets stay open but nothing answers: only keepalives can tell.
     frozen.signal(Signal::SIGSTOP);
     let stopped = Instant::now();
-    // Meanwhile the link still looks up, so a send waits for its
-    // acknowledgement and gives up with the reason.
+    // Meanwhile the link still looks up, so a send waits and gives up with
+    // the reason: no acknowledgement, or the link found silent meanwhile.
     let output = a.ctl(&["send", "frozen", "hello?"]);
     assert_eq!(output.status.code(), Some(1));
+    let error = stderr(&output);
     assert!(
-        stderr(&output).contains("frozen did not acknowledge within 5s"),
-        "{}",
-        stderr(&output)
+        error.contains("frozen did not acknowledge within 5s")
+            || error.contains("no link to frozen: silent for 6s"),
+        "{error}"
     );
-    wait_until("frozen shown down", Duration::from_secs(40), || {
+    wait_until("frozen shown down", Duration::from_secs(20), || {
         a.link_to("frozen")
             .is_some_and(|link| link != "direct")
             .then_some(())
     });
     let took = stopped.elapsed();
     frozen.signal(Signal::SIGCONT);
+    // Six seconds after the last keepalive answer, which came at most one
+    // keepalive (2 s) before the stop.
     assert!(
-        took <= Duration::from_secs(35),
+        took <= Duration::from_secs(10),
         "declared dead after {took:?}"
     );
     assert!(
-        took >= Duration::from_secs(15),
+        took >= Duration::from_secs(3),
         "declared dead too early: {took:?}"
     );
-    assert!(a.log().contains("silent for 30s"), "{}", a.log());
+    assert!(a.log().contains("silent for 6s"), "{}", a.log());
     frozen.kill9();
 }
 
@@ -539,8 +542,8 @@ fn a_device_that_leaves_every_registry_loses_its_link() {
     let a = device("a", &hubs);
     let mut gone = device("gone", &hubs);
     wait_full_mesh(&[&hub, &a, &gone], Duration::from_secs(10));
-    // Frozen, it stops heartbeating and expires from the hub long before
-    // its link could go silent for 30 s.
+    // Frozen, it stops heartbeating and expires from the hub; whatever its
+    // link does meanwhile, a must then drop it from its list.
     gone.signal(Signal::SIGSTOP);
     let stopped = Instant::now();
     wait_until(

@@ -3,7 +3,9 @@
 //! `meshctl devices --json` shows and message delivery in both directions.
 //! Under CI=true a lab that cannot be built fails these tests.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use meshd_tests::netlab::{Host, Nat, lab_or_skip};
 use meshd_tests::{MeshOptions, Node, NodeOptions, wait_until};
@@ -30,7 +32,13 @@ fn start_hub(hub: &Host) -> Node {
 
 /// A mesh device in `host`'s namespace, listening on every interface there.
 fn start_device(id: &str, host: &Host, hub: &Host) -> Node {
-    let mut mesh = MeshOptions::with_hubs(&[hub_url(hub)]);
+    start_device_with(id, host, &[hub])
+}
+
+/// A mesh device registering with several hubs.
+fn start_device_with(id: &str, host: &Host, hubs: &[&Host]) -> Node {
+    let urls: Vec<String> = hubs.iter().map(|hub| hub_url(hub)).collect();
+    let mut mesh = MeshOptions::with_hubs(&urls);
     mesh.listen = format!("0.0.0.0:{MESH_PORT}");
     Node::start(NodeOptions {
         id: id.to_owned(),
@@ -266,11 +274,200 @@ fn a_two_devices_behind_two_port_preserving_nats_link_directly() {
     let a = start_device("a", &a_host, &hub_host);
     let b = start_device("b", &b_host, &hub_host);
     // Neither router lets an unsolicited SYN in. b learns of a from its
-    // first list, a of b from its long-poll on the hub, at once; each dials
-    // the other's public endpoint from its mesh port and keeps the dial
-    // open, and the two meet in the NATs as one TCP connection.
+    // first list, a of b from the hub channel's push, at once; each dials
+    // the other's public endpoint from its mesh port (and asks the other,
+    // through the hub, to dial back now), and the two dials meet in the
+    // NATs as one TCP connection.
     let (a_end, b_end) = wait_link((&a, "a"), (&b, "b"), "direct", Duration::from_secs(10));
     assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
     assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
     exchange((&a, "a"), (&b, "b"));
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+#[test]
+fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let hub_host = lab.public_host("hub", 1).unwrap();
+    let mut carrier = lab.router("cgnat", 40, 4, Nat::RandomPort).unwrap();
+    let mut home = lab.router("home", 30, 2, Nat::PortPreserving).unwrap();
+    let a_host = lab.lan_host(&mut carrier, "a").unwrap();
+    let b_host = lab.lan_host(&mut home, "b").unwrap();
+    let pcap = std::env::temp_dir().join(format!("{}-hub.pcap", lab.name()));
+    let capture = lab.capture(&hub_host.netns, &pcap).unwrap();
+    let hub = start_hub(&hub_host);
+    let a = start_device("a", &a_host, &hub_host);
+    let b = start_device("b", &b_host, &hub_host);
+    // a's NAT gives each destination its own public port, so neither the
+    // port the hub observed nor a simultaneous open can reach it: the hub
+    // relays, and both show the hub as the endpoint.
+    let hub_endpoint = format!("{}:{HUB_PORT}", hub_host.ip);
+    let (a_end, b_end) = wait_link((&a, "a"), (&b, "b"), "relayed", Duration::from_secs(10));
+    assert_eq!(
+        (a_end.as_str(), b_end.as_str()),
+        (hub_endpoint.as_str(), hub_endpoint.as_str())
+    );
+    exchange((&a, "a"), (&b, "b"));
+    let pong = a.ctl_json(&["ping", "b"]);
+    assert_eq!(pong[0]["path"], "relayed", "{pong}");
+    let status = hub.ctl_json(&["status"]);
+    assert_eq!(status["roles"]["signaling"]["relays"], 1, "{status}");
+    assert_eq!(status["roles"]["signaling"]["channels"], 2, "{status}");
+    // Direct attempts go on in the background and keep failing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(link(&a, "b").unwrap().0, "relayed");
+
+    let captured = capture.finish();
+    let _ = std::fs::remove_file(&pcap);
+    // The capture works: registrations are plain HTTP.
+    assert!(
+        contains(&captured, br#"{"id":"a""#),
+        "the capture lacks the registration of a ({} bytes)",
+        captured.len()
+    );
+    for text in ["across the lab from a to b", "across the lab from b to a"] {
+        assert!(
+            !contains(&captured, text.as_bytes()),
+            "the hub saw {text:?} in the clear"
+        );
+    }
+}
+
+#[test]
+fn e_a_cut_direct_path_falls_back_to_the_relay_and_comes_back() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let hub_host = lab.public_host("hub", 1).unwrap();
+    let mut home_a = lab.router("homea", 20, 1, Nat::PortPreserving).unwrap();
+    let mut home_b = lab.router("homeb", 30, 2, Nat::PortPreserving).unwrap();
+    let a_host = lab.lan_host(&mut home_a, "a").unwrap();
+    let b_host = lab.lan_host(&mut home_b, "b").unwrap();
+    let _hub = start_hub(&hub_host);
+    let a = start_device("a", &a_host, &hub_host);
+    let b = start_device("b", &b_host, &hub_host);
+    wait_link((&a, "a"), (&b, "b"), "direct", Duration::from_secs(10));
+
+    // Cut every packet between the two homes at a's router; the hub stays
+    // reachable for both.
+    let rules = [["-s", "203.0.113.30"], ["-d", "203.0.113.30"]];
+    for rule in &rules {
+        let mut args = vec!["iptables", "-I", "FORWARD"];
+        args.extend_from_slice(rule);
+        args.extend_from_slice(&["-j", "DROP"]);
+        lab.exec(&home_a.netns, &args).unwrap();
+    }
+    let cut = Instant::now();
+    // a keeps sending through the cut; every message acknowledged must
+    // arrive, once.
+    let stop = AtomicBool::new(false);
+    let acknowledged = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sequence = 0;
+            while !stop.load(Ordering::Relaxed) {
+                sequence += 1;
+                let text = format!("through the cut {sequence}");
+                if a.ctl(&["send", "b", &text]).status.success() {
+                    acknowledged.lock().unwrap().push(text);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let (a_end, _) = wait_link((&a, "a"), (&b, "b"), "relayed", Duration::from_secs(12));
+        let took = cut.elapsed();
+        assert!(
+            took <= Duration::from_secs(10),
+            "relayed {took:?} after the cut"
+        );
+        assert_eq!(a_end, format!("{}:{HUB_PORT}", hub_host.ip));
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(!acknowledged.is_empty(), "nothing got through the relay");
+    let inbox = b.ctl_json(&["messages"]);
+    for text in &acknowledged {
+        let copies = inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["from"] == "a" && m["text"] == text.as_str())
+            .count();
+        assert_eq!(
+            copies, 1,
+            "{text:?} acknowledged but {copies} copies arrived"
+        );
+    }
+
+    for rule in &rules {
+        let mut args = vec!["iptables", "-D", "FORWARD"];
+        args.extend_from_slice(rule);
+        args.extend_from_slice(&["-j", "DROP"]);
+        lab.exec(&home_a.netns, &args).unwrap();
+    }
+    // The background dials get through again (a waiting dial's next SYN
+    // retransmission meets the other's), and the relay is closed.
+    let restored = Instant::now();
+    let (a_end, b_end) = wait_link((&a, "a"), (&b, "b"), "direct", Duration::from_secs(60));
+    eprintln!("direct again {:?} after the cut ended", restored.elapsed());
+    assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
+    assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
+    exchange((&a, "a"), (&b, "b"));
+}
+
+#[test]
+fn netcheck_tells_a_port_preserving_nat_from_a_random_one() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let hub1 = lab.public_host("hub1", 1).unwrap();
+    let hub2 = lab.public_host("hub2", 2).unwrap();
+    let mut home = lab.router("home", 20, 1, Nat::PortPreserving).unwrap();
+    let mut carrier = lab.router("cgnat", 40, 4, Nat::RandomPort).unwrap();
+    let kept_host = lab.lan_host(&mut home, "kept").unwrap();
+    let random_host = lab.lan_host(&mut carrier, "random").unwrap();
+    let _hubs = [start_hub(&hub1), start_hub(&hub2)];
+    let kept = start_device_with("kept", &kept_host, &[&hub1, &hub2]);
+    let random = start_device_with("random", &random_host, &[&hub1, &hub2]);
+    // A probe collides with a registration from the mesh port now and
+    // then; it is then not counted, and netcheck says so.
+    let netcheck = |node: &Node| {
+        wait_until(
+            "a netcheck from the mesh port",
+            Duration::from_secs(20),
+            || {
+                let reply = node.ctl_json(&["netcheck"]);
+                let probes = reply["probes"].as_array()?;
+                let all_from_mesh_port = probes.len() == 2
+                    && probes.iter().all(|probe| {
+                        probe["local"]
+                            .as_str()
+                            .is_some_and(|local| local.ends_with(&format!(":{MESH_PORT}")))
+                    });
+                all_from_mesh_port.then_some(reply)
+            },
+        )
+    };
+    let reply = netcheck(&kept);
+    assert_eq!(
+        reply["observed"],
+        format!("203.0.113.20:{MESH_PORT}"),
+        "{reply}"
+    );
+    assert_eq!(reply["port_preserved"], true, "{reply}");
+    assert_eq!(reply["same_port_for_all_destinations"], true, "{reply}");
+    let reply = netcheck(&random);
+    assert_eq!(reply["port_preserved"], false, "{reply}");
+    assert_eq!(reply["same_port_for_all_destinations"], false, "{reply}");
+    assert!(
+        reply["verdict"].as_str().unwrap().contains("relay"),
+        "{reply}"
+    );
+    let text = kept.ctl_ok(&["netcheck"]);
+    assert!(
+        text.contains("same public port for every destination: yes"),
+        "{text}"
+    );
 }
