@@ -383,6 +383,7 @@ fn e_a_cut_direct_path_falls_back_to_the_relay_and_comes_back() {
             took <= Duration::from_secs(10),
             "relayed {took:?} after the cut"
         );
+        eprintln!("relayed {took:?} after the cut");
         assert_eq!(a_end, format!("{}:{HUB_PORT}", hub_host.ip));
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
