@@ -1,18 +1,15 @@
 //! Real meshd processes on loopback: the time until every one of them has a
 //! direct link to every other, and the round-trip time meshd measures.
 
-use std::io::{BufReader, Write};
 use std::net::TcpListener;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshd_ipc::{LinkState, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame, Response};
+use meshd_ipc::{LinkState, Request, Response};
 
+use crate::control::{Error, Nodes, call, call_devices, wait_for};
 use crate::median;
-
-type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Longest wait for a mesh to form before the run counts as failed.
 const FORM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,18 +42,6 @@ pub fn run(meshd: &Path, devices: usize, repeat: usize) -> Result<(), Error> {
         repeat
     );
     Ok(())
-}
-
-/// Kills the processes it holds when dropped, however the run ends.
-struct Nodes(Vec<Child>);
-
-impl Drop for Nodes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 fn once(meshd: &Path, devices: usize, round: usize) -> Result<(f64, f64), Error> {
@@ -137,45 +122,4 @@ fn once(meshd: &Path, devices: usize, round: usize) -> Result<(f64, f64), Error>
         }
     }
     Ok((formed, median(&mut rtts)))
-}
-
-fn wait_for<T>(mut check: impl FnMut() -> Option<T>, timeout: Duration) -> Result<T, Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("nothing after {timeout:?}").into());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn call_devices(socket: &Path) -> Result<Vec<LinkState>, Error> {
-    match call(socket, Request::Devices)? {
-        Response::Devices(devices) => Ok(devices.iter().filter_map(|device| device.link).collect()),
-        other => Err(format!("unexpected answer {other:?}").into()),
-    }
-}
-
-/// One request over the control socket; single-frame answers only.
-fn call(socket: &Path, request: Request) -> Result<Response, Error> {
-    let mut stream = UnixStream::connect(socket)?;
-    let frame = RequestFrame {
-        v: PROTOCOL_VERSION,
-        id: 1,
-        request,
-    };
-    stream.write_all(&meshd_ipc::encode(&frame)?)?;
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    if !meshd_ipc::read_frame(&mut reader, &mut line)? {
-        return Err("meshd closed the connection".into());
-    }
-    let reply: ReplyFrame = meshd_ipc::decode(&line)?;
-    match reply.reply {
-        Reply::Ok(response) => Ok(response),
-        Reply::Error(error) => Err(error.message.into()),
-    }
 }

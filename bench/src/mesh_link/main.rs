@@ -11,14 +11,20 @@
 //!   device, and N-1 devices) started at once on loopback; the time from the
 //!   last start until every device shows every other as `direct`, and the
 //!   round-trip time meshd itself measures between two of them.
+//! - `nat` (`nat.rs`): meshd in the NAT lab of network namespaces: time to
+//!   a direct link across two NATs, time to a relayed link through a
+//!   random-port NAT, and relayed throughput beside direct.
 //!
-//! `bench/mesh-link.sh` builds everything in release and runs all three; see
-//! docs/benchmarks.md. Nothing here is a test: no figure is asserted.
+//! `bench/mesh-link.sh` builds everything in release and runs the first
+//! three; `bench/nat-lab.sh` runs `nat` (as root); see docs/benchmarks.md.
+//! Nothing here is a test: no figure is asserted.
 
 // A benchmark fails by saying what broke; these are its setup steps.
 #![allow(clippy::expect_used)]
 
+mod control;
 mod full_mesh;
+mod nat;
 mod stream;
 
 use std::path::PathBuf;
@@ -60,6 +66,18 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
+    /// Direct and relayed links across NATs in network namespaces (root).
+    Nat {
+        /// The meshd binary.
+        #[arg(long)]
+        meshd: PathBuf,
+        /// Repetitions of the link-time measurements; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +93,11 @@ fn main() -> ExitCode {
             devices,
             repeat,
         } => full_mesh::run(&meshd, devices.max(2), repeat.max(1)),
+        Command::Nat {
+            meshd,
+            repeat,
+            seconds,
+        } => nat::run(&meshd, repeat.max(1), seconds.max(1)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

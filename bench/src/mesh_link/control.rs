@@ -1,0 +1,67 @@
+//! Talking to real meshd processes: their control sockets, and stopping
+//! them however a run ends.
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use meshd_ipc::{LinkState, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame, Response};
+
+/// Any failure of a benchmark run.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Kills the processes it holds when dropped, however the run ends.
+pub struct Nodes(pub Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 5 ms until it gives a value or `timeout` passes.
+pub fn wait_for<T>(mut check: impl FnMut() -> Option<T>, timeout: Duration) -> Result<T, Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("nothing after {timeout:?}").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn call_devices(socket: &Path) -> Result<Vec<LinkState>, Error> {
+    match call(socket, Request::Devices)? {
+        Response::Devices(devices) => Ok(devices.iter().filter_map(|device| device.link).collect()),
+        other => Err(format!("unexpected answer {other:?}").into()),
+    }
+}
+
+/// One request over the control socket; single-frame answers only.
+pub fn call(socket: &Path, request: Request) -> Result<Response, Error> {
+    let mut stream = UnixStream::connect(socket)?;
+    let frame = RequestFrame {
+        v: PROTOCOL_VERSION,
+        id: 1,
+        request,
+    };
+    stream.write_all(&meshd_ipc::encode(&frame)?)?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    if !meshd_ipc::read_frame(&mut reader, &mut line)? {
+        return Err("meshd closed the connection".into());
+    }
+    let reply: ReplyFrame = meshd_ipc::decode(&line)?;
+    match reply.reply {
+        Reply::Ok(response) => Ok(response),
+        Reply::Error(error) => Err(error.message.into()),
+    }
+}
