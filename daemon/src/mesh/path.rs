@@ -29,6 +29,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// a waiting dial keep its NAT mapping open meanwhile.
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// The same wait while a relayed link is up: the peer is known to be
+/// reachable through the hub, so every round is coordinated and fresh
+/// dials every few seconds find a path that came back sooner than the
+/// retransmissions of one long dial would.
+pub const RELAYED_PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Endpoints are dialled in order of preference, each this long after the
 /// one before (as in Happy Eyeballs), and the first link made wins: a LAN
 /// path that answers at once is never beaten by a slower public one.
@@ -85,7 +91,7 @@ pub struct Target {
 }
 
 /// Dials `candidates` (each within [`CONNECT_TIMEOUT`]) and `public` (the
-/// hole-punching endpoint, within [`PUNCH_TIMEOUT`]) in a staggered race;
+/// hole-punching endpoint, within `punch_timeout`) in a staggered race;
 /// the first link made to the right device wins and the other attempts are
 /// dropped. The errors of all attempts if none succeeds.
 pub async fn dial(
@@ -93,13 +99,14 @@ pub async fn dial(
     target: &Target,
     candidates: &[SocketAddr],
     public: Option<SocketAddr>,
+    punch_timeout: Duration,
 ) -> Result<Established, String> {
     let mut attempts = JoinSet::new();
     let ordered = candidates
         .iter()
         .filter(|endpoint| Some(**endpoint) != public)
         .map(|endpoint| (*endpoint, CONNECT_TIMEOUT))
-        .chain(public.map(|endpoint| (endpoint, PUNCH_TIMEOUT)));
+        .chain(public.map(|endpoint| (endpoint, punch_timeout)));
     for (position, (endpoint, timeout)) in ordered.enumerate() {
         let local = local.clone();
         let target = target.clone();

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::Local;
 use super::backoff::Backoff;
 use super::link_io::{self, KEEPALIVE, LinkEvent, ReadContext};
-use super::path::{self, Established, PUNCH_TIMEOUT, Path, Target};
+use super::path::{self, Established, PUNCH_TIMEOUT, Path, RELAYED_PUNCH_TIMEOUT, Target};
 use super::roster::Listing;
 use crate::device_id::DeviceId;
 use crate::hub_protocol::{Signal, ToHub};
@@ -690,7 +690,7 @@ impl PeerTask {
         if self.relayed.is_none() {
             self.last_error = Some(error);
         }
-        if self.round_started.elapsed() >= PUNCH_TIMEOUT {
+        if self.round_started.elapsed() >= self.punch_timeout() {
             // A hole-punching dial waited its full time: go again soon, so
             // that a dial stays open for the peer's to meet.
             self.dial_backoff.reset();
@@ -939,8 +939,19 @@ impl PeerTask {
         }
     }
 
+    /// How long a dial to the public endpoint waits: long while nothing
+    /// else links the two devices, so that an uncoordinated dial back can
+    /// still meet it; short while relayed, when every round is coordinated.
+    fn punch_timeout(&self) -> Duration {
+        match self.relayed {
+            Some(_) => RELAYED_PUNCH_TIMEOUT,
+            None => PUNCH_TIMEOUT,
+        }
+    }
+
     fn spawn_dial(&mut self, candidates: Vec<SocketAddr>, public: Option<SocketAddr>) {
         let punch = public.is_some();
+        let punch_timeout = self.punch_timeout();
         self.dials += 1;
         self.punching |= punch;
         let local = self.local.clone();
@@ -950,7 +961,7 @@ impl PeerTask {
         self.local.tracker.spawn(async move {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
-                outcome = path::dial(&local, &target, &candidates, public) => outcome,
+                outcome = path::dial(&local, &target, &candidates, public, punch_timeout) => outcome,
             };
             let _ = events.send(LinkEvent::Dialled { punch, outcome }).await;
         });
