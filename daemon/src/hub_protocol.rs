@@ -85,9 +85,21 @@ pub enum FromHub<D> {
     Refused {
         /// The device it was for.
         to: String,
+        /// Which request.
+        request: Refusable,
         /// Why.
         reason: String,
     },
+}
+
+/// The requests a hub may refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusable {
+    /// A [`ToHub::Signal`].
+    Signal,
+    /// A [`ToHub::Relay`].
+    Relay,
 }
 
 /// Hole-punching coordination between two devices, modelled on libp2p's

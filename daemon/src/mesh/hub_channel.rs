@@ -29,6 +29,9 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// A channel silent for this long (three pings unanswered) is reopened.
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 
+/// A write to the hub that makes no progress for this long ends the channel.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Messages queued for the hub; beyond it, signals are dropped (their
 /// senders retry).
 const OUTGOING_QUEUE: usize = 256;
@@ -117,6 +120,8 @@ enum ChannelError {
     Link(#[from] meshd_link::LinkError),
     #[error("silent for {}s", SILENCE_LIMIT.as_secs())]
     Silent,
+    #[error("no write progress for {}s", WRITE_TIMEOUT.as_secs())]
+    Stalled,
     #[error("malformed message from the hub: {0}")]
     Malformed(String),
 }
@@ -177,8 +182,8 @@ async fn session(
                     FromHub::Relay { peer, token, dial } => {
                         tell(mesh, &peer, Command::RelayOffer { hub: index, token, dial });
                     }
-                    FromHub::Refused { to, reason } => {
-                        tell(mesh, &to, Command::Refused { hub: index, reason });
+                    FromHub::Refused { to, request, reason } => {
+                        tell(mesh, &to, Command::Refused { hub: index, request, reason });
                     }
                 }
                 continue;
@@ -186,7 +191,11 @@ async fn session(
         };
         let bytes = serde_json::to_vec(&outgoing)
             .map_err(|error| ChannelError::Malformed(error.to_string()))?;
-        writer.send(&bytes).await?;
+        // A hub that stops reading must not stall this loop (and with it
+        // the silence check) for ever.
+        tokio::time::timeout(WRITE_TIMEOUT, writer.send(&bytes))
+            .await
+            .map_err(|_| ChannelError::Stalled)??;
     }
 }
 

@@ -731,8 +731,10 @@ impl MeshHandle {
         id: &DeviceId,
         answer: oneshot::Receiver<Result<T, SendError>>,
     ) -> Result<T, SendError> {
-        // The peer task answers by its own deadline; this is a backstop.
-        match tokio::time::timeout(peer::ANSWER_TIMEOUT * 2, answer).await {
+        // The peer task answers by its own deadline (extended once when a
+        // direct path fails over: silence limit plus another answer time);
+        // this is a backstop.
+        match tokio::time::timeout(peer::ANSWER_TIMEOUT * 3, answer).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_dropped)) => Err(SendError::Stopped {
                 device: id.clone(),

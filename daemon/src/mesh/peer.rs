@@ -34,7 +34,7 @@ use super::link_io::{self, KEEPALIVE, LinkEvent, ReadContext};
 use super::path::{self, Established, PUNCH_TIMEOUT, Path, RELAYED_PUNCH_TIMEOUT, Target};
 use super::roster::Listing;
 use crate::device_id::DeviceId;
-use crate::hub_protocol::{Signal, ToHub};
+use crate::hub_protocol::{Refusable, Signal, ToHub};
 use crate::public_key::PublicKey;
 
 /// How long a `send` or `ping` waits for its answer.
@@ -109,6 +109,8 @@ pub enum Command {
     Refused {
         /// The hub's index.
         hub: usize,
+        /// Which request.
+        request: Refusable,
         /// Why.
         reason: String,
     },
@@ -476,6 +478,17 @@ impl PeerTask {
         .min()
     }
 
+    /// How long direct paths get before this side asks for a relay: three
+    /// times as long for the device with the larger id, so that usually
+    /// only one of the two asks (the hub also merges crossing requests).
+    fn relay_head_start(&self) -> Duration {
+        if self.local.id < self.target.peer {
+            RELAY_HEAD_START
+        } else {
+            RELAY_HEAD_START * 3
+        }
+    }
+
     /// No link at all, and no relay on the way.
     fn needs_relay(&self) -> bool {
         self.direct.is_none() && self.relayed.is_none() && self.relay == RelayState::Idle
@@ -498,8 +511,10 @@ impl PeerTask {
         if let Some(punch) = self.punch
             && punch.sent + PUNCH_ANSWER_TIMEOUT <= now
         {
-            // No answer: the peer may still dial on its own schedule.
+            // No answer: dial the public endpoint anyway, with the long
+            // wait, for the peer's own round to meet.
             self.punch = None;
+            self.punch_dial();
         }
         if self.punch_at.is_some_and(|at| at <= now) {
             self.punch_at = None;
@@ -519,7 +534,11 @@ impl PeerTask {
             Command::Listing(listing) => self.relisted(listing),
             Command::Signal { hub, signal } => self.on_signal(hub, signal),
             Command::RelayOffer { hub, token, dial } => self.join_relay(hub, token, dial),
-            Command::Refused { hub, reason } => self.refused(hub, reason),
+            Command::Refused {
+                hub,
+                request,
+                reason,
+            } => self.refused(hub, request, reason),
         }
     }
 
@@ -528,9 +547,25 @@ impl PeerTask {
     fn relisted(&mut self, listing: Listing) {
         let moved = listing.dial_candidates() != self.listing.dial_candidates();
         self.listing = listing;
-        if moved && self.direct.is_none() && self.dials == 0 {
-            self.dial_backoff.reset();
+        if !moved || self.direct.is_some() {
+            return;
+        }
+        self.dial_backoff.reset();
+        if self.dials == 0 {
             self.dial_at = Some(Instant::now());
+        } else {
+            // A hole-punching dial may wait for 25 s; the new endpoints
+            // need not.
+            let public = self.listing.public_endpoint();
+            let candidates: Vec<SocketAddr> = self
+                .listing
+                .dial_candidates()
+                .into_iter()
+                .filter(|endpoint| Some(*endpoint) != public)
+                .collect();
+            if !candidates.is_empty() {
+                self.spawn_dial(candidates, None);
+            }
         }
     }
 
@@ -565,7 +600,7 @@ impl PeerTask {
         if self.dials == 0 {
             self.dial_at = Some(now);
         }
-        let soon = now + RELAY_HEAD_START;
+        let soon = now + self.relay_head_start();
         self.relay_at = Some(self.relay_at.map_or(soon, |at| at.min(soon)));
     }
 
@@ -772,13 +807,21 @@ impl PeerTask {
         if path == Path::Direct && self.dials == 0 {
             self.dial_at = Some(now + self.dial_backoff.next_wait());
         }
+        if path == Path::Direct && self.relay_possible() {
+            // Messages in flight on the failed path get a full answer time
+            // on the one that takes over, rather than failing meanwhile.
+            for pending in self.pending.values_mut() {
+                pending.deadline = pending.deadline.max(now + ANSWER_TIMEOUT);
+            }
+        }
         if self.current().is_none() {
             self.last_error = Some(reason);
             self.view.lock().unwrap_or_else(PoisonError::into_inner).rtt = None;
-            // Fall back to the relay at once after a direct path failed;
-            // after a failed relay, retry it with backoff.
+            // Fall back to the relay at once after a direct path failed
+            // (the larger id a moment later, so that the two ask for one
+            // relay); after a failed relay, retry it with backoff.
             self.relay_at = Some(match path {
-                Path::Direct => now,
+                Path::Direct => now + self.relay_head_start() - RELAY_HEAD_START,
                 Path::Relayed => now + self.relay_backoff.next_wait(),
             });
         } else if was_current {
@@ -933,10 +976,19 @@ impl PeerTask {
             return;
         }
         self.round_started = Instant::now();
-        self.spawn_dial(candidates, public);
-        if public.is_some() {
-            self.request_punch();
+        // With a hub to coordinate through, the public endpoint is dialled
+        // when the peer dials back (at `punch_at`); without one, at once
+        // and with the long wait.
+        let coordinated = public.is_some() && !self.punching && self.request_punch();
+        let public = public.filter(|_| !coordinated);
+        let candidates: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|endpoint| !coordinated || Some(*endpoint) != self.listing.public_endpoint())
+            .collect();
+        if candidates.is_empty() && public.is_none() {
+            return;
         }
+        self.spawn_dial(candidates, public);
     }
 
     /// How long a dial to the public endpoint waits: long while nothing
@@ -968,8 +1020,8 @@ impl PeerTask {
     }
 
     /// DCUtR's first step: Connect, through the first hub with an open
-    /// channel; its answer times our dial.
-    fn request_punch(&mut self) {
+    /// channel; its answer times our dial. False when no hub could take it.
+    fn request_punch(&mut self) -> bool {
         let nonce = rand::random();
         let to = self.target.peer.to_string();
         let sent = (0..self.local.hubs.len()).find(|&hub| {
@@ -985,6 +1037,7 @@ impl PeerTask {
                 sent: Instant::now(),
             });
         }
+        sent.is_some()
     }
 
     fn on_signal(&mut self, hub: usize, signal: Signal) {
@@ -1066,7 +1119,16 @@ impl PeerTask {
         });
     }
 
-    fn refused(&mut self, hub: usize, reason: String) {
+    fn refused(&mut self, hub: usize, request: Refusable, reason: String) {
+        if request == Refusable::Signal {
+            if self.punch.is_some_and(|punch| punch.hub == hub) {
+                // The peer cannot be told to dial back: dial its public
+                // endpoint anyway, with the long wait.
+                self.punch = None;
+                self.punch_dial();
+            }
+            return;
+        }
         if let RelayState::Asked { hub: asked, .. } = self.relay
             && asked == hub
         {
@@ -1077,9 +1139,6 @@ impl PeerTask {
                 self.last_error = Some(reason);
             }
             self.relay_at = Some(Instant::now() + self.relay_backoff.next_wait());
-        }
-        if self.punch.is_some_and(|punch| punch.hub == hub) {
-            self.punch = None;
         }
     }
 

@@ -17,11 +17,12 @@ use bytes::Bytes;
 use meshd_link::channel::{ChannelReader, ChannelWriter};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::SignalingState;
 use super::api::DeviceView;
 use crate::device_id::DeviceId;
-use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, ToHub};
+use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
 use crate::public_key::PublicKey;
 
 /// Messages queued for one device; beyond it signals to that device are
@@ -41,6 +42,9 @@ type Outgoing = FromHub<DeviceView>;
 struct Session {
     serial: u64,
     outgoing: mpsc::Sender<Outgoing>,
+    /// Ends the session: when a newer channel of the same id replaces it,
+    /// or an operator removes the id.
+    stop: CancellationToken,
 }
 
 /// The open channels, by device.
@@ -62,11 +66,34 @@ impl Channels {
         lock(&self.sessions).len()
     }
 
-    fn open(&self, id: &DeviceId, outgoing: mpsc::Sender<Outgoing>) -> u64 {
+    fn open(
+        &self,
+        id: &DeviceId,
+        outgoing: mpsc::Sender<Outgoing>,
+        stop: CancellationToken,
+    ) -> u64 {
         let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
-        // Dropping the replaced session's sender ends its writer.
-        lock(&self.sessions).insert(id.clone(), Session { serial, outgoing });
+        let session = Session {
+            serial,
+            outgoing,
+            stop,
+        };
+        if let Some(replaced) = lock(&self.sessions).insert(id.clone(), session) {
+            replaced.stop.cancel();
+        }
         serial
+    }
+
+    /// Ends the channel of `id`, if one is open (the id was released).
+    pub fn close_device(&self, id: &DeviceId) {
+        if let Some(session) = lock(&self.sessions).remove(id) {
+            session.stop.cancel();
+        }
+    }
+
+    /// `id` has a channel open.
+    fn is_open(&self, id: &DeviceId) -> bool {
+        lock(&self.sessions).contains_key(id)
     }
 
     fn close(&self, id: &DeviceId, serial: u64) {
@@ -110,13 +137,16 @@ where
     };
     let (reader, writer) = channel.split(MAX_TO_HUB_BYTES);
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
-    let serial = state.channels.open(&id, outgoing.clone());
-    tracing::debug!(device_id = %id, peer_addr = %remote, "hub channel open");
     let stop = state.stopping.child_token();
+    let serial = state.channels.open(&id, outgoing.clone(), stop.clone());
+    tracing::debug!(device_id = %id, peer_addr = %remote, "hub channel open");
     let writing = state
         .tracker
         .spawn(write_channel(state.clone(), writer, queue, stop.clone()));
-    let reason = read_channel(&state, &id, reader, &outgoing).await;
+    let reason = tokio::select! {
+        () = stop.cancelled() => "replaced by a newer channel, the id was removed, or meshd is stopping".to_owned(),
+        reason = read_channel(&state, &id, reader, &outgoing) => reason,
+    };
     state.channels.close(&id, serial);
     stop.cancel();
     let _ = writing.await;
@@ -156,7 +186,8 @@ async fn read_channel<R: AsyncRead + Unpin>(
                     )
                 });
                 (!delivered).then(|| FromHub::Refused {
-                    reason: format!("{to} has no channel open to this hub"),
+                    reason: format!("{to} has no channel open to this hub, or is not reading it"),
+                    request: Refusable::Signal,
                     to,
                 })
             }
@@ -173,30 +204,41 @@ async fn read_channel<R: AsyncRead + Unpin>(
 /// Offers a relay between `id` and `to`: tokens to both; the refusal to
 /// `id` if that cannot be done.
 fn relay(state: &SignalingState, id: &DeviceId, to: String) -> Option<FromHub<DeviceView>> {
-    let refused = |reason: String, to: String| Some(FromHub::Refused { to, reason });
-    let Ok(target) = DeviceId::parse(&to) else {
-        return refused(format!("{to:?} is not a device id"), to);
+    let refused = |reason: String, to: String| {
+        Some(FromHub::Refused {
+            to,
+            request: Refusable::Relay,
+            reason,
+        })
     };
+    let target = match DeviceId::parse(&to) {
+        Ok(target) if target != *id => target,
+        Ok(_) => return refused("a device cannot relay to itself".to_owned(), to),
+        Err(_) => return refused(format!("{to:?} is not a device id"), to),
+    };
+    if !state.channels.is_open(&target) {
+        return refused(format!("{to} has no channel open to this hub"), to);
+    }
     let rate = state.settings().relay_bytes_per_sec;
-    let (own, theirs) = match state.relays.offer(id, &target, rate) {
-        Ok(tokens) => tokens,
+    let offer = match state.relays.offer(id, &target, rate) {
+        Ok(offer) => offer,
         Err(error) => return refused(error.to_string(), to),
     };
     let offered = state.channels.send(
         &target,
         FromHub::Relay {
             peer: id.to_string(),
-            token: theirs,
-            dial: false,
+            token: offer.theirs,
+            dial: !offer.own_dials,
         },
     );
     if !offered {
-        return refused(format!("{to} has no channel open to this hub"), to);
+        return refused(format!("{to} is not reading its channel"), to);
     }
     Some(FromHub::Relay {
         peer: to,
-        token: own,
-        dial: true,
+        token: offer.own,
+        dial: offer.own_dials,
     })
 }
 
@@ -206,7 +248,7 @@ async fn write_channel<W: AsyncWrite + Unpin>(
     state: Arc<SignalingState>,
     mut writer: ChannelWriter<W>,
     mut queue: mpsc::Receiver<Outgoing>,
-    stop: tokio_util::sync::CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut changes = state.changes.subscribe();
     let mut push = true;
@@ -216,16 +258,11 @@ async fn write_channel<W: AsyncWrite + Unpin>(
             changes.borrow_and_update();
             devices_message(&state)
         } else {
+            // List changes first: a flood of signals must not hold them back
+            // (they are coalesced, so this cannot starve the queue).
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                message = queue.recv() => match message {
-                    Some(message) => match serde_json::to_vec(&message) {
-                        Ok(bytes) => Bytes::from(bytes),
-                        Err(_) => continue,
-                    },
-                    None => break,
-                },
                 changed = changes.changed() => {
                     if changed.is_err() {
                         break;
@@ -233,11 +270,21 @@ async fn write_channel<W: AsyncWrite + Unpin>(
                     push = true;
                     continue;
                 }
+                message = queue.recv() => match message {
+                    Some(message) => match serde_json::to_vec(&message) {
+                        Ok(bytes) => Bytes::from(bytes),
+                        Err(_) => continue,
+                    },
+                    None => break,
+                },
             }
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, writer.send(&bytes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => break,
+        let sent = tokio::select! {
+            () = stop.cancelled() => break,
+            sent = tokio::time::timeout(WRITE_TIMEOUT, writer.send(&bytes)) => sent,
+        };
+        if !matches!(sent, Ok(Ok(()))) {
+            break;
         }
     }
     writer.close().await;

@@ -234,6 +234,8 @@ impl SignalingHandle {
         if removed.was_registered {
             self.state.changed();
         }
+        // The channel spoke for the binding just released.
+        self.state.channels.close_device(id);
         if !removed.was_registered && !removed.had_binding {
             return None;
         }

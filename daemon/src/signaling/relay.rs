@@ -36,9 +36,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> RelayStream for T {}
 
 type Stream = Box<dyn RelayStream>;
 
+/// Offers a device may have pending at once.
+const MAX_PENDING_PER_DEVICE: usize = 8;
+
 /// One side of an offered relay.
 struct Half {
     device: DeviceId,
+    /// The device at the other end.
+    peer: DeviceId,
+    /// This side runs the link's initiator handshake.
+    dials: bool,
     partner: String,
     created: Instant,
     /// The side has arrived and waits for its partner's stream.
@@ -52,8 +59,8 @@ pub enum RelayError {
     /// `signaling.relay_bytes_per_sec` is 0.
     #[error("this hub does not relay (signaling.relay_bytes_per_sec = 0)")]
     Disabled,
-    /// At the cap of relays.
-    #[error("this hub relays {0} streams already; try again later")]
+    /// At the cap of relays (the hub's, or one device's pending offers).
+    #[error("at the limit of {0} relays; try again later")]
     Full(usize),
     /// The token is unknown, used or expired.
     #[error("unknown, used or expired relay token; ask for a new relay over the hub channel")]
@@ -80,6 +87,17 @@ fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
+/// A relay offered to two devices.
+#[derive(Debug)]
+pub struct Offer {
+    /// The asking device's token.
+    pub own: String,
+    /// The other device's token.
+    pub theirs: String,
+    /// The asking device runs the initiator handshake (it asked first).
+    pub own_dials: bool,
+}
+
 /// Proof that a `GET /relay` presented a valid token.
 pub struct Claim {
     token: String,
@@ -102,33 +120,53 @@ impl Relays {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Creates a relay between `a` and `b`: their tokens, in that order.
-    pub fn offer(
-        &self,
-        a: &DeviceId,
-        b: &DeviceId,
-        rate: u64,
-    ) -> Result<(String, String), RelayError> {
+    /// Offers a relay between `a` (asking) and `b`. When the two asked for
+    /// each other at the same moment, both get the one relay already
+    /// offered, with its roles, so they never wait in two different ones.
+    pub fn offer(&self, a: &DeviceId, b: &DeviceId, rate: u64) -> Result<Offer, RelayError> {
         if rate == 0 {
             return Err(RelayError::Disabled);
         }
         let mut pending = lock(&self.pending);
         let now = Instant::now();
         pending.retain(|_, half| now.duration_since(half.created) < JOIN_TIMEOUT);
+        let existing = pending
+            .iter()
+            .find(|(_, half)| half.device == *a && half.peer == *b && !half.claimed)
+            .map(|(token, half)| (token.clone(), half.partner.clone(), half.dials));
+        if let Some((own, theirs, own_dials)) = existing
+            && pending.get(&theirs).is_some_and(|half| !half.claimed)
+        {
+            return Ok(Offer {
+                own,
+                theirs,
+                own_dials,
+            });
+        }
         if pending.len() / 2 + self.active() >= self.max {
             return Err(RelayError::Full(self.max));
         }
-        let (token_a, token_b) = (new_token(), new_token());
-        let half = |device: &DeviceId, partner: &str| Half {
+        let asked = pending.values().filter(|half| half.device == *a).count();
+        if asked >= MAX_PENDING_PER_DEVICE {
+            return Err(RelayError::Full(MAX_PENDING_PER_DEVICE));
+        }
+        let (own, theirs) = (new_token(), new_token());
+        let half = |device: &DeviceId, peer: &DeviceId, dials: bool, partner: &str| Half {
             device: device.clone(),
+            peer: peer.clone(),
+            dials,
             partner: partner.to_owned(),
             created: now,
             waiting: None,
             claimed: false,
         };
-        pending.insert(token_a.clone(), half(a, &token_b));
-        pending.insert(token_b.clone(), half(b, &token_a));
-        Ok((token_a, token_b))
+        pending.insert(own.clone(), half(a, b, true, &theirs));
+        pending.insert(theirs.clone(), half(b, a, false, &own));
+        Ok(Offer {
+            own,
+            theirs,
+            own_dials: true,
+        })
     }
 
     /// Checks a token before the upgrade is answered; each token is good
@@ -312,7 +350,7 @@ mod tests {
     #[test]
     fn tokens_are_one_time_and_the_cap_holds() {
         let relays = Relays::new(1);
-        let (a, _b) = relays.offer(&id("a"), &id("b"), 1000).unwrap();
+        let a = relays.offer(&id("a"), &id("b"), 1000).unwrap().own;
         assert!(matches!(
             relays.offer(&id("a"), &id("c"), 1000),
             Err(RelayError::Full(1))
@@ -329,10 +367,35 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn two_devices_asking_at_once_share_one_relay_with_one_dialler() {
+        let relays = Relays::new(4);
+        let first = relays.offer(&id("a"), &id("b"), 1000).unwrap();
+        let second = relays.offer(&id("b"), &id("a"), 1000).unwrap();
+        assert_eq!(second.own, first.theirs);
+        assert_eq!(second.theirs, first.own);
+        assert!(first.own_dials && !second.own_dials);
+    }
+
+    #[test]
+    fn a_device_has_few_offers_pending() {
+        let relays = Relays::new(100);
+        for peer in 0..MAX_PENDING_PER_DEVICE {
+            relays
+                .offer(&id("a"), &id(&format!("p{peer}")), 1000)
+                .unwrap();
+        }
+        assert!(matches!(
+            relays.offer(&id("a"), &id("late"), 1000),
+            Err(RelayError::Full(_))
+        ));
+    }
+
     #[tokio::test]
     async fn two_sides_are_spliced_and_bytes_cross_unchanged() {
         let relays = Arc::new(Relays::new(4));
-        let (ta, tb) = relays.offer(&id("a"), &id("b"), 1 << 30).unwrap();
+        let offer = relays.offer(&id("a"), &id("b"), 1 << 30).unwrap();
+        let (ta, tb) = (offer.own, offer.theirs);
         let (mut a_end, a_hub) = tokio::io::duplex(1 << 16);
         let (mut b_end, b_hub) = tokio::io::duplex(1 << 16);
         let stop = CancellationToken::new();

@@ -341,13 +341,14 @@ fn a_frozen_device_is_declared_dead_after_6s_of_silence() {
     frozen.signal(Signal::SIGSTOP);
     let stopped = Instant::now();
     // Meanwhile the link still looks up, so a send waits and gives up with
-    // the reason: no acknowledgement, or the link found silent meanwhile.
+    // the reason: no acknowledgement, or (if the silence was found first and
+    // the relay could not take over either) no link.
     let output = a.ctl(&["send", "frozen", "hello?"]);
     assert_eq!(output.status.code(), Some(1));
     let error = stderr(&output);
     assert!(
         error.contains("frozen did not acknowledge within 5s")
-            || error.contains("no link to frozen: silent for 6s"),
+            || error.contains("no link to frozen"),
         "{error}"
     );
     wait_until("frozen shown down", Duration::from_secs(20), || {
