@@ -622,3 +622,91 @@ fn a_long_poll_on_devices_answers_when_the_list_changes() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(!again.is_finished(), "a heartbeat woke the long-poll");
 }
+
+/// Opens a hub channel as `id` with `key`: the HTTP upgrade on a raw
+/// socket, then the Noise_XN handshake. The channel's two halves.
+async fn open_channel(
+    addr: SocketAddr,
+    id: &str,
+    key: &meshd_link::StaticKey,
+) -> std::io::Result<(
+    meshd_link::channel::ChannelReader<tokio::io::ReadHalf<tokio::net::TcpStream>>,
+    meshd_link::channel::ChannelWriter<tokio::io::WriteHalf<tokio::net::TcpStream>>,
+)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            b"GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-channel/1\r\n\r\n",
+        )
+        .await?;
+    // Read the 101's head byte by byte, so nothing after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await?);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let channel = meshd_link::channel::open(stream, key, id)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(channel.split(64 << 20))
+}
+
+#[test]
+fn a_hub_channel_needs_the_bound_key_and_ends_when_the_id_is_removed() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let (node, addr) = hub_with("");
+    let device = meshd_link::StaticKey::generate().unwrap();
+    let reply = register(
+        addr,
+        json!({"id": "devC", "addr": "192.0.2.9:8082", "pubkey": STANDARD.encode(device.public())}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Without the upgrade headers: 426 with what to send.
+    let plain = http::get(addr, "/channel");
+    assert_eq!(plain.status, 426, "{plain:?}");
+    assert!(plain.error().contains("meshd-channel/1"), "{plain:?}");
+    // A relay token nobody was given: 404 with what to do.
+    let relay = http::raw(
+        addr,
+        b"GET /relay HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-relay/1\r\nmeshd-relay-token: 0123\r\n\r\n",
+    );
+    assert_eq!(relay.status, 404, "{relay:?}");
+    assert!(relay.error().contains("relay token"), "{relay:?}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // The bound key: the hub pushes its list at once.
+        let (mut reader, _writer) = open_channel(addr, "devC", &device).await.unwrap();
+        let first = reader.next().await.unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(list["type"], "devices", "{list}");
+        assert_eq!(list["devices"][0]["id"], "devC", "{list}");
+
+        // Another key claiming devC: closed without a word.
+        let impostor = meshd_link::StaticKey::generate().unwrap();
+        let (mut refused, _) = open_channel(addr, "devC", &impostor).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), refused.next()).await;
+        assert!(
+            matches!(answer, Ok(Err(_))),
+            "an impostor's channel got {answer:?}"
+        );
+
+        // The operator releases devC: its open channel ends too.
+        node.ctl_ok(&["devices", "remove", "devC"]);
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if reader.next().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "devC's channel outlived its removal");
+    });
+    assert!(node.log().contains("hub channel refused"), "{}", node.log());
+}
