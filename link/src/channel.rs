@@ -14,14 +14,14 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use snow::params::NoiseParams;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::LinkError;
-use crate::handshake::HANDSHAKE_TIMEOUT;
+use crate::handshake::{HANDSHAKE_TIMEOUT, read_message, write_message};
 use crate::identity::{KEY_LEN, StaticKey};
-use crate::record::{RecordReader, RecordWriter};
+use crate::record::{Incoming, RecordReader, RecordWriter};
 
 /// The protocol name; a change here is a new, incompatible channel protocol.
 const NOISE: &str = "Noise_XN_25519_AESGCM_BLAKE2s";
@@ -82,7 +82,7 @@ where
         let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
         let len = noise.write_message(&[], &mut buffer).map_err(noise_error)?;
         write_message(&mut stream, &buffer[..len]).await?;
-        let answer = read_message(&mut stream).await?;
+        let answer = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
         let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
         noise
             .read_message(&answer, &mut payload)
@@ -112,14 +112,14 @@ where
             .and_then(|builder| builder.build_responder())
             .map_err(noise_error)?;
         let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
-        let first = read_message(&mut stream).await?;
+        let first = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
         noise
             .read_message(&first, &mut payload)
             .map_err(noise_error)?;
         let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
         let len = noise.write_message(&[], &mut buffer).map_err(noise_error)?;
         write_message(&mut stream, &buffer[..len]).await?;
-        let third = read_message(&mut stream).await?;
+        let third = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
         let len = noise
             .read_message(&third, &mut payload)
             .map_err(noise_error)?;
@@ -162,10 +162,7 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
         let (read, write) = tokio::io::split(self.stream);
         (
             ChannelReader {
-                stream: read,
-                records: self.reader,
-                input: BytesMut::with_capacity(READ_BUFFER_BYTES),
-                plaintext: BytesMut::new(),
+                incoming: Incoming::new(read, self.reader, READ_BUFFER_BYTES),
                 max_incoming,
             },
             ChannelWriter {
@@ -179,10 +176,7 @@ impl<S: AsyncRead + AsyncWrite> Channel<S> {
 
 /// The receiving half of a channel.
 pub struct ChannelReader<R> {
-    stream: R,
-    records: RecordReader,
-    input: BytesMut,
-    plaintext: BytesMut,
+    incoming: Incoming<R>,
     max_incoming: usize,
 }
 
@@ -191,8 +185,8 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
     /// between messages; any other error means the channel is broken.
     pub async fn next(&mut self) -> Result<Bytes, LinkError> {
         loop {
-            if let Some(len) = self
-                .plaintext
+            let plaintext = &mut self.incoming.plaintext;
+            if let Some(len) = plaintext
                 .first_chunk::<4>()
                 .map(|len| usize::try_from(u32::from_be_bytes(*len)).unwrap_or(usize::MAX))
             {
@@ -202,29 +196,12 @@ impl<R: AsyncRead + Unpin> ChannelReader<R> {
                         self.max_incoming
                     )));
                 }
-                if self.plaintext.len() >= 4 + len {
-                    self.plaintext.advance(4);
-                    return Ok(self.plaintext.split_to(len).freeze());
+                if plaintext.len() >= 4 + len {
+                    plaintext.advance(4);
+                    return Ok(plaintext.split_to(len).freeze());
                 }
             }
-            if let Some(len) = self
-                .input
-                .first_chunk::<2>()
-                .map(|len| usize::from(u16::from_be_bytes(*len)))
-                && self.input.len() >= 2 + len
-            {
-                let record = self.input.split_to(2 + len);
-                self.records.open(&record[2..], &mut self.plaintext)?;
-                continue;
-            }
-            self.input.reserve(READ_BUFFER_BYTES);
-            if self.stream.read_buf(&mut self.input).await? == 0 {
-                return Err(if self.plaintext.is_empty() && self.input.is_empty() {
-                    LinkError::Closed
-                } else {
-                    LinkError::Malformed("stream ended inside a message".to_owned())
-                });
-            }
+            self.incoming.fill("message").await?;
         }
     }
 }
@@ -259,32 +236,6 @@ impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
     pub async fn close(mut self) {
         let _ = self.stream.shutdown().await;
     }
-}
-
-async fn write_message<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    message: &[u8],
-) -> Result<(), LinkError> {
-    let len = u16::try_from(message.len())
-        .map_err(|_| LinkError::Handshake("handshake message too long".to_owned()))?;
-    let mut framed = Vec::with_capacity(2 + message.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(message);
-    stream.write_all(&framed).await?;
-    stream.flush().await?;
-    Ok(())
-}
-
-async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, LinkError> {
-    let len = usize::from(stream.read_u16().await?);
-    if len > MAX_HANDSHAKE_BYTES {
-        return Err(LinkError::Handshake(format!(
-            "handshake message of {len} bytes, at most {MAX_HANDSHAKE_BYTES}"
-        )));
-    }
-    let mut message = vec![0; len];
-    stream.read_exact(&mut message).await?;
-    Ok(message)
 }
 
 #[cfg(test)]

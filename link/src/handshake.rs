@@ -152,7 +152,7 @@ where
             .write_message(&encoded, &mut buffer)
             .map_err(noise_error)?;
         write_message(&mut stream, &buffer[..len]).await?;
-        let mut answer = read_message(&mut stream).await?;
+        let mut answer = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
         // The peer's hello has the same length as ours: ids swapped.
         if answer.len() == first_message_len(encoded.len())
             && answer.len() != second_message_len(encoded.len())
@@ -160,7 +160,7 @@ where
             if hello.from < hello.to {
                 // Simultaneous open, and we stay the initiator: the peer
                 // drops its own attempt and answers ours.
-                answer = read_message(&mut stream).await?;
+                answer = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
             } else {
                 return Ok::<_, LinkError>(Role::Listener(answer));
             }
@@ -240,9 +240,12 @@ pub async fn accept<S>(mut stream: S, local: &StaticKey) -> Result<Inbound<S>, L
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let message = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_message(&mut stream))
-        .await
-        .map_err(|_| LinkError::Timeout)??;
+    let message = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        read_message(&mut stream, MAX_HANDSHAKE_BYTES),
+    )
+    .await
+    .map_err(|_| LinkError::Timeout)??;
     accept_first(stream, local, &message)
 }
 
@@ -296,7 +299,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inbound<S> {
     }
 }
 
-async fn write_message<S: AsyncWrite + Unpin>(
+/// Writes one `u16` length-prefixed handshake message (links and channels).
+pub(crate) async fn write_message<S: AsyncWrite + Unpin>(
     stream: &mut S,
     message: &[u8],
 ) -> Result<(), LinkError> {
@@ -310,11 +314,15 @@ async fn write_message<S: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn read_message<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, LinkError> {
+/// Reads one `u16` length-prefixed handshake message of at most `max` bytes.
+pub(crate) async fn read_message<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+) -> Result<Vec<u8>, LinkError> {
     let len = usize::from(stream.read_u16().await?);
-    if len > MAX_HANDSHAKE_BYTES {
+    if len > max {
         return Err(LinkError::Handshake(format!(
-            "handshake message of {len} bytes, at most {MAX_HANDSHAKE_BYTES}"
+            "handshake message of {len} bytes, at most {max}"
         )));
     }
     let mut message = vec![0; len];

@@ -6,7 +6,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use crate::LinkError;
 use crate::frame::{Frame, MAX_FRAME_BYTES};
 use crate::identity::KEY_LEN;
-use crate::record::{MAX_RECORD_BYTES, RecordReader, RecordWriter};
+use crate::record::{Incoming, MAX_RECORD_BYTES, RecordReader, RecordWriter};
 
 /// Read buffer: several records per system call when the peer is busy.
 const READ_BUFFER_BYTES: usize = 128 * 1024;
@@ -79,10 +79,7 @@ impl<S: AsyncRead + AsyncWrite> Link<S> {
         let (read, write) = tokio::io::split(self.stream);
         (
             LinkReader {
-                stream: read,
-                records: self.reader,
-                input: BytesMut::with_capacity(READ_BUFFER_BYTES),
-                plaintext: BytesMut::with_capacity(READ_BUFFER_BYTES),
+                incoming: Incoming::new(read, self.reader, READ_BUFFER_BYTES),
             },
             LinkWriter {
                 stream: write,
@@ -96,12 +93,7 @@ impl<S: AsyncRead + AsyncWrite> Link<S> {
 
 /// The receiving half.
 pub struct LinkReader<R> {
-    stream: R,
-    records: RecordReader,
-    /// Ciphertext read but not yet opened: whole records are opened straight
-    /// from here, so each byte is copied once on its way in.
-    input: BytesMut,
-    plaintext: BytesMut,
+    incoming: Incoming<R>,
 }
 
 impl<R: AsyncRead + Unpin> LinkReader<R> {
@@ -109,30 +101,13 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
     /// frames; any other error means the link is broken and must be dropped.
     pub async fn next(&mut self) -> Result<Frame, LinkError> {
         loop {
-            if let Some(frame) = Frame::decode(&mut self.plaintext)? {
+            if let Some(frame) = Frame::decode(&mut self.incoming.plaintext)? {
                 return Ok(frame);
             }
             // Bounded: a partial frame never exceeds MAX_FRAME_BYTES, and
             // one record adds at most MAX_RECORD_BYTES.
-            debug_assert!(self.plaintext.len() <= 4 + MAX_FRAME_BYTES + MAX_RECORD_BYTES);
-            if let Some(len) = self
-                .input
-                .first_chunk::<2>()
-                .map(|len| usize::from(u16::from_be_bytes(*len)))
-                && self.input.len() >= 2 + len
-            {
-                let record = self.input.split_to(2 + len);
-                self.records.open(&record[2..], &mut self.plaintext)?;
-                continue;
-            }
-            self.input.reserve(READ_BUFFER_BYTES);
-            if self.stream.read_buf(&mut self.input).await? == 0 {
-                return Err(if self.plaintext.is_empty() && self.input.is_empty() {
-                    LinkError::Closed
-                } else {
-                    LinkError::Malformed("stream ended inside a frame".to_owned())
-                });
-            }
+            debug_assert!(self.incoming.plaintext.len() <= 4 + MAX_FRAME_BYTES + MAX_RECORD_BYTES);
+            self.incoming.fill("frame").await?;
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use snow::StatelessTransportState;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::LinkError;
 
@@ -93,5 +94,57 @@ impl RecordReader {
         self.nonce += 1;
         plaintext.extend_from_slice(&self.scratch[..len]);
         Ok(())
+    }
+}
+
+/// The receiving side of a record stream: ciphertext read from a stream
+/// and opened, one whole record at a time, onto `plaintext`, where the layer
+/// above (frames, channel messages) takes its units from.
+pub(crate) struct Incoming<R> {
+    stream: R,
+    records: RecordReader,
+    /// Ciphertext read but not yet opened: whole records are opened straight
+    /// from here, so each byte is copied once on its way in.
+    input: BytesMut,
+    /// Opened bytes not yet taken.
+    pub(crate) plaintext: BytesMut,
+    read_size: usize,
+}
+
+impl<R: AsyncRead + Unpin> Incoming<R> {
+    /// Reads from `stream` up to `read_size` bytes a call.
+    pub(crate) fn new(stream: R, records: RecordReader, read_size: usize) -> Self {
+        Incoming {
+            stream,
+            records,
+            input: BytesMut::with_capacity(read_size),
+            plaintext: BytesMut::with_capacity(read_size),
+            read_size,
+        }
+    }
+
+    /// Opens one more record onto `plaintext`, reading while none is whole.
+    /// At the end of the stream: [`LinkError::Closed`] if nothing was left
+    /// half read, otherwise malformed, inside a `unit`.
+    pub(crate) async fn fill(&mut self, unit: &str) -> Result<(), LinkError> {
+        loop {
+            if let Some(len) = self
+                .input
+                .first_chunk::<2>()
+                .map(|len| usize::from(u16::from_be_bytes(*len)))
+                && self.input.len() >= 2 + len
+            {
+                let record = self.input.split_to(2 + len);
+                return self.records.open(&record[2..], &mut self.plaintext);
+            }
+            self.input.reserve(self.read_size);
+            if self.stream.read_buf(&mut self.input).await? == 0 {
+                return Err(if self.plaintext.is_empty() && self.input.is_empty() {
+                    LinkError::Closed
+                } else {
+                    LinkError::Malformed(format!("stream ended inside a {unit}"))
+                });
+            }
+        }
     }
 }

@@ -1006,16 +1006,28 @@ impl PeerTask {
         let punch_timeout = self.punch_timeout();
         self.dials += 1;
         self.punching |= punch;
-        let local = self.local.clone();
-        let target = self.target.clone();
+        let (local, target) = (self.local.clone(), self.target.clone());
+        self.spawn_attempt(
+            async move { path::dial(&local, &target, &candidates, public, punch_timeout).await },
+            move |outcome| LinkEvent::Dialled { punch, outcome },
+        );
+    }
+
+    /// Runs one attempt at a link in its own task (ended with the peer
+    /// task) and reports its outcome as an event.
+    fn spawn_attempt(
+        &self,
+        attempt: impl Future<Output = Result<Established, String>> + Send + 'static,
+        event: impl FnOnce(Result<Established, String>) -> LinkEvent + Send + 'static,
+    ) {
         let events = self.events_tx.clone();
         let stop = self.stop.clone();
         self.local.tracker.spawn(async move {
             let outcome = tokio::select! {
                 () = stop.cancelled() => return,
-                outcome = path::dial(&local, &target, &candidates, public, punch_timeout) => outcome,
+                outcome = attempt => outcome,
             };
-            let _ = events.send(LinkEvent::Dialled { punch, outcome }).await;
+            let _ = events.send(event(outcome)).await;
         });
     }
 
@@ -1106,17 +1118,11 @@ impl PeerTask {
             return;
         }
         self.relay = RelayState::Joining;
-        let local = self.local.clone();
-        let target = self.target.clone();
-        let events = self.events_tx.clone();
-        let stop = self.stop.clone();
-        self.local.tracker.spawn(async move {
-            let outcome = tokio::select! {
-                () = stop.cancelled() => return,
-                outcome = path::relay(&local, hub, &token, dial, &target) => outcome,
-            };
-            let _ = events.send(LinkEvent::Relayed(outcome)).await;
-        });
+        let (local, target) = (self.local.clone(), self.target.clone());
+        self.spawn_attempt(
+            async move { path::relay(&local, hub, &token, dial, &target).await },
+            LinkEvent::Relayed,
+        );
     }
 
     fn refused(&mut self, hub: usize, request: Refusable, reason: String) {
