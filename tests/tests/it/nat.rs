@@ -16,15 +16,24 @@ const HUB_PORT: u16 = 8080;
 /// The mesh port of every device inside its namespace.
 const MESH_PORT: u16 = 8082;
 
+/// The relay rate case (b) sets on its hub, bytes per second per device.
+const RELAY_RATE: u32 = 32 * 1024;
+
 fn hub_url(hub: &Host) -> String {
     format!("http://{}:{HUB_PORT}", hub.ip)
 }
 
 /// A signaling-only node in `host`'s namespace.
 fn start_hub(hub: &Host) -> Node {
+    start_hub_with(hub, "")
+}
+
+/// A signaling-only node with extra `[signaling]` settings.
+fn start_hub_with(hub: &Host, signaling: &str) -> Node {
     Node::start(NodeOptions {
         id: "hub".to_owned(),
         signaling_listen: format!("{}:{HUB_PORT}", hub.ip),
+        signaling: signaling.to_owned(),
         netns: Some(hub.netns.clone()),
         ..NodeOptions::default()
     })
@@ -300,7 +309,8 @@ fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
     let b_host = lab.lan_host(&mut home, "b").unwrap();
     let pcap = std::env::temp_dir().join(format!("{}-hub.pcap", lab.name()));
     let capture = lab.capture(&hub_host.netns, &pcap).unwrap();
-    let hub = start_hub(&hub_host);
+    // Each device may send 32 KiB/s through the relay.
+    let hub = start_hub_with(&hub_host, &format!("relay_bytes_per_sec = {RELAY_RATE}"));
     let a = start_device("a", &a_host, &hub_host);
     let b = start_device("b", &b_host, &hub_host);
     // a's NAT gives each destination its own public port, so neither the
@@ -318,8 +328,19 @@ fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
     let status = hub.ctl_json(&["status"]);
     assert_eq!(status["roles"]["signaling"]["relays"], 1, "{status}");
     assert_eq!(status["roles"]["signaling"]["channels"], 2, "{status}");
-    // Direct attempts go on in the background and keep failing.
-    std::thread::sleep(Duration::from_secs(3));
+    // The hub holds a to its relay rate: after the one-second burst, four
+    // 48 KiB messages need about 4.5 s more.
+    let started = Instant::now();
+    let text = "r".repeat(48 * 1024);
+    for _ in 0..4 {
+        a.ctl_ok(&["send", "b", &text]);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "192 KiB through a {RELAY_RATE} B/s relay in {took:?}"
+    );
+    // Direct attempts went on in the background and kept failing.
     assert_eq!(link(&a, "b").unwrap().0, "relayed");
 
     let captured = capture.finish();
