@@ -25,6 +25,10 @@ use crate::device_id::DeviceId;
 use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
 use crate::public_key::PublicKey;
 
+/// Channel handshakes in progress at once. Open channels need no cap of
+/// their own: each needs a key binding, and there is one per id.
+pub const MAX_HANDSHAKES: usize = 64;
+
 /// Messages queued for one device; beyond it signals to that device are
 /// dropped (they are retried) rather than buffered without bound.
 const OUTGOING_QUEUE: usize = 64;
@@ -116,11 +120,17 @@ impl Channels {
 }
 
 /// Runs one channel from its upgraded stream until it closes.
-pub async fn serve<S>(state: Arc<SignalingState>, stream: S, remote: SocketAddr)
-where
+pub async fn serve<S>(
+    state: Arc<SignalingState>,
+    stream: S,
+    remote: SocketAddr,
+    handshake_slot: tokio::sync::OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (channel, peer) = match meshd_link::channel::serve(stream).await {
+    let handshake = meshd_link::channel::serve(stream).await;
+    drop(handshake_slot);
+    let (channel, peer) = match handshake {
         Ok(opened) => opened,
         Err(error) => {
             tracing::debug!(peer_addr = %remote, %error, "hub channel handshake failed");

@@ -37,6 +37,9 @@ pub enum SignalingError {
     /// An upgrade path requested without its upgrade.
     #[error("this path needs \"Connection: upgrade\" and \"Upgrade: {0}\"")]
     UpgradeRequired(&'static str),
+    /// Too many channel handshakes at once.
+    #[error("{0}; try again in a moment")]
+    Busy(String),
     /// A relay token that is not (or no longer) valid.
     #[error("{0}")]
     Relay(String),
@@ -57,7 +60,7 @@ impl SignalingError {
             SignalingError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             SignalingError::NotFound | SignalingError::Relay(_) => StatusCode::NOT_FOUND,
             SignalingError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
-            SignalingError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SignalingError::Full(_) | SignalingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

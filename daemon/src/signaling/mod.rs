@@ -73,6 +73,9 @@ pub struct SignalingState {
     max_polls: usize,
     /// Devices' open channels.
     channels: channels::Channels,
+    /// Channel handshakes in progress: an upgraded connection leaves the
+    /// connection cap, so the unauthenticated part of a channel has its own.
+    channel_handshakes: Arc<tokio::sync::Semaphore>,
     /// Offered and running relays.
     relays: relay::Relays,
     /// Channel and relay tasks run here, so shutdown waits for them.
@@ -169,6 +172,7 @@ pub fn start(
         polls: std::sync::atomic::AtomicUsize::new(0),
         max_polls: config.max_connections / 2,
         channels: channels::Channels::default(),
+        channel_handshakes: Arc::new(tokio::sync::Semaphore::new(channels::MAX_HANDSHAKES)),
         relays: relay::Relays::new(config.max_connections),
         tracker: tracker.clone(),
     });

@@ -174,11 +174,23 @@ fn channel(
     state: &Arc<SignalingState>,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
     require_upgrade(&request, CHANNEL_UPGRADE)?;
+    let slot = state
+        .channel_handshakes
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            SignalingError::Busy(format!(
+                "{} hub channel handshakes are in progress",
+                channels::MAX_HANDSHAKES
+            ))
+        })?;
     let upgrade = hyper::upgrade::on(&mut request);
     let task_state = state.clone();
     state.tracker.spawn(async move {
         match upgrade.await {
-            Ok(upgraded) => channels::serve(task_state, TokioIo::new(upgraded), peer).await,
+            Ok(upgraded) => {
+                channels::serve(task_state, TokioIo::new(upgraded), peer, slot).await;
+            }
             Err(error) => tracing::debug!(peer_addr = %peer, %error, "hub channel upgrade failed"),
         }
     });
