@@ -710,3 +710,36 @@ fn a_hub_channel_needs_the_bound_key_and_ends_when_the_id_is_removed() {
     });
     assert!(node.log().contains("hub channel refused"), "{}", node.log());
 }
+
+#[test]
+fn stalled_channel_handshakes_are_capped_and_answered_503() {
+    let (_node, addr) = hub_with("");
+    let upgrade =
+        b"GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-channel/1\r\n\r\n";
+    // 64 clients upgrade and then say nothing: each holds a handshake slot
+    // for up to 5 s.
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(upgrade).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 101");
+        stalled.push(stream);
+    }
+    let refused = http::raw(addr, upgrade);
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(
+        refused.error().contains("handshakes are in progress"),
+        "{refused:?}"
+    );
+    // The slots come back once the stalled handshakes time out.
+    drop(stalled);
+    wait_until("a channel slot frees", Duration::from_secs(10), || {
+        let mut stream = TcpStream::connect(addr).ok()?;
+        stream.write_all(upgrade).ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).ok()?;
+        (&head == b"HTTP/1.1 101").then_some(())
+    });
+}
