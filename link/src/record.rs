@@ -118,7 +118,7 @@ impl<R: AsyncRead + Unpin> Incoming<R> {
             stream,
             records,
             input: BytesMut::with_capacity(read_size),
-            plaintext: BytesMut::with_capacity(read_size),
+            plaintext: BytesMut::new(),
             read_size,
         }
     }

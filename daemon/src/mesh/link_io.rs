@@ -54,6 +54,8 @@ pub enum LinkEvent {
     Dialled {
         /// Whether the dial included the hole-punching endpoint.
         punch: bool,
+        /// When it started.
+        started: tokio::time::Instant,
         /// The link, or every attempt's error.
         outcome: Result<Established, String>,
     },

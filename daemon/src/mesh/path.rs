@@ -3,6 +3,7 @@
 //! handshake over whatever stream they got, so the rest of meshd sees one
 //! kind of link with a [`Path`] label.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,11 @@ pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(25);
 pub const RELAYED_PUNCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Endpoints are dialled in order of preference, each this long after the
-/// one before (as in Happy Eyeballs), and the first link made wins: a LAN
-/// path that answers at once is never beaten by a slower public one.
-const STAGGER: Duration = Duration::from_millis(50);
+/// one before or as soon as it failed, whichever comes first (as in Happy
+/// Eyeballs, RFC 8305), and the first link made wins: a preferred path that
+/// answers is never beaten by a later one, and one that is refused or
+/// unreachable costs nothing.
+const STAGGER: Duration = Duration::from_millis(250);
 
 /// Any byte stream a link runs over: a TCP connection, or a relay.
 pub trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -101,27 +104,32 @@ pub async fn dial(
     public: Option<SocketAddr>,
     punch_timeout: Duration,
 ) -> Result<Established, String> {
-    let mut attempts = JoinSet::new();
-    let ordered = candidates
+    let mut queue: VecDeque<(SocketAddr, Duration)> = candidates
         .iter()
         .filter(|endpoint| Some(**endpoint) != public)
         .map(|endpoint| (*endpoint, CONNECT_TIMEOUT))
-        .chain(public.map(|endpoint| (endpoint, punch_timeout)));
-    for (position, (endpoint, timeout)) in ordered.enumerate() {
-        let local = local.clone();
-        let target = target.clone();
-        let delay = STAGGER * u32::try_from(position).unwrap_or(u32::MAX);
-        attempts.spawn(async move {
-            tokio::time::sleep(delay).await;
-            dial_one(&local, &target, endpoint, timeout).await
-        });
-    }
+        .chain(public.map(|endpoint| (endpoint, punch_timeout)))
+        .collect();
+    let mut attempts = JoinSet::new();
     let mut errors = Vec::new();
-    while let Some(joined) = attempts.join_next().await {
-        match joined {
-            Ok(Ok(established)) => return Ok(established),
-            Ok(Err(error)) => errors.push(error),
-            Err(error) => errors.push(error.to_string()),
+    loop {
+        if let Some((endpoint, timeout)) = queue.pop_front() {
+            let local = local.clone();
+            let target = target.clone();
+            attempts.spawn(async move { dial_one(&local, &target, endpoint, timeout).await });
+        }
+        if attempts.is_empty() {
+            break;
+        }
+        // Until the next one is due: the stagger, or a failure.
+        tokio::select! {
+            joined = attempts.join_next() => match joined {
+                Some(Ok(Ok(established))) => return Ok(established),
+                Some(Ok(Err(error))) => errors.push(error),
+                Some(Err(error)) => errors.push(error.to_string()),
+                None => {}
+            },
+            () = tokio::time::sleep(STAGGER), if !queue.is_empty() => {}
         }
     }
     if errors.is_empty() {

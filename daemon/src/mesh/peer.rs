@@ -210,8 +210,7 @@ impl PeerHandle {
             relayed: None,
             next_link: 0,
             dials: 0,
-            punching: false,
-            round_started: now,
+            punching: 0,
             dial_at: Some(now),
             dial_backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             punch: None,
@@ -314,6 +313,8 @@ struct PendingSend {
     text: Bytes,
     sent: Instant,
     deadline: Instant,
+    /// The deadline was extended once already, at a failover.
+    extended: bool,
     reply: oneshot::Sender<Result<Duration, SendError>>,
 }
 
@@ -338,10 +339,8 @@ struct PeerTask {
     next_link: u64,
     /// Direct dials in flight.
     dials: usize,
-    /// One of them includes the public endpoint (a hole-punching dial).
-    punching: bool,
-    /// When the last dial round started.
-    round_started: Instant,
+    /// How many of them include the public endpoint (hole-punching dials).
+    punching: usize,
     dial_at: Option<Instant>,
     dial_backoff: Backoff,
     punch: Option<Punch>,
@@ -546,6 +545,7 @@ impl PeerTask {
     /// direct link, dial its new endpoints now rather than after the backoff.
     fn relisted(&mut self, listing: Listing) {
         let moved = listing.dial_candidates() != self.listing.dial_candidates();
+        let old_public = self.listing.public_endpoint();
         self.listing = listing;
         if !moved || self.direct.is_some() {
             return;
@@ -553,19 +553,20 @@ impl PeerTask {
         self.dial_backoff.reset();
         if self.dials == 0 {
             self.dial_at = Some(Instant::now());
-        } else {
-            // A hole-punching dial may wait for 25 s; the new endpoints
-            // need not.
-            let public = self.listing.public_endpoint();
-            let candidates: Vec<SocketAddr> = self
-                .listing
-                .dial_candidates()
-                .into_iter()
-                .filter(|endpoint| Some(*endpoint) != public)
-                .collect();
-            if !candidates.is_empty() {
-                self.spawn_dial(candidates, None);
-            }
+            return;
+        }
+        // A hole-punching dial may wait for 25 s; the new endpoints need
+        // not (after a NAT rebinding, usually only the public one is new).
+        let public = self.listing.public_endpoint();
+        let candidates: Vec<SocketAddr> = self
+            .listing
+            .dial_candidates()
+            .into_iter()
+            .filter(|endpoint| Some(*endpoint) != public)
+            .collect();
+        let new_public = public.filter(|_| public != old_public);
+        if !candidates.is_empty() || new_public.is_some() {
+            self.spawn_dial(candidates, new_public);
         }
     }
 
@@ -588,6 +589,7 @@ impl PeerTask {
                 text,
                 sent: now,
                 deadline: now + ANSWER_TIMEOUT,
+                extended: false,
                 reply,
             },
         );
@@ -596,8 +598,9 @@ impl PeerTask {
             return;
         }
         // Queued until a link is up: dial now rather than at the next
-        // backoff step, and ask for a relay soon.
-        if self.dials == 0 {
+        // backoff step (unless a hole punch is being arranged), and ask for
+        // a relay soon.
+        if self.dials == 0 && self.punch.is_none() && self.punch_at.is_none() {
             self.dial_at = Some(now);
         }
         let soon = now + self.relay_head_start();
@@ -691,14 +694,18 @@ impl PeerTask {
         match event {
             LinkEvent::Frame { link, frame } => self.on_frame(link, frame),
             LinkEvent::Closed { link, reason } => self.link_lost(link, reason),
-            LinkEvent::Dialled { punch, outcome } => {
+            LinkEvent::Dialled {
+                punch,
+                started,
+                outcome,
+            } => {
                 self.dials = self.dials.saturating_sub(1);
                 if punch {
-                    self.punching = false;
+                    self.punching = self.punching.saturating_sub(1);
                 }
                 match outcome {
                     Ok(established) => self.adopt(established),
-                    Err(error) => self.dial_failed(error),
+                    Err(error) => self.dial_failed(error, started),
                 }
             }
             LinkEvent::Relayed(outcome) => {
@@ -717,7 +724,7 @@ impl PeerTask {
         }
     }
 
-    fn dial_failed(&mut self, error: String) {
+    fn dial_failed(&mut self, error: String, started: Instant) {
         if self.direct.is_some() || self.dials > 0 {
             return;
         }
@@ -725,7 +732,7 @@ impl PeerTask {
         if self.relayed.is_none() {
             self.last_error = Some(error);
         }
-        if self.round_started.elapsed() >= self.punch_timeout() {
+        if started.elapsed() >= self.punch_timeout() {
             // A hole-punching dial waited its full time: go again soon, so
             // that a dial stays open for the peer's to meet.
             self.dial_backoff.reset();
@@ -810,8 +817,13 @@ impl PeerTask {
         if path == Path::Direct && self.relay_possible() {
             // Messages in flight on the failed path get a full answer time
             // on the one that takes over, rather than failing meanwhile.
-            for pending in self.pending.values_mut() {
+            for pending in self
+                .pending
+                .values_mut()
+                .filter(|pending| !pending.extended)
+            {
                 pending.deadline = pending.deadline.max(now + ANSWER_TIMEOUT);
+                pending.extended = true;
             }
         }
         if self.current().is_none() {
@@ -975,11 +987,10 @@ impl PeerTask {
             self.dial_at = Some(Instant::now() + self.dial_backoff.next_wait());
             return;
         }
-        self.round_started = Instant::now();
         // With a hub to coordinate through, the public endpoint is dialled
         // when the peer dials back (at `punch_at`); without one, at once
         // and with the long wait.
-        let coordinated = public.is_some() && !self.punching && self.request_punch();
+        let coordinated = public.is_some() && self.request_punch();
         let public = public.filter(|_| !coordinated);
         let candidates: Vec<SocketAddr> = candidates
             .into_iter()
@@ -1005,11 +1016,16 @@ impl PeerTask {
         let punch = public.is_some();
         let punch_timeout = self.punch_timeout();
         self.dials += 1;
-        self.punching |= punch;
+        self.punching += usize::from(punch);
+        let started = Instant::now();
         let (local, target) = (self.local.clone(), self.target.clone());
         self.spawn_attempt(
             async move { path::dial(&local, &target, &candidates, public, punch_timeout).await },
-            move |outcome| LinkEvent::Dialled { punch, outcome },
+            move |outcome| LinkEvent::Dialled {
+                punch,
+                started,
+                outcome,
+            },
         );
     }
 
@@ -1081,11 +1097,16 @@ impl PeerTask {
     /// Dials the peer's public endpoint alone, unless a direct link is up
     /// or such a dial is already waiting.
     fn punch_dial(&mut self) {
-        if self.direct.is_some() || self.punching {
+        if self.direct.is_some() || self.punching > 0 {
             return;
         }
-        if let Some(public) = self.listing.public_endpoint() {
-            self.spawn_dial(Vec::new(), Some(public));
+        match self.listing.public_endpoint() {
+            Some(public) => self.spawn_dial(Vec::new(), Some(public)),
+            // The device no longer lists one: a plain round later.
+            None if self.dials == 0 => {
+                self.dial_at = Some(Instant::now() + self.dial_backoff.next_wait());
+            }
+            None => {}
         }
     }
 

@@ -149,6 +149,11 @@ pub async fn serve<S>(
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
     let stop = state.stopping.child_token();
     let serial = state.channels.open(&id, outgoing.clone(), stop.clone());
+    // An operator may have released the id between the check and now.
+    if state.registry().binding(&id) != Some(key) {
+        state.channels.close(&id, serial);
+        return;
+    }
     tracing::debug!(device_id = %id, peer_addr = %remote, "hub channel open");
     let writing = state
         .tracker

@@ -130,12 +130,21 @@ impl Relays {
         let mut pending = lock(&self.pending);
         let now = Instant::now();
         pending.retain(|_, half| now.duration_since(half.created) < JOIN_TIMEOUT);
+        // The asker's unjoined half of a young enough relay to the same
+        // device: its offer may have been lost, or the other side asked
+        // too. The partner may be waiting already; it gets its token again
+        // and ignores it.
         let existing = pending
             .iter()
-            .find(|(_, half)| half.device == *a && half.peer == *b && !half.claimed)
+            .find(|(_, half)| {
+                half.device == *a
+                    && half.peer == *b
+                    && !half.claimed
+                    && now.duration_since(half.created) < JOIN_TIMEOUT / 2
+            })
             .map(|(token, half)| (token.clone(), half.partner.clone(), half.dials));
         if let Some((own, theirs, own_dials)) = existing
-            && pending.get(&theirs).is_some_and(|half| !half.claimed)
+            && pending.contains_key(&theirs)
         {
             return Ok(Offer {
                 own,
