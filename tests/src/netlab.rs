@@ -254,6 +254,40 @@ impl Lab {
     }
 }
 
+/// The lab most cases use: a hub at 203.0.113.1, and devices `a` and `b`
+/// at 10.0.1.2 and 10.0.2.2, each behind its own home router (at
+/// 203.0.113.20 with `a`'s NAT, and at 203.0.113.30, port-preserving).
+pub struct TwoHomes {
+    /// The hub's host on the internet segment.
+    pub hub: Host,
+    /// Device a's host.
+    pub a: Host,
+    /// Device b's host.
+    pub b: Host,
+    /// a's router.
+    pub router_a: Router,
+    /// b's router.
+    pub router_b: Router,
+}
+
+impl Lab {
+    /// Builds [`TwoHomes`], `a`'s router translating with `nat_a`.
+    pub fn two_homes(&mut self, nat_a: Nat) -> Result<TwoHomes, String> {
+        let hub = self.public_host("hub", 1)?;
+        let mut router_a = self.router("homea", 20, 1, nat_a)?;
+        let mut router_b = self.router("homeb", 30, 2, Nat::PortPreserving)?;
+        let a = self.lan_host(&mut router_a, "a")?;
+        let b = self.lan_host(&mut router_b, "b")?;
+        Ok(TwoHomes {
+            hub,
+            a,
+            b,
+            router_a,
+            router_b,
+        })
+    }
+}
+
 /// A packet capture (tcpdump) running in one of the lab's namespaces.
 pub struct Capture {
     child: std::process::Child,

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use meshd_ipc::{LinkState, Request, Response};
-use meshd_tests::netlab::{Host, Lab, Nat};
+use meshd_tests::netlab::{Host, Lab, Nat, TwoHomes};
 
 use crate::control::{Error, Nodes, call, wait_for};
 use crate::median;
@@ -100,11 +100,12 @@ fn once(
     seconds: u64,
 ) -> Result<(f64, Option<f64>), Error> {
     let mut lab = Lab::new()?;
-    let hub = lab.public_host("hub", 1)?;
-    let mut home_a = lab.router("homea", 20, 1, nat)?;
-    let mut home_b = lab.router("homeb", 30, 2, Nat::PortPreserving)?;
-    let a_host = lab.lan_host(&mut home_a, "a")?;
-    let b_host = lab.lan_host(&mut home_b, "b")?;
+    let TwoHomes {
+        hub,
+        a: a_host,
+        b: b_host,
+        ..
+    } = lab.two_homes(nat)?;
     let dir = tempfile::Builder::new().prefix("mesh-nat-").tempdir()?;
     let hub_url = format!("http://{}:8080", hub.ip);
     let mut nodes = Nodes(Vec::new());

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use meshd_tests::netlab::{Host, Nat, lab_or_skip};
+use meshd_tests::netlab::{Host, Nat, TwoHomes, lab_or_skip};
 use meshd_tests::{MeshOptions, Node, NodeOptions, wait_until};
 
 /// The hub's signaling port inside its namespace.
@@ -271,14 +271,16 @@ fn a_random_port_nat_shows_another_public_port() {
     // 1-in-64k chance.
     assert_ne!(port, MESH_PORT.to_string(), "{observed}");
 }
+
 #[test]
 fn a_two_devices_behind_two_port_preserving_nats_link_directly() {
     let Some(mut lab) = lab_or_skip() else { return };
-    let hub_host = lab.public_host("hub", 1).unwrap();
-    let mut home_a = lab.router("homea", 20, 1, Nat::PortPreserving).unwrap();
-    let mut home_b = lab.router("homeb", 30, 2, Nat::PortPreserving).unwrap();
-    let a_host = lab.lan_host(&mut home_a, "a").unwrap();
-    let b_host = lab.lan_host(&mut home_b, "b").unwrap();
+    let TwoHomes {
+        hub: hub_host,
+        a: a_host,
+        b: b_host,
+        ..
+    } = lab.two_homes(Nat::PortPreserving).unwrap();
     let _hub = start_hub(&hub_host);
     let a = start_device("a", &a_host, &hub_host);
     let b = start_device("b", &b_host, &hub_host);
@@ -302,11 +304,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
     let Some(mut lab) = lab_or_skip() else { return };
-    let hub_host = lab.public_host("hub", 1).unwrap();
-    let mut carrier = lab.router("cgnat", 40, 4, Nat::RandomPort).unwrap();
-    let mut home = lab.router("home", 30, 2, Nat::PortPreserving).unwrap();
-    let a_host = lab.lan_host(&mut carrier, "a").unwrap();
-    let b_host = lab.lan_host(&mut home, "b").unwrap();
+    let TwoHomes {
+        hub: hub_host,
+        a: a_host,
+        b: b_host,
+        ..
+    } = lab.two_homes(Nat::RandomPort).unwrap();
     let pcap = std::env::temp_dir().join(format!("{}-hub.pcap", lab.name()));
     let capture = lab.capture(&hub_host.netns, &pcap).unwrap();
     // Each device may send 32 KiB/s through the relay.
@@ -362,11 +365,13 @@ fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
 #[test]
 fn e_a_cut_direct_path_falls_back_to_the_relay_and_comes_back() {
     let Some(mut lab) = lab_or_skip() else { return };
-    let hub_host = lab.public_host("hub", 1).unwrap();
-    let mut home_a = lab.router("homea", 20, 1, Nat::PortPreserving).unwrap();
-    let mut home_b = lab.router("homeb", 30, 2, Nat::PortPreserving).unwrap();
-    let a_host = lab.lan_host(&mut home_a, "a").unwrap();
-    let b_host = lab.lan_host(&mut home_b, "b").unwrap();
+    let TwoHomes {
+        hub: hub_host,
+        a: a_host,
+        b: b_host,
+        router_a: home_a,
+        ..
+    } = lab.two_homes(Nat::PortPreserving).unwrap();
     let _hub = start_hub(&hub_host);
     let a = start_device("a", &a_host, &hub_host);
     let b = start_device("b", &b_host, &hub_host);
