@@ -303,14 +303,9 @@ impl HubConnection {
         struct Observed {
             observed: String,
         }
-        let request = Request::builder()
-            .method(Method::GET)
-            .uri("/observed")
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONNECTION, "close")
-            .body(Full::new(Bytes::new()))
-            .map_err(|error| HubError::Decode(error.to_string()))?;
-        let body = self.exchange(request, 64 * 1024).await?;
+        let body = self
+            .exchange(self.last_get("/observed")?, 64 * 1024)
+            .await?;
         serde_json::from_slice::<Observed>(&body)
             .map(|answer| answer.observed)
             .map_err(|error| HubError::Decode(error.to_string()))
@@ -320,15 +315,23 @@ impl HubConnection {
     /// asks the hub to close first, so the TIME_WAIT state stays on the hub's
     /// side and this device can reconnect from its mesh port at once.
     pub async fn devices(&mut self) -> Result<Vec<ListedDevice>, HubError> {
-        let request = Request::builder()
+        let body = self
+            .exchange(self.last_get("/devices")?, MAX_LIST_BYTES)
+            .await?;
+        serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
+    }
+
+    /// A `GET` that is the connection's last request: it asks the hub to
+    /// close first, so the TIME_WAIT state stays on the hub's side and the
+    /// mesh port can reach the hub again at once.
+    fn last_get(&self, path: &str) -> Result<Request<Full<Bytes>>, HubError> {
+        Request::builder()
             .method(Method::GET)
-            .uri("/devices")
+            .uri(path)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONNECTION, "close")
             .body(Full::new(Bytes::new()))
-            .map_err(|error| HubError::Decode(error.to_string()))?;
-        let body = self.exchange(request, MAX_LIST_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
+            .map_err(|error| HubError::Decode(error.to_string()))
     }
 
     /// Sends `request`; the body of a success.
