@@ -4,7 +4,7 @@
 use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshd_ipc::{LinkState, PROTOCOL_VERSION, Reply, ReplyFrame, Request, RequestFrame, Response};
@@ -14,6 +14,30 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Kills the processes it holds when dropped, however the run ends.
 pub struct Nodes(pub Vec<Child>);
+
+impl Nodes {
+    /// Writes `config` to `dir/ID.toml` and starts `command --config` with
+    /// it, its output discarded and its log on this process's stderr.
+    pub fn start(
+        &mut self,
+        mut command: Command,
+        dir: &Path,
+        id: &str,
+        config: &str,
+    ) -> Result<(), Error> {
+        let path = dir.join(format!("{id}.toml"));
+        std::fs::write(&path, config)?;
+        let child = command
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        self.0.push(child);
+        Ok(())
+    }
+}
 
 impl Drop for Nodes {
     fn drop(&mut self) {

@@ -3,7 +3,7 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshd_ipc::{LinkState, Request, Response};
@@ -69,17 +69,7 @@ fn once(meshd: &Path, devices: usize, round: usize) -> Result<(f64, f64), Error>
             state = dir.path().join(id).display(),
             socket = sockets[index].display(),
         );
-        let path = dir.path().join(format!("{id}.toml"));
-        std::fs::write(&path, config)?;
-        let child = Command::new(meshd)
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        nodes.0.push(child);
-        Ok(())
+        nodes.start(Command::new(meshd), dir.path(), id, &config)
     };
     // The hub first, so that no device's first registration meets a closed
     // port and waits out a backoff; then every device at once.

@@ -11,7 +11,7 @@
 //! Needs root (namespaces, iptables).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -171,18 +171,9 @@ fn start(
         state = dir.join(id).display(),
         socket = socket.display(),
     );
-    let path = dir.join(format!("{id}.toml"));
-    std::fs::write(&path, config)?;
-    let child = Command::new("ip")
-        .args(["netns", "exec", &host.netns])
-        .arg(meshd)
-        .arg("--config")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    nodes.0.push(child);
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", &host.netns]).arg(meshd);
+    nodes.start(command, dir, id, &config)?;
     Ok(socket)
 }
 

@@ -990,16 +990,16 @@ impl PeerTask {
         // With a hub to coordinate through, the public endpoint is dialled
         // when the peer dials back (at `punch_at`); without one, at once
         // and with the long wait.
+        let others: Vec<SocketAddr> = candidates
+            .into_iter()
+            .filter(|endpoint| Some(*endpoint) != public)
+            .collect();
         let coordinated = public.is_some() && self.request_punch();
         let public = public.filter(|_| !coordinated);
-        let candidates: Vec<SocketAddr> = candidates
-            .into_iter()
-            .filter(|endpoint| !coordinated || Some(*endpoint) != self.listing.public_endpoint())
-            .collect();
-        if candidates.is_empty() && public.is_none() {
+        if others.is_empty() && public.is_none() {
             return;
         }
-        self.spawn_dial(candidates, public);
+        self.spawn_dial(others, public);
     }
 
     /// How long a dial to the public endpoint waits: long while nothing
