@@ -87,7 +87,9 @@ wait_port() {
 
 # --- meshd ---------------------------------------------------------------------
 # Every key not set here keeps its default (chat.max_clients = 10000,
-# chat.max_line_bytes = 4096, log_level = info).
+# chat.max_line_bytes = 4096, log_level = info). The benchmark's publishers
+# send as fast as they can, which the per-user flood limit (20 lines/s by
+# default) exists to stop, so it is off here: this measures the fan-out.
 cat >"$work/meshd.toml" <<EOF
 [node]
 id = "bench"
@@ -103,6 +105,7 @@ enabled = false
 [chat]
 enabled = true
 listen = "127.0.0.1:0"
+rate_per_user = 0
 
 [mesh]
 enabled = false

@@ -10,6 +10,7 @@ mod control;
 mod device_id;
 mod hub_protocol;
 mod limits;
+mod log_limit;
 mod logging;
 mod mesh;
 mod paths;
@@ -17,7 +18,9 @@ mod public_key;
 mod signaling;
 mod signals;
 mod supervisor;
+mod sync;
 mod systemd;
+mod token_bucket;
 
 use std::process::ExitCode;
 

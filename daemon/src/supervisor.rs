@@ -242,6 +242,9 @@ async fn reload(
             if let Some(signaling) = &roles.signaling {
                 signaling.apply(&running.signaling);
             }
+            if let Some(chat) = &roles.chat {
+                chat.apply(&running.chat);
+            }
             tracing::info!(
                 applied = ?plan.applied,
                 restart_required = ?plan.restart_required,

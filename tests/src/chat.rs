@@ -87,6 +87,16 @@ impl ChatClient {
         }
     }
 
+    /// The next line that is not another user's `JOIN` or `LEAVE`.
+    pub fn line_skipping_presence(&mut self) -> String {
+        loop {
+            let line = self.line();
+            if !(line.starts_with("JOIN ") || line.starts_with("LEAVE ")) {
+                return line;
+            }
+        }
+    }
+
     /// Asserts the server closes the connection next (after any lines
     /// `allowed` lets through).
     pub fn expect_closed(&mut self) {

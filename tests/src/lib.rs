@@ -21,6 +21,21 @@ pub mod notify;
 pub mod tap;
 pub mod wait;
 
+/// Raises this test process's soft open-file limit to at least `wanted`
+/// (within the hard limit), for tests that hold thousands of sockets.
+pub fn raise_open_files(wanted: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("reading RLIMIT_NOFILE");
+    let target = wanted.min(hard);
+    if soft < target {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard).expect("raising RLIMIT_NOFILE");
+    }
+    assert!(
+        target >= wanted,
+        "this test needs {wanted} open files; the hard limit is {hard}: raise it (ulimit -Hn)"
+    );
+}
+
 pub use binaries::{meshctl_bin, meshd_bin};
 pub use chat::ChatClient;
 pub use node::{MeshOptions, Node, NodeOptions, copy_executable};

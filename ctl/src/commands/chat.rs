@@ -1,7 +1,10 @@
 //! `meshctl chat [HOST:PORT]`: the interactive chat client. It speaks the
 //! plain chat protocol (CONTRACT section 4), so it works against any server
 //! that does. A reader thread prints what arrives while the main thread sends
-//! each line typed; `exit` (or end of input) sends `/quit`.
+//! each line typed; `exit`, `/quit` or end of input sends `/quit` and ends
+//! with status 0. What the server sends is shown with its control characters
+//! escaped, so another user's escape sequences cannot clear the screen or
+//! fake a line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -56,7 +59,7 @@ pub fn run(server: Option<String>, socket: &Path) -> Result<(), CtlError> {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
-        if line.trim() == "exit" {
+        if matches!(line.trim(), "exit" | "/quit") {
             break;
         }
         if writer.write_all(format!("{line}\n").as_bytes()).is_err() {
@@ -144,8 +147,10 @@ fn exit_closed_by_server(reason: &str) -> ! {
 }
 
 /// A server line as a person reads it; `None` for verbs this client does not
-/// know, which the protocol says to ignore.
+/// know, which the protocol says to ignore. Control characters (escape
+/// sequences, carriage returns, backspaces) are shown escaped, never obeyed.
 pub fn render(line: &str) -> Option<String> {
+    let line = &harmless(line);
     let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
     Some(match verb {
         "MSG" => {
@@ -168,9 +173,35 @@ pub fn render(line: &str) -> Option<String> {
     })
 }
 
+/// `text` with every control character written as an escape (`\u{1b}`).
+fn harmless(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::render;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let clear_and_fake =
+            "MSG mallory \u{1b}[2J\u{1b}[H\ralice: send me your password\u{8}\u{9b}31m";
+        let shown = render(clear_and_fake).unwrap();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(
+            shown,
+            "mallory: \\u{1b}[2J\\u{1b}[H\\ralice: send me your password\\u{8}\\u{9b}31m"
+        );
+        assert_eq!(render("JOIN a\u{7}b").unwrap(), "* a\\u{7}b joined");
+    }
 
     #[test]
     fn renders_server_lines_readably() {

@@ -7,7 +7,9 @@
 //! (`auth.rs`) decide who may log in. [`ChatHandle`] is the role's face to the
 //! rest of meshd: status, operator broadcasts, and user management.
 
+mod argon2_pool;
 mod auth;
+mod flood;
 mod line_reader;
 mod protocol;
 mod room;
@@ -27,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ChatConfig;
+use crate::log_limit::LogLimiter;
 use auth::Authenticator;
+use flood::FloodControl;
 use room::Room;
 use users::UserStore;
 pub use users::UsersError;
@@ -40,6 +44,9 @@ pub struct ChatShared {
     room: Room,
     users: UserStore,
     auth: Authenticator,
+    flood: FloodControl,
+    /// One `chat login throttled` line per interval, however many are.
+    throttled_logins: LogLimiter,
     max_line_bytes: usize,
     cancel: CancellationToken,
 }
@@ -70,6 +77,8 @@ pub async fn start(
         room: Room::new(RING_CAPACITY),
         users: UserStore::new(state_dir),
         auth: Authenticator::new().await,
+        flood: FloodControl::new(config.rate_per_user, config.burst_per_user),
+        throttled_logins: LogLimiter::default(),
         max_line_bytes: config.max_line_bytes,
         cancel: cancel.clone(),
     });
@@ -170,15 +179,32 @@ impl ChatHandle {
             .users
             .change(|set| set.set_password(name, hash))
             .await?;
-        tracing::info!(user = name, "chat user password changed");
+        // Sessions logged in with the old password end now (docs/chat-protocol.md).
+        let ended = self
+            .shared
+            .room
+            .revoke(name, "password changed; log in again with the new one");
+        tracing::info!(
+            user = name,
+            sessions_ended = ended,
+            "chat user password changed"
+        );
         Ok(())
     }
 
     /// `meshctl users remove`
     pub async fn remove_user(&self, name: &str) -> Result<(), UsersError> {
         self.shared.users.change(|set| set.remove(name)).await?;
-        tracing::info!(user = name, "chat user removed");
+        let ended = self.shared.room.revoke(name, "user removed");
+        tracing::info!(user = name, sessions_ended = ended, "chat user removed");
         Ok(())
+    }
+
+    /// Applies the live keys of a reloaded config (the flood limits).
+    pub fn apply(&self, config: &ChatConfig) {
+        self.shared
+            .flood
+            .set_limits(config.rate_per_user, config.burst_per_user);
     }
 
     /// Re-reads the users file (on reload); the last good set stays on error.

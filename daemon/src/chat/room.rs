@@ -10,12 +10,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use super::protocol;
+use crate::sync::lock;
 
 /// Identifies one logged-in session; 0 is the system.
 pub type ClientId = u64;
@@ -32,10 +34,56 @@ pub struct Outgoing {
     pub line: Bytes,
 }
 
+/// Ends a session whose user was removed or got a new password.
+#[derive(Debug, Default)]
+pub struct Revocation {
+    token: CancellationToken,
+    reason: OnceLock<&'static str>,
+}
+
+impl Revocation {
+    /// Completes once the session is revoked.
+    pub async fn revoked(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Why, once revoked.
+    pub fn reason(&self) -> Option<&'static str> {
+        self.reason.get().copied()
+    }
+
+    fn revoke(&self, reason: &'static str) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    /// Whether it was revoked (for tests).
+    #[cfg(test)]
+    pub fn is_revoked(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// A logged-in session as the room knows it.
+struct Member {
+    user: String,
+    revoked: Arc<Revocation>,
+}
+
+/// What a session gets when it joins.
+pub struct Membership {
+    /// Its id in the room.
+    pub id: ClientId,
+    /// Every line from the moment it joined.
+    pub ring: broadcast::Receiver<Outgoing>,
+    /// Fires when its user's login is revoked.
+    pub revoked: Arc<Revocation>,
+}
+
 /// The chat room.
 pub struct Room {
     ring: broadcast::Sender<Outgoing>,
-    members: Mutex<BTreeMap<ClientId, String>>,
+    members: Mutex<BTreeMap<ClientId, Member>>,
     next_id: AtomicU64,
     relayed: AtomicU64,
 }
@@ -53,20 +101,52 @@ impl Room {
     }
 
     /// Adds a logged-in session, tells the others, and returns its receiver
-    /// (subscribed before the JOIN, so nothing after it is missed).
-    pub fn join(&self, user: &str) -> (ClientId, broadcast::Receiver<Outgoing>) {
+    /// (subscribed before the JOIN, so nothing after it is missed). The
+    /// session is a member from here on: `/who` lists it and every line sent
+    /// after this reaches it, so its `OK` is written only after this.
+    pub fn join(&self, user: &str) -> Membership {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let receiver = self.ring.subscribe();
-        self.members().insert(id, user.to_owned());
+        let ring = self.ring.subscribe();
+        let revoked = Arc::new(Revocation::default());
+        lock(&self.members).insert(
+            id,
+            Member {
+                user: user.to_owned(),
+                revoked: revoked.clone(),
+            },
+        );
         self.send(id, protocol::join(user));
-        (id, receiver)
+        Membership { id, ring, revoked }
     }
 
     /// Removes a session and tells the others.
     pub fn leave(&self, id: ClientId) {
-        if let Some(user) = self.members().remove(&id) {
-            self.send(id, protocol::leave(&user));
+        let removed = lock(&self.members).remove(&id);
+        if let Some(member) = removed {
+            self.send(id, protocol::leave(&member.user));
         }
+    }
+
+    /// Ends every session of `user` (removed, or its password changed): they
+    /// leave the room at once and their sessions close with `ERR auth
+    /// <reason>`. Returns how many there were.
+    pub fn revoke(&self, user: &str, reason: &'static str) -> usize {
+        let revoked: Vec<(ClientId, Member)> = {
+            let mut members = lock(&self.members);
+            let ids: Vec<ClientId> = members
+                .iter()
+                .filter(|(_, member)| member.user == user)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| members.remove(&id).map(|member| (id, member)))
+                .collect()
+        };
+        for (id, member) in &revoked {
+            member.revoked.revoke(reason);
+            self.send(*id, protocol::leave(&member.user));
+        }
+        revoked.len()
     }
 
     /// Sends a message from `id` to everyone else.
@@ -83,8 +163,11 @@ impl Room {
 
     /// The `WHO` line: every logged-in user once, sorted.
     pub fn who(&self) -> Bytes {
-        let members = self.members();
-        let mut names: Vec<&str> = members.values().map(String::as_str).collect();
+        let members = lock(&self.members);
+        let mut names: Vec<&str> = members
+            .values()
+            .map(|member| member.user.as_str())
+            .collect();
         names.sort_unstable();
         names.dedup();
         protocol::who(names)
@@ -92,7 +175,7 @@ impl Room {
 
     /// Logged-in sessions.
     pub fn clients(&self) -> usize {
-        self.members().len()
+        lock(&self.members).len()
     }
 
     /// Messages relayed since start.
@@ -104,10 +187,6 @@ impl Room {
         // An error only means nobody is listening.
         let _ = self.ring.send(Outgoing { from, line });
     }
-
-    fn members(&self) -> std::sync::MutexGuard<'_, BTreeMap<ClientId, String>> {
-        self.members.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 #[cfg(test)]
@@ -117,8 +196,12 @@ mod tests {
     #[test]
     fn others_see_join_messages_and_leave_in_order() {
         let room = Room::new(16);
-        let (alice, mut alice_rx) = room.join("alice");
-        let (bob, _bob_rx) = room.join("bob");
+        let Membership {
+            id: alice,
+            ring: mut alice_rx,
+            ..
+        } = room.join("alice");
+        let bob = room.join("bob").id;
         room.publish(bob, "bob", "one");
         room.publish(bob, "bob", "two");
         room.leave(bob);
@@ -146,8 +229,8 @@ mod tests {
     #[test]
     fn a_receiver_that_falls_behind_lags() {
         let room = Room::new(4);
-        let (_, mut rx) = room.join("slow");
-        let (id, _) = room.join("fast");
+        let mut rx = room.join("slow").ring;
+        let id = room.join("fast").id;
         for i in 0..10 {
             room.publish(id, "fast", &i.to_string());
         }
@@ -155,5 +238,26 @@ mod tests {
             rx.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(_))
         ));
+    }
+
+    #[test]
+    fn revoking_a_user_ends_all_its_sessions_and_only_them() {
+        let room = Room::new(16);
+        let first = room.join("mallory");
+        let second = room.join("mallory");
+        let other = room.join("alice");
+        assert_eq!(room.revoke("mallory", "user removed"), 2);
+        assert!(first.revoked.is_revoked() && second.revoked.is_revoked());
+        assert_eq!(first.revoked.reason(), Some("user removed"));
+        assert!(!other.revoked.is_revoked());
+        assert_eq!(&room.who()[..], b"WHO alice\n");
+        assert_eq!(room.revoke("mallory", "user removed"), 0);
+        // Leaving after a revocation says LEAVE only once.
+        room.leave(first.id);
+        let mut ring = other.ring;
+        let leaves = std::iter::from_fn(|| ring.try_recv().ok())
+            .filter(|out| out.line.starts_with(b"LEAVE"))
+            .count();
+        assert_eq!(leaves, 2);
     }
 }

@@ -23,9 +23,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ChatShared;
+use super::auth::Admission;
+use super::flood;
 use super::line_reader::{Line, read_line};
 use super::protocol::{self, ClientLine, ErrCode};
-use super::room::{ClientId, Outgoing};
+use super::room::{ClientId, Membership, Outgoing, Revocation};
 
 /// Time a client has to log in after connecting.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,12 +67,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>)
     {
         return;
     }
-    let Some(user) = login(&mut reader, &mut write_half, peer, &shared).await else {
+    let Some((user, Membership { id, ring, revoked })) =
+        login(&mut reader, &mut write_half, peer, &shared).await
+    else {
         let _ = write_half.shutdown().await;
         return;
     };
-    tracing::info!(user, peer_addr = %peer, "chat login");
-    let (id, ring) = shared.room.join(&user);
+    tracing::info!(user = %escape(&user), peer_addr = %peer, "chat login");
     let (private, private_rx) = mpsc::channel(PRIVATE_QUEUE);
     let session_end = shared.cancel.child_token();
     let writer = tokio::spawn(write_loop(Writer {
@@ -80,23 +83,36 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>)
         private: private_rx,
         end: session_end.clone(),
         shutdown: shared.cancel.clone(),
+        revoked: revoked.clone(),
         user: user.clone(),
         peer,
     }));
-    read_loop(&mut reader, id, &user, &shared, &private, &session_end).await;
+    let sender = shared.flood.sender(&user);
+    let session = Session {
+        id,
+        user: &user,
+        shared: &shared,
+        private: &private,
+        end: &session_end,
+        revoked: &revoked,
+        sender: &sender,
+    };
+    read_loop(&mut reader, &session).await;
     drop(private);
     let _ = writer.await;
     shared.room.leave(id);
-    tracing::info!(user, peer_addr = %peer, "chat logout");
+    tracing::info!(user = %escape(&user), peer_addr = %peer, "chat logout");
 }
 
-/// The login phase; returns the user name once `OK` was sent.
+/// The login phase. Returns the session's membership once `OK` was sent:
+/// the session joins the room before `OK` is written, so a client that has
+/// read `OK` is listed by `/who` and gets every message sent after it.
 async fn login(
     reader: &mut BufReader<OwnedReadHalf>,
     socket: &mut OwnedWriteHalf,
     peer: SocketAddr,
     shared: &ChatShared,
-) -> Option<String> {
+) -> Option<(String, Membership)> {
     let deadline = Instant::now() + LOGIN_TIMEOUT;
     let mut failures = 0;
     let mut buf = Vec::new();
@@ -123,25 +139,55 @@ async fn login(
                     return None;
                 }
                 Ok(ClientLine::Auth { user, password }) => {
-                    if let Err(retry) = shared.auth.check_throttle(peer.ip()) {
-                        tracing::warn!(peer_addr = %peer, "chat login throttled");
-                        let text = format!(
-                            "too many failed logins from {}; try again in {}s",
-                            peer.ip(),
-                            retry.as_secs().max(1)
-                        );
-                        let _ = write_direct(socket, &protocol::err(ErrCode::Auth, &text)).await;
-                        return None;
-                    }
+                    let admission = tokio::select! {
+                        () = shared.cancel.cancelled() => {
+                            let _ = write_direct(socket, &shutdown_lines()).await;
+                            return None;
+                        }
+                        admission = tokio::time::timeout_at(deadline, shared.auth.admit(peer.ip())) => admission,
+                    };
+                    let attempt = match admission {
+                        Err(_elapsed) => {
+                            let line =
+                                protocol::err(ErrCode::Timeout, "no login within 10s; closing");
+                            let _ = write_direct(socket, &line).await;
+                            return None;
+                        }
+                        Ok(Admission::Refused(retry)) => {
+                            shared.throttled_logins.log(|suppressed| {
+                                tracing::warn!(peer_addr = %peer, suppressed, "chat login throttled");
+                            });
+                            let text = format!(
+                                "too many failed logins from {}; try again in {}s",
+                                peer.ip(),
+                                retry.as_secs().max(1)
+                            );
+                            let _ =
+                                write_direct(socket, &protocol::err(ErrCode::Auth, &text)).await;
+                            return None;
+                        }
+                        Ok(Admission::Go(attempt)) => attempt,
+                    };
                     let hash = shared.users.snapshot().hash_of(user).map(str::to_owned);
-                    if shared.auth.verify(hash, password.to_owned()).await {
-                        let user = user.to_owned();
-                        write_direct(socket, &protocol::ok(&user)).await.ok()?;
-                        return Some(user);
+                    if shared.auth.verify(hash.clone(), password.to_owned()).await {
+                        attempt.succeeded();
+                        let membership = shared.room.join(user);
+                        // A removal or new password between the check and the
+                        // join would not have reached this session: check again.
+                        if shared.users.snapshot().hash_of(user) != hash.as_deref() {
+                            shared.room.leave(membership.id);
+                            let _ = write_direct(socket, &protocol::auth_failed()).await;
+                            return None;
+                        }
+                        if write_direct(socket, &protocol::ok(user)).await.is_err() {
+                            shared.room.leave(membership.id);
+                            return None;
+                        }
+                        return Some((user.to_owned(), membership));
                     }
-                    shared.auth.record_failure(peer.ip());
+                    drop(attempt);
                     failures += 1;
-                    tracing::info!(peer_addr = %peer, user, failures, "chat login failed");
+                    tracing::info!(peer_addr = %peer, user = %escape(user), failures, "chat login failed");
                     if failures >= MAX_AUTH_ATTEMPTS {
                         let _ = write_direct(socket, &protocol::auth_failed()).await;
                         return None;
@@ -155,19 +201,25 @@ async fn login(
     }
 }
 
-/// The chat phase: every line the client sends.
-async fn read_loop(
-    reader: &mut BufReader<OwnedReadHalf>,
+/// What the chat phase of one session works with.
+struct Session<'a> {
     id: ClientId,
-    user: &str,
-    shared: &ChatShared,
-    private: &mpsc::Sender<Bytes>,
-    session_end: &CancellationToken,
-) {
+    user: &'a str,
+    shared: &'a ChatShared,
+    private: &'a mpsc::Sender<Bytes>,
+    end: &'a CancellationToken,
+    revoked: &'a Revocation,
+    sender: &'a flood::Sender<'a>,
+}
+
+/// The chat phase: every line the client sends.
+async fn read_loop(reader: &mut BufReader<OwnedReadHalf>, session: &Session<'_>) {
+    let shared = session.shared;
     let mut buf = Vec::new();
     loop {
         let read = tokio::select! {
-            () = session_end.cancelled() => return,
+            () = session.end.cancelled() => return,
+            _ = session.revoked.revoked() => return,
             read = read_line(reader, &mut buf, shared.max_line_bytes) => read,
         };
         let reply = match read {
@@ -175,19 +227,26 @@ async fn read_loop(
             Ok(Line::TooLong) => too_long(shared.max_line_bytes),
             Ok(Line::Complete) => match protocol::parse(protocol::trim_line_end(&buf)) {
                 Ok(ClientLine::Message(text)) => {
-                    shared.room.publish(id, user, text);
+                    if !publish(session, text).await {
+                        return;
+                    }
                     continue;
                 }
                 Ok(ClientLine::Who) => shared.room.who(),
                 Ok(ClientLine::Quit) => {
-                    let _ = private.send(Bytes::from_static(protocol::BYE)).await;
+                    let _ = session
+                        .private
+                        .send(Bytes::from_static(protocol::BYE))
+                        .await;
                     return;
                 }
                 // After OK, every line not starting with '/' is a message,
-                // even one that looks like AUTH (CONTRACT section 4).
+                // even one that looks like AUTH (docs/chat-protocol.md).
                 Ok(ClientLine::Auth { .. }) => {
-                    if let Ok(text) = std::str::from_utf8(protocol::trim_line_end(&buf)) {
-                        shared.room.publish(id, user, text);
+                    if let Ok(text) = std::str::from_utf8(protocol::trim_line_end(&buf))
+                        && !publish(session, text).await
+                    {
+                        return;
                     }
                     continue;
                 }
@@ -198,10 +257,26 @@ async fn read_loop(
                 Err(_) => protocol::err(ErrCode::Proto, "line is not UTF-8"),
             },
         };
-        if private.send(reply).await.is_err() {
+        if session.private.send(reply).await.is_err() {
             return;
         }
     }
+}
+
+/// Publishes one message once the user's flood limit allows it; meanwhile
+/// nothing more is read from this client. False when the session ended
+/// while it waited.
+async fn publish(session: &Session<'_>, text: &str) -> bool {
+    let wait = session.sender.delay(std::time::Instant::now());
+    if !wait.is_zero() {
+        tokio::select! {
+            () = session.end.cancelled() => return false,
+            _ = session.revoked.revoked() => return false,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+    session.shared.room.publish(session.id, session.user, text);
+    true
 }
 
 fn too_long(max: usize) -> Bytes {
@@ -215,6 +290,16 @@ fn shutdown_lines() -> Bytes {
     let mut lines = protocol::err(ErrCode::Shutdown, "meshd is stopping").to_vec();
     lines.extend_from_slice(protocol::BYE);
     Bytes::from(lines)
+}
+
+/// `ERR auth <why>` for a revoked session.
+fn revoked_line(revoked: &Revocation) -> Bytes {
+    protocol::err(ErrCode::Auth, revoked.reason().unwrap_or("login revoked"))
+}
+
+/// A user name or other client-given text made safe for one log field.
+fn escape(text: &str) -> String {
+    text.escape_debug().to_string()
 }
 
 /// Writes during login, before the writer task exists.
@@ -232,6 +317,7 @@ struct Writer {
     private: mpsc::Receiver<Bytes>,
     end: CancellationToken,
     shutdown: CancellationToken,
+    revoked: Arc<Revocation>,
     user: String,
     peer: SocketAddr,
 }
@@ -244,6 +330,8 @@ enum Stop {
     Slow(&'static str),
     /// meshd is stopping.
     Shutdown,
+    /// The user was removed or its password changed.
+    Revoked,
     /// The socket failed.
     Broken,
 }
@@ -254,6 +342,7 @@ async fn write_loop(mut writer: Writer) {
         let first = tokio::select! {
             biased;
             () = writer.shutdown.cancelled() => break Stop::Shutdown,
+            _ = writer.revoked.revoked() => break Stop::Revoked,
             private = writer.private.recv() => match private {
                 Some(line) => Ok(line),
                 None => break Stop::Done,
@@ -292,8 +381,17 @@ async fn write_loop(mut writer: Writer) {
             batch.push_back(shutdown_lines());
             let _ = write_batch(&mut writer.socket, &mut batch, None).await;
         }
+        Stop::Revoked => {
+            tracing::info!(user = %escape(&writer.user), peer_addr = %writer.peer, "chat session revoked");
+            let mut line = VecDeque::from([revoked_line(&writer.revoked)]);
+            let _ = tokio::time::timeout(
+                WRITE_DEADLINE,
+                write_batch(&mut writer.socket, &mut line, None),
+            )
+            .await;
+        }
         Stop::Slow(why) => {
-            tracing::warn!(user = writer.user, peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
+            tracing::warn!(user = %escape(&writer.user), peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
             // Best effort: its buffers may be full, and it is not waited for.
             let _ = writer.socket.try_write(&protocol::err(
                 ErrCode::Slow,

@@ -51,6 +51,16 @@ const LIVE_KEYS: &[LiveKey] = &[
         differs: |a, b| a.signaling.relay_bytes_per_sec != b.signaling.relay_bytes_per_sec,
         apply: |to, from| to.signaling.relay_bytes_per_sec = from.signaling.relay_bytes_per_sec,
     },
+    LiveKey {
+        name: "chat.rate_per_user",
+        differs: |a, b| a.chat.rate_per_user != b.chat.rate_per_user,
+        apply: |to, from| to.chat.rate_per_user = from.chat.rate_per_user,
+    },
+    LiveKey {
+        name: "chat.burst_per_user",
+        differs: |a, b| a.chat.burst_per_user != b.chat.burst_per_user,
+        apply: |to, from| to.chat.burst_per_user = from.chat.burst_per_user,
+    },
 ];
 
 /// Tells whether a key differs between two configs.
@@ -75,7 +85,14 @@ const RESTART_KEYS: &[(&str, Differs)] = &[
     ("signaling.max_connections", |a, b| {
         a.signaling.max_connections != b.signaling.max_connections
     }),
-    ("chat", |a, b| a.chat != b.chat),
+    ("chat.enabled", |a, b| a.chat.enabled != b.chat.enabled),
+    ("chat.listen", |a, b| a.chat.listen != b.chat.listen),
+    ("chat.max_clients", |a, b| {
+        a.chat.max_clients != b.chat.max_clients
+    }),
+    ("chat.max_line_bytes", |a, b| {
+        a.chat.max_line_bytes != b.chat.max_line_bytes
+    }),
     ("mesh", |a, b| a.mesh != b.mesh),
 ];
 
@@ -158,7 +175,7 @@ mod tests {
     fn every_live_key_is_applied() {
         let old = Config::from_toml("", None).unwrap();
         let new = Config::from_toml(
-            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\n",
+            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\n[chat]\nrate_per_user = 5\nburst_per_user = 7\n",
             None,
         )
         .unwrap();

@@ -102,6 +102,10 @@ pub struct ChatConfig {
     pub max_clients: usize,
     /// Longest line a client may send.
     pub max_line_bytes: usize,
+    /// Messages a second each user may send, sustained; 0: no limit.
+    pub rate_per_user: u64,
+    /// Messages each user may send at once before the rate applies.
+    pub burst_per_user: u64,
 }
 
 /// `[mesh]`: this node as a device.

@@ -56,6 +56,8 @@ pub struct RawChat {
     pub listen: Option<String>,
     pub max_clients: Option<u64>,
     pub max_line_bytes: Option<u64>,
+    pub rate_per_user: Option<u64>,
+    pub burst_per_user: Option<u64>,
 }
 
 /// `[mesh]`

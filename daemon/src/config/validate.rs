@@ -218,6 +218,14 @@ fn chat(check: &mut Checker<'_>, raw: RawChat) -> ChatConfig {
             4096,
             (64, 1 << 20),
         ),
+        rate_per_user: check.count("chat.rate_per_user", raw.rate_per_user, 20, (0, 1_000_000))
+            as u64,
+        burst_per_user: check.count(
+            "chat.burst_per_user",
+            raw.burst_per_user,
+            100,
+            (1, 1_000_000),
+        ) as u64,
     }
 }
 
@@ -321,6 +329,8 @@ pub fn to_raw(config: &Config) -> RawConfig {
             listen: Some(config.chat.listen.to_string()),
             max_clients: Some(count(config.chat.max_clients)),
             max_line_bytes: Some(count(config.chat.max_line_bytes)),
+            rate_per_user: Some(config.chat.rate_per_user),
+            burst_per_user: Some(config.chat.burst_per_user),
         }),
         mesh: Some(RawMesh {
             enabled: Some(config.mesh.enabled),

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,6 +51,7 @@ use crate::config::MeshConfig;
 use crate::device_id::DeviceId;
 use crate::public_key::PublicKey;
 use crate::signaling::MAX_ENDPOINTS;
+use crate::sync::lock;
 use hub_client::{HubConnection, HubUrl, ListedDevice};
 pub use identity::IdentityError;
 use inbox::Inbox;
@@ -186,12 +187,6 @@ pub struct Mesh {
     register_now: Vec<tokio::sync::Notify>,
     /// Per hub: this device is registered there (so its channel can open).
     registered: Vec<watch::Sender<bool>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves the data consistent, so a panic in
-    // one does not make it unusable.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Binds the peer-to-peer listener; before [`start`], so READY=1 means it

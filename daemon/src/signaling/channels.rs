@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +24,7 @@ use super::api::DeviceView;
 use crate::device_id::DeviceId;
 use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
 use crate::public_key::PublicKey;
+use crate::sync::lock;
 
 /// Channel handshakes in progress at once. Open channels need no cap of
 /// their own: each needs a key binding, and there is one per id.
@@ -58,10 +59,6 @@ pub struct Channels {
     next_serial: AtomicU64,
     /// The device list message, serialized once per registry version.
     devices_message: Mutex<Option<(u64, Bytes)>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Channels {

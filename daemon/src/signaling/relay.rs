@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -19,6 +19,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
+use crate::sync::lock;
+use crate::token_bucket::TokenBucket;
 
 /// Time a token stays valid, and the first side waits for the second.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -76,10 +78,6 @@ pub struct Relays {
     active: Arc<AtomicUsize>,
     /// Pending halves plus active relays at most.
     max: usize,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A token: 128 random bits, hex.
@@ -317,34 +315,24 @@ where
     copied
 }
 
-/// A token bucket in bytes: a burst of one second's worth, then `rate`
-/// bytes per second. Senders over it sleep off their debt.
+/// A device's bytes through the relay: a burst of one second's worth, then
+/// `rate` bytes per second. Senders over it sleep off their debt.
 struct Bucket {
-    state: Mutex<(f64, tokio::time::Instant)>,
+    state: Mutex<TokenBucket>,
 }
 
 impl Bucket {
     fn new() -> Self {
         Bucket {
-            state: Mutex::new((f64::MAX, tokio::time::Instant::now())),
+            state: Mutex::new(TokenBucket::full(std::time::Instant::now())),
         }
     }
 
     async fn take(&self, bytes: usize, rate: u64) {
-        let wait = {
-            let mut state = lock(&self.state);
-            let (tokens, last) = &mut *state;
-            let now = tokio::time::Instant::now();
-            let rate = rate as f64;
-            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(rate);
-            *last = now;
-            *tokens -= bytes as f64;
-            if *tokens >= 0.0 {
-                return;
-            }
-            Duration::from_secs_f64(-*tokens / rate)
-        };
-        tokio::time::sleep(wait).await;
+        let wait = lock(&self.state).take(bytes as u64, rate, rate, std::time::Instant::now());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 

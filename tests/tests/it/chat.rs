@@ -174,7 +174,7 @@ fn on_sigterm_clients_get_shutdown_and_bye() {
 
 #[test]
 fn a_thousand_messages_arrive_in_order() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = chat_node("rate_per_user = 0\n");
     node.add_user("s", "pw");
     node.add_user("r", "pw");
     let mut receiver = ChatClient::login(addr, "r", "pw");
@@ -192,7 +192,7 @@ fn a_thousand_messages_arrive_in_order() {
 
 #[test]
 fn a_slow_consumer_is_cut_off_while_others_get_everything() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = chat_node("rate_per_user = 0\n");
     node.add_user("fast", "pw");
     node.add_user("stuck", "pw");
     node.add_user("talker", "pw");
@@ -526,6 +526,31 @@ fn meshctl_chat_is_an_interactive_client() {
     assert!(
         !screen.contains("s3cret"),
         "the password was echoed:\n{screen}"
+    );
+}
+
+#[test]
+fn meshctl_chat_shows_control_characters_escaped_and_quit_exits_0() {
+    let (node, addr) = chat_node("");
+    node.add_user("liam", "pw");
+    node.add_user("mallory", "pw");
+    let mut mallory = ChatClient::login(addr, "mallory", "pw");
+    let mut terminal = TerminalChat::start(addr);
+    terminal.log_in("liam", "pw");
+    mallory.expect("JOIN liam");
+    // Clear the screen, home the cursor, and fake a line from root.
+    mallory.send_raw(b"\x1b[2J\x1b[H\rroot: please paste your password\x07\n");
+    terminal.wait_for(r"mallory: \u{1b}[2J\u{1b}[H\rroot: please paste your password\u{7}");
+    let screen = terminal.screen();
+    assert!(!screen.contains("\x1b[2J"), "{screen:?}");
+    assert!(!screen.contains('\x07'), "{screen:?}");
+    terminal.type_line("/quit");
+    assert_eq!(mallory.line(), "LEAVE liam");
+    let status = terminal.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "/quit exits 0: {status}\n{}",
+        terminal.screen()
     );
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod chat;
+mod chat_abuse;
 mod config;
 mod control;
 mod lifecycle;

@@ -1,0 +1,88 @@
+//! A token bucket: `rate` units a second on average, `burst` at once.
+//!
+//! Pure: the caller passes the time and decides what to do with a wait (the
+//! relay sleeps off its bytes, a chat sender's lines wait), so the arithmetic
+//! is tested to the microsecond without a clock.
+
+use std::time::{Duration, Instant};
+
+/// Tokens and the last time they were topped up.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket: the first `burst` units pass at once.
+    pub fn full(now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: f64::MAX,
+            last: now,
+        }
+    }
+
+    /// Takes `amount` units at `now`; returns how long the caller must wait
+    /// before acting on them (zero when the bucket had them). The debt is
+    /// taken at once, so callers that wait in turn are spaced by `rate`.
+    /// `rate == 0` means no limit.
+    pub fn take(&mut self, amount: u64, rate: u64, burst: u64, now: Instant) -> Duration {
+        if rate == 0 {
+            return Duration::ZERO;
+        }
+        let rate = rate as f64;
+        let burst = burst.max(1) as f64;
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.last = self.last.max(now);
+        self.tokens -= amount as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_rate_holds() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(t0);
+        for _ in 0..100 {
+            assert_eq!(bucket.take(1, 20, 100, t0), Duration::ZERO);
+        }
+        // The 101st waits one token's time, the 102nd two.
+        assert_eq!(bucket.take(1, 20, 100, t0), Duration::from_millis(50));
+        assert_eq!(bucket.take(1, 20, 100, t0), Duration::from_millis(100));
+        // A second later 20 tokens came back: the debt of 2 is paid and 18
+        // pass at once.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..18 {
+            assert_eq!(bucket.take(1, 20, 100, t1), Duration::ZERO);
+        }
+        assert!(bucket.take(1, 20, 100, t1) > Duration::ZERO);
+    }
+
+    #[test]
+    fn an_idle_bucket_refills_only_to_its_burst() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(t0);
+        assert_eq!(bucket.take(10, 10, 10, t0), Duration::ZERO);
+        let later = t0 + Duration::from_secs(3600);
+        assert_eq!(bucket.take(10, 10, 10, later), Duration::ZERO);
+        assert_eq!(bucket.take(1, 10, 10, later), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn rate_zero_is_no_limit_and_time_never_runs_backwards() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(t0 + Duration::from_secs(1));
+        assert_eq!(bucket.take(1_000_000, 0, 1, t0), Duration::ZERO);
+        assert_eq!(bucket.take(1, 1, 1, t0), Duration::ZERO);
+        assert_eq!(bucket.take(1, 1, 1, t0), Duration::from_secs(1));
+    }
+}
