@@ -152,4 +152,35 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn channel_messages_of_another_shape_are_refused_both_ways() {
+        use meshd_ipc::strict::from_slice;
+        // serde alone reads a struct variant from an array of its fields.
+        let array = br#"["signal","b",["sync",3]]"#;
+        assert!(from_slice::<ToHub>(array).is_err());
+        for wrong in [
+            &br#"{"type":"signal","to":"b","signal":["sync",3]}"#[..],
+            br#"{"type":"signal","to":"b","signal":{"kind":2,"nonce":3}}"#,
+            br#"{"type":"relay","to":["b"]}"#,
+            br#"{"type":"ping","nonce":"1"}"#,
+        ] {
+            assert!(
+                from_slice::<ToHub>(wrong).is_err(),
+                "{}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(
+            from_slice::<ToHub>(
+                br#"{"type":"signal","to":"b","signal":{"kind":"sync","nonce":3}}"#
+            )
+            .is_ok()
+        );
+        let refused = br#"{"type":"refused","to":"b","request":1,"reason":"x"}"#;
+        assert!(from_slice::<FromHub<String>>(refused).is_err());
+        let devices = br#"{"type":"devices","version":1,"devices":[["a"]]}"#;
+        assert!(from_slice::<FromHub<Vec<String>>>(devices).is_ok());
+        assert!(from_slice::<FromHub<String>>(devices).is_err());
+    }
 }

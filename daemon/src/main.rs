@@ -17,6 +17,7 @@ mod paths;
 mod public_key;
 mod signaling;
 mod signals;
+mod state_file;
 mod supervisor;
 mod sync;
 mod systemd;

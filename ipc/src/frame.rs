@@ -26,6 +26,9 @@ pub enum FrameError {
     /// The line is not the JSON document expected.
     #[error("malformed frame: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// The line is JSON of another shape than the protocol's.
+    #[error("malformed frame: {0}")]
+    Shape(#[from] crate::strict::StrictError),
     /// Reading the socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -45,6 +48,13 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
 pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     Ok(serde_json::from_slice(line)?)
+}
+
+/// Parses one frame from an untrusted peer: as [`decode`], but the document
+/// must have exactly the protocol's shape (see [`crate::strict`]).
+pub fn decode_strict<T: Serialize + DeserializeOwned>(line: &[u8]) -> Result<T, FrameError> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    Ok(crate::strict::from_slice(line)?)
 }
 
 /// Reads one frame into `buf` (cleared first). Returns `Ok(false)` on a clean

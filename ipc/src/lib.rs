@@ -11,8 +11,9 @@ mod frame;
 mod paths;
 mod reply;
 mod request;
+pub mod strict;
 
-pub use frame::{FrameError, MAX_FRAME_BYTES, decode, encode, read_frame};
+pub use frame::{FrameError, MAX_FRAME_BYTES, decode, decode_strict, encode, read_frame};
 pub use paths::default_socket_path;
 pub use reply::{
     BroadcastReply, ChatStatus, DeviceEntry, ErrorCode, ErrorReply, HubStatus, InboxMessage,

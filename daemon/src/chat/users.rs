@@ -9,7 +9,6 @@
 //! using the last good set. File work runs on the blocking pool.
 
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
@@ -253,12 +252,19 @@ impl UserStore {
 
     async fn read_file(&self) -> Result<UserSet, UsersError> {
         let path = self.path.clone();
-        let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
+        let read = tokio::task::spawn_blocking(move || crate::state_file::read_text(&path))
             .await
             .map_err(|e| self.io_error(e.to_string()))?;
         match read {
-            Ok(text) => UserSet::parse(&text, &self.path),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(UserSet::default()),
+            Ok(Some(text)) => UserSet::parse(&text, &self.path),
+            Ok(None) => Ok(UserSet::default()),
+            Err(crate::state_file::StateFileError::NotUtf8 { line, .. }) => {
+                Err(UsersError::Invalid {
+                    path: self.path.display().to_string(),
+                    line,
+                    message: "not UTF-8 text".to_owned(),
+                })
+            }
             Err(e) => Err(self.io_error(e.to_string())),
         }
     }

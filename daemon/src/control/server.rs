@@ -189,7 +189,7 @@ async fn answer(line: &[u8], caller: Caller, dispatcher: &Dispatcher) -> (u64, A
             );
         }
     };
-    let frame: RequestFrame = match meshd_ipc::decode(line) {
+    let frame: RequestFrame = match meshd_ipc::decode_strict(line) {
         Ok(frame) => frame,
         Err(error) => {
             return (

@@ -163,7 +163,7 @@ async fn session(
             read = reader.next() => {
                 let bytes = read?;
                 heard = Instant::now();
-                let message: FromHub<ListedDevice> = serde_json::from_slice(&bytes)
+                let message: FromHub<ListedDevice> = meshd_ipc::strict::from_slice(&bytes)
                     .map_err(|error| ChannelError::Malformed(error.to_string()))?;
                 backoff.reset();
                 match message {

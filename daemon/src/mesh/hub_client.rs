@@ -103,7 +103,8 @@ pub struct Registered {
 }
 
 /// One element of `GET /devices`, as sent; validated by the roster.
-#[derive(Debug, Clone, Deserialize)]
+/// Serialize is for the strict decoder's shape check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ListedDevice {
     /// Device id.
     pub id: String,

@@ -8,7 +8,6 @@
 //! old binding.
 
 use std::fs::DirBuilder;
-use std::io::ErrorKind;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +41,9 @@ pub enum IdentityError {
         /// What is wrong.
         reason: String,
     },
+    /// The file exists but cannot be read as text (or is a dangling link).
+    #[error("{0}; meshd will not replace an identity on its own, so it does not start")]
+    Unreadable(#[from] crate::state_file::StateFileError),
     /// The operating system gave no randomness.
     #[error("generating a key pair: {0}")]
     Generate(String),
@@ -52,10 +54,9 @@ pub enum IdentityError {
 /// Blocking: call it from `spawn_blocking`.
 pub fn load_or_create(state_dir: &Path) -> Result<StaticKey, IdentityError> {
     let path = state_dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse(&text).map_err(|reason| IdentityError::Invalid { path, reason }),
-        Err(error) if error.kind() == ErrorKind::NotFound => create(state_dir, &path),
-        Err(source) => Err(IdentityError::Io { path, source }),
+    match crate::state_file::read_text(&path)? {
+        Some(text) => parse(&text).map_err(|reason| IdentityError::Invalid { path, reason }),
+        None => create(state_dir, &path),
     }
 }
 

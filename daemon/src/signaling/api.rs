@@ -14,8 +14,8 @@ use crate::public_key::PublicKey;
 pub const MAX_ENDPOINTS: usize = 16;
 
 /// `POST /register` body. Unknown fields are ignored so newer devices can add
-/// some.
-#[derive(Debug, Deserialize)]
+/// some. Serialize is for the strict decoder's shape check.
+#[derive(Debug, Deserialize, Serialize)]
 pub struct RegisterBody {
     id: String,
     addr: String,

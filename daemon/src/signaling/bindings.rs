@@ -9,7 +9,6 @@
 //! operator decides, because deleting it releases every id.
 
 use std::fs::DirBuilder;
-use std::io::ErrorKind;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -31,6 +30,9 @@ pub enum BindingsError {
         /// The error.
         source: std::io::Error,
     },
+    /// The file exists but cannot be read as text.
+    #[error("{0}; fix or remove the file (removing it releases every id's key binding)")]
+    Unreadable(#[from] crate::state_file::StateFileError),
     /// A line is not `ID BASE64KEY`.
     #[error(
         "{}:{line}: {reason}; fix the line, or remove it to release that id's key binding",
@@ -67,17 +69,11 @@ impl BindingsFile {
     ///
     /// Blocking: call it from `spawn_blocking`.
     pub fn load(&self) -> Result<Vec<Binding>, BindingsError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(BindingsError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+        let Some(text) = crate::state_file::read_text(&self.path)? else {
+            return Ok(Vec::new());
         };
-        let mut bindings = Vec::new();
+        let mut bindings: Vec<Binding> = Vec::new();
+        let mut seen = std::collections::HashMap::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -94,6 +90,13 @@ impl BindingsFile {
             let id = DeviceId::parse(id).map_err(&invalid)?;
             let key =
                 PublicKey::from_base64(key).map_err(|reason| invalid(format!("key: {reason}")))?;
+            // Two keys for one id would leave which one holds to the order of
+            // the lines: refuse, as the chat users file does.
+            if let Some(first) = seen.insert(id.clone(), index + 1) {
+                return Err(invalid(format!(
+                    "id {id} is bound twice (first on line {first}); keep the line with the key the device really has"
+                )));
+            }
             bindings.push((id, key));
         }
         Ok(bindings)
@@ -144,5 +147,19 @@ mod tests {
         std::fs::write(dir.path().join(BINDINGS_FILE), "ok AAAA\n").unwrap();
         let error = file.load().unwrap_err().to_string();
         assert!(error.contains("signaling-keys:1: key:"), "{error}");
+        let other = PublicKey::from([8; 32]);
+        std::fs::write(
+            dir.path().join(BINDINGS_FILE),
+            format!("# c\nlaptop {key}\nphone {other}\nlaptop {other}\n"),
+        )
+        .unwrap();
+        let error = file.load().unwrap_err().to_string();
+        assert!(
+            error.contains("signaling-keys:4: id laptop is bound twice (first on line 2)"),
+            "{error}"
+        );
+        std::fs::write(dir.path().join(BINDINGS_FILE), b"laptop \xff\n").unwrap();
+        let error = file.load().unwrap_err().to_string();
+        assert!(error.contains("signaling-keys:1: not UTF-8"), "{error}");
     }
 }

@@ -181,7 +181,7 @@ async fn read_channel<R: AsyncRead + Unpin>(
                 Ok(Ok(bytes)) => bytes,
             },
         };
-        let message: ToHub = match serde_json::from_slice(&bytes) {
+        let message: ToHub = match meshd_ipc::strict::from_slice(&bytes) {
             Ok(message) => message,
             Err(error) => return format!("malformed message: {error}"),
         };

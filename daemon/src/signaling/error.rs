@@ -23,6 +23,9 @@ pub enum SignalingError {
     /// The body exceeds the limit.
     #[error("request body exceeds {} bytes", super::routes::MAX_BODY_BYTES)]
     TooLarge,
+    /// The request line and headers exceed the limit.
+    #[error("request headers exceed {} bytes", super::routes::MAX_HEAD_BYTES)]
+    HeadersTooLarge,
     /// The body did not arrive in time.
     #[error("request body not received within the timeout")]
     Timeout,
@@ -56,6 +59,7 @@ impl SignalingError {
             SignalingError::Unauthorized => StatusCode::UNAUTHORIZED,
             SignalingError::KeyConflict(_) => StatusCode::CONFLICT,
             SignalingError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            SignalingError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             SignalingError::Timeout => StatusCode::REQUEST_TIMEOUT,
             SignalingError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             SignalingError::NotFound | SignalingError::Relay(_) => StatusCode::NOT_FOUND,
@@ -81,7 +85,9 @@ impl SignalingError {
             }
             // The rest of the body may still be on the wire: do not try to
             // read another request after it.
-            SignalingError::TooLarge | SignalingError::Timeout => {
+            SignalingError::TooLarge
+            | SignalingError::HeadersTooLarge
+            | SignalingError::Timeout => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

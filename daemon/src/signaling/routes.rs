@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -24,8 +24,21 @@ use crate::hub_protocol::{
     CHANNEL_PATH, CHANNEL_UPGRADE, RELAY_PATH, RELAY_TOKEN_HEADER, RELAY_UPGRADE,
 };
 
-/// The largest request body accepted (CONTRACT section 3).
+/// The largest request body accepted (docs/signaling-api.md, "Limits").
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The largest request line and headers accepted, counted as they travel.
+/// hyper's read buffer (64 KiB) bounds what it holds, but a head that
+/// arrives in one read can still pass it, so the limit is checked here too.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The size of a request's line and headers on the wire.
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 11;
+    request.headers().iter().fold(line, |sum, (name, value)| {
+        sum + name.as_str().len() + value.len() + 4
+    }) + 2
+}
 
 /// Dispatches one request. Never fails: every error becomes a JSON response.
 pub async fn route(
@@ -36,6 +49,7 @@ pub async fn route(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let result = match (path.as_str(), &method) {
+        _ if head_bytes(&request) > MAX_HEAD_BYTES => Err(SignalingError::HeadersTooLarge),
         ("/register", &Method::POST) => register(request, peer, &state).await,
         ("/register", _) => Err(SignalingError::MethodNotAllowed("POST")),
         ("/devices", &Method::GET) => Ok(devices(&request, &state).await),
@@ -90,8 +104,11 @@ async fn register(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let body: RegisterBody = serde_json::from_slice(&bytes)
-        .map_err(|error| SignalingError::BadRequest(format!("malformed JSON: {error}")))?;
+    let body: RegisterBody = meshd_ipc::strict::from_slice(&bytes).map_err(|error| {
+        SignalingError::BadRequest(format!(
+            "malformed JSON: {error}; the body is one object: {{\"id\":..., \"addr\":...}}"
+        ))
+    })?;
     let registration = body.validate().map_err(SignalingError::BadRequest)?;
 
     let ttl = settings.device_ttl;
@@ -147,7 +164,10 @@ async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Respons
             .and_then(|version| version.parse::<u64>().ok())
     });
     let mut changes = state.changes.subscribe();
-    let waiting = state.polls.fetch_add(1, Ordering::Relaxed);
+    // Given back however the answer ends, including when the client hangs
+    // up and hyper drops this future mid-wait.
+    let _slot = PollSlot::take(&state.polls);
+    let waiting = _slot.waiting_before;
     // Over the cap a long-poll is answered at once; the device sees the same
     // version and waits before asking again.
     if wait == Some(*changes.borrow_and_update()) && waiting < state.max_polls {
@@ -157,7 +177,6 @@ async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Respons
             _ = tokio::time::timeout(limit, changes.changed()) => {}
         }
     }
-    state.polls.fetch_sub(1, Ordering::Relaxed);
     let version = *changes.borrow();
     let views: Vec<DeviceView> = state.live_devices().iter().map(DeviceView::from).collect();
     let mut response = json_response(StatusCode::OK, &views);
@@ -165,6 +184,27 @@ async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Respons
         response.headers_mut().insert(VERSION_HEADER, value);
     }
     response
+}
+
+/// One long-poll counted in `SignalingState::polls` while it lives.
+struct PollSlot<'a> {
+    polls: &'a AtomicUsize,
+    waiting_before: usize,
+}
+
+impl<'a> PollSlot<'a> {
+    fn take(polls: &'a AtomicUsize) -> PollSlot<'a> {
+        PollSlot {
+            waiting_before: polls.fetch_add(1, Ordering::Relaxed),
+            polls,
+        }
+    }
+}
+
+impl Drop for PollSlot<'_> {
+    fn drop(&mut self) {
+        self.polls.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// `GET /channel`: upgrades to a device's hub channel (channels.rs).

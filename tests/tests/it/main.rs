@@ -9,6 +9,7 @@ mod chat;
 mod chat_abuse;
 mod config;
 mod control;
+mod hostile_input;
 mod lifecycle;
 mod mesh;
 mod nat;
