@@ -6,9 +6,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// meshctl: control a running meshd over its local socket.
+/// Control a running meshd over its local socket.
+//
+// The doc comment above is the about text: `about` with no value would take
+// CARGO_PKG_DESCRIPTION of whichever crate compiles this file, and the xtask
+// that renders the man page is another crate.
 #[derive(Debug, Parser)]
-#[command(name = "meshctl", version, about, long_about = None)]
+#[command(name = "meshctl", version, long_about = None)]
 pub struct Cli {
     /// Control socket of the meshd to talk to [default: /run/meshd/meshd.sock
     /// for root, $XDG_RUNTIME_DIR/meshd/meshd.sock otherwise]

@@ -5,12 +5,16 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-/// meshd: a self-hosted mesh of devices, its signaling hub and a chat server.
+/// A self-hosted mesh of devices, its signaling hub and a chat server.
 ///
 /// Roles are switched on in the TOML config. Without --config, meshd reads
 /// /etc/meshd/meshd.toml, or runs on built-in defaults if it does not exist.
+//
+// The doc comment above is the about text: `about` with no value would take
+// CARGO_PKG_DESCRIPTION of whichever crate compiles this file, and the xtask
+// that renders the man page is another crate.
 #[derive(Debug, Parser)]
-#[command(name = "meshd", version, about, long_about)]
+#[command(name = "meshd", version)]
 pub struct Cli {
     /// Config file to read; it must exist.
     #[arg(short, long, value_name = "PATH")]

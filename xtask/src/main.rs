@@ -90,3 +90,48 @@ fn write_man(path: &Path, command: clap::Command, section: &str) -> Result<(), S
 fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(command: clap::Command, section: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("xtask-man-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("page.{section}"));
+        write_man(&path, command, section).unwrap();
+        let page = fs::read_to_string(&path).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        page
+    }
+
+    /// The text of a man page section, from its `.SH` to the next.
+    fn section<'a>(page: &'a str, name: &str) -> &'a str {
+        let start = page
+            .find(&format!(".SH {name}\n"))
+            .unwrap_or_else(|| panic!("no {name} section in\n{page}"));
+        let rest = &page[start + name.len() + 5..];
+        &rest[..rest.find("\n.SH ").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn the_man_pages_name_and_describe_their_own_program() {
+        let meshd = render(meshd_cli::Cli::command().name("meshd"), "8");
+        assert_eq!(
+            section(&meshd, "NAME").trim(),
+            "meshd \\- A self\\-hosted mesh of devices, its signaling hub and a chat server"
+        );
+        assert!(section(&meshd, "DESCRIPTION").contains("/etc/meshd/meshd.toml"));
+        let meshctl = render(meshctl_cli::Cli::command().name("meshctl"), "1");
+        assert_eq!(
+            section(&meshctl, "NAME").trim(),
+            "meshctl \\- Control a running meshd over its local socket"
+        );
+        for page in [&meshd, &meshctl] {
+            assert!(
+                !page.contains("build tasks"),
+                "xtask's description leaked:\n{page}"
+            );
+        }
+    }
+}

@@ -300,7 +300,21 @@ fn check_signaling_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The validated config back in raw form, every key present, for printing.
+/// What `--check-config` prints for a secret that is set: enough to see it
+/// is there, nothing that would leak it into a terminal, a ticket or a log.
+pub const REDACTED: &str = "<redacted>";
+
+/// A secret as printed: empty stays empty, anything else is [`REDACTED`].
+fn redact(secret: &str) -> String {
+    if secret.is_empty() {
+        String::new()
+    } else {
+        REDACTED.to_owned()
+    }
+}
+
+/// The validated config back in raw form, every key present, for printing;
+/// secrets (the join tokens) are redacted.
 pub fn to_raw(config: &Config) -> RawConfig {
     let duration = |d: Duration| humantime::format_duration(d).to_string();
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
@@ -318,7 +332,7 @@ pub fn to_raw(config: &Config) -> RawConfig {
             enabled: Some(config.signaling.enabled),
             listen: Some(config.signaling.listen.to_string()),
             device_ttl: Some(duration(config.signaling.device_ttl)),
-            join_token: Some(config.signaling.join_token.clone()),
+            join_token: Some(redact(&config.signaling.join_token)),
             request_timeout: Some(duration(config.signaling.request_timeout)),
             max_connections: Some(count(config.signaling.max_connections)),
             max_devices: Some(count(config.signaling.max_devices)),
@@ -336,7 +350,7 @@ pub fn to_raw(config: &Config) -> RawConfig {
             enabled: Some(config.mesh.enabled),
             listen: Some(config.mesh.listen.to_string()),
             signaling: Some(config.mesh.signaling.clone()),
-            join_token: Some(config.mesh.join_token.clone()),
+            join_token: Some(redact(&config.mesh.join_token)),
             advertise: Some(
                 config
                     .mesh
@@ -352,6 +366,7 @@ pub fn to_raw(config: &Config) -> RawConfig {
 #[cfg(test)]
 mod tests {
     use super::super::{Config, ConfigError};
+    use super::REDACTED;
     use std::path::Path;
 
     fn problems(text: &str) -> Vec<String> {
@@ -432,5 +447,19 @@ mod tests {
             Config::from_toml("[node]\nid = \"x\"\n[chat]\nenabled = false\n", None).unwrap();
         let again = Config::from_toml(&config.to_toml(), None).unwrap();
         assert_eq!(config, again);
+    }
+
+    #[test]
+    fn the_effective_config_never_shows_a_secret() {
+        let config = Config::from_toml(
+            "[signaling]\njoin_token = \"hub-s3cret\"\n[mesh]\njoin_token = \"dev-s3cret\"\n",
+            None,
+        )
+        .unwrap();
+        let printed = config.to_toml();
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert_eq!(printed.matches(REDACTED).count(), 2, "{printed}");
+        let unset = Config::from_toml("", None).unwrap().to_toml();
+        assert!(!unset.contains(REDACTED), "an unset token shows as empty");
     }
 }

@@ -64,8 +64,11 @@ pub enum HubError {
     /// No answer in time.
     #[error("no answer within {}s", REQUEST_TIMEOUT.as_secs())]
     Timeout,
-    /// The HTTP exchange failed.
-    #[error("HTTP: {0}")]
+    /// The HTTP exchange failed: often not a hub at all (a chat or mesh
+    /// port answers something else, or closes).
+    #[error(
+        "no HTTP answer a signaling server would give ({0}); check that the URL names the hub's [signaling] listen port, not its chat or mesh port"
+    )]
     Http(#[from] hyper::Error),
     /// The hub answered with an error status.
     #[error("{status}: {message}")]

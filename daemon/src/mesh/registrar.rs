@@ -46,7 +46,17 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
                 let message = explain(&error, &mesh.local.id.to_string());
                 // Once per outage, and again only if the reason changes.
                 if reachable != Some(false) || message != last_error {
-                    tracing::warn!(hub = %hub.url, error = %message, "signaling server unreachable; retrying with backoff");
+                    match error {
+                        HubError::Status { .. } => {
+                            tracing::warn!(hub = %hub.url, error = %message, "signaling server refused the registration; retrying with backoff")
+                        }
+                        HubError::Http(_) | HubError::Decode(_) => {
+                            tracing::warn!(hub = %hub.url, error = %message, "signaling server answered, but not as a meshd hub; retrying with backoff")
+                        }
+                        HubError::Connect { .. } | HubError::Timeout => {
+                            tracing::warn!(hub = %hub.url, error = %message, "signaling server unreachable; retrying with backoff")
+                        }
+                    }
                 }
                 reachable = Some(false);
                 mesh.hub_answered(index, Some(message.clone()));
@@ -97,11 +107,12 @@ async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
     Ok(ttl)
 }
 
-/// The error with what to do about it.
+/// The error with what to do about it, said once (the hub's own 409 text
+/// already names the fix, so it is replaced rather than repeated).
 fn explain(error: &HubError, id: &str) -> String {
     match error {
         HubError::Status { status, .. } if status.as_u16() == 409 => format!(
-            "{error}: the id {id} is bound to another key there; if this device's key was replaced on purpose, run `meshctl devices remove {id}` on that hub"
+            "{status}: the id {id} is bound to another key there; if this device's key was replaced on purpose, run `meshctl devices remove {id}` on that hub"
         ),
         HubError::Status { status, .. } if status.as_u16() == 401 => {
             format!("{error}: set [mesh] join_token to the server's [signaling] join_token")

@@ -394,7 +394,17 @@ fn an_impostor_gets_409_and_no_link_while_the_real_device_keeps_its_messages() {
             error.filter(|error| error.contains("409"))
         },
     );
-    assert!(refused.contains("meshctl devices remove b"), "{refused}");
+    assert_eq!(
+        refused.matches("meshctl devices remove b").count(),
+        1,
+        "the hint once: {refused}"
+    );
+    let log = impostor.log();
+    assert!(
+        log.contains("signaling server refused the registration")
+            && !log.contains("signaling server unreachable"),
+        "a 409 is a refusal, not an outage:\n{log}"
+    );
     assert_ne!(impostor.pubkey(), real_key);
 
     // The impostor can dial, but nobody answers it.
@@ -580,6 +590,12 @@ fn a_wildcard_listener_registers_its_route_address_and_join_tokens_apply() {
     assert!(
         status.contains("401") && status.contains("join_token"),
         "{status}"
+    );
+    assert!(
+        hub.log()
+            .contains("signaling server refused the registration"),
+        "{}",
+        hub.log()
     );
 
     let hubs = [hub.hub_url()];
@@ -770,5 +786,32 @@ fn a_mesh_port_in_use_stops_the_start_despite_port_sharing() {
         log.contains(&format!("binding mesh listener on 127.0.0.1:{port}"))
             && log.contains("another process holds that port"),
         "{log}"
+    );
+}
+
+#[test]
+fn a_device_pointed_at_a_chat_port_is_told_it_is_not_a_hub() {
+    let chat = Node::start(NodeOptions {
+        id: "chat".to_owned(),
+        signaling_enabled: false,
+        chat_enabled: true,
+        ..NodeOptions::default()
+    });
+    let url = format!("http://{}", chat.chat_addr());
+    let lost = device("lost", &[url]);
+    let error = wait_until("the registration fails", Duration::from_secs(10), || {
+        lost.mesh_status()["signaling"][0]["error"]
+            .as_str()
+            .map(ToOwned::to_owned)
+    });
+    assert!(
+        error.contains("not its chat or mesh port") && error.contains("[signaling] listen"),
+        "{error}"
+    );
+    assert!(
+        lost.log()
+            .contains("signaling server answered, but not as a meshd hub"),
+        "{}",
+        lost.log()
     );
 }
