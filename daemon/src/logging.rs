@@ -3,8 +3,14 @@
 //!
 //! Field names are fixed in `docs/logging.md`; journald receives them
 //! upper-cased (`device_id` becomes `DEVICE_ID`).
+//!
+//! Fields often carry text a peer or client chose (a claimed device id, a
+//! user name). On stderr every control character inside a line is written
+//! escaped ([`EscapeControls`]), so such text can neither forge a log line
+//! with a newline nor drive a terminal with escape sequences. journald keeps
+//! each field apart, so it needs no escaping.
 
-use std::io::IsTerminal;
+use std::io::Write;
 use std::os::fd::AsFd;
 
 use tracing_journald::{Priority, PriorityMappings};
@@ -61,10 +67,12 @@ pub fn init(level: LogLevel) -> LogControl {
                 .ok()
         })
         .flatten();
+    // No ANSI colours: they are control characters too, and the writer
+    // escapes every one of those.
     let stderr = journald.is_none().then(|| {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(|| EscapeControls(std::io::stderr()))
+            .with_ansi(false)
             .with_target(false)
     });
     tracing_subscriber::registry()
@@ -76,6 +84,48 @@ pub fn init(level: LogLevel) -> LogControl {
         filter: handle,
         from_env,
     }
+}
+
+/// A writer for whole log lines: each write is one formatted event, whose
+/// control characters (but its final newline) are written escaped.
+pub struct EscapeControls<W>(pub W);
+
+impl<W: Write> Write for EscapeControls<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(&escape_controls(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// `event` with every control character except a trailing newline written
+/// as `\n`, `\r`, `\t` or `\u{..}`; invalid UTF-8 is replaced, never
+/// passed through.
+fn escape_controls(event: &[u8]) -> Vec<u8> {
+    let (body, end) = match event.strip_suffix(b"\n") {
+        Some(body) => (body, &b"\n"[..]),
+        None => (event, &b""[..]),
+    };
+    let text = String::from_utf8_lossy(body);
+    if !text.chars().any(char::is_control) {
+        let mut out = text.into_owned().into_bytes();
+        out.extend_from_slice(end);
+        return out;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    let mut out = out.into_bytes();
+    out.extend_from_slice(end);
+    out
 }
 
 /// tracing's levels on syslog priorities as admins expect them, so that
@@ -104,4 +154,28 @@ fn journal_is_stderr() -> bool {
         return false;
     };
     dev.parse::<u64>().ok() == Some(stat.st_dev) && ino.parse::<u64>().ok() == Some(stat.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_field_cannot_forge_a_line_or_drive_a_terminal() {
+        let event =
+            b"INFO link refused claimed=evil\n2026-12-02T00:00:00Z INFO meshd ready\x1b[2J\r\n";
+        let written = escape_controls(event);
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            "INFO link refused claimed=evil\\n2026-12-02T00:00:00Z INFO meshd ready\\u{1b}[2J\\r\n"
+        );
+        assert_eq!(escape_controls(b"plain line\n"), b"plain line\n");
+        assert_eq!(
+            escape_controls(b"bad \xff byte\n"),
+            "bad \u{fffd} byte\n".as_bytes()
+        );
+        let mut sink = EscapeControls(Vec::new());
+        sink.write_all(b"a\tb\n").unwrap();
+        assert_eq!(sink.0, b"a\\tb\n");
+    }
 }

@@ -730,6 +730,17 @@ fn a_malformed_frame_closes_only_that_link_and_a_stolen_id_is_refused() {
         let stolen = meshd_link::connect(stream, &mallory, &a_key, &hello("hub")).await;
         assert!(stolen.is_err(), "a answered a dialler with a stolen id");
 
+        // An id with a newline and escape codes cannot forge a log line.
+        let stream = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+        let forged = meshd_link::connect(
+            stream,
+            &mallory,
+            &a_key,
+            &hello("evil\nFORGED meshd ready\x1b[2J"),
+        )
+        .await;
+        assert!(forged.is_err(), "a answered a dialler with a forged id");
+
         // Not the link protocol at all.
         let mut garbage = tokio::net::TcpStream::connect(a_addr).await.unwrap();
         garbage
@@ -740,6 +751,16 @@ fn a_malformed_frame_closes_only_that_link_and_a_stolen_id_is_refused() {
     assert!(inbox(&a).contains(&("mallory".to_owned(), "from a third-party client".to_owned())));
     assert!(a.log().contains("malformed frame"), "{}", a.log());
     assert!(a.log().contains("link refused"), "{}", a.log());
+    wait_until("the forged id logged", Duration::from_secs(5), || {
+        a.log()
+            .contains(r"evil\nFORGED meshd ready\u{1b}[2J")
+            .then_some(())
+    });
+    assert!(
+        !a.log().lines().any(|line| line.starts_with("FORGED")) && !a.log().contains('\x1b'),
+        "a peer forged a log line:\n{}",
+        a.log()
+    );
     // Only mallory's links ended: hub and a still talk.
     assert_eq!(a.link_to("hub").as_deref(), Some("direct"));
     hub.ctl_ok(&["send", "a", "still fine"]);
