@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod control;
 mod device_id;
+mod faults;
 mod hub_protocol;
 mod limits;
 mod log_limit;

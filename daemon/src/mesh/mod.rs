@@ -147,6 +147,8 @@ pub struct Local {
     pub cancel: CancellationToken,
     /// Every mesh task runs here, so shutdown waits for them.
     pub tracker: TaskTracker,
+    /// A peer task ended on its own (see `peer::ExitWatch`): reconcile now.
+    pub peer_exited: tokio::sync::Notify,
 }
 
 impl Local {
@@ -182,6 +184,8 @@ pub struct Mesh {
     /// The endpoint learnt on the route to each hub, by hub index.
     endpoints: Mutex<Vec<Option<SocketAddr>>>,
     peers: Mutex<HashMap<DeviceId, PeerHandle>>,
+    /// Devices whose peer task died, and when it may be started again.
+    restarts: Mutex<HashMap<DeviceId, Restart>>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
     /// Per hub: wakes its registrar to register at once.
     register_now: Vec<tokio::sync::Notify>,
@@ -268,6 +272,7 @@ pub async fn start(
             .collect(),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
+        peer_exited: tokio::sync::Notify::new(),
     });
     let hub_states = hubs
         .iter()
@@ -293,6 +298,7 @@ pub async fn start(
         hub_states: Mutex::new(hub_states),
         endpoints: Mutex::new(vec![None; config.signaling.len()]),
         peers: Mutex::new(HashMap::new()),
+        restarts: Mutex::new(HashMap::new()),
         last_refresh: tokio::sync::Mutex::new(None),
         register_now: config
             .signaling
@@ -354,6 +360,7 @@ async fn reconcile_periodically(mesh: Arc<Mesh>, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = tick.tick() => mesh.reconcile(),
+            () = mesh.local.peer_exited.notified() => mesh.reconcile(),
         }
     }
     // Dropping the handles stops the peer tasks.
@@ -465,17 +472,30 @@ impl Mesh {
     /// Starts peer tasks for newly listed devices, updates the others, and
     /// stops those no hub lists any more (or whose key changed).
     fn reconcile(&self) {
-        let merged = lock(&self.roster).merged(Instant::now());
+        let now = Instant::now();
+        let merged = lock(&self.roster).merged(now);
         let mut peers = lock(&self.peers);
+        let mut restarts = lock(&self.restarts);
+        restarts.retain(|id, _| merged.contains_key(id));
         peers.retain(|id, handle| {
-            let keep = merged
-                .get(id)
-                .is_some_and(|device| device.key == KeyStatus::Trusted(handle.key));
-            if !keep {
-                tracing::info!(peer = %id, "device no longer listed with the same key; closing its link");
-                handle.stop();
+            if handle.died() {
+                let restart = restarts
+                    .entry(id.clone())
+                    .or_insert_with(|| Restart::new(now));
+                restart.died(now, handle.started.elapsed());
+                return false;
             }
-            keep
+            let reason = match merged.get(id) {
+                None => "no signaling server that answers lists it any more",
+                Some(device) if device.key == KeyStatus::Trusted(handle.key) => return true,
+                Some(device) if device.key == KeyStatus::Conflict => {
+                    "the signaling servers list different keys for it"
+                }
+                Some(_) => "the signaling servers list another key for it",
+            };
+            tracing::info!(peer = %id, reason, "closing the link to a device");
+            handle.stop();
+            false
         });
         for (id, device) in merged {
             if id == self.local.id {
@@ -484,6 +504,12 @@ impl Mesh {
             let KeyStatus::Trusted(key) = device.key else {
                 continue;
             };
+            if restarts
+                .get(&id)
+                .is_some_and(|restart| restart.not_before > now)
+            {
+                continue;
+            }
             match peers.get(&id) {
                 Some(handle) => handle.update(device.listing),
                 None if peers.len() < MAX_PEERS => {
@@ -523,6 +549,42 @@ impl Mesh {
                 tracing::debug!(%peer, "no peer task for an accepted link; closed");
             }
         }
+    }
+}
+
+/// How long a device whose peer task keeps dying waits before the next.
+#[derive(Debug)]
+struct Restart {
+    /// Deaths in a row, each within [`HEALTHY_RUN`] of its start.
+    attempts: u32,
+    not_before: Instant,
+}
+
+/// A peer task that ran this long before it died starts over at once.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// Longest wait between restarts of a peer task that keeps dying.
+const MAX_RESTART_WAIT: Duration = Duration::from_secs(30);
+
+impl Restart {
+    fn new(now: Instant) -> Restart {
+        Restart {
+            attempts: 0,
+            not_before: now,
+        }
+    }
+
+    /// Records a death at `now` of a task that ran `lived`: the first is
+    /// replaced at once, then 1 s, 2 s, 4 s ... up to 30 s apart.
+    fn died(&mut self, now: Instant, lived: Duration) {
+        if lived >= HEALTHY_RUN {
+            self.attempts = 0;
+        }
+        let wait = match self.attempts {
+            0 => Duration::ZERO,
+            n => (Duration::from_secs(1) * 2u32.saturating_pow(n - 1)).min(MAX_RESTART_WAIT),
+        };
+        self.attempts = self.attempts.saturating_add(1);
+        self.not_before = now + wait;
     }
 }
 
@@ -711,7 +773,11 @@ impl MeshHandle {
             .map(PeerHandle::command_sender);
         let stopped = || SendError::Stopped {
             device: id.clone(),
-            reason: "meshd is stopping".to_owned(),
+            reason: if self.mesh.local.cancel.is_cancelled() {
+                "meshd is stopping".to_owned()
+            } else {
+                "its link task ended and is being restarted; try again in a moment".to_owned()
+            },
         };
         let sender = sender.ok_or_else(|| RequestError::NoKey {
             device: id.clone(),
@@ -753,4 +819,38 @@ fn check_text(text: &str) -> Result<(), RequestError> {
 /// Milliseconds, rounded to the microsecond, for `rtt_ms` fields.
 pub fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dying_peer_task_is_restarted_at_once_then_with_backoff() {
+        let t0 = Instant::now();
+        let mut restart = Restart::new(t0);
+        let waits: Vec<Duration> = (0..8)
+            .map(|_| {
+                restart.died(t0, Duration::from_millis(10));
+                restart.not_before - t0
+            })
+            .collect();
+        let secs = |s: u64| Duration::from_secs(s);
+        assert_eq!(
+            waits,
+            [
+                Duration::ZERO,
+                secs(1),
+                secs(2),
+                secs(4),
+                secs(8),
+                secs(16),
+                secs(30),
+                secs(30)
+            ]
+        );
+        // A task that ran a minute before dying starts over at once.
+        restart.died(t0, HEALTHY_RUN);
+        assert_eq!(restart.not_before, t0);
+    }
 }

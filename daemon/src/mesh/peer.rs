@@ -175,9 +175,12 @@ pub struct PeerView {
 pub struct PeerHandle {
     /// The key the task trusts for the peer.
     pub key: PublicKey,
+    /// When the task started.
+    pub started: std::time::Instant,
     commands: mpsc::Sender<Command>,
     view: Arc<Mutex<PeerView>>,
     stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl PeerHandle {
@@ -225,13 +228,21 @@ impl PeerHandle {
             pings: HashMap::new(),
             next_nonce: 0,
         };
-        local.tracker.spawn(task.run());
+        let task = local.tracker.spawn(task.run());
         PeerHandle {
             key,
+            started: std::time::Instant::now(),
             commands,
             view,
             stop,
+            task,
         }
+    }
+
+    /// The task ended without being asked to (it panicked, or returned):
+    /// the mesh replaces it.
+    pub fn died(&self) -> bool {
+        self.task.is_finished() && !self.stop.is_cancelled()
     }
 
     /// A copy of the current view.
@@ -262,6 +273,28 @@ impl PeerHandle {
 impl Drop for PeerHandle {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Notices a peer task ending on its own, panics included: logs it once and
+/// wakes the mesh, which starts a new task for the device (with backoff).
+struct ExitWatch {
+    peer: DeviceId,
+    stop: CancellationToken,
+    local: Arc<Local>,
+}
+
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        if std::thread::panicking() {
+            tracing::error!(peer = %self.peer, "link task panicked; it will be restarted");
+        } else {
+            tracing::error!(peer = %self.peer, "link task ended unexpectedly; it will be restarted");
+        }
+        self.local.peer_exited.notify_one();
     }
 }
 
@@ -370,6 +403,11 @@ impl PeerTask {
     }
 
     async fn run(mut self) {
+        let _exit = ExitWatch {
+            peer: self.target.peer.clone(),
+            stop: self.stop.clone(),
+            local: self.local.clone(),
+        };
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -527,7 +565,12 @@ impl PeerTask {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Send { text, reply } => self.send(text, reply),
+            Command::Send { text, reply } => {
+                if crate::faults::fire("peer-task-panic", &self.target.peer.to_string()) {
+                    panic!("injected fault: peer-task-panic for {}", self.target.peer);
+                }
+                self.send(text, reply)
+            }
             Command::Ping { reply } => self.ping(Some(reply)),
             Command::Established(established) => self.adopt(established),
             Command::Listing(listing) => self.relisted(listing),

@@ -1,10 +1,19 @@
 //! The devices the signaling servers list, merged.
 //!
-//! Each hub's last answer is kept on its own and expires on its own (after
-//! the hub's device TTL), so that losing one hub loses nothing the others
-//! still list: Nebula's lighthouses work the same way. A device's key must be
-//! the same on every hub that lists it; hubs that disagree leave the device
-//! without a trusted key, and no link is made to it.
+//! Each hub's last answer is kept on its own, so that losing one hub loses
+//! nothing the others still list: Nebula's lighthouses work the same way. A
+//! hub that stops answering does not take its devices away either: its last
+//! answer stays in force, as Tailscale keeps its last network map while the
+//! control server is away, so a hub outage never touches links that work.
+//! A device leaves the roster only when a hub that answers stops listing it
+//! (after one more TTL of grace, for a hub that restarted and lists nobody
+//! yet).
+//!
+//! Hubs that answer (fresh) decide for every device they list; the last
+//! answers of silent (stale) hubs count for the devices no fresh hub lists,
+//! unless a fresh hub dropped the device after the stale hub last spoke. A
+//! device's key must be the same on every hub that decides for it; hubs that
+//! disagree leave the device without a trusted key, and no link is made.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -112,8 +121,18 @@ pub struct Merged {
 struct HubView {
     /// Each device with when this hub last listed it.
     devices: HashMap<DeviceId, (Listing, Instant)>,
+    /// Devices this hub listed and then stopped listing, with when it
+    /// dropped them: they overrule a silent hub's older answer.
+    departed: HashMap<DeviceId, Instant>,
     fetched: Instant,
     ttl: Duration,
+}
+
+impl HubView {
+    /// The hub answered within its TTL.
+    fn is_fresh(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.fetched) <= self.ttl
+    }
 }
 
 /// Every hub's last answer.
@@ -139,69 +158,73 @@ impl Roster {
         let Some(slot) = self.hubs.get_mut(index) else {
             return;
         };
-        let mut view: HashMap<DeviceId, (Listing, Instant)> = match slot.take() {
-            Some(old) => old
-                .devices
-                .into_iter()
-                .filter(|(_, (_, listed))| now.saturating_duration_since(*listed) < ttl)
-                .collect(),
-            None => HashMap::new(),
+        let (mut view, mut departed) = match slot.take() {
+            // A hub that was silent never said it stopped listing anyone:
+            // its old entries get their grace from now, not from before
+            // the outage.
+            Some(mut old) if !old.is_fresh(now) => {
+                for (_, listed) in old.devices.values_mut() {
+                    *listed = now;
+                }
+                (old.devices, old.departed)
+            }
+            Some(old) => (old.devices, old.departed),
+            None => (HashMap::new(), HashMap::new()),
         };
+        view.retain(|id, (_, listed)| {
+            let keep = now.saturating_duration_since(*listed) < ttl;
+            if !keep {
+                departed.insert(id.clone(), now);
+            }
+            keep
+        });
         for (id, listing) in devices
             .iter()
             .take(MAX_DEVICES_PER_HUB)
             .filter_map(Listing::from_listed)
         {
+            departed.remove(&id);
             view.insert(id, (listing, now));
+        }
+        // Bounded like the view; the oldest departures matter least.
+        while departed.len() > MAX_DEVICES_PER_HUB {
+            let Some(oldest) = departed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            departed.remove(&oldest);
         }
         *slot = Some(HubView {
             devices: view,
+            departed,
             fetched: now,
             ttl,
         });
     }
 
-    /// The merged view at `now`, sorted by id; answers older than their
-    /// hub's TTL no longer count.
+    /// The merged view at `now`, sorted by id: what the hubs that answer
+    /// list, and what silent hubs last listed that no answering hub has
+    /// dropped since (see the module docs).
     pub fn merged(&self, now: Instant) -> BTreeMap<DeviceId, Merged> {
-        let mut merged: BTreeMap<DeviceId, Merged> = BTreeMap::new();
-        let fresh = self
+        let (fresh, stale): (Vec<&HubView>, Vec<&HubView>) = self
             .hubs
             .iter()
             .flatten()
-            .filter(|hub| now.saturating_duration_since(hub.fetched) <= hub.ttl);
-        for hub in fresh {
-            for (id, (listing, _)) in &hub.devices {
-                let key = match listing.pubkey {
-                    Some(key) => KeyStatus::Trusted(key),
-                    None => KeyStatus::Missing,
-                };
-                match merged.get_mut(id) {
-                    None => {
-                        merged.insert(
-                            id.clone(),
-                            Merged {
-                                listing: listing.clone(),
-                                key,
-                            },
-                        );
-                    }
-                    Some(existing) => {
-                        existing.key = match (existing.key, key) {
-                            (KeyStatus::Trusted(a), KeyStatus::Trusted(b)) if a != b => {
-                                KeyStatus::Conflict
-                            }
-                            (KeyStatus::Missing, other) => other,
-                            (current, _) => current,
-                        };
-                        // RFC 3339 in UTC sorts as text.
-                        if listing.last_seen > existing.listing.last_seen {
-                            existing.listing = listing.clone();
-                        }
-                    }
-                }
-            }
-        }
+            .partition(|hub| hub.is_fresh(now));
+        let mut merged = merge(fresh.iter().copied(), |_, _| true);
+        let decided: Vec<DeviceId> = merged.keys().cloned().collect();
+        let from_stale = merge(stale.iter().copied(), |id, stale_hub| {
+            decided.binary_search(id).is_err()
+                && !fresh.iter().any(|hub| {
+                    hub.departed
+                        .get(id)
+                        .is_some_and(|dropped| *dropped > stale_hub.fetched)
+                })
+        });
+        merged.extend(from_stale);
         merged
     }
 
@@ -209,6 +232,50 @@ impl Roster {
     pub fn key_of(&self, id: &DeviceId, now: Instant) -> Option<KeyStatus> {
         self.merged(now).get(id).map(|merged| merged.key)
     }
+}
+
+/// Merges the devices of `hubs` that `counts` lets through.
+fn merge<'a>(
+    hubs: impl Iterator<Item = &'a HubView>,
+    counts: impl Fn(&DeviceId, &HubView) -> bool,
+) -> BTreeMap<DeviceId, Merged> {
+    let mut merged: BTreeMap<DeviceId, Merged> = BTreeMap::new();
+    for hub in hubs {
+        for (id, (listing, _)) in &hub.devices {
+            if !counts(id, hub) {
+                continue;
+            }
+            let key = match listing.pubkey {
+                Some(key) => KeyStatus::Trusted(key),
+                None => KeyStatus::Missing,
+            };
+            match merged.get_mut(id) {
+                None => {
+                    merged.insert(
+                        id.clone(),
+                        Merged {
+                            listing: listing.clone(),
+                            key,
+                        },
+                    );
+                }
+                Some(existing) => {
+                    existing.key = match (existing.key, key) {
+                        (KeyStatus::Trusted(a), KeyStatus::Trusted(b)) if a != b => {
+                            KeyStatus::Conflict
+                        }
+                        (KeyStatus::Missing, other) => other,
+                        (current, _) => current,
+                    };
+                    // RFC 3339 in UTC sorts as text.
+                    if listing.last_seen > existing.listing.last_seen {
+                        existing.listing = listing.clone();
+                    }
+                }
+            }
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
@@ -254,7 +321,73 @@ mod tests {
             merged[&DeviceId::parse("a").unwrap()].listing.last_seen,
             "2026-01-01T00:00:50Z"
         );
-        assert!(roster.merged(now + Duration::from_secs(200)).is_empty());
+        // Then hub 1 goes silent too: the last roster stays in force.
+        assert_eq!(roster.merged(now + Duration::from_secs(3600)).len(), 2);
+    }
+
+    #[test]
+    fn every_hub_silent_keeps_the_last_roster_for_good() {
+        let now = Instant::now();
+        let mut roster = Roster::new(2);
+        let both = [listed("a", Some(1), "t"), listed("b", Some(2), "t")];
+        roster.update(0, &both, TTL, now);
+        roster.update(1, &both, TTL, now);
+        let much_later = now + Duration::from_secs(86_400);
+        let merged = roster.merged(much_later);
+        assert_eq!(merged.len(), 2);
+        assert!(
+            merged
+                .values()
+                .all(|d| matches!(d.key, KeyStatus::Trusted(_)))
+        );
+    }
+
+    #[test]
+    fn an_answering_hub_that_drops_a_device_overrules_a_silent_one() {
+        let now = Instant::now();
+        let mut roster = Roster::new(2);
+        let both = [listed("a", Some(1), "t"), listed("b", Some(2), "t")];
+        roster.update(0, &both, TTL, now);
+        roster.update(1, &both, TTL, now);
+        // Hub 0 goes silent; hub 1 keeps answering, and b leaves it.
+        let mut t = now;
+        for _ in 0..5 {
+            t += Duration::from_secs(30);
+            roster.update(1, &[listed("a", Some(1), "t")], TTL, t);
+        }
+        let b = DeviceId::parse("b").unwrap();
+        assert!(
+            !roster.merged(t).contains_key(&b),
+            "b was dropped by a hub that answers"
+        );
+        // A device only the silent hub ever listed stays.
+        let mut roster = Roster::new(2);
+        roster.update(0, &[listed("only-on-0", Some(3), "t")], TTL, now);
+        roster.update(1, &[listed("a", Some(1), "t")], TTL, now);
+        let later = now + Duration::from_secs(600);
+        roster.update(1, &[listed("a", Some(1), "t")], TTL, later);
+        assert!(
+            roster
+                .merged(later)
+                .contains_key(&DeviceId::parse("only-on-0").unwrap())
+        );
+    }
+
+    #[test]
+    fn an_answering_hub_decides_the_key_over_a_silent_one() {
+        let now = Instant::now();
+        let mut roster = Roster::new(2);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, now);
+        roster.update(1, &[listed("a", Some(1), "t")], TTL, now);
+        // a's binding was released and it came back with key 2; hub 0 is
+        // silent with the old key.
+        let later = now + Duration::from_secs(120);
+        roster.update(1, &[listed("a", Some(2), "t")], TTL, later);
+        let a = DeviceId::parse("a").unwrap();
+        assert_eq!(
+            roster.key_of(&a, later),
+            Some(KeyStatus::Trusted(PublicKey::from([2; 32])))
+        );
     }
 
     #[test]
@@ -274,6 +407,34 @@ mod tests {
         let later = now + TTL + Duration::from_secs(1);
         roster.update(0, &[listed("a", Some(1), "t")], TTL, later);
         assert_eq!(roster.merged(later).len(), 1, "b is gone after a TTL");
+    }
+
+    #[test]
+    fn a_hub_back_from_an_outage_gives_its_old_devices_a_ttl_of_grace() {
+        let now = Instant::now();
+        let mut roster = Roster::new(1);
+        roster.update(
+            0,
+            &[listed("a", Some(1), "t"), listed("b", Some(2), "t")],
+            TTL,
+            now,
+        );
+        // Silent for ten minutes, then it answers with only a so far.
+        let back = now + Duration::from_secs(600);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, back);
+        assert_eq!(
+            roster.merged(back).len(),
+            2,
+            "b gets a TTL to register again"
+        );
+        // Answering every half TTL from then on, without b: b goes after
+        // one TTL.
+        let half = back + TTL / 2;
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, half);
+        assert_eq!(roster.merged(half).len(), 2);
+        let after = back + TTL + Duration::from_secs(1);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, after);
+        assert_eq!(roster.merged(after).len(), 1);
     }
 
     #[test]

@@ -836,3 +836,88 @@ fn a_device_pointed_at_a_chat_port_is_told_it_is_not_a_hub() {
         lost.log()
     );
 }
+
+#[test]
+fn a_peer_task_that_dies_is_noticed_logged_once_and_replaced() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    let mut options = device_options("a", &hubs);
+    // Debug builds only: a's task for b panics on its first send.
+    options.env = vec![("MESHD_FAULTS".to_owned(), "peer-task-panic:b".to_owned())];
+    let a = Node::start(options);
+    let b = device("b", &hubs);
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(10));
+    let first = a.ctl(&["send", "b", "lost with the task"]);
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    // A new task for b takes over: sends work again, without a restart of
+    // meshd and without any other device noticing.
+    let started = Instant::now();
+    wait_until("sends to b work again", Duration::from_secs(10), || {
+        a.ctl(&["send", "b", "after the restart"])
+            .status
+            .success()
+            .then_some(())
+    });
+    eprintln!("replaced within {:?}", started.elapsed());
+    assert!(inbox(&b).contains(&("a".to_owned(), "after the restart".to_owned())));
+    assert_eq!(a.link_to("hub").as_deref(), Some("direct"));
+    assert_eq!(
+        a.log().matches("link task panicked").count(),
+        1,
+        "{}",
+        a.log()
+    );
+}
+
+#[test]
+fn every_hub_down_leaves_working_links_alone() {
+    // A 2 s device TTL: without the last roster kept, the devices would drop
+    // each other within a few seconds of the hub stopping.
+    let mut hub = Node::start(NodeOptions {
+        id: "hub".to_owned(),
+        signaling_listen: format!("127.0.0.1:{}", free_port()),
+        signaling: "device_ttl = \"2s\"\n".to_owned(),
+        ..NodeOptions::default()
+    });
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let b = device("b", &hubs);
+    wait_full_mesh(&[&a, &b], Duration::from_secs(10));
+    hub.stop();
+    wait_until("a notices the hub is gone", Duration::from_secs(20), || {
+        (a.mesh_status()["signaling"][0]["reachable"] == false).then_some(())
+    });
+    // Five TTLs with no hub: the link stays direct and messages flow.
+    let outage = Instant::now();
+    let mut sent = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        assert_eq!(
+            a.link_to("b").as_deref(),
+            Some("direct"),
+            "after {:?}",
+            outage.elapsed()
+        );
+        a.ctl_ok(&["send", "b", &format!("during the outage {sent}")]);
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(a.ctl_ok(&["devices"]).contains('b'), "b is still listed");
+    for node in [&a, &b] {
+        assert!(
+            !node.log().contains("closing the link to a device"),
+            "{}",
+            node.log()
+        );
+    }
+    // The hub comes back and lists both again; nothing was torn down.
+    hub.restart();
+    wait_until("both registered again", Duration::from_secs(40), || {
+        (http::get(hub.signaling_addr(), "/devices")
+            .json()
+            .as_array()
+            .is_some_and(|listed| listed.len() == 2))
+        .then_some(())
+    });
+    a.ctl_ok(&["send", "b", "after the outage"]);
+    assert!(inbox(&b).contains(&("a".to_owned(), "after the outage".to_owned())));
+}
