@@ -91,6 +91,8 @@ pub enum ErrorCode {
     Unreachable,
     /// The device did not answer in time.
     Timeout,
+    /// Too many control connections (in all, or from this uid); closed.
+    Busy,
     /// A code from a newer daemon that this build does not know.
     #[serde(other)]
     Unknown,

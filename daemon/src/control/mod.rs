@@ -1,7 +1,8 @@
 //! The control socket: how meshctl talks to meshd.
 //!
 //! [`bind`] creates the socket (`socket.rs`); [`start`] spawns the accept loop,
-//! which spawns one task per connection (`server.rs`). Each connection reads
+//! which spawns one task per connection (`server.rs`) within the caller's share of the
+//! slots (`slots.rs`). Each connection reads
 //! one JSON request per line, checks the caller's access (`peer.rs`) and hands
 //! the request to the [`Dispatcher`] (`dispatch.rs`), the one place that knows
 //! every role. A bad request costs only its own connection.
@@ -9,6 +10,7 @@
 mod dispatch;
 mod peer;
 mod server;
+mod slots;
 mod socket;
 
 use std::path::PathBuf;

@@ -2,7 +2,8 @@
 //! dispatcher.
 //!
 //! Tasks: one accept loop, and one task per connection (at most
-//! [`MAX_CONNECTIONS`] at once; more wait in the backlog). A connection may
+//! [`MAX_CONNECTIONS`] at once, shared as `slots.rs` decides; a connection
+//! over its caller's share gets a `busy` error and is closed). A connection may
 //! send several requests, one line each. A line of more than
 //! [`MAX_FRAME_BYTES`] (newline included) is
 //! answered with `too_large` and the connection closed; a malformed line gets
@@ -27,9 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use super::dispatch::{Answer, Dispatcher};
 use super::peer::Caller;
-
-/// Concurrent control connections.
-pub const MAX_CONNECTIONS: usize = 64;
+use super::slots::{MAX_CONNECTIONS, Slots};
 
 /// Time a client has to send a whole request line once it is connected or
 /// has had its previous answer, and to take each reply frame.
@@ -41,38 +40,60 @@ pub async fn accept_loop(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Slots::default());
+    // Connections being refused at once; past this many, further ones wait
+    // in the backlog rather than each costing a task.
+    let refusing = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let daemon_uid = nix::unistd::geteuid();
     loop {
-        let permit = tokio::select! {
-            () = cancel.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
         let Some(stream) = accept::next("control", &cancel, || listener.accept()).await else {
             break;
         };
-        let dispatcher = dispatcher.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            serve(stream, &dispatcher, &cancel).await;
-            drop(permit);
-        });
+        let caller = match Caller::of(stream.inner()) {
+            Ok(caller) => caller,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read control peer credentials; closing");
+                continue;
+            }
+        };
+        let writer = caller.may(meshd_ipc::Access::Write, daemon_uid);
+        match slots.take(caller.uid, writer) {
+            Ok(slot) => {
+                let dispatcher = dispatcher.clone();
+                let cancel = cancel.clone();
+                tracker.spawn(async move {
+                    serve(stream, caller, &dispatcher, &cancel).await;
+                    drop(slot);
+                });
+            }
+            Err(refusal) => {
+                tracing::debug!(uid = caller.uid, pid = caller.pid, %refusal, "control connection refused");
+                let Ok(permit) = refusing.clone().acquire_owned().await else {
+                    break;
+                };
+                tracker.spawn(async move {
+                    let error = ErrorReply {
+                        code: ErrorCode::Busy,
+                        message: refusal.to_string(),
+                    };
+                    let mut writer = &stream;
+                    let _ = send(&mut writer, 0, false, Reply::Error(error)).await;
+                    drop(permit);
+                });
+            }
+        }
     }
     // Dropping the listener removes the socket file.
     drop(listener);
     tracing::debug!("control socket closed");
 }
 
-async fn serve(stream: Stream, dispatcher: &Dispatcher, cancel: &CancellationToken) {
-    let caller = match Caller::of(stream.inner()) {
-        Ok(caller) => caller,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read control peer credentials; closing");
-            return;
-        }
-    };
+async fn serve(
+    stream: Stream,
+    caller: Caller,
+    dispatcher: &Dispatcher,
+    cancel: &CancellationToken,
+) {
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
     let mut line = Vec::new();

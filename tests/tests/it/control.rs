@@ -377,3 +377,110 @@ fn a_client_that_stops_reading_replies_is_cut_off() {
         .count();
     assert!(finished_replies < 10, "{finished_replies} complete replies");
 }
+
+/// Starts `meshctl ARGS` as `uid` in group nogroup, without waiting.
+fn spawn_as_uid(meshctl: &Path, socket: &Path, uid: u32, args: &[&str]) -> std::process::Child {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(meshctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running setpriv (util-linux)")
+}
+
+fn status_as_uid(meshctl: &Path, socket: &Path, uid: u32) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            &format!("--reuid={uid}"),
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(meshctl)
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .output()
+        .expect("running setpriv (util-linux)")
+}
+
+#[test]
+fn read_only_users_can_never_lock_root_out_of_the_control_socket() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs meshctl as other users and needs root"
+    );
+    // A mesh node, so that `messages --follow` streams stay open.
+    let node = Node::start(NodeOptions {
+        group: "nogroup".into(),
+        signaling_enabled: false,
+        mesh: Some(meshd_tests::MeshOptions::with_hubs(&[
+            "http://127.0.0.1:9".to_owned()
+        ])),
+        ..NodeOptions::default()
+    });
+    let meshctl = meshctl_for_nobody(node.dir());
+    let socket = node.socket();
+    // One read-only uid: eight follow streams, then it is refused.
+    let mut held: Vec<std::process::Child> = (0..8)
+        .map(|_| spawn_as_uid(&meshctl, &socket, 61000, &["messages", "--follow"]))
+        .collect();
+    let refused = meshctl_tests_wait("uid 61000 refused its ninth connection", || {
+        let output = status_as_uid(&meshctl, &socket, 61000);
+        (!output.status.success()).then_some(output)
+    });
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("uid 61000 holds 8 control connections"),
+        "{stderr}"
+    );
+    // Five more uids fill what read-only callers may hold (48 in all)...
+    for uid in 61001..61006 {
+        held.extend(
+            (0..8).map(|_| spawn_as_uid(&meshctl, &socket, uid, &["messages", "--follow"])),
+        );
+    }
+    let full = meshctl_tests_wait("read-only slots full", || {
+        let output = status_as_uid(&meshctl, &socket, 61099);
+        (!output.status.success()).then_some(output)
+    });
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert!(
+        stderr.contains("to callers without write access"),
+        "{stderr}"
+    );
+    // ...and root still gets an answer at once.
+    let started = Instant::now();
+    node.ctl_ok(&["status"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    // The slots come back when the streams end.
+    for mut child in held {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    meshctl_tests_wait("a read-only caller is served again", || {
+        status_as_uid(&meshctl, &socket, 61099)
+            .status
+            .success()
+            .then_some(())
+    });
+}
+
+/// Polls `check` every 50 ms for up to 20 s.
+fn meshctl_tests_wait<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
+    meshd_tests::wait_until(what, Duration::from_secs(20), check)
+}
