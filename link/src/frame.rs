@@ -4,7 +4,8 @@
 //! fields; the length covers the kind byte and fields. Kinds a peer does not
 //! know are skipped, so later versions can add some. A frame longer than
 //! [`MAX_FRAME_BYTES`], a known kind with the wrong size, or a message that is
-//! not UTF-8 is malformed and ends the link.
+//! not UTF-8 or longer than [`MAX_MESSAGE_BYTES`] is malformed and ends the
+//! link.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -12,6 +13,11 @@ use crate::LinkError;
 
 /// The largest frame a peer may send, length prefix excluded.
 pub const MAX_FRAME_BYTES: usize = 128 * 1024;
+
+/// The longest message text, in bytes: what `meshctl send` accepts, checked
+/// again on receipt, so a peer that ignores it cannot fill an inbox with
+/// texts twice that size.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 const MESSAGE: u8 = 1;
 const ACK: u8 = 2;
@@ -69,6 +75,11 @@ impl Frame {
         let body = self.encoded_len() - 4;
         if body > MAX_FRAME_BYTES {
             return Err(LinkError::TooLarge { size: body });
+        }
+        if let Frame::Message { text, .. } = self
+            && text.len() > MAX_MESSAGE_BYTES
+        {
+            return Err(LinkError::TooLarge { size: text.len() });
         }
         out.put_u32(body as u32);
         match self {
@@ -133,6 +144,12 @@ impl Frame {
                         return Err(LinkError::Malformed("message frame too short".to_owned()));
                     }
                     let id = body.get_u64();
+                    if body.len() > MAX_MESSAGE_BYTES {
+                        return Err(LinkError::Malformed(format!(
+                            "message text of {} bytes, at most {MAX_MESSAGE_BYTES} allowed",
+                            body.len()
+                        )));
+                    }
                     if std::str::from_utf8(&body).is_err() {
                         return Err(LinkError::Malformed("message text is not UTF-8".to_owned()));
                     }
@@ -224,5 +241,21 @@ mod tests {
             text: Bytes::from(vec![b'a'; MAX_FRAME_BYTES]),
         };
         assert!(huge.encode(&mut BytesMut::new()).is_err());
+        // A text over the message limit, though the frame would fit.
+        let mut buffer = BytesMut::new();
+        let text = vec![b'a'; MAX_MESSAGE_BYTES + 1];
+        buffer.put_u32((1 + 8 + text.len()) as u32);
+        buffer.put_u8(MESSAGE);
+        buffer.put_u64(1);
+        buffer.put_slice(&text);
+        let error = Frame::decode(&mut buffer).unwrap_err().to_string();
+        assert!(error.contains("at most 65536"), "{error}");
+        let exact = Frame::Message {
+            id: 1,
+            text: Bytes::from(vec![b'a'; MAX_MESSAGE_BYTES]),
+        };
+        let mut buffer = BytesMut::new();
+        exact.encode(&mut buffer).unwrap();
+        assert_eq!(Frame::decode(&mut buffer).unwrap(), Some(exact));
     }
 }

@@ -28,7 +28,7 @@ mod identity;
 mod link;
 pub mod record;
 
-pub use frame::{Frame, MAX_FRAME_BYTES};
+pub use frame::{Frame, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
 pub use handshake::{Hello, Inbound, accept, connect};
 pub use identity::{KEY_LEN, StaticKey};
 pub use link::{Link, LinkReader, LinkWriter};

@@ -189,7 +189,7 @@ mod tests {
         let (a, b) = pair().await;
         let (mut a_read, mut a_write) = a.split();
         let (mut b_read, mut b_write) = b.split();
-        let big = Bytes::from(vec![b'x'; 100_000]);
+        let big = Bytes::from(vec![b'x'; crate::MAX_MESSAGE_BYTES]);
         a_write
             .send_all(&[
                 Frame::Message {

@@ -11,10 +11,19 @@ use crate::output::print_json;
 /// Prints the inbox; with `follow`, keeps printing as messages arrive.
 pub fn run(client: &mut Client, follow: bool, json: bool) -> Result<(), CtlError> {
     if !follow {
-        let messages = match client.call(Request::Messages { follow: false })? {
-            Response::Messages(messages) => messages,
-            other => return Err(client.unexpected(&other)),
-        };
+        // A long inbox comes in several frames.
+        let mut messages = Vec::new();
+        let mut unexpected = None;
+        client.call_streaming(Request::Messages { follow: false }, |response| {
+            match response {
+                Response::Messages(page) => messages.extend(page),
+                other => unexpected = Some(other),
+            }
+            Ok(())
+        })?;
+        if let Some(other) = unexpected {
+            return Err(client.unexpected(&other));
+        }
         if json {
             print_json(&messages);
         } else if messages.is_empty() {

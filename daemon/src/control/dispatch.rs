@@ -146,10 +146,10 @@ impl Dispatcher {
             Request::Broadcast { text } => vec![self.broadcast(&text)],
             Request::Send { device, text } => vec![self.send(&device, text).await],
             Request::SendAll { text } => vec![self.send_all(text).await],
-            Request::Messages { .. } => vec![match &self.roles.mesh {
-                Some(mesh) => Reply::Ok(Response::Messages(mesh.messages())),
-                None => no_mesh(),
-            }],
+            Request::Messages { .. } => match &self.roles.mesh {
+                Some(mesh) => paged_messages(mesh.messages()),
+                None => vec![no_mesh()],
+            },
             Request::Ping { device } => vec![self.ping(&device).await],
             Request::Netcheck => vec![match &self.roles.mesh {
                 Some(mesh) => Reply::Ok(Response::Netcheck(mesh.netcheck().await)),
@@ -330,6 +330,30 @@ fn paged_devices(devices: Vec<DeviceEntry>) -> Vec<Reply> {
         .collect()
 }
 
+/// Bytes of encoded messages one `messages` frame carries at most, well
+/// inside the 1 MiB frame limit.
+const MESSAGE_PAGE_BYTES: usize = 512 * 1024;
+
+/// The inbox in frames that each fit the frame limit however the texts
+/// escape in JSON: a message is counted at six bytes per byte of text (the
+/// longest escape, `\u00XX`), so 64 KiB texts go two to a page.
+fn paged_messages(messages: Vec<InboxMessage>) -> Vec<Reply> {
+    let mut pages = Vec::new();
+    let mut page = Vec::new();
+    let mut page_bytes = 0;
+    for message in messages {
+        let size = 6 * (message.text.len() + message.from.len() + message.received_at.len()) + 64;
+        if !page.is_empty() && page_bytes + size > MESSAGE_PAGE_BYTES {
+            pages.push(Reply::Ok(Response::Messages(std::mem::take(&mut page))));
+            page_bytes = 0;
+        }
+        page_bytes += size;
+        page.push(message);
+    }
+    pages.push(Reply::Ok(Response::Messages(page)));
+    pages
+}
+
 fn error(code: ErrorCode, message: String) -> Reply {
     Reply::Error(ErrorReply { code, message })
 }
@@ -358,4 +382,49 @@ fn error_reply(code: ErrorCode, message: String) -> Reply {
 
 fn unavailable(message: &str) -> Reply {
     error(ErrorCode::Unavailable, message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_of_messages_fits_a_frame_whatever_the_text() {
+        // Control characters escape to six bytes each in JSON: the worst case.
+        let worst = "\u{1}".repeat(64 * 1024);
+        let messages: Vec<InboxMessage> = (0..40)
+            .map(|i| InboxMessage {
+                from: format!("device-{i}"),
+                text: if i % 3 == 0 {
+                    "short".to_owned()
+                } else {
+                    worst.clone()
+                },
+                received_at: "2026-12-02T16:00:00.000Z".to_owned(),
+            })
+            .collect();
+        let pages = paged_messages(messages.clone());
+        assert!(pages.len() > 1);
+        let mut back = Vec::new();
+        for (index, reply) in pages.into_iter().enumerate() {
+            let frame = meshd_ipc::ReplyFrame {
+                v: PROTOCOL_VERSION,
+                id: 1,
+                more: true,
+                reply,
+            };
+            let bytes = meshd_ipc::encode(&frame)
+                .unwrap_or_else(|e| panic!("page {index} does not fit a frame: {e}"));
+            assert!(bytes.len() <= meshd_ipc::MAX_FRAME_BYTES);
+            if let Reply::Ok(Response::Messages(page)) = frame.reply {
+                back.extend(page);
+            }
+        }
+        assert_eq!(back, messages, "nothing lost or reordered");
+        assert_eq!(
+            paged_messages(Vec::new()).len(),
+            1,
+            "an empty inbox is one frame"
+        );
+    }
 }

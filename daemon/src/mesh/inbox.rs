@@ -1,5 +1,7 @@
 //! Messages this node received over the mesh: the last [`INBOX_CAPACITY`]
-//! in memory for `meshctl messages`, and a live feed for `--follow`.
+//! in memory for `meshctl messages`, and a live feed for `--follow`. The
+//! inbox is bounded by bytes too ([`INBOX_MAX_BYTES`]): a thousand texts at
+//! the 64 KiB limit would otherwise hold 64 MiB.
 //!
 //! A message that arrives twice (resent on a new link because the
 //! acknowledgement was lost with the old one) is stored once: the inbox
@@ -16,6 +18,9 @@ use crate::device_id::DeviceId;
 
 /// Messages kept.
 pub const INBOX_CAPACITY: usize = 1000;
+
+/// Bytes of text kept at most; the oldest messages go first.
+pub const INBOX_MAX_BYTES: usize = 8 << 20;
 
 /// Followers that fall this far behind lose the oldest messages (they are
 /// still in the inbox).
@@ -62,6 +67,8 @@ impl Recent {
 #[derive(Default)]
 struct State {
     messages: VecDeque<InboxMessage>,
+    /// Bytes of text in `messages`.
+    bytes: usize,
     recent: HashMap<DeviceId, Recent>,
 }
 
@@ -95,10 +102,14 @@ impl Inbox {
             if !state.recent.entry(from.clone()).or_default().insert(key) {
                 return false;
             }
-            if state.messages.len() == INBOX_CAPACITY {
-                state.messages.pop_front();
-            }
+            state.bytes += message.text.len();
             state.messages.push_back(message.clone());
+            while state.messages.len() > INBOX_CAPACITY || state.bytes > INBOX_MAX_BYTES {
+                let Some(oldest) = state.messages.pop_front() else {
+                    break;
+                };
+                state.bytes -= oldest.text.len();
+            }
         }
         // No followers is fine.
         let _ = self.feed.send(message);
@@ -151,6 +162,24 @@ mod tests {
         assert_eq!(list.len(), INBOX_CAPACITY);
         assert_eq!(list[0].text, "m501");
         assert_eq!(list[INBOX_CAPACITY - 1].text, "new run");
+    }
+
+    #[test]
+    fn large_texts_are_bounded_by_bytes() {
+        let inbox = Inbox::new();
+        let a = DeviceId::parse("a").unwrap();
+        let big = "x".repeat(64 * 1024);
+        for id in 0..1000 {
+            inbox.store(&a, MessageKey { instance: 1, id }, &big);
+        }
+        let list = inbox.list();
+        assert_eq!(list.len(), INBOX_MAX_BYTES / big.len());
+        assert!(list.iter().map(|m| m.text.len()).sum::<usize>() <= INBOX_MAX_BYTES);
+        // Small messages push the big ones out, byte for byte.
+        for id in 1000..1010 {
+            inbox.store(&a, MessageKey { instance: 1, id }, "small");
+        }
+        assert_eq!(inbox.list().last().unwrap().text, "small");
     }
 
     #[test]

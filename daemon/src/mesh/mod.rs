@@ -60,8 +60,9 @@ pub use peer::SendError;
 use peer::{Command, PeerHandle};
 use roster::{KeyStatus, Roster};
 
-/// The longest message `meshctl send` accepts, in bytes.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// The longest message `meshctl send` accepts, in bytes; the link checks it
+/// again on receipt.
+pub const MAX_MESSAGE_BYTES: usize = meshd_link::MAX_MESSAGE_BYTES;
 
 /// Devices this node keeps links to at most.
 const MAX_PEERS: usize = 4096;

@@ -921,3 +921,32 @@ fn every_hub_down_leaves_working_links_alone() {
     a.ctl_ok(&["send", "b", "after the outage"]);
     assert!(inbox(&b).contains(&("a".to_owned(), "after the outage".to_owned())));
 }
+
+#[test]
+fn an_inbox_of_large_messages_is_listed_in_pages() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let b = device("b", &hubs);
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(10));
+    // 20 texts at the limit: about 1.3 MiB, more than one control frame.
+    for i in 0..20 {
+        let text = format!("{i:02}{}", "m".repeat(64 * 1024 - 2));
+        a.ctl_ok(&["send", "b", &text]);
+    }
+    let listed = b.ctl_json(&["messages"]);
+    let texts: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 20);
+    for (i, text) in texts.iter().enumerate() {
+        assert!(text.starts_with(&format!("{i:02}")) && text.len() == 64 * 1024);
+    }
+    // One byte over the limit is refused before it leaves.
+    let over = "x".repeat(64 * 1024 + 1);
+    let output = a.ctl(&["send", "b", &over]);
+    assert_eq!(output.status.code(), Some(1));
+}
