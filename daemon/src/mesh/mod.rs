@@ -187,6 +187,9 @@ pub struct Mesh {
     peers: Mutex<HashMap<DeviceId, PeerHandle>>,
     /// Devices whose peer task died, and when it may be started again.
     restarts: Mutex<HashMap<DeviceId, Restart>>,
+    /// `too many devices; no link made`, once per interval with a count:
+    /// every reconcile would say it again for every device over the cap.
+    over_cap: crate::log_limit::LogLimiter,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
     /// Per hub: wakes its registrar to register at once.
     register_now: Vec<tokio::sync::Notify>,
@@ -300,6 +303,7 @@ pub async fn start(
         endpoints: Mutex::new(vec![None; config.signaling.len()]),
         peers: Mutex::new(HashMap::new()),
         restarts: Mutex::new(HashMap::new()),
+        over_cap: crate::log_limit::LogLimiter::default(),
         last_refresh: tokio::sync::Mutex::new(None),
         register_now: config
             .signaling
@@ -498,6 +502,7 @@ impl Mesh {
             handle.stop();
             false
         });
+        let mut left_out = 0usize;
         for (id, device) in merged {
             if id == self.local.id {
                 continue;
@@ -518,10 +523,23 @@ impl Mesh {
                         PeerHandle::spawn(self.local.clone(), id.clone(), key, device.listing);
                     peers.insert(id, handle);
                 }
-                None => {
-                    tracing::warn!(peer = %id, max = MAX_PEERS, "too many devices; no link made");
-                }
+                None => left_out += 1,
             }
+        }
+        if left_out > 0 {
+            self.over_cap.log(|suppressed| {
+                tracing::warn!(
+                    devices = left_out,
+                    max = MAX_PEERS,
+                    suppressed,
+                    "too many devices; no link made"
+                );
+            });
+        }
+        // Maps that grew for a crowd of (perhaps fake) devices give the
+        // memory back once it has gone.
+        if peers.capacity() > 64 && peers.len() < peers.capacity() / 4 {
+            peers.shrink_to_fit();
         }
     }
 

@@ -28,6 +28,9 @@ use super::hub_client::ListedDevice;
 /// Devices taken from one hub's answer at most.
 pub const MAX_DEVICES_PER_HUB: usize = 65_536;
 
+/// How long a hub's departures are remembered.
+const DEPARTED_KEPT: Duration = Duration::from_secs(86_400);
+
 /// A device as a hub lists it, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listing {
@@ -185,6 +188,16 @@ impl Roster {
         {
             departed.remove(&id);
             view.insert(id, (listing, now));
+        }
+        // Memory held for devices that have gone is given back.
+        if view.capacity() > 64 && view.len() < view.capacity() / 4 {
+            view.shrink_to_fit();
+        }
+        // Departures matter only against a silent hub's older list; a day
+        // covers any outage worth keeping a list through.
+        departed.retain(|_, at| now.saturating_duration_since(*at) < DEPARTED_KEPT);
+        if departed.capacity() > 64 && departed.len() < departed.capacity() / 4 {
+            departed.shrink_to_fit();
         }
         // Bounded like the view; the oldest departures matter least.
         while departed.len() > MAX_DEVICES_PER_HUB {

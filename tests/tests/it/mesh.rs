@@ -950,3 +950,50 @@ fn an_inbox_of_large_messages_is_listed_in_pages() {
     let output = a.ctl(&["send", "b", &over]);
     assert_eq!(output.status.code(), Some(1));
 }
+
+#[test]
+fn a_crowd_of_fake_devices_costs_a_few_log_lines_not_thousands() {
+    let hub = Node::start(NodeOptions {
+        id: "hub".to_owned(),
+        ..NodeOptions::default()
+    });
+    // More keyed devices than a node keeps links to (4096), registered
+    // before the watcher starts, at an address that refuses at once.
+    let addr = hub.signaling_addr();
+    let threads: Vec<_> = (0..4)
+        .map(|part| {
+            std::thread::spawn(move || {
+                for i in (part..4200).step_by(4) {
+                    let mut key = [0u8; 32];
+                    key[..4].copy_from_slice(&(i as u32).to_be_bytes());
+                    key[31] = 1;
+                    let reply = http::post_json(
+                        addr,
+                        "/register",
+                        &json!({"id": format!("fake{i}"), "addr": "127.0.0.1:9", "pubkey": STANDARD.encode(key)}),
+                    );
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let watcher = device("watcher", &[hub.hub_url()]);
+    wait_until("the cap is reached", Duration::from_secs(30), || {
+        watcher
+            .log()
+            .contains("too many devices; no link made")
+            .then_some(())
+    });
+    // Every reconcile (5 s) and every list push meets the cap again; the
+    // log says so once per 10 s, with a count.
+    std::thread::sleep(Duration::from_secs(12));
+    let lines = watcher
+        .log()
+        .matches("too many devices; no link made")
+        .count();
+    assert!(lines <= 3, "{lines} lines:\n{}", watcher.log());
+    assert!(watcher.log().contains("devices=104"), "{}", watcher.log());
+}
