@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SignalingState;
 use super::api::DeviceView;
+use super::relay::Asker;
 use crate::device_id::DeviceId;
 use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
 use crate::public_key::PublicKey;
@@ -155,9 +156,13 @@ pub async fn serve<S>(
     let writing = state
         .tracker
         .spawn(write_channel(state.clone(), writer, queue, stop.clone()));
+    let asker = Asker {
+        device: id.clone(),
+        source: remote.ip(),
+    };
     let reason = tokio::select! {
         () = stop.cancelled() => "replaced by a newer channel, the id was removed, or meshd is stopping".to_owned(),
-        reason = read_channel(&state, &id, reader, &outgoing) => reason,
+        reason = read_channel(&state, &asker, reader, &outgoing) => reason,
     };
     state.channels.close(&id, serial);
     stop.cancel();
@@ -168,10 +173,11 @@ pub async fn serve<S>(
 /// Handles the device's messages; the reason the channel ended.
 async fn read_channel<R: AsyncRead + Unpin>(
     state: &SignalingState,
-    id: &DeviceId,
+    device: &Asker,
     mut reader: ChannelReader<R>,
     outgoing: &mpsc::Sender<Outgoing>,
 ) -> String {
+    let id = &device.device;
     loop {
         let bytes = tokio::select! {
             () = state.stopping.cancelled() => return "meshd is stopping".to_owned(),
@@ -203,7 +209,7 @@ async fn read_channel<R: AsyncRead + Unpin>(
                     to,
                 })
             }
-            ToHub::Relay { to } => relay(state, id, to),
+            ToHub::Relay { to } => relay(state, device, to),
         };
         if let Some(reply) = reply {
             // A device that does not read its channel loses replies, not
@@ -215,7 +221,8 @@ async fn read_channel<R: AsyncRead + Unpin>(
 
 /// Offers a relay between `id` and `to`: tokens to both; the refusal to
 /// `id` if that cannot be done.
-fn relay(state: &SignalingState, id: &DeviceId, to: String) -> Option<FromHub<DeviceView>> {
+fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub<DeviceView>> {
+    let id = &asker.device;
     let refused = |reason: String, to: String| {
         Some(FromHub::Refused {
             to,
@@ -232,7 +239,7 @@ fn relay(state: &SignalingState, id: &DeviceId, to: String) -> Option<FromHub<De
         return refused(format!("{to} has no channel open to this hub"), to);
     }
     let rate = state.settings().relay_bytes_per_sec;
-    let offer = match state.relays.offer(id, &target, rate) {
+    let offer = match state.relays.offer(asker, &target, rate) {
         Ok(offer) => offer,
         Err(error) => return refused(error.to_string(), to),
     };

@@ -8,8 +8,15 @@
 //! most [`JOIN_TIMEOUT`]) for the other, and the two streams are copied into
 //! each other. Each direction is charged to the device that sends it, at
 //! `signaling.relay_bytes_per_sec` per device across all its relays.
+//!
+//! Relay slots (offers and running relays, at most `max`) are shared fairly:
+//! each relay belongs to the device that asked for it and to the address its
+//! channel comes from, and one device may hold a sixteenth of the slots, one
+//! address a quarter ([`Shares`]). Many ids from one machine can no longer
+//! take every slot and leave a real device without a relay.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -41,6 +48,61 @@ type Stream = Box<dyn RelayStream>;
 /// Offers a device may have pending at once.
 const MAX_PENDING_PER_DEVICE: usize = 8;
 
+/// Who asked for a relay: the device, and the address of its channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker {
+    /// The asking device.
+    pub device: DeviceId,
+    /// Where its channel connects from.
+    pub source: IpAddr,
+}
+
+/// Relay slots held per asking device and per source address.
+#[derive(Debug, Default)]
+struct Shares {
+    by_device: HashMap<DeviceId, usize>,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+impl Shares {
+    /// Takes one slot for `asker` if its device and its address are both
+    /// within their share of `max`.
+    fn take(&mut self, asker: &Asker, max: usize) -> Result<(), RelayError> {
+        let per_device = (max / 16).max(1);
+        let per_source = (max / 4).max(1);
+        if self.by_device.get(&asker.device).copied().unwrap_or(0) >= per_device {
+            return Err(RelayError::Share {
+                whose: format!("device {}", asker.device),
+                share: per_device,
+            });
+        }
+        if self.by_source.get(&asker.source).copied().unwrap_or(0) >= per_source {
+            return Err(RelayError::Share {
+                whose: format!("address {}", asker.source),
+                share: per_source,
+            });
+        }
+        *self.by_device.entry(asker.device.clone()).or_default() += 1;
+        *self.by_source.entry(asker.source).or_default() += 1;
+        Ok(())
+    }
+
+    fn give_back(&mut self, asker: &Asker) {
+        if let Some(count) = self.by_device.get_mut(&asker.device) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_device.remove(&asker.device);
+            }
+        }
+        if let Some(count) = self.by_source.get_mut(&asker.source) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_source.remove(&asker.source);
+            }
+        }
+    }
+}
+
 /// One side of an offered relay.
 struct Half {
     device: DeviceId,
@@ -51,8 +113,17 @@ struct Half {
     partner: String,
     created: Instant,
     /// The side has arrived and waits for its partner's stream.
-    waiting: Option<oneshot::Sender<(Stream, DeviceId)>>,
+    waiting: Option<oneshot::Sender<Arrival>>,
     claimed: bool,
+    /// On the asker's half only: whose share the relay counts against.
+    owner: Option<Asker>,
+}
+
+/// What the second side of a relay hands the first.
+struct Arrival {
+    stream: Stream,
+    device: DeviceId,
+    owner: Option<Asker>,
 }
 
 /// Why a relay could not be offered or joined.
@@ -64,6 +135,14 @@ pub enum RelayError {
     /// At the cap of relays (the hub's, or one device's pending offers).
     #[error("at the limit of {0} relays; try again later")]
     Full(usize),
+    /// The asking device or its address holds its share of the relays.
+    #[error("{whose} holds {share} relays, its share of this hub's; try again later")]
+    Share {
+        /// The device or address.
+        whose: String,
+        /// Its share.
+        share: usize,
+    },
     /// The token is unknown, used or expired.
     #[error("unknown, used or expired relay token; ask for a new relay over the hub channel")]
     UnknownToken,
@@ -76,6 +155,8 @@ pub struct Relays {
     buckets: Mutex<HashMap<DeviceId, Weak<Bucket>>>,
     /// Relays spliced now.
     active: Arc<AtomicUsize>,
+    /// Offers and relays per asking device and address.
+    shares: Arc<Mutex<Shares>>,
     /// Pending halves plus active relays at most.
     max: usize,
 }
@@ -109,8 +190,25 @@ impl Relays {
             pending: Mutex::new(HashMap::new()),
             buckets: Mutex::new(HashMap::new()),
             active: Arc::new(AtomicUsize::new(0)),
+            shares: Arc::new(Mutex::new(Shares::default())),
             max,
         }
+    }
+
+    /// Removes expired halves, giving their shares back.
+    fn expire(&self, pending: &mut HashMap<String, Half>, now: Instant) {
+        pending.retain(|_, half| {
+            let keep = now.duration_since(half.created) < JOIN_TIMEOUT;
+            if !keep && let Some(owner) = &half.owner {
+                lock(&self.shares).give_back(owner);
+            }
+            keep
+        });
+    }
+
+    /// Removes one half, giving its share back if it holds one.
+    fn remove(&self, pending: &mut HashMap<String, Half>, token: &str) -> Option<Asker> {
+        pending.remove(token).and_then(|half| half.owner)
     }
 
     /// Relays spliced now.
@@ -121,13 +219,14 @@ impl Relays {
     /// Offers a relay between `a` (asking) and `b`. When the two asked for
     /// each other at the same moment, both get the one relay already
     /// offered, with its roles, so they never wait in two different ones.
-    pub fn offer(&self, a: &DeviceId, b: &DeviceId, rate: u64) -> Result<Offer, RelayError> {
+    pub fn offer(&self, asker: &Asker, b: &DeviceId, rate: u64) -> Result<Offer, RelayError> {
         if rate == 0 {
             return Err(RelayError::Disabled);
         }
+        let a = &asker.device;
         let mut pending = lock(&self.pending);
         let now = Instant::now();
-        pending.retain(|_, half| now.duration_since(half.created) < JOIN_TIMEOUT);
+        self.expire(&mut pending, now);
         // The asker's unjoined half of a young enough relay to the same
         // device: its offer may have been lost, or the other side asked
         // too. The partner may be waiting already; it gets its token again
@@ -157,6 +256,7 @@ impl Relays {
         if asked >= MAX_PENDING_PER_DEVICE {
             return Err(RelayError::Full(MAX_PENDING_PER_DEVICE));
         }
+        lock(&self.shares).take(asker, self.max)?;
         let (own, theirs) = (new_token(), new_token());
         let half = |device: &DeviceId, peer: &DeviceId, dials: bool, partner: &str| Half {
             device: device.clone(),
@@ -166,8 +266,11 @@ impl Relays {
             created: now,
             waiting: None,
             claimed: false,
+            owner: None,
         };
-        pending.insert(own.clone(), half(a, b, true, &theirs));
+        let mut asking = half(a, b, true, &theirs);
+        asking.owner = Some(asker.clone());
+        pending.insert(own.clone(), asking);
         pending.insert(theirs.clone(), half(b, a, false, &own));
         Ok(Offer {
             own,
@@ -214,9 +317,11 @@ impl Relays {
                 .and_then(|half| half.waiting.take())
             {
                 Some(waiting) => {
-                    pending.remove(&partner);
-                    pending.remove(&claim.token);
-                    Err((waiting, stream))
+                    // The relay runs now: its share goes with it.
+                    let owner = self
+                        .remove(&mut pending, &partner)
+                        .or(self.remove(&mut pending, &claim.token));
+                    Err((waiting, stream, owner))
                 }
                 None => {
                     let (sender, receiver) = oneshot::channel();
@@ -230,9 +335,18 @@ impl Relays {
             }
         };
         let (receiver, own) = match arrived {
-            Err((waiting, stream)) => {
+            Err((waiting, stream, owner)) => {
                 // The partner's task splices.
-                let _ = waiting.send((stream, claim.device));
+                let arrival = Arrival {
+                    stream,
+                    device: claim.device,
+                    owner,
+                };
+                if let Err(arrival) = waiting.send(arrival)
+                    && let Some(owner) = arrival.owner
+                {
+                    lock(&self.shares).give_back(&owner);
+                }
                 return;
             }
             Ok(waiting) => waiting,
@@ -241,11 +355,23 @@ impl Relays {
             () = stopping.cancelled() => None,
             received = tokio::time::timeout(JOIN_TIMEOUT, receiver) => received.ok().and_then(Result::ok),
         };
-        let Some((other, other_device)) = partner else {
-            lock(&self.pending).remove(&claim.token);
+        let Some(Arrival {
+            stream: other,
+            device: other_device,
+            owner,
+        }) = partner
+        else {
+            let owner = self.remove(&mut lock(&self.pending), &claim.token);
+            if let Some(owner) = owner {
+                lock(&self.shares).give_back(&owner);
+            }
             tracing::debug!(device_id = %claim.device, "relay partner never came; closed");
             return;
         };
+        let _share = owner.map(|owner| ShareGuard {
+            shares: self.shares.clone(),
+            owner,
+        });
         let own_bucket = self.bucket(&claim.device);
         let other_bucket = self.bucket(&other_device);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -275,6 +401,18 @@ impl Relays {
         let bucket = Arc::new(Bucket::new());
         buckets.insert(device.clone(), Arc::downgrade(&bucket));
         bucket
+    }
+}
+
+/// A running relay's hold on its asker's share.
+struct ShareGuard {
+    shares: Arc<Mutex<Shares>>,
+    owner: Asker,
+}
+
+impl Drop for ShareGuard {
+    fn drop(&mut self) {
+        lock(&self.shares).give_back(&self.owner);
     }
 }
 
@@ -344,12 +482,24 @@ mod tests {
         DeviceId::parse(name).unwrap()
     }
 
+    /// `name` asking from 203.0.113.1.
+    fn asker(name: &str) -> Asker {
+        asker_from(name, "203.0.113.1")
+    }
+
+    fn asker_from(name: &str, source: &str) -> Asker {
+        Asker {
+            device: id(name),
+            source: source.parse().unwrap(),
+        }
+    }
+
     #[test]
     fn tokens_are_one_time_and_the_cap_holds() {
         let relays = Relays::new(1);
-        let a = relays.offer(&id("a"), &id("b"), 1000).unwrap().own;
+        let a = relays.offer(&asker("a"), &id("b"), 1000).unwrap().own;
         assert!(matches!(
-            relays.offer(&id("a"), &id("c"), 1000),
+            relays.offer(&asker("a"), &id("c"), 1000),
             Err(RelayError::Full(1))
         ));
         assert!(relays.claim(&a).is_ok());
@@ -359,7 +509,7 @@ mod tests {
             Err(RelayError::UnknownToken)
         ));
         assert!(matches!(
-            Relays::new(4).offer(&id("a"), &id("b"), 0),
+            Relays::new(4).offer(&asker("a"), &id("b"), 0),
             Err(RelayError::Disabled)
         ));
     }
@@ -367,8 +517,8 @@ mod tests {
     #[test]
     fn two_devices_asking_at_once_share_one_relay_with_one_dialler() {
         let relays = Relays::new(4);
-        let first = relays.offer(&id("a"), &id("b"), 1000).unwrap();
-        let second = relays.offer(&id("b"), &id("a"), 1000).unwrap();
+        let first = relays.offer(&asker("a"), &id("b"), 1000).unwrap();
+        let second = relays.offer(&asker("b"), &id("a"), 1000).unwrap();
         assert_eq!(second.own, first.theirs);
         assert_eq!(second.theirs, first.own);
         assert!(first.own_dials && !second.own_dials);
@@ -376,22 +526,97 @@ mod tests {
 
     #[test]
     fn a_device_has_few_offers_pending() {
-        let relays = Relays::new(100);
+        let relays = Relays::new(1024);
         for peer in 0..MAX_PENDING_PER_DEVICE {
             relays
-                .offer(&id("a"), &id(&format!("p{peer}")), 1000)
+                .offer(&asker("a"), &id(&format!("p{peer}")), 1000)
                 .unwrap();
         }
         assert!(matches!(
-            relays.offer(&id("a"), &id("late"), 1000),
+            relays.offer(&asker("a"), &id("late"), 1000),
             Err(RelayError::Full(_))
         ));
+    }
+
+    #[test]
+    fn many_ids_from_one_address_cannot_take_every_slot() {
+        let relays = Relays::new(1024);
+        // 128 ids from one address, each asking for 8 relays.
+        let mut granted = 0;
+        for device in 0..128 {
+            for peer in 0..8 {
+                let asker = asker_from(&format!("fake{device}"), "203.0.113.66");
+                if relays
+                    .offer(&asker, &id(&format!("t{device}x{peer}")), 1000)
+                    .is_ok()
+                {
+                    granted += 1;
+                }
+            }
+        }
+        assert_eq!(granted, 1024 / 4, "one address gets a quarter");
+        // A real device elsewhere still gets its relay.
+        let real = asker_from("real", "203.0.113.7");
+        assert!(relays.offer(&real, &id("friend"), 1000).is_ok());
+        // One device gets a sixteenth, even from many addresses' worth of room.
+        let relays = Relays::new(64);
+        let hog = asker("hog");
+        for peer in 0..4 {
+            relays.offer(&hog, &id(&format!("p{peer}")), 1000).unwrap();
+        }
+        assert!(matches!(
+            relays.offer(&hog, &id("p4"), 1000),
+            Err(RelayError::Share { share: 4, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_relay_holds_its_share_while_it_runs_and_gives_it_back() {
+        let relays = Arc::new(Relays::new(16));
+        let offer = relays.offer(&asker("a"), &id("b"), 1 << 30).unwrap();
+        assert!(matches!(
+            relays.offer(&asker("a"), &id("c"), 1 << 30),
+            Err(RelayError::Share { share: 1, .. })
+        ));
+        let (claim_a, claim_b) = (
+            relays.claim(&offer.own).unwrap(),
+            relays.claim(&offer.theirs).unwrap(),
+        );
+        let (a_end, a_hub) = tokio::io::duplex(1024);
+        let (b_end, b_hub) = tokio::io::duplex(1024);
+        let stop = CancellationToken::new();
+        let first = tokio::spawn({
+            let (relays, stop) = (relays.clone(), stop.clone());
+            async move { relays.join(claim_a, a_hub, || 1 << 30, stop).await }
+        });
+        let second = tokio::spawn({
+            let (relays, stop) = (relays.clone(), stop.clone());
+            async move { relays.join(claim_b, b_hub, || 1 << 30, stop).await }
+        });
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while relays.active() == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(
+            relays.offer(&asker("a"), &id("c"), 1 << 30).is_err(),
+            "still held"
+        );
+        drop((a_end, b_end));
+        first.await.unwrap();
+        second.await.unwrap();
+        assert!(
+            relays.offer(&asker("a"), &id("c"), 1 << 30).is_ok(),
+            "given back"
+        );
     }
 
     #[tokio::test]
     async fn two_sides_are_spliced_and_bytes_cross_unchanged() {
         let relays = Arc::new(Relays::new(4));
-        let offer = relays.offer(&id("a"), &id("b"), 1 << 30).unwrap();
+        let offer = relays.offer(&asker("a"), &id("b"), 1 << 30).unwrap();
         let (ta, tb) = (offer.own, offer.theirs);
         let (mut a_end, a_hub) = tokio::io::duplex(1 << 16);
         let (mut b_end, b_hub) = tokio::io::duplex(1 << 16);
