@@ -152,7 +152,10 @@ pub async fn run(
                 config.node.id.clone(),
                 key,
                 listener,
-                signaling.as_ref().map(signaling::SignalingHandle::changes),
+                signaling.as_ref().map(|hub| mesh::LocalHub {
+                    changes: hub.changes(),
+                    serves_others: !config.signaling.listen.ip().is_loopback(),
+                }),
                 cancel.child_token(),
                 &tracker,
             )

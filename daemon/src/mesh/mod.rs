@@ -21,6 +21,7 @@ mod hub_channel;
 mod hub_client;
 mod identity;
 mod inbox;
+mod interfaces;
 mod link_io;
 mod listener;
 mod netcheck;
@@ -177,6 +178,9 @@ struct HubState {
 pub struct Mesh {
     local: Arc<Local>,
     listen: SocketAddr,
+    /// This node's own hub serves other machines: a loopback route to a hub
+    /// is replaced by the host's reachable addresses.
+    advertise_interfaces: bool,
     advertise: Vec<SocketAddr>,
     hubs: Vec<HubUrl>,
     join_token: String,
@@ -241,15 +245,23 @@ pub async fn load_identity(state_dir: &Path) -> Result<StaticKey, MeshError> {
         .map_err(MeshError::from)
 }
 
-/// Starts the role. `hub_changes` (from a signaling role in the same
-/// process) changes when that hub's device list changes; the roster is
-/// refreshed at once rather than at the next round.
+/// The signaling role of the same process, as the mesh role sees it.
+pub struct LocalHub {
+    /// Changes when that hub's device list changes; the roster is then
+    /// refreshed at once rather than at the next round.
+    pub changes: watch::Receiver<u64>,
+    /// It listens beyond loopback, so devices on other machines use it: this
+    /// node must not register its loopback address with it.
+    pub serves_others: bool,
+}
+
+/// Starts the role; `local_hub` when this node is also a hub.
 pub async fn start(
     config: &MeshConfig,
     id: DeviceId,
     key: StaticKey,
     listener: TcpListener,
-    hub_changes: Option<watch::Receiver<u64>>,
+    local_hub: Option<LocalHub>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<MeshHandle, MeshError> {
@@ -292,9 +304,11 @@ pub async fn start(
             ttl: DEFAULT_TTL,
         })
         .collect();
+    let advertise_interfaces = local_hub.as_ref().is_some_and(|hub| hub.serves_others);
     let mesh = Arc::new(Mesh {
         local,
         listen,
+        advertise_interfaces,
         advertise: config.advertise.clone(),
         roster: Mutex::new(Roster::new(hubs.len())),
         hubs,
@@ -325,10 +339,10 @@ pub async fn start(
         tracker.spawn(registrar::run(mesh.clone(), index, cancel.clone()));
         tracker.spawn(hub_channel::run(mesh.clone(), index, cancel.clone()));
     }
-    if let Some(changes) = hub_changes {
+    if let Some(hub) = local_hub {
         tracker.spawn(refresh_on_hub_changes(
             mesh.clone(),
-            changes,
+            hub.changes,
             cancel.clone(),
         ));
     }
@@ -388,22 +402,44 @@ impl Mesh {
         if let Some(slot) = lock(&self.endpoints).get_mut(hub) {
             *slot = Some(endpoint);
         }
+        // Over loopback (a node that is its own hub) the route's address is
+        // no use to anyone else: register an address of the host instead.
+        if endpoint.ip().is_loopback() && self.reports_interfaces() {
+            return self.endpoints().first().copied().unwrap_or(endpoint);
+        }
         endpoint
     }
 
     /// The endpoints to advertise: configured, or one per route to a hub,
     /// without repeats (a route that changes replaces its old address).
+    /// A loopback route, on a node whose own hub serves other machines and
+    /// whose mesh listens on every interface, adds every reachable address
+    /// of the host, before the loopback one (`interfaces.rs`).
     fn endpoints(&self) -> Vec<SocketAddr> {
         if !self.advertise.is_empty() {
             return self.advertise.clone();
         }
+        let routes: Vec<SocketAddr> = lock(&self.endpoints).iter().flatten().copied().collect();
+        let mut candidates: Vec<SocketAddr> = Vec::new();
+        let over_loopback = routes.iter().any(|endpoint| endpoint.ip().is_loopback());
+        if over_loopback && self.reports_interfaces() {
+            candidates.extend(interfaces::reachable_endpoints(self.listen.port()));
+        }
+        // Routed addresses first among what is left, loopback last.
+        candidates.extend(routes.iter().filter(|e| !e.ip().is_loopback()));
+        candidates.extend(routes.iter().filter(|e| e.ip().is_loopback()));
         let mut endpoints: Vec<SocketAddr> = Vec::new();
-        for endpoint in lock(&self.endpoints).iter().flatten() {
-            if !endpoints.contains(endpoint) && endpoints.len() < MAX_ENDPOINTS {
-                endpoints.push(*endpoint);
+        for endpoint in candidates {
+            if !endpoints.contains(&endpoint) && endpoints.len() < MAX_ENDPOINTS {
+                endpoints.push(endpoint);
             }
         }
         endpoints
+    }
+
+    /// Whether loopback routes are replaced by the host's addresses.
+    fn reports_interfaces(&self) -> bool {
+        self.advertise_interfaces && self.listen.ip().is_unspecified()
     }
 
     fn hub_registered(&self, index: usize, observed: String, ttl: Duration) {

@@ -498,3 +498,51 @@ fn netcheck_tells_a_port_preserving_nat_from_a_random_one() {
         "{text}"
     );
 }
+
+#[test]
+fn a_hub_on_every_interface_registers_its_own_device_where_others_reach_it() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let hub_host = lab.public_host("hub", 1).unwrap();
+    // Behind a random-port NAT nobody can dial in: only a dial out to the
+    // hub's device's real address makes the link direct.
+    let mut carrier = lab.router("cgnat", 40, 4, Nat::RandomPort).unwrap();
+    let host = lab.lan_host(&mut carrier, "dev").unwrap();
+    // The defaults of a hub that serves other machines: signaling and mesh
+    // on every interface, and its own device registering over loopback.
+    let mut mesh = MeshOptions::with_hubs(&[format!("http://127.0.0.1:{HUB_PORT}")]);
+    mesh.listen = format!("0.0.0.0:{MESH_PORT}");
+    let hub = Node::start(NodeOptions {
+        id: "hub".to_owned(),
+        signaling_listen: format!("0.0.0.0:{HUB_PORT}"),
+        mesh: Some(mesh),
+        netns: Some(hub_host.netns.clone()),
+        ..NodeOptions::default()
+    });
+    let dev = start_device("dev", &host, &hub_host);
+    let (hub_end, dev_end) = wait_link(
+        (&hub, "hub"),
+        (&dev, "dev"),
+        "direct",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        dev_end,
+        format!("203.0.113.1:{MESH_PORT}"),
+        "dev dialled the hub's real address"
+    );
+    assert!(hub_end.starts_with("203.0.113.40:"), "{hub_end}");
+    let listed = dev.ctl_json(&["devices"]);
+    let own = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "hub")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        own["addr"],
+        format!("203.0.113.1:{MESH_PORT}").as_str(),
+        "{own}"
+    );
+    exchange((&hub, "hub"), (&dev, "dev"));
+}
