@@ -44,6 +44,9 @@ pub enum ToHub {
         /// The other device.
         to: String,
     },
+    /// This device is stopping: take it off the list now (its key binding
+    /// stays), and tell the others it left.
+    Leave,
 }
 
 /// Hub to device. `D` is the device list's element type: the hub sends its
@@ -80,6 +83,12 @@ pub enum FromHub<D> {
         token: String,
         /// This device opens the link through the relay.
         dial: bool,
+    },
+    /// Device `id` left cleanly (it said [`ToHub::Leave`] over its own
+    /// channel): drop it now rather than after its TTL.
+    Left {
+        /// The device that left.
+        id: String,
     },
     /// A signal or relay request could not be carried out.
     Refused {

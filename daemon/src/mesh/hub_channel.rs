@@ -96,11 +96,11 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
             () = cancel.cancelled() => return,
             _ = registered.wait_for(|registered| *registered) => {}
         }
-        let outcome = tokio::select! {
-            () = cancel.cancelled() => return,
-            outcome = session(&mesh, index, &mut backoff) => outcome,
-        };
+        let outcome = session(&mesh, index, &mut backoff, &cancel).await;
         mesh.local.hubs[index].set(None);
+        if cancel.is_cancelled() {
+            return;
+        }
         if let Err(error) = outcome {
             tracing::debug!(hub = %hub.url, %error, "hub channel closed; reopening");
         }
@@ -126,18 +126,33 @@ enum ChannelError {
     Malformed(String),
 }
 
+/// How long a stopping device tries to tell a hub it is leaving.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// One channel, from opening it to its end. When meshd stops, the device
+/// says [`ToHub::Leave`] first, so its peers drop it at once instead of
+/// showing it `connecting` until its registration expires.
 async fn session(
     mesh: &Arc<Mesh>,
     index: usize,
     backoff: &mut Backoff,
+    cancel: &CancellationToken,
 ) -> Result<(), ChannelError> {
     let local = &mesh.local;
     let hub = &mesh.hubs[index];
-    let stream = HubConnection::open(hub, None)
-        .await?
-        .upgrade(CHANNEL_PATH, CHANNEL_UPGRADE, None)
-        .await?;
-    let channel = meshd_link::channel::open(stream, &local.key, &local.id.to_string()).await?;
+    let open = async {
+        let stream = HubConnection::open(hub, None)
+            .await?
+            .upgrade(CHANNEL_PATH, CHANNEL_UPGRADE, None)
+            .await?;
+        Ok::<_, ChannelError>(
+            meshd_link::channel::open(stream, &local.key, &local.id.to_string()).await?,
+        )
+    };
+    let channel = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        channel = open => channel?,
+    };
     let (mut reader, mut writer) = channel.split(MAX_FROM_HUB_BYTES);
     let (outgoing, mut queue) = mpsc::channel(OUTGOING_QUEUE);
     local.hubs[index].set(Some(outgoing));
@@ -148,6 +163,12 @@ async fn session(
     let mut heard = Instant::now();
     loop {
         let outgoing = tokio::select! {
+            () = cancel.cancelled() => {
+                if let Ok(bytes) = serde_json::to_vec(&ToHub::Leave) {
+                    let _ = tokio::time::timeout(LEAVE_TIMEOUT, writer.send(&bytes)).await;
+                }
+                return Ok(());
+            }
             message = queue.recv() => match message {
                 Some(message) => message,
                 None => return Ok(()),
@@ -184,6 +205,11 @@ async fn session(
                     }
                     FromHub::Refused { to, request, reason } => {
                         tell(mesh, &to, Command::Refused { hub: index, request, reason });
+                    }
+                    FromHub::Left { id } => {
+                        if let Ok(id) = DeviceId::parse(&id) {
+                            mesh.forget(index, &id);
+                        }
                     }
                 }
                 continue;

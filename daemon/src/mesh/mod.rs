@@ -468,6 +468,12 @@ impl Mesh {
         self.reconcile();
     }
 
+    /// Hub `index` says `id` left cleanly: drop it from that hub's view now.
+    fn forget(&self, index: usize, id: &DeviceId) {
+        lock(&self.roster).forget(index, id, Instant::now());
+        self.reconcile();
+    }
+
     fn key_of(&self, id: &DeviceId) -> Option<KeyStatus> {
         lock(&self.roster).key_of(id, Instant::now())
     }

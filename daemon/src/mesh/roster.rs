@@ -218,6 +218,16 @@ impl Roster {
         });
     }
 
+    /// Drops `id` from hub `index`'s view at once: the device left cleanly
+    /// (told its hub so over its own channel), so no grace is owed.
+    pub fn forget(&mut self, index: usize, id: &DeviceId, now: Instant) {
+        if let Some(Some(view)) = self.hubs.get_mut(index)
+            && view.devices.remove(id).is_some()
+        {
+            view.departed.insert(id.clone(), now);
+        }
+    }
+
     /// The merged view at `now`, sorted by id: what the hubs that answer
     /// list, and what silent hubs last listed that no answering hub has
     /// dropped since (see the module docs).
@@ -448,6 +458,22 @@ mod tests {
         let after = back + TTL + Duration::from_secs(1);
         roster.update(0, &[listed("a", Some(1), "t")], TTL, after);
         assert_eq!(roster.merged(after).len(), 1);
+    }
+
+    #[test]
+    fn a_device_that_left_is_gone_at_once() {
+        let now = Instant::now();
+        let mut roster = Roster::new(2);
+        let both = [listed("a", Some(1), "t"), listed("b", Some(2), "t")];
+        roster.update(0, &both, TTL, now);
+        roster.update(1, &both, TTL, now);
+        let b = DeviceId::parse("b").unwrap();
+        roster.forget(0, &b, now);
+        assert!(roster.merged(now).contains_key(&b), "hub 1 still lists it");
+        roster.forget(1, &b, now);
+        assert!(!roster.merged(now).contains_key(&b));
+        // Even once both hubs fall silent, b does not come back.
+        assert!(!roster.merged(now + TTL * 10).contains_key(&b));
     }
 
     #[test]

@@ -108,6 +108,16 @@ impl Channels {
         }
     }
 
+    /// Queues `message` for every open channel but `except`'s; a channel
+    /// whose queue is full misses it (its next list push corrects it).
+    fn broadcast(&self, except: &DeviceId, message: impl Fn() -> FromHub<DeviceView>) {
+        for (id, session) in lock(&self.sessions).iter() {
+            if id != except {
+                let _ = session.outgoing.try_send(message());
+            }
+        }
+    }
+
     /// Queues a message for `to`; false if it has no channel or its queue
     /// is full.
     fn send(&self, to: &DeviceId, message: FromHub<DeviceView>) -> bool {
@@ -210,6 +220,17 @@ async fn read_channel<R: AsyncRead + Unpin>(
                 })
             }
             ToHub::Relay { to } => relay(state, device, to),
+            ToHub::Leave => {
+                let listed = state.change_registry(|registry| registry.deregister(id));
+                if listed {
+                    state.changed();
+                }
+                state
+                    .channels
+                    .broadcast(id, || FromHub::Left { id: id.to_string() });
+                tracing::info!(device_id = %id, "device left");
+                return "the device left".to_owned();
+            }
         };
         if let Some(reply) = reply {
             // A device that does not read its channel loses replies, not

@@ -192,6 +192,12 @@ impl Registry {
         }
     }
 
+    /// Takes a device off the list, keeping its key binding (it left, and
+    /// will be back with the same key); whether it was listed.
+    pub fn deregister(&mut self, id: &DeviceId) -> bool {
+        self.devices.remove(id).is_some()
+    }
+
     /// Drops expired devices (bindings stay) and returns their ids.
     pub fn sweep(&mut self, now: Instant, ttl: Duration) -> Vec<DeviceId> {
         let expired: Vec<DeviceId> = self

@@ -997,3 +997,30 @@ fn a_crowd_of_fake_devices_costs_a_few_log_lines_not_thousands() {
     assert!(lines <= 3, "{lines} lines:\n{}", watcher.log());
     assert!(watcher.log().contains("devices=104"), "{}", watcher.log());
 }
+
+#[test]
+fn a_device_stopped_cleanly_leaves_its_peers_at_once() {
+    let hub = hub_device("hub", "");
+    let hubs = [hub.hub_url()];
+    let a = device("a", &hubs);
+    let mut b = device("b", &hubs);
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(10));
+    assert!(a.ctl_ok(&["devices"]).contains("\nb "), "the table lists b");
+    b.stop();
+    // Well inside the 60 s TTL: b is gone from a's list and the hub's.
+    let stopped = Instant::now();
+    wait_until("a drops b", Duration::from_secs(5), || {
+        (!a.ctl_ok(&["devices"]).contains("\nb ")).then_some(())
+    });
+    eprintln!("a dropped b {:?} after it stopped", stopped.elapsed());
+    let listed = http::get(hub.signaling_addr(), "/devices").json();
+    assert!(
+        listed.as_array().unwrap().iter().all(|d| d["id"] != "b"),
+        "{listed}"
+    );
+    assert!(hub.log().contains("device left"), "{}", hub.log());
+    // Its key binding stays: it comes back with the same key.
+    b.restart();
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(15));
+    a.ctl_ok(&["send", "b", "welcome back"]);
+}
