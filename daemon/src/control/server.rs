@@ -72,12 +72,7 @@ pub async fn accept_loop(
                     break;
                 };
                 tracker.spawn(async move {
-                    let error = ErrorReply {
-                        code: ErrorCode::Busy,
-                        message: refusal.to_string(),
-                    };
-                    let mut writer = &stream;
-                    let _ = send(&mut writer, 0, false, Reply::Error(error)).await;
+                    refuse(stream, refusal.to_string()).await;
                     drop(permit);
                 });
             }
@@ -86,6 +81,27 @@ pub async fn accept_loop(
     // Dropping the listener removes the socket file.
     drop(listener);
     tracing::debug!("control socket closed");
+}
+
+/// How long a refused connection has to send its request line.
+const REFUSAL_READ_TIME: Duration = Duration::from_secs(1);
+
+/// Answers a connection over its caller's share with one `busy` error.
+/// The request line is read first (briefly): the client writes it right
+/// after connecting, and closing before that would give it a broken pipe
+/// instead of the reason.
+async fn refuse(stream: Stream, message: String) {
+    let mut reader = BufReader::new(&stream);
+    let mut line = Vec::new();
+    let mut limited = (&mut reader).take(MAX_FRAME_BYTES as u64);
+    let _ = tokio::time::timeout(REFUSAL_READ_TIME, limited.read_until(b'\n', &mut line)).await;
+    let id = meshd_ipc::decode::<RequestHeader>(&line).map_or(0, |header| header.id);
+    let error = ErrorReply {
+        code: ErrorCode::Busy,
+        message,
+    };
+    let mut writer = &stream;
+    let _ = send(&mut writer, id, false, Reply::Error(error)).await;
 }
 
 async fn serve(
