@@ -430,11 +430,21 @@ fn read_only_users_can_never_lock_root_out_of_the_control_socket() {
     });
     let meshctl = meshctl_for_nobody(node.dir());
     let socket = node.socket();
-    // One read-only uid: eight follow streams, then it is refused.
-    let mut held: Vec<std::process::Child> = (0..8)
-        .map(|_| spawn_as_uid(&meshctl, &socket, 61000, &["messages", "--follow"]))
-        .collect();
+    // One read-only uid: eight follow streams, then it is refused. A probe
+    // holds a slot for a moment, so a stream that started beside one may
+    // have been refused: such streams are started again until all hold.
+    let follow = |uid: u32| spawn_as_uid(&meshctl, &socket, uid, &["messages", "--follow"]);
+    let keep_alive = |held: &mut Vec<(u32, std::process::Child)>| {
+        for (uid, child) in held.iter_mut() {
+            if child.try_wait().expect("polling meshctl").is_some() {
+                *child = follow(*uid);
+            }
+        }
+    };
+    let mut held: Vec<(u32, std::process::Child)> =
+        (0..8).map(|_| (61000, follow(61000))).collect();
     let refused = meshctl_tests_wait("uid 61000 refused its ninth connection", || {
+        keep_alive(&mut held);
         let output = status_as_uid(&meshctl, &socket, 61000);
         (!output.status.success()).then_some(output)
     });
@@ -446,11 +456,10 @@ fn read_only_users_can_never_lock_root_out_of_the_control_socket() {
     );
     // Five more uids fill what read-only callers may hold (48 in all)...
     for uid in 61001..61006 {
-        held.extend(
-            (0..8).map(|_| spawn_as_uid(&meshctl, &socket, uid, &["messages", "--follow"])),
-        );
+        held.extend((0..8).map(|_| (uid, follow(uid))));
     }
     let full = meshctl_tests_wait("read-only slots full", || {
+        keep_alive(&mut held);
         let output = status_as_uid(&meshctl, &socket, 61099);
         (!output.status.success()).then_some(output)
     });
@@ -468,7 +477,7 @@ fn read_only_users_can_never_lock_root_out_of_the_control_socket() {
         started.elapsed()
     );
     // The slots come back when the streams end.
-    for mut child in held {
+    for (_, mut child) in held {
         let _ = child.kill();
         let _ = child.wait();
     }
