@@ -23,6 +23,8 @@
 
 pub mod channel;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 mod identity;
 mod link;

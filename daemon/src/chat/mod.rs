@@ -11,10 +11,10 @@ mod argon2_pool;
 mod auth;
 mod flood;
 mod line_reader;
-mod protocol;
+pub(crate) mod protocol;
 mod room;
 mod session;
-mod users;
+pub(crate) mod users;
 
 use crate::accept;
 use std::net::SocketAddr;

@@ -60,7 +60,8 @@ pub fn load_or_create(state_dir: &Path) -> Result<StaticKey, IdentityError> {
     }
 }
 
-fn parse(text: &str) -> Result<StaticKey, String> {
+/// Parses the key file's text.
+pub fn parse(text: &str) -> Result<StaticKey, String> {
     let line = text
         .lines()
         .map(str::trim)
@@ -75,6 +76,14 @@ fn parse(text: &str) -> Result<StaticKey, String> {
     Ok(StaticKey::from_private(private))
 }
 
+/// The key file's text for `key`.
+pub fn render(key: &StaticKey) -> String {
+    format!(
+        "# meshd device key: the private half of this device's identity. Keep it secret.\n{}\n",
+        STANDARD.encode(key.private())
+    )
+}
+
 fn create(state_dir: &Path, path: &Path) -> Result<StaticKey, IdentityError> {
     DirBuilder::new()
         .recursive(true)
@@ -85,10 +94,7 @@ fn create(state_dir: &Path, path: &Path) -> Result<StaticKey, IdentityError> {
             source,
         })?;
     let key = StaticKey::generate().map_err(IdentityError::Generate)?;
-    let contents = format!(
-        "# meshd device key: the private half of this device's identity. Keep it secret.\n{}\n",
-        STANDARD.encode(key.private())
-    );
+    let contents = render(&key);
     write_atomically(path, contents.as_bytes(), 0o600).map_err(|source| IdentityError::Io {
         path: path.to_owned(),
         source,

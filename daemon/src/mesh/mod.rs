@@ -18,8 +18,8 @@
 
 mod backoff;
 mod hub_channel;
-mod hub_client;
-mod identity;
+pub(crate) mod hub_client;
+pub(crate) mod identity;
 mod inbox;
 mod interfaces;
 mod link_io;

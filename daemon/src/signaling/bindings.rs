@@ -72,47 +72,14 @@ impl BindingsFile {
         let Some(text) = crate::state_file::read_text(&self.path)? else {
             return Ok(Vec::new());
         };
-        let mut bindings: Vec<Binding> = Vec::new();
-        let mut seen = std::collections::HashMap::new();
-        for (index, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let invalid = |reason: String| BindingsError::Invalid {
-                path: self.path.clone(),
-                line: index + 1,
-                reason,
-            };
-            let (id, key) = line
-                .split_once(' ')
-                .ok_or_else(|| invalid("expected ID BASE64KEY".to_owned()))?;
-            let id = DeviceId::parse(id).map_err(&invalid)?;
-            let key =
-                PublicKey::from_base64(key).map_err(|reason| invalid(format!("key: {reason}")))?;
-            // Two keys for one id would leave which one holds to the order of
-            // the lines: refuse, as the chat users file does.
-            if let Some(first) = seen.insert(id.clone(), index + 1) {
-                return Err(invalid(format!(
-                    "id {id} is bound twice (first on line {first}); keep the line with the key the device really has"
-                )));
-            }
-            bindings.push((id, key));
-        }
-        Ok(bindings)
+        parse(&text, &self.path)
     }
 
     /// Replaces the file with `bindings`.
     ///
     /// Blocking: call it from `spawn_blocking`.
     pub fn save(&self, bindings: &[Binding]) -> Result<(), BindingsError> {
-        let mut text = String::from(
-            "# meshd signaling: the public key bound to each device id.\n\
-             # Release one with `meshctl devices remove ID`, not by editing.\n",
-        );
-        for (id, key) in bindings {
-            text.push_str(&format!("{id} {key}\n"));
-        }
+        let text = render(bindings);
         let io = |source| BindingsError::Io {
             path: self.path.clone(),
             source,
@@ -129,6 +96,50 @@ impl BindingsFile {
             source,
         })
     }
+}
+
+/// The file format: a comment header, then one `ID BASE64KEY` per line.
+pub fn render(bindings: &[Binding]) -> String {
+    let mut text = String::from(
+        "# meshd signaling: the public key bound to each device id.\n\
+         # Release one with `meshctl devices remove ID`, not by editing.\n",
+    );
+    for (id, key) in bindings {
+        text.push_str(&format!("{id} {key}\n"));
+    }
+    text
+}
+
+/// Parses the file format; `path` is for messages.
+pub fn parse(text: &str, path: &Path) -> Result<Vec<Binding>, BindingsError> {
+    let mut bindings: Vec<Binding> = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let invalid = |reason: String| BindingsError::Invalid {
+            path: path.to_owned(),
+            line: index + 1,
+            reason,
+        };
+        let (id, key) = line
+            .split_once(' ')
+            .ok_or_else(|| invalid("expected ID BASE64KEY".to_owned()))?;
+        let id = DeviceId::parse(id).map_err(&invalid)?;
+        let key =
+            PublicKey::from_base64(key).map_err(|reason| invalid(format!("key: {reason}")))?;
+        // Two keys for one id would leave which one holds to the order of
+        // the lines: refuse, as the chat users file does.
+        if let Some(first) = seen.insert(id.clone(), index + 1) {
+            return Err(invalid(format!(
+                "id {id} is bound twice (first on line {first}); keep the line with the key the device really has"
+            )));
+        }
+        bindings.push((id, key));
+    }
+    Ok(bindings)
 }
 
 #[cfg(test)]

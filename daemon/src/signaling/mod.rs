@@ -7,8 +7,8 @@
 //! settings on reload. The registry here is the one source of truth for
 //! `meshctl devices` on a hub.
 
-mod api;
-mod bindings;
+pub(crate) mod api;
+pub(crate) mod bindings;
 mod channels;
 mod error;
 mod registry;
