@@ -4,8 +4,8 @@
 //! fields; the length covers the kind byte and fields. Kinds a peer does not
 //! know are skipped, so later versions can add some. A frame longer than
 //! [`MAX_FRAME_BYTES`], a known kind with the wrong size, or a message that is
-//! not UTF-8 or longer than [`MAX_MESSAGE_BYTES`] is malformed and ends the
-//! link.
+//! not UTF-8 or longer than [`MAX_MESSAGE_BYTES`], or a close reason that is
+//! not UTF-8, is malformed and ends the link.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -165,7 +165,9 @@ impl Frame {
                     nonce: fixed(&mut body, "pong")?,
                 },
                 CLOSE => Frame::Close {
-                    reason: String::from_utf8_lossy(&body).into_owned(),
+                    reason: String::from_utf8(body.to_vec()).map_err(|_| {
+                        LinkError::Malformed("close reason is not UTF-8".to_owned())
+                    })?,
                 },
                 _unknown => continue,
             };
@@ -232,6 +234,7 @@ mod tests {
             &[0xff, 0xff, 0xff, 0xff],                             // oversized
             &[0, 0, 0, 3, ACK, 1, 2],                              // short ack
             &[0, 0, 0, 10, MESSAGE, 0, 0, 0, 0, 0, 0, 0, 1, 0xff], // not UTF-8
+            &[0, 0, 0, 4, CLOSE, b'b', 0xff, 0xff],                // found by fuzzing
         ] {
             let mut buffer = BytesMut::from(bytes);
             assert!(Frame::decode(&mut buffer).is_err(), "{bytes:?}");
