@@ -23,6 +23,7 @@ mod clock;
 mod error;
 mod latency;
 mod load;
+mod logins;
 mod memory;
 mod meshd;
 mod nats;
@@ -64,6 +65,31 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print a free TCP port on 127.0.0.1 (used by chat-fanout.sh).
     FreePort,
+    /// A login storm: N clients log in to meshd at once; prints one
+    /// Markdown row (used by login-storm.sh).
+    Logins(LoginsArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoginsArgs {
+    /// meshd's chat server, IP:PORT on loopback.
+    #[arg(long, value_name = "ADDR")]
+    meshd: SocketAddr,
+    /// meshd's process id, for its memory.
+    #[arg(long, value_name = "PID")]
+    meshd_pid: u32,
+    /// The chat user every client logs in as.
+    #[arg(long, default_value = "bench")]
+    user: String,
+    /// Its password.
+    #[arg(long, env = "CHAT_FANOUT_PASSWORD", hide_env_values = true)]
+    password: String,
+    /// Clients logging in at once.
+    #[arg(long, default_value_t = 200)]
+    logins: usize,
+    /// The row's label.
+    #[arg(long, default_value = "meshd")]
+    label: String,
 }
 
 #[derive(Debug, Args)]
@@ -153,6 +179,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::FreePort => free_port(),
+        Command::Logins(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(BenchError::io("starting the tokio runtime"))
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    raise_open_files();
+                    let storm = logins::storm(
+                        args.meshd,
+                        args.meshd_pid,
+                        &args.user,
+                        &args.password,
+                        args.logins,
+                    )
+                    .await?;
+                    println!("{}", storm.row(&args.label));
+                    Ok(())
+                })
+            }),
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
