@@ -111,6 +111,30 @@ impl Node {
         node
     }
 
+    /// A node with the chat role only (extra `[chat]` TOML in `chat`), and
+    /// its chat address.
+    pub fn start_chat(chat: &str) -> (Node, SocketAddr) {
+        let node = Node::start(NodeOptions {
+            chat_enabled: true,
+            chat: chat.to_owned(),
+            signaling_enabled: false,
+            ..NodeOptions::default()
+        });
+        let addr = node.chat_addr();
+        (node, addr)
+    }
+
+    /// A node with the signaling role only (extra `[signaling]` TOML in
+    /// `signaling`), and its signaling address.
+    pub fn start_hub(signaling: &str) -> (Node, SocketAddr) {
+        let node = Node::start(NodeOptions {
+            signaling: signaling.to_owned(),
+            ..NodeOptions::default()
+        });
+        let addr = node.signaling_addr();
+        (node, addr)
+    }
+
     /// Writes the config and starts meshd without waiting for anything.
     pub fn spawn(options: NodeOptions) -> Node {
         let mut node = Node::prepare(options);

@@ -7,22 +7,11 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshd_tests::{ChatClient, Node, NodeOptions, meshctl_bin, wait_until};
-
-fn chat_node(chat: &str) -> (Node, SocketAddr) {
-    let node = Node::start(NodeOptions {
-        chat_enabled: true,
-        chat: chat.to_owned(),
-        signaling_enabled: false,
-        ..NodeOptions::default()
-    });
-    let addr = node.chat_addr();
-    (node, addr)
-}
+use meshd_tests::{ChatClient, Node, meshctl_bin, wait_until};
 
 #[test]
 fn the_whole_protocol() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("alice", "alice pw");
     node.add_user("bob", "bob-pw");
 
@@ -82,7 +71,7 @@ fn the_whole_protocol() {
 
 #[test]
 fn failed_logins_look_alike_and_three_close_the_connection() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("carol", "right");
     let mut client = ChatClient::connect(addr);
     let mut timings = Vec::new();
@@ -109,7 +98,7 @@ fn failed_logins_look_alike_and_three_close_the_connection() {
 
 #[test]
 fn failed_logins_from_one_address_are_throttled() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("dave", "pw");
     // Ten failures (three connections' worth and a bit) are allowed...
     let mut failures = 0;
@@ -134,7 +123,7 @@ fn failed_logins_from_one_address_are_throttled() {
 
 #[test]
 fn a_client_that_does_not_log_in_within_10s_is_closed() {
-    let (_node, addr) = chat_node("");
+    let (_node, addr) = Node::start_chat("");
     let mut client = ChatClient::connect(addr);
     client.set_timeout(Duration::from_secs(20));
     let started = Instant::now();
@@ -149,7 +138,7 @@ fn a_client_that_does_not_log_in_within_10s_is_closed() {
 
 #[test]
 fn clients_over_max_clients_are_turned_away() {
-    let (node, addr) = chat_node("max_clients = 2\n");
+    let (node, addr) = Node::start_chat("max_clients = 2\n");
     node.add_user("u", "pw");
     let _first = ChatClient::login(addr, "u", "pw");
     let _second = ChatClient::connect(addr);
@@ -160,7 +149,7 @@ fn clients_over_max_clients_are_turned_away() {
 
 #[test]
 fn on_sigterm_clients_get_shutdown_and_bye() {
-    let (mut node, addr) = chat_node("");
+    let (mut node, addr) = Node::start_chat("");
     node.add_user("erin", "pw");
     let mut logged_in = ChatClient::login(addr, "erin", "pw");
     let mut pending = ChatClient::connect(addr);
@@ -174,7 +163,7 @@ fn on_sigterm_clients_get_shutdown_and_bye() {
 
 #[test]
 fn a_thousand_messages_arrive_in_order() {
-    let (node, addr) = chat_node("rate_per_user = 0\n");
+    let (node, addr) = Node::start_chat("rate_per_user = 0\n");
     node.add_user("s", "pw");
     node.add_user("r", "pw");
     let mut receiver = ChatClient::login(addr, "r", "pw");
@@ -192,7 +181,7 @@ fn a_thousand_messages_arrive_in_order() {
 
 #[test]
 fn a_slow_consumer_is_cut_off_while_others_get_everything() {
-    let (node, addr) = chat_node("rate_per_user = 0\n");
+    let (node, addr) = Node::start_chat("rate_per_user = 0\n");
     node.add_user("fast", "pw");
     node.add_user("stuck", "pw");
     node.add_user("talker", "pw");
@@ -275,7 +264,7 @@ fn a_slow_consumer_is_cut_off_while_others_get_everything() {
 
 #[test]
 fn a_login_storm_does_not_delay_logged_in_clients() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("ping", "pw");
     node.add_user("pong", "pw");
     let mut ping = ChatClient::login(addr, "ping", "pw");
@@ -320,7 +309,7 @@ fn a_login_storm_does_not_delay_logged_in_clients() {
 
 #[test]
 fn users_are_managed_with_meshctl_and_survive_a_restart() {
-    let (mut node, addr) = chat_node("");
+    let (mut node, addr) = Node::start_chat("");
     // Ten concurrent `users add`: none is lost.
     let adds: Vec<_> = (0..10)
         .map(|i| {
@@ -403,7 +392,7 @@ fn users_are_managed_with_meshctl_and_survive_a_restart() {
 
 #[test]
 fn a_corrupt_users_file_names_its_line_and_the_last_good_set_stays() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("frank", "pw");
     let file = node.dir().join("state/chat-users");
     let good = std::fs::read_to_string(&file).unwrap();
@@ -502,7 +491,7 @@ impl TerminalChat {
 
 #[test]
 fn meshctl_chat_is_an_interactive_client() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("henry", "s3cret pass");
     node.add_user("iris", "pw");
     let mut iris = ChatClient::login(addr, "iris", "pw");
@@ -531,7 +520,7 @@ fn meshctl_chat_is_an_interactive_client() {
 
 #[test]
 fn meshctl_chat_shows_control_characters_escaped_and_quit_exits_0() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("liam", "pw");
     node.add_user("mallory", "pw");
     let mut mallory = ChatClient::login(addr, "mallory", "pw");
@@ -556,7 +545,7 @@ fn meshctl_chat_shows_control_characters_escaped_and_quit_exits_0() {
 
 #[test]
 fn meshctl_chat_ends_with_status_1_when_the_server_goes_away() {
-    let (mut node, addr) = chat_node("");
+    let (mut node, addr) = Node::start_chat("");
     node.add_user("jack", "pw");
     let mut terminal = TerminalChat::start(addr);
     terminal.log_in("jack", "pw");
@@ -573,7 +562,7 @@ fn meshctl_chat_ends_with_status_1_when_the_server_goes_away() {
 
 #[test]
 fn meshctl_chat_reports_a_failed_login() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("kate", "pw");
     let mut terminal = TerminalChat::start(addr);
     terminal.wait_for("Username:");

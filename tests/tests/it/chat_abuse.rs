@@ -5,24 +5,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use meshd_tests::{ChatClient, Node, NodeOptions, raise_open_files};
+use meshd_tests::{ChatClient, Node, raise_open_files};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpSocket;
 
-fn chat_node(chat: &str) -> (Node, SocketAddr) {
-    let node = Node::start(NodeOptions {
-        chat_enabled: true,
-        chat: chat.to_owned(),
-        signaling_enabled: false,
-        ..NodeOptions::default()
-    });
-    let addr = node.chat_addr();
-    (node, addr)
-}
-
 #[test]
 fn a_client_that_read_ok_is_in_the_room_at_once() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("alice", "pw");
     node.add_user("bob", "pw");
     let mut bob = ChatClient::login(addr, "bob", "pw");
@@ -54,7 +43,7 @@ fn a_client_that_read_ok_is_in_the_room_at_once() {
 
 #[test]
 fn removing_a_user_or_changing_its_password_ends_its_sessions_at_once() {
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("mallory", "old");
     node.add_user("carol", "pw");
     let mut carol = ChatClient::login(addr, "carol", "pw");
@@ -127,7 +116,7 @@ async fn timed_login(source: IpAddr, server: SocketAddr, user: &str) -> Duration
 #[test]
 fn two_thousand_guesses_at_once_are_capped_and_others_still_log_in_at_once() {
     raise_open_files(8192);
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("victim", "pw");
     node.add_user("bystander", "pw");
     let attacker: IpAddr = "127.0.0.7".parse().unwrap();
@@ -188,7 +177,7 @@ fn two_thousand_guesses_at_once_are_capped_and_others_still_log_in_at_once() {
 #[test]
 fn many_users_behind_one_address_all_log_in_at_once() {
     raise_open_files(8192);
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("office", "pw");
     let nat: IpAddr = "127.0.0.9".parse().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -210,7 +199,7 @@ fn many_users_behind_one_address_all_log_in_at_once() {
 fn a_flooding_sender_is_slowed_and_no_reader_is_cut_off() {
     // 500 lines a second after a burst of 100: 1,600 lines take at least
     // three seconds to get through, however fast they are sent.
-    let (node, addr) = chat_node("rate_per_user = 500\nburst_per_user = 100\n");
+    let (node, addr) = Node::start_chat("rate_per_user = 500\nburst_per_user = 100\n");
     node.add_user("flooder", "pw");
     node.add_user("reader", "pw");
     let readers: Vec<ChatClient> = (0..20)
@@ -266,7 +255,7 @@ fn a_flooding_sender_is_slowed_and_no_reader_is_cut_off() {
 #[test]
 fn a_login_storm_leaves_memory_bounded() {
     raise_open_files(8192);
-    let (node, addr) = chat_node("");
+    let (node, addr) = Node::start_chat("");
     node.add_user("crowd", "pw");
     let before = node.rss_bytes();
     let source: IpAddr = "127.0.0.10".parse().unwrap();

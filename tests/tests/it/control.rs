@@ -226,18 +226,22 @@ fn meshctl_for_nobody(dir: &Path) -> std::path::PathBuf {
     copy_executable(&meshctl_bin(), dir)
 }
 
-fn as_user(meshctl: &Path, socket: &Path, group: &str, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            &format!("--regid={group}"),
-            "--clear-groups",
-            "--",
-        ])
+/// `meshctl --socket SOCKET ARGS` as `user` in `group` only, through setpriv.
+fn meshctl_as(meshctl: &Path, socket: &Path, user: &str, group: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={user}"))
+        .arg(format!("--regid={group}"))
+        .args(["--clear-groups", "--"])
         .arg(meshctl)
         .arg("--socket")
         .arg(socket)
-        .args(args)
+        .args(args);
+    command
+}
+
+fn as_user(meshctl: &Path, socket: &Path, group: &str, args: &[&str]) -> std::process::Output {
+    meshctl_as(meshctl, socket, "nobody", group, args)
         .output()
         .expect("running setpriv (util-linux)")
 }
@@ -380,17 +384,7 @@ fn a_client_that_stops_reading_replies_is_cut_off() {
 
 /// Starts `meshctl ARGS` as `uid` in group nogroup, without waiting.
 fn spawn_as_uid(meshctl: &Path, socket: &Path, uid: u32, args: &[&str]) -> std::process::Child {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(meshctl)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
+    meshctl_as(meshctl, socket, &uid.to_string(), "nogroup", args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -398,17 +392,7 @@ fn spawn_as_uid(meshctl: &Path, socket: &Path, uid: u32, args: &[&str]) -> std::
 }
 
 fn status_as_uid(meshctl: &Path, socket: &Path, uid: u32) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            &format!("--reuid={uid}"),
-            "--regid=nogroup",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(meshctl)
-        .arg("--socket")
-        .arg(socket)
-        .arg("status")
+    meshctl_as(meshctl, socket, &uid.to_string(), "nogroup", &["status"])
         .output()
         .expect("running setpriv (util-linux)")
 }

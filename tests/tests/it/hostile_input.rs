@@ -10,15 +10,6 @@ use meshd_tests::http::{self, HttpResponse};
 use meshd_tests::{Node, NodeOptions};
 use serde_json::json;
 
-fn hub_with(signaling: &str) -> (Node, SocketAddr) {
-    let node = Node::start(NodeOptions {
-        signaling: signaling.to_owned(),
-        ..NodeOptions::default()
-    });
-    let addr = node.signaling_addr();
-    (node, addr)
-}
-
 fn post_register(addr: SocketAddr, body: &[u8]) -> HttpResponse {
     http::request(
         addr,
@@ -31,7 +22,7 @@ fn post_register(addr: SocketAddr, body: &[u8]) -> HttpResponse {
 
 #[test]
 fn a_register_body_must_be_one_object_of_the_documented_shape() {
-    let (node, addr) = hub_with("");
+    let (node, addr) = Node::start_hub("");
     for body in [
         &br#"["devA","192.0.2.7:1"]"#[..],
         br#"["devA","192.0.2.7:1",null,null]"#,
@@ -74,7 +65,7 @@ fn a_register_body_must_be_one_object_of_the_documented_shape() {
 
 #[test]
 fn request_heads_over_64_kib_are_refused_with_431() {
-    let (_node, addr) = hub_with("");
+    let (_node, addr) = Node::start_hub("");
     let filler = |bytes: usize| "x".repeat(bytes);
     let small = filler(60 * 1024);
     let answer = http::request(addr, "GET", "/devices", &[("X-Filler", &small)], b"");
@@ -122,7 +113,7 @@ fn a_long_poll_waits(addr: SocketAddr, hold: Duration) -> bool {
 fn long_polls_whose_clients_hang_up_give_their_slot_back() {
     // max_connections 8: at most 4 long-polls wait at once; more are
     // answered at once.
-    let (_node, addr) = hub_with("max_connections = 8\n");
+    let (_node, addr) = Node::start_hub("max_connections = 8\n");
     assert!(a_long_poll_waits(addr, Duration::from_millis(300)));
     for round in 0..5 {
         let abandoned: Vec<TcpStream> = (0..4).map(|_| start_long_poll(addr)).collect();

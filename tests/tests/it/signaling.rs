@@ -13,22 +13,13 @@ use serde_json::json;
 const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const KEY_B: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 
-fn hub_with(signaling: &str) -> (Node, SocketAddr) {
-    let node = Node::start(NodeOptions {
-        signaling: signaling.to_owned(),
-        ..NodeOptions::default()
-    });
-    let addr = node.signaling_addr();
-    (node, addr)
-}
-
 fn register(addr: SocketAddr, body: serde_json::Value) -> HttpResponse {
     http::post_json(addr, "/register", &body)
 }
 
 #[test]
 fn devices_register_list_and_refresh() {
-    let (node, addr) = hub_with("");
+    let (node, addr) = Node::start_hub("");
     let reply = register(addr, json!({"id": "devB", "addr": "192.0.2.8:8082"}));
     assert_eq!(reply.status, 200, "{reply:?}");
     let body = reply.json();
@@ -113,7 +104,7 @@ fn devices_register_list_and_refresh() {
 
 #[test]
 fn every_error_of_the_table_has_its_status_and_a_json_body() {
-    let (_node, addr) = hub_with("");
+    let (_node, addr) = Node::start_hub("");
     let cases: Vec<(&str, HttpResponse, u16)> = vec![
         (
             "malformed JSON",
@@ -223,7 +214,7 @@ fn every_error_of_the_table_has_its_status_and_a_json_body() {
 
 #[test]
 fn removing_a_device_on_the_hub_releases_its_key() {
-    let (node, addr) = hub_with("");
+    let (node, addr) = Node::start_hub("");
     assert_eq!(
         register(
             addr,
@@ -261,7 +252,7 @@ fn removing_a_device_on_the_hub_releases_its_key() {
 
 #[test]
 fn a_join_token_guards_registration() {
-    let (_node, addr) = hub_with("join_token = \"s3cret\"\n");
+    let (_node, addr) = Node::start_hub("join_token = \"s3cret\"\n");
     let body = serde_json::to_vec(&json!({"id": "a", "addr": "192.0.2.1:1"})).unwrap();
     let missing = http::request(addr, "POST", "/register", &[], &body);
     assert_eq!(missing.status, 401);
@@ -287,7 +278,7 @@ fn a_join_token_guards_registration() {
 
 #[test]
 fn devices_expire_after_device_ttl() {
-    let (node, addr) = hub_with("device_ttl = \"1s\"\n");
+    let (node, addr) = Node::start_hub("device_ttl = \"1s\"\n");
     let reply = register(addr, json!({"id": "brief", "addr": "192.0.2.1:1"}));
     assert_eq!(reply.json()["ttl_secs"], 1);
     assert_eq!(
@@ -326,7 +317,7 @@ fn time_until_closed(mut stream: TcpStream, limit: Duration) -> Duration {
 
 #[test]
 fn stalled_clients_are_cut_off_and_do_not_block_others() {
-    let (_node, addr) = hub_with("request_timeout = \"1s\"\n");
+    let (_node, addr) = Node::start_hub("request_timeout = \"1s\"\n");
     let silent = TcpStream::connect(addr).unwrap();
     let mut half_headers = TcpStream::connect(addr).unwrap();
     half_headers
@@ -362,7 +353,7 @@ fn stalled_clients_are_cut_off_and_do_not_block_others() {
 
 #[test]
 fn an_idle_keep_alive_connection_is_closed_too() {
-    let (_node, addr) = hub_with("request_timeout = \"1s\"\n");
+    let (_node, addr) = Node::start_hub("request_timeout = \"1s\"\n");
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -379,7 +370,7 @@ fn an_idle_keep_alive_connection_is_closed_too() {
 
 #[test]
 fn concurrent_connections_are_bounded() {
-    let (_node, addr) = hub_with("request_timeout = \"2s\"\nmax_connections = 3\n");
+    let (_node, addr) = Node::start_hub("request_timeout = \"2s\"\nmax_connections = 3\n");
     let _held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(200));
     // The fourth waits in the backlog until a slot frees (the held ones are
@@ -457,7 +448,7 @@ fn register_many(addr: SocketAddr, count: usize) {
 fn meshctl_lists_a_hub_larger_than_one_control_frame() {
     // About 300 bytes of JSON per device: 6,000 devices are well over the
     // 1 MiB frame limit, so the list must arrive in several frames.
-    let (node, addr) = hub_with("");
+    let (node, addr) = Node::start_hub("");
     register_many(addr, 6000);
     let listed = node.ctl_json(&["devices"]);
     let listed = listed.as_array().unwrap();
@@ -474,7 +465,7 @@ fn meshctl_lists_a_hub_larger_than_one_control_frame() {
 
 #[test]
 fn a_client_that_never_reads_its_responses_is_cut_off() {
-    let (_node, addr) = hub_with("request_timeout = \"1s\"\n");
+    let (_node, addr) = Node::start_hub("request_timeout = \"1s\"\n");
     register_many(addr, 2000);
     // Pipeline many large responses and read none of them: the server's
     // writes block once the socket buffers are full.
@@ -529,7 +520,7 @@ fn a_client_that_never_reads_its_responses_is_cut_off() {
 fn key_bindings_survive_a_hub_restart_until_removed() {
     use std::os::unix::fs::PermissionsExt;
 
-    let (mut node, addr) = hub_with("");
+    let (mut node, addr) = Node::start_hub("");
     let first = register(
         addr,
         json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}),
@@ -585,7 +576,7 @@ fn a_damaged_bindings_file_stops_the_start_with_its_line() {
 
 #[test]
 fn a_long_poll_on_devices_answers_when_the_list_changes() {
-    let (_node, addr) = hub_with("");
+    let (_node, addr) = Node::start_hub("");
     let first = http::get(addr, "/devices");
     let version: u64 = first
         .header("meshd-registry-version")
@@ -657,7 +648,7 @@ async fn open_channel(
 fn a_hub_channel_needs_the_bound_key_and_ends_when_the_id_is_removed() {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
-    let (node, addr) = hub_with("");
+    let (node, addr) = Node::start_hub("");
     let device = meshd_link::StaticKey::generate().unwrap();
     let reply = register(
         addr,
@@ -713,7 +704,7 @@ fn a_hub_channel_needs_the_bound_key_and_ends_when_the_id_is_removed() {
 
 #[test]
 fn stalled_channel_handshakes_are_capped_and_answered_503() {
-    let (_node, addr) = hub_with("");
+    let (_node, addr) = Node::start_hub("");
     let upgrade =
         b"GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-channel/1\r\n\r\n";
     // 64 clients upgrade and then say nothing: each holds a handshake slot
