@@ -442,14 +442,15 @@ fn soak(cli: &Cli) -> Result<bool, String> {
     }
 
     let samples = monitor.samples();
-    let mut csv = String::from("at_s,process,generation,rss_kib,fds\n");
+    let mut csv = String::from("at_s,process,generation,rss_kib,anon_kib,fds\n");
     for sample in &samples {
         csv.push_str(&format!(
-            "{:.1},{},{},{},{}\n",
+            "{:.1},{},{},{},{},{}\n",
             sample.at - start,
             nodes[sample.node].name,
             sample.generation,
             sample.rss_kib,
+            sample.anon_kib,
             sample.fds
         ));
     }

@@ -31,6 +31,9 @@ pub struct Sample {
     pub generation: u32,
     /// VmRSS in KiB.
     pub rss_kib: u64,
+    /// RssAnon in KiB: the part of VmRSS that is not file-backed (heap,
+    /// stacks), so not the binary's own code paged in as paths run.
+    pub anon_kib: u64,
     /// Entries of /proc/PID/fd.
     pub fds: u64,
 }
@@ -85,7 +88,11 @@ impl Monitor {
             let (Some(pid), State::Running | State::Stopped) = (view.pid, view.state) else {
                 continue;
             };
-            let (Some(rss_kib), Some(fds)) = (rss_kib(pid), fd_count(pid)) else {
+            let (Some(rss_kib), Some(anon_kib), Some(fds)) = (
+                status_kib(pid, "VmRSS:"),
+                status_kib(pid, "RssAnon:"),
+                fd_count(pid),
+            ) else {
                 continue;
             };
             // The same process throughout, or the reading is not its.
@@ -97,6 +104,7 @@ impl Monitor {
                 node: index,
                 generation: view.generation,
                 rss_kib,
+                anon_kib,
                 fds,
             });
         }
@@ -163,12 +171,12 @@ pub fn probe(nodes: &[&Node], clock: &Clock, monitor: &Monitor, stop: &AtomicBoo
     }
 }
 
-/// VmRSS of `pid` in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A `KEY: N kB` line of /proc/`pid`/status, in KiB.
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(key))
         .and_then(|value| value.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse().ok())
 }

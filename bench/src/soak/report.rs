@@ -16,7 +16,7 @@ use crate::util::median;
 
 /// The growth check 3 allows, in percent.
 const GROWTH_LIMIT: f64 = 10.0;
-/// A restarted process is compared from this long after its start.
+/// A process is compared from this long after its start at the earliest.
 const WARM_UP: f64 = 20.0;
 /// Examples listed per kind of problem.
 const LIST: usize = 20;
@@ -147,12 +147,7 @@ impl Run<'_> {
             && fault_problems.is_empty()
             && self.shutdown.is_empty();
         // Check 3.
-        let window = if self.minutes >= 10.0 {
-            self.traffic.0 + 300.0
-        } else {
-            self.traffic.0 + duration / 2.0
-        };
-        let growth = self.growth(window);
+        let growth = self.growth();
         let compared: Vec<&Growth> = growth.iter().filter(|g| g.compared.is_some()).collect();
         let check3 = !compared.is_empty()
             && compared.iter().all(|g| {
@@ -204,13 +199,14 @@ impl Run<'_> {
             fault_problems.len() + self.shutdown.len(),
             self.scan.lines
         );
-        let window_text = if self.minutes >= 10.0 {
-            "from minute 5 to the end".to_owned()
+        let window_text = if duration >= 600.0 {
+            "from minute 5 of each process's time in the run to the end (a restarted process's time starts at its \
+             restart; the middle of it if shorter than 10 minutes)"
+                .to_owned()
         } else {
-            format!(
-                "from the middle of the run (+{:.0}s, the run is shorter than 10 minutes) to the end",
-                window - self.traffic.0
-            )
+            "from the middle of each process's time in the run to the end (the run is shorter than 10 minutes; a \
+             restarted process's time starts at its restart)"
+                .to_owned()
         };
         let _ = writeln!(
             out,
@@ -331,11 +327,11 @@ impl Run<'_> {
         let _ = writeln!(out, "## Processes ({window_text})\n");
         let _ = writeln!(
             out,
-            "| process | generations | compared from | RSS then | RSS at the end | RSS growth | fds then | fds at the end | fd growth | slowest `status` |"
+            "| process | generations | compared from | RSS then | RSS at the end | RSS growth | of it anonymous (then, end) | fds then | fds at the end | fd growth | slowest `status` |"
         );
         let _ = writeln!(
             out,
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
         );
         for (index, g) in growth.iter().enumerate() {
             let slowest = self.probes.get(index).map_or(0.0, |p| p.worst_ms);
@@ -343,7 +339,7 @@ impl Run<'_> {
                 Some(c) => {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | +{:.0}s (generation {}) | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.0} | {:.0} | {:+.1}% | {slowest:.1} ms |",
+                        "| {} | {} | +{:.0}s (generation {}) | {:.1} MiB | {:.1} MiB | {:+.1}% | {:.1}, {:.1} MiB | {:.0} | {:.0} | {:+.1}% | {slowest:.1} ms |",
                         g.node,
                         g.generations,
                         c.from,
@@ -351,6 +347,8 @@ impl Run<'_> {
                         c.rss.0 / 1024.0,
                         c.rss.1 / 1024.0,
                         c.rss_growth(),
+                        c.anon.0 / 1024.0,
+                        c.anon.1 / 1024.0,
                         c.fds.0,
                         c.fds.1,
                         c.fd_growth()
@@ -359,7 +357,7 @@ impl Run<'_> {
                 None => {
                     let _ = writeln!(
                         out,
-                        "| {} | {} | not compared: {} | | | | | | | {slowest:.1} ms |",
+                        "| {} | {} | not compared: {} | | | | | | | | {slowest:.1} ms |",
                         g.node, g.generations, g.why
                     );
                 }
@@ -489,7 +487,10 @@ impl Run<'_> {
         all
     }
 
-    fn growth(&self, window: f64) -> Vec<Growth> {
+    /// Check 3 per node: its last generation, from minute 5 of its time in
+    /// the run (from the traffic's start, or from its restart), or from the
+    /// middle of that time when it is shorter than 10 minutes.
+    fn growth(&self) -> Vec<Growth> {
         self.nodes
             .iter()
             .enumerate()
@@ -520,7 +521,10 @@ impl Run<'_> {
                     growth.why = "never started".to_owned();
                     return growth;
                 };
-                let from = window.max(last.started + WARM_UP);
+                let origin = last.started.max(self.traffic.0);
+                let time = self.traffic.1 - origin;
+                let from = (origin + if time >= 600.0 { 300.0 } else { time / 2.0 })
+                    .max(last.started + WARM_UP);
                 let samples: Vec<&Sample> = self
                     .samples
                     .iter()
@@ -545,6 +549,7 @@ impl Run<'_> {
                     generation: last.number,
                     from: first[0].at - self.traffic.0,
                     rss: (pick(first, |s| s.rss_kib), pick(end, |s| s.rss_kib)),
+                    anon: (pick(first, |s| s.anon_kib), pick(end, |s| s.anon_kib)),
                     fds: (pick(first, |s| s.fds), pick(end, |s| s.fds)),
                 });
                 growth
@@ -685,6 +690,7 @@ struct Compared {
     generation: u32,
     from: f64,
     rss: (f64, f64),
+    anon: (f64, f64),
     fds: (f64, f64),
 }
 
