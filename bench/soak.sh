@@ -53,7 +53,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 
 # Never a silent skip: without root this fails, in CI and everywhere else.
 if [ "$(id -u)" -ne 0 ]; then
-  echo "soak: needs root: it creates a network namespace (ip netns), iptables rules inside it, and runs the devices under their own uids; run: sudo bash bench/soak.sh${*:+ $*}" >&2
+  echo "soak: needs root: it creates a network namespace (ip netns), iptables rules inside it, and runs the devices under their own uids; run it as root: sudo $invocation" >&2
   exit 1
 fi
 need=()

@@ -12,7 +12,8 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use meshd_ipc::{
@@ -150,6 +151,9 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// The uid and gid it runs as (devices only; the hub runs as root).
     pub uid: Option<u32>,
+    /// Set while its caches are being filled (see `fill.rs`): no traffic is
+    /// sent to it meanwhile.
+    pub filling: AtomicBool,
     proc_: Mutex<Proc>,
 }
 
@@ -219,6 +223,7 @@ impl Node {
             dir,
             ip,
             uid,
+            filling: AtomicBool::new(false),
             proc_: Mutex::new(Proc {
                 child: None,
                 state: State::Down,
@@ -436,6 +441,17 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// However the driver ends, no meshd it started outlives it.
+    fn drop(&mut self) {
+        let proc_ = self.proc_.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(child) = proc_.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Records the end of the current generation.
 fn end(proc_: &mut Proc, clock: &Clock, how: End) {
     proc_.child = None;
@@ -451,48 +467,73 @@ fn signal(pid: u32, signal: Signal) -> Result<(), String> {
     kill(Pid::from_raw(raw), signal).map_err(|e| format!("{signal} to {pid}: {e}"))
 }
 
-/// One request over a control socket, every frame of the answer read
-/// within `timeout`: the responses of a paged answer, in order.
+/// A connection to a control socket that carries one request after
+/// another, each answered before the next.
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+}
+
+impl Control {
+    /// Connects; every read and write of the connection has `timeout`.
+    pub fn open(socket: &Path, timeout: Duration) -> Result<Control, String> {
+        let stream = UnixStream::connect(socket)
+            .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        Ok(Control {
+            reader: BufReader::new(stream.try_clone().map_err(|e| e.to_string())?),
+            writer: stream,
+            next_id: 1,
+        })
+    }
+
+    /// One request; the responses of every frame of its answer, in order.
+    pub fn call(&mut self, request: Request) -> Result<Vec<Response>, String> {
+        let frame = RequestFrame {
+            v: PROTOCOL_VERSION,
+            id: self.next_id,
+            request,
+        };
+        self.next_id += 1;
+        let line = meshd_ipc::encode(&frame).map_err(|e| e.to_string())?;
+        self.writer
+            .write_all(&line)
+            .map_err(|e| format!("writing the request: {e}"))?;
+        let mut buf = Vec::new();
+        let mut responses = Vec::new();
+        loop {
+            match meshd_ipc::read_frame(&mut self.reader, &mut buf) {
+                Ok(true) => {}
+                Ok(false) => return Err("meshd closed the connection without answering".to_owned()),
+                Err(error) => return Err(format!("reading the answer: {error}")),
+            }
+            let reply: ReplyFrame = meshd_ipc::decode(&buf).map_err(|e| e.to_string())?;
+            match reply.reply {
+                Reply::Ok(response) => responses.push(response),
+                Reply::Error(error) => return Err(error.message),
+            }
+            if !reply.more {
+                return Ok(responses);
+            }
+        }
+    }
+}
+
+/// One request over a new connection to a control socket, every frame of
+/// the answer read within `timeout`: the responses of a paged answer, in
+/// order.
 pub fn control(
     socket: &Path,
     request: Request,
     timeout: Duration,
 ) -> Result<Vec<Response>, String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|e| format!("connecting to {}: {e}", socket.display()))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    let frame = RequestFrame {
-        v: PROTOCOL_VERSION,
-        id: 1,
-        request,
-    };
-    let line = meshd_ipc::encode(&frame).map_err(|e| e.to_string())?;
-    stream
-        .write_all(&line)
-        .map_err(|e| format!("writing the request: {e}"))?;
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
-    let mut responses = Vec::new();
-    loop {
-        match meshd_ipc::read_frame(&mut reader, &mut buf) {
-            Ok(true) => {}
-            Ok(false) => return Err("meshd closed the connection without answering".to_owned()),
-            Err(error) => return Err(format!("reading the answer: {error}")),
-        }
-        let reply: ReplyFrame = meshd_ipc::decode(&buf).map_err(|e| e.to_string())?;
-        match reply.reply {
-            Reply::Ok(response) => responses.push(response),
-            Reply::Error(error) => return Err(error.message),
-        }
-        if !reply.more {
-            return Ok(responses);
-        }
-    }
+    Control::open(socket, timeout)?.call(request)
 }
 
 /// [`control`] for single-frame answers.

@@ -10,7 +10,9 @@ use meshd_ipc::{LinkState, Request};
 
 use crate::chat::{Chat, warm_up};
 use crate::cluster::{Bins, Node, State, control_one, link_state};
-use crate::traffic;
+use crate::fill;
+use crate::inbox::Receipts;
+use crate::traffic::Ledger;
 use crate::util::{Clock, Rng, lock, run, sleep_for, sleep_until};
 
 /// How long a path cut lasts.
@@ -158,7 +160,7 @@ pub struct Injected {
     pub label: &'static str,
     /// The fault, named: `kill -9 d3, down 1.2 s`.
     pub what: String,
-    /// What followed: `ready again 130 ms after the start`.
+    /// What followed: `started again as generation 2, answering after 26 ms`.
     pub outcome: String,
     /// Something that went wrong with it (a process that did not stop
     /// cleanly or did not come back); `None` when all went as expected.
@@ -179,6 +181,10 @@ pub struct Faults<'a> {
     pub chat: &'a Chat,
     /// The run's seed.
     pub seed: u64,
+    /// The traffic's ledger (a fill waits for messages on their way).
+    pub ledger: &'a Ledger,
+    /// The follow streams (a fill waits for its marker there).
+    pub receipts: &'a Receipts,
     /// What happened.
     pub log: Mutex<Vec<Injected>>,
 }
@@ -191,7 +197,7 @@ impl Faults<'_> {
         for planned in plan {
             let due = self.clock.instant(start + planned.at);
             while Instant::now() < due {
-                self.repair();
+                self.repair(stop);
                 if !sleep_until(stop, due.min(Instant::now() + Duration::from_millis(500))) {
                     return;
                 }
@@ -202,7 +208,7 @@ impl Faults<'_> {
             }
         }
         while !stop.load(Ordering::Relaxed) {
-            self.repair();
+            self.repair(stop);
             sleep_for(stop, Duration::from_millis(500));
         }
     }
@@ -262,7 +268,7 @@ impl Faults<'_> {
                     "started again as generation {}, answering after {} ms{}",
                     node.view().generation,
                     took.as_millis(),
-                    self.fill(node)
+                    self.fill(node, stop)
                 ),
                 None,
             ),
@@ -405,7 +411,7 @@ impl Faults<'_> {
 
     /// Starts every process that went down on its own (a crash, a failed
     /// start); the crash itself is reported by the monitor.
-    fn repair(&self) {
+    fn repair(&self, stop: &AtomicBool) {
         for node in std::iter::once(&self.hub).chain(self.devices.iter()) {
             if node.view().state != State::Down {
                 continue;
@@ -420,7 +426,7 @@ impl Faults<'_> {
                     format!(
                         "started again after {} ms{}",
                         took.as_millis(),
-                        self.fill(node)
+                        self.fill(node, stop)
                     ),
                     None,
                 ),
@@ -442,18 +448,18 @@ impl Faults<'_> {
 }
 
 impl Faults<'_> {
-    /// Fills a restarted device's inbox (see [`traffic::fill`]); says so.
-    fn fill(&self, node: &Node) -> String {
+    /// Fills a restarted device's caches (see `fill.rs`); says so.
+    fn fill(&self, node: &Node, stop: &AtomicBool) -> String {
         let Some(index) = self.devices.iter().position(|d| d.name == node.name) else {
             return String::new();
         };
-        let started = Instant::now();
-        let acked = traffic::fill(index, self.devices);
-        format!(
-            "; its inbox filled ({acked} of {} acknowledged) in {} ms",
-            traffic::FILL,
-            started.elapsed().as_millis()
-        )
+        let filled = fill::fill(
+            index,
+            self.devices,
+            Some((self.ledger, self.receipts)),
+            stop,
+        );
+        format!("; caches filled: {}", filled.describe())
     }
 }
 

@@ -5,7 +5,7 @@
 //! tied to the generation (process) it came from, because a new process
 //! starts with an empty inbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -32,6 +32,8 @@ pub struct Session {
     pub counts: Counts,
     /// Whether it ended before its generation did.
     pub ended_early: bool,
+    /// The markers (`fill.rs`) it showed.
+    pub markers: HashSet<String>,
 }
 
 /// Everything observed of one device.
@@ -114,6 +116,15 @@ impl Receipts {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             }
         }
+    }
+
+    /// Whether a follow stream of device `index`'s `generation` showed
+    /// `marker`.
+    pub fn saw_marker(&self, index: usize, generation: u32, marker: &str) -> bool {
+        lock(&self.devices[index])
+            .sessions
+            .iter()
+            .any(|session| session.generation == generation && session.markers.contains(marker))
     }
 
     /// Whether the follow streams of the current generations have shown
@@ -219,6 +230,12 @@ fn record(observed: &Mutex<Observed>, line: &str) {
     };
     if sender_of(text).is_some_and(|sender| sender != from) {
         observed.wrong_sender.push(format!("{text:?} from {from}"));
+    }
+    if text.starts_with("mark ") {
+        if let Some(session) = observed.sessions.last_mut() {
+            session.markers.insert(text.to_owned());
+        }
+        return;
     }
     if !is_traffic(text) {
         return;

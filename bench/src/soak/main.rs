@@ -24,6 +24,8 @@
 //! - `inbox.rs`: follow streams and snapshots of each device's inbox.
 //! - `chat.rs`: the chat clients.
 //! - `faults.rs`: the fault schedule and the thread that injects it.
+//! - `fill.rs`: filling each device's bounded caches before its memory is
+//!   measured.
 //! - `monitor.rs`: crashes, RSS and fd samples, control-socket probes.
 //! - `logs.rs`: reading the meshd logs.
 //! - `report.rs`: accounting, the checks and the report.
@@ -31,6 +33,7 @@
 mod chat;
 mod cluster;
 mod faults;
+mod fill;
 mod inbox;
 mod logs;
 mod monitor;
@@ -288,13 +291,17 @@ fn soak(cli: &Cli) -> Result<bool, String> {
     let chat = Chat::default();
     chat::warm_up(&chat, seed);
     let filling = Instant::now();
+    let never = AtomicBool::new(false);
     for index in 0..devices.len() {
-        traffic::fill(index, &devices);
+        let filled = fill::fill(index, &devices, None, &never);
+        if filled.acked < filled.sent {
+            clock.say(&format!("{}: {}", devices[index].name, filled.describe()));
+        }
     }
     clock.say(&format!(
-        "filled every inbox with {} messages in {} ms",
-        traffic::FILL,
-        filling.elapsed().as_millis()
+        "filled every device's inbox and duplicate memory ({} messages from each other device) in {:.1} s",
+        fill::PER_SENDER,
+        filling.elapsed().as_secs_f64()
     ));
 
     let seconds = cli.minutes * 60.0;
@@ -322,6 +329,8 @@ fn soak(cli: &Cli) -> Result<bool, String> {
         clock: &clock,
         chat: &chat,
         seed,
+        ledger: &ledger,
+        receipts: &receipts,
         log: std::sync::Mutex::new(Vec::new()),
     };
     let stop_faults = AtomicBool::new(false);

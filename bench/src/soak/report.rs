@@ -12,7 +12,6 @@ use crate::inbox::{Counts, Observed};
 use crate::logs::{LogLine, Scan};
 use crate::monitor::{Probes, Sample};
 use crate::traffic::{Outcome, Sent, failure_reasons};
-use crate::util::median;
 
 /// The growth check 3 allows, in percent.
 const GROWTH_LIMIT: f64 = 10.0;
@@ -542,8 +541,10 @@ impl Run<'_> {
                 let n = (samples.len() / 2).min(3);
                 let first = &samples[..n];
                 let end = &samples[samples.len() - n..];
+                // The floor of each set: a leak raises it, a passing peak (a
+                // connection being set up, a relay standing by) does not.
                 let pick = |set: &[&Sample], f: fn(&Sample) -> u64| {
-                    median(&set.iter().map(|s| f(s) as f64).collect::<Vec<_>>())
+                    set.iter().map(|s| f(s)).min().unwrap_or(0) as f64
                 };
                 growth.compared = Some(Compared {
                     generation: last.number,
@@ -684,8 +685,8 @@ struct Growth {
     why: String,
 }
 
-/// The readings compared: the median of the first three samples of the
-/// window against the median of the last three.
+/// The readings compared: the lowest of the first three samples of the
+/// window against the lowest of the last three.
 struct Compared {
     generation: u32,
     from: f64,
@@ -774,7 +775,7 @@ mod tests {
         Session {
             generation,
             counts,
-            ended_early: false,
+            ..Session::default()
         }
     }
 

@@ -8,9 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use meshd_ipc::{Request, Response};
-
-use crate::cluster::{Bins, Node, State, control, control_one};
+use crate::cluster::{Bins, Node, State};
 use crate::util::{Clock, Rng, lock, run, sleep_for};
 
 /// How long one `meshctl send` may take before it is killed: meshd answers
@@ -69,6 +67,16 @@ impl Ledger {
             .count()
     }
 
+    /// Checked messages to device `receiver` still awaiting their answer.
+    pub fn pending_to(&self, receiver: usize) -> usize {
+        lock(&self.sent)
+            .iter()
+            .rev()
+            .take(4096)
+            .filter(|sent| sent.receiver == receiver && matches!(sent.outcome, Outcome::Pending))
+            .count()
+    }
+
     fn push(&self, sent: Sent) -> usize {
         let mut all = lock(&self.sent);
         all.push(sent);
@@ -92,51 +100,14 @@ pub fn is_traffic(text: &str) -> bool {
     text.starts_with("soak s=")
 }
 
-/// The sender named in a soak text or a filler, if it is one.
+/// The sender named in a soak text, a filler or a marker (`fill.rs`), if
+/// it is one.
 pub fn sender_of(text: &str) -> Option<&str> {
     text.strip_prefix("soak s=")
-        .or_else(|| text.strip_prefix("fill s="))?
+        .or_else(|| text.strip_prefix("fill s="))
+        .or_else(|| text.strip_prefix("mark s="))?
         .split(' ')
         .next()
-}
-
-/// Messages that fill an inbox: its bound (docs/mesh.md, "The inbox").
-pub const FILL: usize = 1000;
-
-/// Fills device `target`'s inbox to its bound, with [`FILL`] messages from
-/// the other running devices in turn (`fill s=<sender> n=<k>`, sent over
-/// their control sockets as `meshctl send` does), then asks it for its
-/// messages once. So the memory the inbox and its answers take is taken
-/// before the memory check starts, rather than counted as growth while
-/// traffic fills the inbox (at the soak's rate that takes about 9 minutes).
-/// Fillers are not checked. Returns how many were acknowledged.
-pub fn fill(target: usize, devices: &[&Node]) -> usize {
-    let others: Vec<&Node> = devices
-        .iter()
-        .enumerate()
-        .filter(|(index, node)| *index != target && node.view().state == State::Running)
-        .map(|(_, node)| *node)
-        .collect();
-    if others.is_empty() {
-        return 0;
-    }
-    let mut acked = 0;
-    for k in 0..FILL {
-        let from = others[k % others.len()];
-        let request = Request::Send {
-            device: devices[target].name.clone(),
-            text: format!("fill s={} n={k}", from.name),
-        };
-        if let Ok(Response::Sent(_)) = control_one(&from.socket, request, Duration::from_secs(20)) {
-            acked += 1;
-        }
-    }
-    let _ = control(
-        &devices[target].socket,
-        Request::Messages { follow: false },
-        Duration::from_secs(10),
-    );
-    acked
 }
 
 /// One device's sending loop, until `stop`: a random other device, a new
@@ -162,6 +133,11 @@ pub fn sender(
         if receiver >= index {
             receiver += 1;
         }
+        // A device whose caches are being filled gets no traffic (fill.rs).
+        if devices[receiver].filling.load(Ordering::SeqCst) {
+            sleep_for(stop, Duration::from_millis(50));
+            continue;
+        }
         seq += 1;
         let text = text(&me.name, seq);
         let slot = ledger.push(Sent {
@@ -171,6 +147,17 @@ pub fn sender(
             at: clock.now(),
             outcome: Outcome::Pending,
         });
+        // The fill may have begun between the check and the record: it waits
+        // for recorded messages, so look again after recording.
+        if devices[receiver].filling.load(Ordering::SeqCst) {
+            ledger.set(
+                slot,
+                Outcome::Failed {
+                    reason: "not sent: the receiver's caches were being filled".to_owned(),
+                },
+            );
+            continue;
+        }
         let mut command = bins.meshctl(&me.socket);
         command.args(["send", &devices[receiver].name, &text]);
         let outcome = match run(&mut command, None, SEND_DEADLINE) {
@@ -252,6 +239,7 @@ mod tests {
     fn texts_name_their_sender() {
         assert_eq!(sender_of(&text("d4", 17)), Some("d4"));
         assert_eq!(sender_of("fill s=d2 n=5"), Some("d2"));
+        assert_eq!(sender_of("mark s=d2 g=1 t=3"), Some("d2"));
         assert!(!is_traffic("fill s=d2 n=5"));
         assert_eq!(sender_of("hello"), None);
     }

@@ -204,10 +204,3 @@ fn finish(child: &mut Child, ended: bool) -> Option<ExitStatus> {
     }
     child.wait().ok()
 }
-
-/// The median of `values` (NaN when empty).
-pub fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
-}
