@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The soak test with injected faults (docs/testing.md, "Soak").
 #
-#   bash bench/soak.sh [--minutes N] [--seed S] [--keep]
+#   bash bench/soak.sh [--minutes N] [--seed S] [--keep] [--no-faults]
 #
 # Runs one meshd hub (signaling and chat) and 8 mesh devices for N minutes
 # (default 30) inside a network namespace of its own that has nothing but
@@ -18,6 +18,8 @@
 # interrupted. --seed replays a run's fault schedule (the seed is printed).
 # The work directory (configs, logs) is removed after a passing run and kept
 # after any other (its path is printed); --keep keeps it always.
+# --no-faults runs the traffic alone, to tell what the faults cost (a
+# diagnosis; it is not the soak).
 #
 # Needs root: it creates the namespace, iptables rules inside it, and runs
 # the devices under their own uids. CARGO_TARGET_DIR is honoured.
@@ -28,6 +30,7 @@ cd "$root"
 minutes=30
 seed=""
 keep=0
+extra=()
 invocation="bash bench/soak.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -36,7 +39,8 @@ while [ $# -gt 0 ]; do
     --seed) seed="${2:?--seed needs a number}"; shift 2 ;;
     --seed=*) seed="${1#*=}"; shift ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-faults) extra+=(--no-faults); shift ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "soak: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -126,6 +130,7 @@ mkdir -m 0755 "$work"
 
 args=(--bin-dir "$target" --dir "$work" --minutes "$minutes" --netns "$ns" --invocation "$invocation")
 if [ -n "$seed" ]; then args+=(--seed "$seed"); fi
+args+=("${extra[@]}")
 # In the background so that a signal to this script reaches its trap at
 # once; the trap passes it on to the driver.
 ip netns exec "$ns" "$target/soak" "${args[@]}" &

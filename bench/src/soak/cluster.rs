@@ -48,10 +48,11 @@ pub struct Bins {
 }
 
 impl Bins {
-    /// `meshctl --socket SOCKET` ready for more arguments.
+    /// `meshctl --socket SOCKET` ready for more arguments, in a process
+    /// group of its own (a Ctrl-C at the terminal is the driver's to handle).
     pub fn meshctl(&self, socket: &Path) -> Command {
         let mut command = Command::new(&self.meshctl);
-        command.arg("--socket").arg(socket);
+        command.arg("--socket").arg(socket).process_group(0);
         command
     }
 }
