@@ -9,7 +9,10 @@
 //! - throughput (`throughput.rs`): delivered messages/s for each N;
 //! - latency (`latency.rs`): p50/p99 at a fixed offered rate;
 //! - slow consumer (`slow_consumer.rs`): when a client that stops reading is
-//!   cut off, and what that costs the others.
+//!   cut off, and what that costs the others;
+//! - burst (`throughput.rs` without a window): one publisher writes
+//!   thousands of messages at once to N readers; how many readers the
+//!   server cuts off, and how long until the rest have everything.
 //!
 //! Then it prints Markdown tables with the ratios of meshd to the others.
 //! The clients (`meshd.rs`, `nats.rs`, `redis.rs`) are small hand-written
@@ -138,6 +141,12 @@ struct RunArgs {
     /// Seconds the latency run records (after a 0.5 s warm-up).
     #[arg(long, default_value_t = 3)]
     latency_seconds: u64,
+    /// Subscribers of the burst run.
+    #[arg(long, default_value_t = 1000)]
+    burst_subscribers: usize,
+    /// Messages the burst run's publisher writes at once.
+    #[arg(long, default_value_t = 20_000)]
+    burst_messages: u64,
     /// Subscribers of the slow-consumer run, the stalled one included.
     #[arg(long, default_value_t = 100)]
     slow_subscribers: usize,
@@ -149,7 +158,7 @@ struct RunArgs {
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "memory,throughput,latency,slow"
+        default_value = "memory,throughput,latency,slow,burst"
     )]
     scenarios: Vec<Scenario>,
     /// Messages the publisher may be ahead of the slowest subscriber. meshd's
@@ -173,6 +182,8 @@ enum Scenario {
     Latency,
     /// A subscriber that stops reading.
     Slow,
+    /// A publisher that writes everything at once, with no window.
+    Burst,
 }
 
 fn main() -> ExitCode {
@@ -337,6 +348,40 @@ async fn run(args: RunArgs) -> Result<(), BenchError> {
             let what = format!("slow consumer, {} subscribers", args.slow_subscribers);
             let run = server.slow_consumer(args.slow_subscribers, settings);
             result.slow = Some(step(server, &what, run).await);
+        }
+    }
+    if runs(Scenario::Burst) {
+        // No window: the publisher writes as fast as the server reads it,
+        // as a flooding client does. What keeps the room whole is then the
+        // server's own policy (meshd: the per-user rate, then slow readers).
+        let burst = Settings {
+            window: u64::MAX,
+            ..settings
+        };
+        let (n, messages) = (args.burst_subscribers, args.burst_messages);
+        let mut series: Vec<Result<Runs<_>, String>> =
+            servers.iter().map(|_| Ok(Runs(Vec::new()))).collect();
+        for repeat in 1..=args.repeat {
+            for (server, runs) in servers.iter().zip(&mut series) {
+                let Ok(done) = runs else { continue };
+                let what = format!(
+                    "burst, {n} subscribers, {messages} messages at once, run {repeat} of {}",
+                    args.repeat
+                );
+                match step(server, &what, server.throughput(n, messages, burst)).await {
+                    Ok(t) => {
+                        eprintln!(
+                            "    {} published, {} delivered in {:.2} s, {} subscribers cut",
+                            t.published, t.delivered, t.seconds, t.cut,
+                        );
+                        done.0.push(t);
+                    }
+                    Err(error) => *runs = Err(error),
+                }
+            }
+        }
+        for (result, runs) in results.iter_mut().zip(series) {
+            result.burst = Some(runs);
         }
     }
     let counts = if runs(Scenario::Throughput) {

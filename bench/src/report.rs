@@ -53,6 +53,8 @@ pub struct TargetResults {
     pub slow: Option<Outcome<SlowConsumer>>,
     /// The idle-clients run.
     pub memory: Option<Outcome<Memory>>,
+    /// The burst runs.
+    pub burst: Option<Outcome<Runs<Throughput>>>,
 }
 
 /// One table cell: the figure ratios are taken of, and its text.
@@ -110,11 +112,16 @@ pub fn render(targets: &[TargetResults], subscriber_counts: &[usize]) -> String 
                     Cell::of(t.throughput.get(row), |runs| {
                         let median = runs.median(|r| r.per_second);
                         let (lo, hi) = runs.range(|r| r.per_second);
-                        let text = if runs.0.len() > 1 {
+                        let mut text = if runs.0.len() > 1 {
                             format!("{} ({:.2}-{:.2})", rate(median), lo / 1e6, hi / 1e6)
                         } else {
                             rate(median)
                         };
+                        // A subscriber cut off would make the rate a lie.
+                        let cut: usize = runs.0.iter().map(|r| r.cut).sum();
+                        if cut > 0 {
+                            let _ = write!(text, ", {cut} subscribers cut");
+                        }
                         (median, text)
                     })
                 })
@@ -226,6 +233,37 @@ pub fn render(targets: &[TargetResults], subscriber_counts: &[usize]) -> String 
         );
         text_line(&mut out, "meanwhile / without", targets, |t| {
             slow_cell(t, |s| format!("{:.2}", s.readers_rate / s.yardstick_rate))
+        });
+    }
+
+    if targets.iter().any(|t| t.burst.is_some()) {
+        let first = targets
+            .iter()
+            .find_map(|t| t.burst.as_ref()?.as_ref().ok()?.0.first());
+        let (n, messages) = first.map_or((0, 0), |b| (b.subscribers, b.published));
+        let _ = write!(
+            out,
+            "\n### Burst ({} messages written at once to {} subscribers, no window; every run listed)\n\n",
+            group_digits(messages),
+            group_digits(n as u64)
+        );
+        header(&mut out, "", targets, &[]);
+        let each = |t: &TargetResults, show: &dyn Fn(&Throughput) -> String| match &t.burst {
+            Some(Ok(runs)) => runs.0.iter().map(show).collect::<Vec<_>>().join(", "),
+            Some(Err(_)) => "failed".to_owned(),
+            None => "-".to_owned(),
+        };
+        text_line(&mut out, "subscribers cut", targets, |t| {
+            each(t, &|b| b.cut.to_string())
+        });
+        text_line(&mut out, "deliveries missing", targets, |t| {
+            each(t, &|b| {
+                let expected = b.published * b.subscribers as u64;
+                group_digits(expected.saturating_sub(b.delivered))
+            })
+        });
+        text_line(&mut out, "first publish to last delivery", targets, |t| {
+            each(t, &|b| format!("{:.2} s", b.seconds))
         });
     }
 
@@ -454,12 +492,73 @@ mod tests {
     }
 
     #[test]
+    fn the_burst_table_lists_cut_subscribers_and_missing_deliveries_per_run() {
+        let burst = |cut: usize, delivered: u64| Throughput {
+            subscribers: 1000,
+            published: 20_000,
+            delivered,
+            seconds: 4.0,
+            per_second: delivered as f64 / 4.0,
+            window_wait: std::time::Duration::ZERO,
+            cut,
+            note: None,
+        };
+        let targets = [
+            TargetResults {
+                name: "meshd",
+                burst: Some(Ok(Runs(vec![burst(920, 1_700_000), burst(0, 20_000_000)]))),
+                ..TargetResults::default()
+            },
+            TargetResults {
+                name: "nats",
+                burst: Some(Err("refused".to_owned())),
+                ..TargetResults::default()
+            },
+        ];
+        let table = render(&targets, &[]);
+        assert!(
+            table.contains("20,000 messages written at once to 1,000 subscribers"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| subscribers cut | 920, 0 | failed |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| deliveries missing | 18,300,000, 0 | failed |"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_throughput_cell_says_when_subscribers_were_cut() {
+        let run = |cut| Throughput {
+            subscribers: 10,
+            published: 10,
+            delivered: 100,
+            seconds: 1.0,
+            per_second: 100.0,
+            window_wait: std::time::Duration::ZERO,
+            cut,
+            note: None,
+        };
+        let targets = [TargetResults {
+            name: "nats",
+            throughput: vec![Ok(Runs(vec![run(0), run(3)]))],
+            ..TargetResults::default()
+        }];
+        assert!(render(&targets, &[10]).contains("3 subscribers cut"));
+    }
+
+    #[test]
     fn compares_meshd_with_the_others() {
         let result = |rates: &[f64]| {
             Ok(Runs(
                 rates
                     .iter()
                     .map(|&per_second| Throughput {
+                        subscribers: 1,
+                        cut: 0,
                         published: 1,
                         delivered: 1,
                         seconds: 1.0,

@@ -18,6 +18,8 @@ const CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
 /// One throughput run.
 #[derive(Debug, Clone)]
 pub struct Throughput {
+    /// Subscribers that read.
+    pub subscribers: usize,
     /// Messages published.
     pub published: u64,
     /// Deliveries counted, over all subscribers.
@@ -28,6 +30,9 @@ pub struct Throughput {
     pub per_second: f64,
     /// How long the publisher waited for the slowest subscriber.
     pub window_wait: Duration,
+    /// Subscribers the server closed before they had every message: cut
+    /// off as slow consumers, or dropped for another reason.
+    pub cut: usize,
     /// Why deliveries are missing, if they are.
     pub note: Option<String>,
 }
@@ -62,6 +67,10 @@ pub async fn run<P: Protocol>(
     let outcomes = load.finish(proto).await;
     let published = published?;
     let delivered: u64 = outcomes.iter().map(|outcome| outcome.delivered).sum();
+    let cut = outcomes
+        .iter()
+        .filter(|outcome| outcome.closed_by_server)
+        .count();
     let seconds = last_ns.saturating_sub(published.first_ns) as f64 / 1e9;
     let expected = published.sent * subscribers as u64;
     let note = (delivered < expected || published.sent < messages).then(|| {
@@ -72,6 +81,7 @@ pub async fn run<P: Protocol>(
         )
     });
     Ok(Throughput {
+        subscribers,
         published: published.sent,
         delivered,
         seconds,
@@ -81,6 +91,7 @@ pub async fn run<P: Protocol>(
             0.0
         },
         window_wait: published.window_wait,
+        cut,
         note,
     })
 }
