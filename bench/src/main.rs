@@ -359,29 +359,29 @@ async fn run(args: RunArgs) -> Result<(), BenchError> {
             ..settings
         };
         let (n, messages) = (args.burst_subscribers, args.burst_messages);
-        let mut series: Vec<Result<Runs<_>, String>> =
-            servers.iter().map(|_| Ok(Runs(Vec::new()))).collect();
+        // Every run is kept, failed ones too: without a flood limit a burst
+        // may end in the server cutting the publisher itself, which the
+        // table must show beside the runs that completed.
+        let mut series: Vec<Vec<Result<throughput::Throughput, String>>> =
+            servers.iter().map(|_| Vec::new()).collect();
         for repeat in 1..=args.repeat {
             for (server, runs) in servers.iter().zip(&mut series) {
-                let Ok(done) = runs else { continue };
                 let what = format!(
                     "burst, {n} subscribers, {messages} messages at once, run {repeat} of {}",
                     args.repeat
                 );
-                match step(server, &what, server.throughput(n, messages, burst)).await {
-                    Ok(t) => {
-                        eprintln!(
-                            "    {} published, {} delivered in {:.2} s, {} subscribers cut",
-                            t.published, t.delivered, t.seconds, t.cut,
-                        );
-                        done.0.push(t);
-                    }
-                    Err(error) => *runs = Err(error),
+                let run = step(server, &what, server.throughput(n, messages, burst)).await;
+                if let Ok(t) = &run {
+                    eprintln!(
+                        "    {} published, {} delivered in {:.2} s, {} subscribers cut",
+                        t.published, t.delivered, t.seconds, t.cut,
+                    );
                 }
+                runs.push(run);
             }
         }
         for (result, runs) in results.iter_mut().zip(series) {
-            result.burst = Some(runs);
+            result.burst = runs;
         }
     }
     let counts = if runs(Scenario::Throughput) {

@@ -53,8 +53,8 @@ pub struct TargetResults {
     pub slow: Option<Outcome<SlowConsumer>>,
     /// The idle-clients run.
     pub memory: Option<Outcome<Memory>>,
-    /// The burst runs.
-    pub burst: Option<Outcome<Runs<Throughput>>>,
+    /// The burst runs, each with its own outcome.
+    pub burst: Vec<Outcome<Throughput>>,
 }
 
 /// One table cell: the figure ratios are taken of, and its text.
@@ -236,10 +236,10 @@ pub fn render(targets: &[TargetResults], subscriber_counts: &[usize]) -> String 
         });
     }
 
-    if targets.iter().any(|t| t.burst.is_some()) {
+    if targets.iter().any(|t| !t.burst.is_empty()) {
         let first = targets
             .iter()
-            .find_map(|t| t.burst.as_ref()?.as_ref().ok()?.0.first());
+            .find_map(|t| t.burst.iter().find_map(|run| run.as_ref().ok()));
         let (n, messages) = first.map_or((0, 0), |b| (b.subscribers, b.published));
         let _ = write!(
             out,
@@ -248,10 +248,15 @@ pub fn render(targets: &[TargetResults], subscriber_counts: &[usize]) -> String 
             group_digits(n as u64)
         );
         header(&mut out, "", targets, &[]);
-        let each = |t: &TargetResults, show: &dyn Fn(&Throughput) -> String| match &t.burst {
-            Some(Ok(runs)) => runs.0.iter().map(show).collect::<Vec<_>>().join(", "),
-            Some(Err(_)) => "failed".to_owned(),
-            None => "-".to_owned(),
+        let each = |t: &TargetResults, show: &dyn Fn(&Throughput) -> String| {
+            if t.burst.is_empty() {
+                return "-".to_owned();
+            }
+            t.burst
+                .iter()
+                .map(|run| run.as_ref().map_or_else(|_| "failed".to_owned(), show))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         text_line(&mut out, "subscribers cut", targets, |t| {
             each(t, &|b| b.cut.to_string())
@@ -265,6 +270,19 @@ pub fn render(targets: &[TargetResults], subscriber_counts: &[usize]) -> String 
         text_line(&mut out, "first publish to last delivery", targets, |t| {
             each(t, &|b| format!("{:.2} s", b.seconds))
         });
+        let failures: Vec<String> = targets
+            .iter()
+            .flat_map(|t| {
+                t.burst.iter().enumerate().filter_map(move |(i, run)| {
+                    run.as_ref()
+                        .err()
+                        .map(|error| format!("- {} run {}: {error}", t.name, i + 1))
+                })
+            })
+            .collect();
+        if !failures.is_empty() {
+            let _ = write!(out, "\nFailed runs:\n\n{}\n", failures.join("\n"));
+        }
     }
 
     if targets.iter().any(|t| t.memory.is_some()) {
@@ -506,12 +524,16 @@ mod tests {
         let targets = [
             TargetResults {
                 name: "meshd",
-                burst: Some(Ok(Runs(vec![burst(920, 1_700_000), burst(0, 20_000_000)]))),
+                burst: vec![
+                    Ok(burst(920, 1_700_000)),
+                    Err("the publisher got: ERR slow".to_owned()),
+                    Ok(burst(0, 20_000_000)),
+                ],
                 ..TargetResults::default()
             },
             TargetResults {
                 name: "nats",
-                burst: Some(Err("refused".to_owned())),
+                burst: vec![Err("refused".to_owned())],
                 ..TargetResults::default()
             },
         ];
@@ -521,13 +543,18 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("| subscribers cut | 920, 0 | failed |"),
+            table.contains("| subscribers cut | 920, failed, 0 | failed |"),
             "{table}"
         );
         assert!(
-            table.contains("| deliveries missing | 18,300,000, 0 | failed |"),
+            table.contains("| deliveries missing | 18,300,000, failed, 0 | failed |"),
             "{table}"
         );
+        assert!(
+            table.contains("- meshd run 2: the publisher got: ERR slow"),
+            "{table}"
+        );
+        assert!(table.contains("- nats run 1: refused"), "{table}");
     }
 
     #[test]
