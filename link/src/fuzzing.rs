@@ -39,7 +39,8 @@ pub fn frames(data: &[u8]) {
 
 /// A transport pair from one real handshake, made once: records sealed by
 /// the first open with the second.
-fn transports() -> &'static (Arc<StatelessTransportState>, Arc<StatelessTransportState>) {
+pub(crate) fn transports() -> &'static (Arc<StatelessTransportState>, Arc<StatelessTransportState>)
+{
     static PAIR: OnceLock<(Arc<StatelessTransportState>, Arc<StatelessTransportState>)> =
         OnceLock::new();
     PAIR.get_or_init(|| {
@@ -90,6 +91,7 @@ pub fn records(data: &[u8]) {
         reader.open(data, &mut plaintext).is_err(),
         "forged record opened"
     );
+    assert!(plaintext.is_empty(), "a failed open left bytes behind");
     let mut writer = RecordWriter::new(sealing.clone());
     let mut reader = RecordReader::new(opening.clone());
     let mut sealed = Vec::new();
