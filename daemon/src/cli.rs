@@ -1,4 +1,4 @@
-//! meshd's command line (CONTRACT section 1). This file depends on clap
+//! meshd's command line (docs/config.md). This file depends on clap
 //! alone: the xtask includes it to generate meshd(8).
 
 use std::path::PathBuf;

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-/// A validated device id: 1-64 characters of `[A-Za-z0-9._-]` (CONTRACT
-/// section 2), so it is safe in logs, file names and URLs.
+/// A validated device id: 1-64 characters of `[A-Za-z0-9._-]` (docs/config.md,
+/// `[node] id`), so it is safe in logs, file names and URLs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(String);
 

@@ -16,9 +16,8 @@ use meshd_ipc::RequestFrame;
 use crate::chat::protocol::{self, ClientLine};
 use crate::chat::users::UserSet;
 use crate::config::{Config, ConfigError};
-use crate::hub_protocol::{FromHub, ToHub};
-use crate::mesh::hub_client::ListedDevice;
-use crate::signaling::api::RegisterBody;
+use crate::hub_wire::{FromHub, RegisterRequest, ToHub};
+use crate::signaling::api::validate;
 use crate::signaling::bindings;
 
 /// The config file: a config that parses prints (`--check-config`) to a
@@ -72,13 +71,13 @@ pub fn control_request(data: &[u8]) {
 /// A `POST /register` body: strict decoding, then validation; the same body
 /// encoded again decodes and validates the same way.
 pub fn register_body(data: &[u8]) {
-    let Ok(body) = meshd_ipc::strict::from_slice::<RegisterBody>(data) else {
+    let Ok(body) = meshd_ipc::strict::from_slice::<RegisterRequest>(data) else {
         return;
     };
     let encoded = serde_json::to_vec(&body).expect("a decoded body encodes");
-    let again: RegisterBody =
+    let again: RegisterRequest =
         meshd_ipc::strict::from_slice(&encoded).expect("its encoding decodes");
-    assert_eq!(body.validate(), again.validate());
+    assert_eq!(validate(body), validate(again));
 }
 
 /// A chat client line: a message is exactly the line, line end removed.
@@ -105,11 +104,10 @@ pub fn to_hub(data: &[u8]) {
 
 /// A hub channel message from a hub: decodes strictly, and round-trips.
 pub fn from_hub(data: &[u8]) {
-    if let Ok(message) = meshd_ipc::strict::from_slice::<FromHub<ListedDevice>>(data) {
+    if let Ok(message) = meshd_ipc::strict::from_slice::<FromHub>(data) {
         let encoded = serde_json::to_value(&message).expect("encodes");
         let bytes = serde_json::to_vec(&encoded).expect("encodes");
-        let again: FromHub<ListedDevice> =
-            meshd_ipc::strict::from_slice(&bytes).expect("decodes again");
+        let again: FromHub = meshd_ipc::strict::from_slice(&bytes).expect("decodes again");
         assert_eq!(serde_json::to_value(&again).expect("encodes"), encoded);
     }
 }

@@ -15,7 +15,7 @@ mod device_id;
 mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
-mod hub_protocol;
+mod hub_wire;
 mod limits;
 mod log_limit;
 mod logging;

@@ -1,5 +1,5 @@
 //! Built-in locations, which differ for root and for an ordinary user
-//! (CONTRACT section 1), and follow the directories systemd creates for the
+//! (docs/config.md), and follow the directories systemd creates for the
 //! service when it runs as one.
 
 use std::path::PathBuf;

@@ -1,5 +1,5 @@
 //! Device public keys: X25519, 32 bytes, base64 (standard alphabet, padded)
-//! on the wire (CONTRACT section 3).
+//! on the wire (docs/signaling-api.md).
 
 use std::fmt;
 

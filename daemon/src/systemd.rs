@@ -1,5 +1,5 @@
 //! sd_notify: readiness, status, reload and stop notifications, and the
-//! watchdog (CONTRACT section 6).
+//! watchdog (docs/packaging.md).
 //!
 //! Every function is a no-op when NOTIFY_SOCKET is unset, so meshd behaves the
 //! same outside systemd. The watchdog is pinged by a task on the same runtime

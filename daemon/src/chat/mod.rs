@@ -1,4 +1,4 @@
-//! The chat role: a TCP broadcast server (CONTRACT section 4). Clients log in
+//! The chat role: a TCP broadcast server (docs/chat-protocol.md). Clients log in
 //! with a user name and password; every message goes to all other clients.
 //!
 //! [`start`] spawns the accept loop on the supervisor's tracker; each

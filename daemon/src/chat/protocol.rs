@@ -1,4 +1,4 @@
-//! The chat protocol's lines (CONTRACT section 4): parsing what clients send
+//! The chat protocol's lines (docs/chat-protocol.md): parsing what clients send
 //! and formatting what the server sends. Pure; no I/O.
 
 use bytes::Bytes;
@@ -131,7 +131,7 @@ pub fn err(code: ErrCode, text: &str) -> Bytes {
     line(&["ERR ", code.as_str(), " ", text])
 }
 
-/// The one reply to every failed login, whatever failed (CONTRACT section 4).
+/// The one reply to every failed login, whatever failed (docs/chat-protocol.md).
 pub fn auth_failed() -> Bytes {
     err(ErrCode::Auth, "invalid credentials")
 }

@@ -10,9 +10,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use crate::atomic_file::write_atomically;
+use crate::sync::{read_lock, write_lock};
 
 /// The file name inside `state_dir`.
 pub const USERS_FILE: &str = "chat-users";
@@ -203,10 +204,7 @@ impl UserStore {
 
     /// The last good set.
     pub fn snapshot(&self) -> Arc<UserSet> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read_lock(&self.current).clone()
     }
 
     /// Re-reads the file; on error the last good set stays in use. Returns the
@@ -247,7 +245,7 @@ impl UserStore {
     }
 
     fn install(&self, set: UserSet) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        *write_lock(&self.current) = Arc::new(set);
     }
 
     async fn read_file(&self) -> Result<UserSet, UsersError> {

@@ -1,4 +1,4 @@
-//! meshd's configuration: the TOML file (CONTRACT section 2) parsed into typed,
+//! meshd's configuration: the TOML file (docs/config.md) parsed into typed,
 //! validated structs.
 //!
 //! Loading never half-succeeds: either every key is valid and a [`Config`] comes
@@ -21,6 +21,7 @@ pub use diff::ReloadPlan;
 pub use error::ConfigError;
 
 use crate::device_id::DeviceId;
+use crate::hub_wire::HubUrl;
 
 /// Where the configuration comes from: an explicit `--config PATH` must exist;
 /// the default path may be absent, and then the built-in defaults apply.
@@ -116,7 +117,7 @@ pub struct MeshConfig {
     /// Peer-to-peer listen address.
     pub listen: SocketAddr,
     /// Signaling servers, as `http://HOST:PORT`.
-    pub signaling: Vec<String>,
+    pub signaling: Vec<HubUrl>,
     /// Bearer token sent when registering.
     pub join_token: String,
     /// Endpoints to advertise instead of the learnt ones (a port forward, a

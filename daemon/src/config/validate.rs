@@ -10,6 +10,7 @@ use super::parse::KeyLines;
 use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling};
 use super::{ChatConfig, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig};
 use crate::device_id::DeviceId;
+use crate::hub_wire::{HubUrl, MAX_ENDPOINTS};
 use crate::paths;
 
 /// Longest Unix socket path the kernel accepts (`sun_path` less its NUL).
@@ -239,20 +240,21 @@ fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
             "needs one or more signaling servers, e.g. [\"http://127.0.0.1:8080\"]",
         );
     }
-    for url in &signaling {
-        if let Err(message) = check_signaling_url(url) {
-            check.problem("mesh.signaling", message);
-        }
-    }
+    let signaling = signaling
+        .iter()
+        .filter_map(|url| match HubUrl::parse(url) {
+            Ok(hub) => Some(hub),
+            Err(error) => {
+                check.problem("mesh.signaling", error.to_string());
+                None
+            }
+        })
+        .collect();
     let advertise = raw.advertise.unwrap_or_default();
-    if advertise.len() > crate::signaling::MAX_ENDPOINTS {
+    if advertise.len() > MAX_ENDPOINTS {
         check.problem(
             "mesh.advertise",
-            format!(
-                "at most {} endpoints, got {}",
-                crate::signaling::MAX_ENDPOINTS,
-                advertise.len()
-            ),
+            format!("at most {MAX_ENDPOINTS} endpoints, got {}", advertise.len()),
         );
     }
     let advertise = advertise
@@ -275,29 +277,6 @@ fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
         join_token: raw.join_token.unwrap_or_default(),
         advertise,
     }
-}
-
-/// A signaling server is `http://HOST:PORT` with an optional trailing `/`.
-fn check_signaling_url(url: &str) -> Result<(), String> {
-    let uri: hyper::Uri = url.parse().map_err(|error| {
-        format!("{url:?} is not a URL ({error}): write e.g. \"http://hub.example:8080\"")
-    })?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "{url:?}: only http:// signaling servers are supported"
-        ));
-    }
-    if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
-        return Err(format!(
-            "{url:?} needs a host and a port, e.g. \"http://hub.example:8080\""
-        ));
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "{url:?} must not have a path: write just http://HOST:PORT"
-        ));
-    }
-    Ok(())
 }
 
 /// What `--check-config` prints for a secret that is set: enough to see it
@@ -349,7 +328,14 @@ pub fn to_raw(config: &Config) -> RawConfig {
         mesh: Some(RawMesh {
             enabled: Some(config.mesh.enabled),
             listen: Some(config.mesh.listen.to_string()),
-            signaling: Some(config.mesh.signaling.clone()),
+            signaling: Some(
+                config
+                    .mesh
+                    .signaling
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
             join_token: Some(redact(&config.mesh.join_token)),
             advertise: Some(
                 config

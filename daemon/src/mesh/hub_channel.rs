@@ -9,7 +9,7 @@
 //! A list without this device means the hub lost it (it restarted): the
 //! registrar is woken to register again at once.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -18,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
 use super::backoff::Backoff;
-use super::hub_client::{HubConnection, HubError, HubUrl, ListedDevice};
+use super::hub_client::{HubConnection, HubError};
 use super::peer::Command;
 use crate::device_id::DeviceId;
-use crate::hub_protocol::{CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, MAX_FROM_HUB_BYTES, ToHub};
+use crate::hub_wire::{
+    CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, HubUrl, ListedDevice, MAX_FROM_HUB_BYTES, ToHub,
+};
+use crate::sync::lock;
 
 /// Pings go out this often.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -56,29 +59,25 @@ impl HubChannel {
 
     /// Queues a message; false when the channel is down or full.
     pub fn send(&self, message: ToHub) -> bool {
-        self.outgoing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.outgoing)
             .as_ref()
             .is_some_and(|outgoing| outgoing.try_send(message).is_ok())
     }
 
     /// The channel is open.
     pub fn is_open(&self) -> bool {
-        self.outgoing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.outgoing)
             .as_ref()
             .is_some_and(|outgoing| !outgoing.is_closed())
     }
 
     /// The last round-trip time measured to the hub.
     pub fn rtt(&self) -> Option<Duration> {
-        *self.rtt.lock().unwrap_or_else(PoisonError::into_inner)
+        *lock(&self.rtt)
     }
 
     fn set(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
-        *self.outgoing.lock().unwrap_or_else(PoisonError::into_inner) = outgoing;
+        *lock(&self.outgoing) = outgoing;
     }
 }
 
@@ -102,7 +101,7 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
             return;
         }
         if let Err(error) = outcome {
-            tracing::debug!(hub = %hub.url, %error, "hub channel closed; reopening");
+            tracing::debug!(%hub, %error, "hub channel closed; reopening");
         }
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -156,7 +155,7 @@ async fn session(
     let (mut reader, mut writer) = channel.split(MAX_FROM_HUB_BYTES);
     let (outgoing, mut queue) = mpsc::channel(OUTGOING_QUEUE);
     local.hubs[index].set(Some(outgoing));
-    tracing::debug!(hub = %hub.url, "hub channel open");
+    tracing::debug!(%hub, "hub channel open");
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
@@ -184,7 +183,7 @@ async fn session(
             read = reader.next() => {
                 let bytes = read?;
                 heard = Instant::now();
-                let message: FromHub<ListedDevice> = meshd_ipc::strict::from_slice(&bytes)
+                let message: FromHub = meshd_ipc::strict::from_slice(&bytes)
                     .map_err(|error| ChannelError::Malformed(error.to_string()))?;
                 backoff.reset();
                 match message {
@@ -192,7 +191,7 @@ async fn session(
                         if let Some((sent_nonce, sent)) = ping_sent
                             && sent_nonce == nonce
                         {
-                            *local.hubs[index].rtt.lock().unwrap_or_else(PoisonError::into_inner) =
+                            *lock(&local.hubs[index].rtt) =
                                 Some(sent.elapsed());
                         }
                     }

@@ -1,4 +1,4 @@
-//! The device's side of the signaling HTTP API (CONTRACT section 3): one
+//! The device's side of the signaling HTTP API (docs/signaling-api.md): one
 //! HTTP/1.1 connection per round, over a TCP stream meshd dials itself so
 //! that it can read the local address the route to the hub uses.
 
@@ -10,45 +10,19 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::hub_protocol::RELAY_TOKEN_HEADER;
+use crate::hub_wire::{
+    DEVICES_PATH, ErrorReply, HubUrl, ListedDevice, MAX_BODY_BYTES, MAX_FROM_HUB_BYTES,
+    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_TOKEN_HEADER, RegisterReply,
+    RegisterRequest,
+};
 
 /// A stream after an HTTP upgrade (a hub channel or a relay).
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
 /// Time for connecting and for each request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The largest `GET /devices` answer read: ample for the hub's maximum
-/// device count with every field at its longest.
-const MAX_LIST_BYTES: usize = 32 << 20;
-
-/// A signaling server from `[mesh] signaling`, `http://HOST:PORT`.
-#[derive(Debug, Clone)]
-pub struct HubUrl {
-    /// As written in the config.
-    pub url: String,
-    authority: String,
-}
-
-impl HubUrl {
-    /// Parses a URL that config validation already accepted.
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: hyper::Uri = url
-            .parse()
-            .map_err(|error| format!("{url:?} is not a URL: {error}"))?;
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("{url:?} has no host"))?
-            .to_string();
-        Ok(HubUrl {
-            url: url.to_owned(),
-            authority,
-        })
-    }
-}
 
 /// Why a round with a hub failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,62 +55,6 @@ pub enum HubError {
     /// The answer was not what the API promises.
     #[error("unexpected answer: {0}")]
     Decode(String),
-}
-
-/// `POST /register` body.
-#[derive(Debug, Serialize)]
-pub struct RegisterBody<'a> {
-    /// Device id.
-    pub id: &'a str,
-    /// The endpoint on the route to this hub.
-    pub addr: String,
-    /// Base64 public key.
-    pub pubkey: &'a str,
-    /// Every endpoint this device advertises.
-    pub endpoints: Vec<String>,
-}
-
-/// `POST /register` answer (the fields meshd uses).
-#[derive(Debug, Deserialize)]
-pub struct Registered {
-    /// This device's address as the hub saw it.
-    pub observed: String,
-    /// Re-register well within this.
-    pub ttl_secs: u64,
-}
-
-/// One element of `GET /devices`, as sent; validated by the roster.
-/// Serialize is for the strict decoder's shape check.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct ListedDevice {
-    /// Device id.
-    pub id: String,
-    /// Registered address.
-    pub addr: String,
-    /// Source address of the registration.
-    #[serde(default)]
-    pub observed: String,
-    /// Base64 key, if any.
-    #[serde(default)]
-    pub pubkey: Option<String>,
-    /// RFC 3339.
-    #[serde(default)]
-    pub last_seen: String,
-    /// Further endpoints.
-    #[serde(default)]
-    pub endpoints: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-}
-
-/// The hub's `{"error": ...}` text, or the body as it is.
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|body| body.error)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
 }
 
 /// Connects to `authority` from the address `local`, sharing its port with
@@ -183,7 +101,7 @@ impl HubConnection {
     /// Resolves and dials the hub, from `from` (the mesh port, so the hub
     /// observes the NAT mapping peers must reach) or from any port.
     pub async fn open(hub: &HubUrl, from: Option<SocketAddr>) -> Result<Self, HubError> {
-        let authority = hub.authority.clone();
+        let authority = hub.authority().to_owned();
         let connect = async {
             let connect_error = |source| HubError::Connect {
                 authority: authority.clone(),
@@ -239,13 +157,13 @@ impl HubConnection {
     /// Registers or refreshes this device.
     pub async fn register(
         &mut self,
-        body: &RegisterBody<'_>,
+        body: &RegisterRequest,
         join_token: &str,
-    ) -> Result<Registered, HubError> {
+    ) -> Result<RegisterReply, HubError> {
         let json = serde_json::to_vec(body).map_err(|error| HubError::Decode(error.to_string()))?;
         let mut request = Request::builder()
             .method(Method::POST)
-            .uri("/register")
+            .uri(REGISTER_PATH)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONTENT_TYPE, "application/json");
         if !join_token.is_empty() {
@@ -254,7 +172,7 @@ impl HubConnection {
         let request = request
             .body(Full::new(Bytes::from(json)))
             .map_err(|error| HubError::Decode(error.to_string()))?;
-        let body = self.exchange(request, 64 * 1024).await?;
+        let body = self.exchange(request, MAX_BODY_BYTES).await?;
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
 
@@ -283,14 +201,14 @@ impl HubConnection {
             let response = self.sender.send_request(request).await?;
             let status = response.status();
             if status != StatusCode::SWITCHING_PROTOCOLS {
-                let body = Limited::new(response.into_body(), 64 * 1024)
+                let body = Limited::new(response.into_body(), MAX_BODY_BYTES)
                     .collect()
                     .await
                     .map(|body| body.to_bytes())
                     .unwrap_or_default();
                 return Err(HubError::Status {
                     status,
-                    message: error_message(&body),
+                    message: ErrorReply::message_of(&body),
                 });
             }
             Ok(TokioIo::new(hyper::upgrade::on(response).await?))
@@ -303,14 +221,10 @@ impl HubConnection {
     /// The address this connection sees for itself from the hub's side
     /// (`GET /observed`), for `meshctl netcheck`.
     pub async fn observed(&mut self) -> Result<String, HubError> {
-        #[derive(Deserialize)]
-        struct Observed {
-            observed: String,
-        }
         let body = self
-            .exchange(self.last_get("/observed")?, 64 * 1024)
+            .exchange(self.last_get(OBSERVED_PATH)?, MAX_BODY_BYTES)
             .await?;
-        serde_json::from_slice::<Observed>(&body)
+        serde_json::from_slice::<ObservedReply>(&body)
             .map(|answer| answer.observed)
             .map_err(|error| HubError::Decode(error.to_string()))
     }
@@ -320,7 +234,7 @@ impl HubConnection {
     /// side and this device can reconnect from its mesh port at once.
     pub async fn devices(&mut self) -> Result<Vec<ListedDevice>, HubError> {
         let body = self
-            .exchange(self.last_get("/devices")?, MAX_LIST_BYTES)
+            .exchange(self.last_get(DEVICES_PATH)?, MAX_FROM_HUB_BYTES)
             .await?;
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
@@ -358,7 +272,7 @@ impl HubConnection {
             } else {
                 Err(HubError::Status {
                     status,
-                    message: error_message(&body),
+                    message: ErrorReply::message_of(&body),
                 })
             }
         };

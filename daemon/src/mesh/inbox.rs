@@ -8,13 +8,14 @@
 //! remembers the last ids per sender instance.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use meshd_ipc::InboxMessage;
 use tokio::sync::broadcast;
 
 use crate::device_id::DeviceId;
+use crate::sync::lock;
 
 /// Messages kept.
 pub const INBOX_CAPACITY: usize = 1000;
@@ -95,7 +96,7 @@ impl Inbox {
             received_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         };
         {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut state = lock(&self.state);
             if state.recent.len() >= MAX_SENDERS && !state.recent.contains_key(from) {
                 state.recent.clear();
             }
@@ -118,13 +119,13 @@ impl Inbox {
 
     /// Everything in the inbox, oldest first.
     pub fn list(&self) -> Vec<InboxMessage> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = lock(&self.state);
         state.messages.iter().cloned().collect()
     }
 
     /// The inbox now, and a feed of what arrives after it.
     pub fn follow(&self) -> (Vec<InboxMessage>, broadcast::Receiver<InboxMessage>) {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = lock(&self.state);
         // Subscribing under the lock: nothing falls between list and feed.
         let feed = self.feed.subscribe();
         (state.messages.iter().cloned().collect(), feed)

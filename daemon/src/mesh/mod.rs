@@ -50,10 +50,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::MeshConfig;
 use crate::device_id::DeviceId;
+use crate::hub_wire::{HubUrl, ListedDevice, MAX_ENDPOINTS};
 use crate::public_key::PublicKey;
-use crate::signaling::MAX_ENDPOINTS;
 use crate::sync::lock;
-use hub_client::{HubConnection, HubUrl, ListedDevice};
+use hub_client::HubConnection;
 pub use identity::IdentityError;
 use inbox::Inbox;
 use path::Established;
@@ -89,9 +89,6 @@ pub enum MeshError {
     /// The device key.
     #[error("device key: {0}")]
     Identity(#[from] IdentityError),
-    /// A signaling server URL.
-    #[error("mesh.signaling: {0}")]
-    Hub(String),
     /// The listener's address.
     #[error("mesh listener: {0}")]
     Listener(std::io::Error),
@@ -265,12 +262,7 @@ pub async fn start(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<MeshHandle, MeshError> {
-    let hubs = config
-        .signaling
-        .iter()
-        .map(|url| HubUrl::parse(url))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(MeshError::Hub)?;
+    let hubs = config.signaling.clone();
     let listen = listener.local_addr().map_err(MeshError::Listener)?;
     let public = PublicKey::from(*key.public());
     let local = Arc::new(Local {
@@ -294,7 +286,7 @@ pub async fn start(
         .iter()
         .map(|hub| HubState {
             status: HubStatus {
-                url: hub.url.clone(),
+                url: hub.to_string(),
                 reachable: false,
                 observed: None,
                 error: None,

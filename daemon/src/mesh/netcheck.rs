@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use meshd_ipc::{NetcheckProbe, NetcheckReply};
 use tokio::task::JoinSet;
 
-use super::hub_client::{HubConnection, HubUrl};
+use super::hub_client::HubConnection;
+use crate::hub_wire::HubUrl;
 
 /// One probe's outcome, with the server's address for comparing.
 #[derive(Debug, Clone)]
@@ -44,7 +45,7 @@ pub async fn run(hubs: &[HubUrl], mesh: SocketAddr) -> NetcheckReply {
 
 async fn probe(hub: &HubUrl, mesh: SocketAddr) -> Probe {
     let mut outcome = Probe {
-        hub: hub.url.clone(),
+        hub: hub.to_string(),
         server: None,
         local: None,
         observed: None,

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::Local;
 use super::hub_client::HubConnection;
 use crate::device_id::DeviceId;
-use crate::hub_protocol::{RELAY_PATH, RELAY_UPGRADE};
+use crate::hub_wire::{RELAY_PATH, RELAY_UPGRADE};
 use crate::public_key::PublicKey;
 
 /// Time allowed to open a TCP connection to a local or advertised endpoint.
@@ -220,22 +220,22 @@ pub async fn relay(
     let url = &local.hubs[hub].url;
     let connection = HubConnection::open(url, None)
         .await
-        .map_err(|error| format!("relay at {}: {error}", url.url))?;
+        .map_err(|error| format!("relay at {url}: {error}"))?;
     let endpoint = connection.remote_addr();
     let stream: Stream = Box::new(
         connection
             .upgrade(RELAY_PATH, RELAY_UPGRADE, Some(token))
             .await
-            .map_err(|error| format!("relay at {}: {error}", url.url))?,
+            .map_err(|error| format!("relay at {url}: {error}"))?,
     );
     if dial {
         return handshake(local, target, stream, endpoint, Path::Relayed)
             .await
-            .map_err(|error| format!("relay at {}: {error}", url.url));
+            .map_err(|error| format!("relay at {url}: {error}"));
     }
     let inbound = meshd_link::accept(stream, &local.key)
         .await
-        .map_err(|error| format!("relay at {}: {error}", url.url))?;
+        .map_err(|error| format!("relay at {url}: {error}"))?;
     let hello = inbound.hello().clone();
     if hello.from != target.peer.to_string()
         || hello.to != local.id.to_string()
@@ -243,13 +243,13 @@ pub async fn relay(
     {
         return Err(format!(
             "relay at {}: the other end is not {} with its listed key",
-            url.url, target.peer
+            url, target.peer
         ));
     }
     let link = inbound
         .complete(&local.hello_to(&target.peer))
         .await
-        .map_err(|error| format!("relay at {}: {error}", url.url))?;
+        .map_err(|error| format!("relay at {url}: {error}"))?;
     Ok(Established {
         link,
         hello,

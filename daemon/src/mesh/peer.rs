@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,8 +34,9 @@ use super::link_io::{self, KEEPALIVE, LinkEvent, ReadContext};
 use super::path::{self, Established, PUNCH_TIMEOUT, Path, RELAYED_PUNCH_TIMEOUT, Target};
 use super::roster::Listing;
 use crate::device_id::DeviceId;
-use crate::hub_protocol::{Refusable, Signal, ToHub};
+use crate::hub_wire::{Refusable, Signal, ToHub};
 use crate::public_key::PublicKey;
+use crate::sync::lock;
 
 /// How long a `send` or `ping` waits for its answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -247,10 +248,7 @@ impl PeerHandle {
 
     /// A copy of the current view.
     pub fn view(&self) -> PeerView {
-        self.view
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        lock(&self.view).clone()
     }
 
     /// Where commands for the task go.
@@ -469,7 +467,7 @@ impl PeerTask {
     }
 
     fn publish_view(&self) {
-        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut view = lock(&self.view);
         match self.current() {
             Some(active) => {
                 view.state = active.path.state();
@@ -820,7 +818,7 @@ impl PeerTask {
                 };
                 let rtt = now - ping.sent;
                 if current == Some(link) {
-                    self.view.lock().unwrap_or_else(PoisonError::into_inner).rtt = Some(rtt);
+                    lock(&self.view).rtt = Some(rtt);
                 }
                 if let Some(reply) = ping.reply {
                     let _ = reply.send(Ok(PingOutcome {
@@ -871,7 +869,7 @@ impl PeerTask {
         }
         if self.current().is_none() {
             self.last_error = Some(reason);
-            self.view.lock().unwrap_or_else(PoisonError::into_inner).rtt = None;
+            lock(&self.view).rtt = None;
             // Fall back to the relay at once after a direct path failed
             // (the larger id a moment later, so that the two ask for one
             // relay); after a failed relay, retry it with backoff.

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
 use super::backoff::Backoff;
-use super::hub_client::{HubConnection, HubError, RegisterBody};
+use super::hub_client::{HubConnection, HubError};
+use crate::hub_wire::RegisterRequest;
 
 /// Fastest heartbeat, whatever TTL a server returns.
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
@@ -32,9 +33,9 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
                 match reachable {
                     Some(true) => {}
                     Some(false) => {
-                        tracing::info!(hub = %hub.url, "signaling server reachable again")
+                        tracing::info!(%hub, "signaling server reachable again")
                     }
-                    None => tracing::info!(hub = %hub.url, "registered with signaling server"),
+                    None => tracing::info!(%hub, "registered with signaling server"),
                 }
                 reachable = Some(true);
                 last_error.clear();
@@ -48,13 +49,13 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
                 if reachable != Some(false) || message != last_error {
                     match error {
                         HubError::Status { .. } => {
-                            tracing::warn!(hub = %hub.url, error = %message, "signaling server refused the registration; retrying with backoff")
+                            tracing::warn!(%hub, error = %message, "signaling server refused the registration; retrying with backoff")
                         }
                         HubError::Http(_) | HubError::Decode(_) => {
-                            tracing::warn!(hub = %hub.url, error = %message, "signaling server answered, but not as a meshd hub; retrying with backoff")
+                            tracing::warn!(%hub, error = %message, "signaling server answered, but not as a meshd hub; retrying with backoff")
                         }
                         HubError::Connect { .. } | HubError::Timeout => {
-                            tracing::warn!(hub = %hub.url, error = %message, "signaling server unreachable; retrying with backoff")
+                            tracing::warn!(%hub, error = %message, "signaling server unreachable; retrying with backoff")
                         }
                     }
                 }
@@ -80,13 +81,11 @@ async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
     let mut connection = HubConnection::open(hub, Some(mesh.listen)).await?;
     let addr = mesh.endpoint_via(index, connection.local_addr());
     let local = &mesh.local;
-    let id = local.id.to_string();
-    let pubkey = local.public.to_base64();
-    let body = RegisterBody {
-        id: &id,
+    let body = RegisterRequest {
+        id: local.id.to_string(),
         addr: addr.to_string(),
-        pubkey: &pubkey,
-        endpoints: mesh.endpoints().iter().map(ToString::to_string).collect(),
+        pubkey: Some(local.public.to_base64()),
+        endpoints: Some(mesh.endpoints().iter().map(ToString::to_string).collect()),
     };
     let registered = match connection.register(&body, &mesh.join_token).await {
         Ok(registered) => registered,

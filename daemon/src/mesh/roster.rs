@@ -21,12 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::device_id::DeviceId;
 use crate::public_key::PublicKey;
-use crate::signaling::MAX_ENDPOINTS;
 
-use super::hub_client::ListedDevice;
-
-/// Devices taken from one hub's answer at most.
-pub const MAX_DEVICES_PER_HUB: usize = 65_536;
+use crate::hub_wire::{ListedDevice, MAX_DEVICES_PER_LIST, MAX_ENDPOINTS};
 
 /// How long a hub's departures are remembered.
 const DEPARTED_KEPT: Duration = Duration::from_secs(86_400);
@@ -183,7 +179,7 @@ impl Roster {
         });
         for (id, listing) in devices
             .iter()
-            .take(MAX_DEVICES_PER_HUB)
+            .take(MAX_DEVICES_PER_LIST)
             .filter_map(Listing::from_listed)
         {
             departed.remove(&id);
@@ -200,7 +196,7 @@ impl Roster {
             departed.shrink_to_fit();
         }
         // Bounded like the view; the oldest departures matter least.
-        while departed.len() > MAX_DEVICES_PER_HUB {
+        while departed.len() > MAX_DEVICES_PER_LIST {
             let Some(oldest) = departed
                 .iter()
                 .min_by_key(|(_, at)| **at)

@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::SignalingState;
-use super::api::DeviceView;
+use super::api;
 use super::relay::Asker;
 use crate::device_id::DeviceId;
-use crate::hub_protocol::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
+use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 
@@ -43,7 +43,7 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A message queued for a device's channel.
-type Outgoing = FromHub<DeviceView>;
+type Outgoing = FromHub;
 
 struct Session {
     serial: u64,
@@ -110,7 +110,7 @@ impl Channels {
 
     /// Queues `message` for every open channel but `except`'s; a channel
     /// whose queue is full misses it (its next list push corrects it).
-    fn broadcast(&self, except: &DeviceId, message: impl Fn() -> FromHub<DeviceView>) {
+    fn broadcast(&self, except: &DeviceId, message: impl Fn() -> FromHub) {
         for (id, session) in lock(&self.sessions).iter() {
             if id != except {
                 let _ = session.outgoing.try_send(message());
@@ -120,7 +120,7 @@ impl Channels {
 
     /// Queues a message for `to`; false if it has no channel or its queue
     /// is full.
-    fn send(&self, to: &DeviceId, message: FromHub<DeviceView>) -> bool {
+    fn send(&self, to: &DeviceId, message: FromHub) -> bool {
         lock(&self.sessions)
             .get(to)
             .is_some_and(|session| session.outgoing.try_send(message).is_ok())
@@ -242,7 +242,7 @@ async fn read_channel<R: AsyncRead + Unpin>(
 
 /// Offers a relay between `id` and `to`: tokens to both; the refusal to
 /// `id` if that cannot be done.
-fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub<DeviceView>> {
+fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub> {
     let id = &asker.device;
     let refused = |reason: String, to: String| {
         Some(FromHub::Refused {
@@ -340,7 +340,7 @@ fn devices_message(state: &SignalingState) -> Bytes {
     {
         return bytes.clone();
     }
-    let devices: Vec<DeviceView> = state.live_devices().iter().map(DeviceView::from).collect();
+    let devices: Vec<_> = state.live_devices().iter().map(api::listed).collect();
     let message = FromHub::Devices { version, devices };
     let bytes = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
     *cached = Some((version, bytes.clone()));

@@ -1,5 +1,5 @@
 //! Signaling errors, each mapped once to an HTTP status and a JSON body
-//! `{"error": "..."}` (CONTRACT section 3).
+//! `{"error": "..."}` (docs/signaling-api.md).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -21,10 +21,10 @@ pub enum SignalingError {
     )]
     KeyConflict(String),
     /// The body exceeds the limit.
-    #[error("request body exceeds {} bytes", super::routes::MAX_BODY_BYTES)]
+    #[error("request body exceeds {} bytes", crate::hub_wire::MAX_BODY_BYTES)]
     TooLarge,
     /// The request line and headers exceed the limit.
-    #[error("request headers exceed {} bytes", super::routes::MAX_HEAD_BYTES)]
+    #[error("request headers exceed {} bytes", crate::hub_wire::MAX_HEAD_BYTES)]
     HeadersTooLarge,
     /// The body did not arrive in time.
     #[error("request body not received within the timeout")]

@@ -1,5 +1,5 @@
 //! The signaling role: the discovery server ("hub") where devices register and
-//! list each other (CONTRACT section 3).
+//! list each other (docs/signaling-api.md).
 //!
 //! [`start`] binds the listener and spawns the accept loop and the expiry
 //! sweeper on the supervisor's tracker; the returned [`SignalingHandle`] is the
@@ -16,12 +16,11 @@ mod relay;
 mod routes;
 mod server;
 
-pub use api::MAX_ENDPOINTS;
 pub use bindings::{BindingsError, BindingsFile};
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use meshd_ipc::{DeviceEntry, RemovedReply, SignalingStatus};
@@ -32,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SignalingConfig;
 use crate::device_id::DeviceId;
+use crate::sync::{lock, read_lock, write_lock};
 use registry::{Device, Registry};
 
 /// The settings a reload may change while connections are open.
@@ -93,14 +93,11 @@ impl SignalingState {
     fn registry(&self) -> MutexGuard<'_, Registry> {
         // The registry's invariants hold between calls, so a panic elsewhere
         // leaves it usable.
-        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.registry)
     }
 
     fn settings(&self) -> Settings {
-        self.settings
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read_lock(&self.settings).clone()
     }
 
     /// Runs `change` on the registry and wakes the persister if it changed
@@ -216,7 +213,7 @@ impl SignalingHandle {
             .live_devices()
             .iter()
             .map(|device| {
-                let view = api::DeviceView::from(device);
+                let view = api::listed(device);
                 DeviceEntry {
                     id: view.id,
                     addr: view.addr,
@@ -253,11 +250,7 @@ impl SignalingHandle {
 
     /// Applies the live part of a reloaded config.
     pub fn apply(&self, config: &SignalingConfig) {
-        *self
-            .state
-            .settings
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = Settings::from(config);
+        *write_lock(&self.state.settings) = Settings::from(config);
         self.state.registry().set_max_devices(config.max_devices);
     }
 }

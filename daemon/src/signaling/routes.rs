@@ -16,21 +16,15 @@ use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 
 use super::SignalingState;
-use super::api::{DeviceView, RegisterBody, RegisterReply};
+use super::api;
 use super::channels;
 use super::error::{SignalingError, json_response};
 use super::registry::RegisterError;
-use crate::hub_protocol::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, RELAY_PATH, RELAY_TOKEN_HEADER, RELAY_UPGRADE,
+use crate::hub_wire::{
+    CHANNEL_PATH, CHANNEL_UPGRADE, DEVICES_PATH, HEALTH_PATH, MAX_BODY_BYTES, MAX_HEAD_BYTES,
+    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH, RELAY_TOKEN_HEADER, RELAY_UPGRADE,
+    RegisterReply, RegisterRequest,
 };
-
-/// The largest request body accepted (docs/signaling-api.md, "Limits").
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// The largest request line and headers accepted, counted as they travel.
-/// hyper's read buffer (64 KiB) bounds what it holds, but a head that
-/// arrives in one read can still pass it, so the limit is checked here too.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The size of a request's line and headers on the wire.
 fn head_bytes<B>(request: &Request<B>) -> usize {
@@ -49,21 +43,25 @@ pub async fn route(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let result = match (path.as_str(), &method) {
+        // hyper's read buffer (64 KiB) bounds what it holds, but a head that
+        // arrives in one read can still pass it, so the limit is checked here.
         _ if head_bytes(&request) > MAX_HEAD_BYTES => Err(SignalingError::HeadersTooLarge),
-        ("/register", &Method::POST) => register(request, peer, &state).await,
-        ("/register", _) => Err(SignalingError::MethodNotAllowed("POST")),
-        ("/devices", &Method::GET) => Ok(devices(&request, &state).await),
-        ("/devices", _) => Err(SignalingError::MethodNotAllowed("GET")),
-        ("/healthz", &Method::GET) => Ok(json_response(
+        (REGISTER_PATH, &Method::POST) => register(request, peer, &state).await,
+        (REGISTER_PATH, _) => Err(SignalingError::MethodNotAllowed("POST")),
+        (DEVICES_PATH, &Method::GET) => Ok(devices(&request, &state).await),
+        (DEVICES_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
+        (HEALTH_PATH, &Method::GET) => Ok(json_response(
             StatusCode::OK,
             &serde_json::json!({ "status": "ok" }),
         )),
-        ("/healthz", _) => Err(SignalingError::MethodNotAllowed("GET")),
-        ("/observed", &Method::GET) => Ok(json_response(
+        (HEALTH_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
+        (OBSERVED_PATH, &Method::GET) => Ok(json_response(
             StatusCode::OK,
-            &serde_json::json!({ "observed": peer.to_string() }),
+            &ObservedReply {
+                observed: peer.to_string(),
+            },
         )),
-        ("/observed", _) => Err(SignalingError::MethodNotAllowed("GET")),
+        (OBSERVED_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
         (CHANNEL_PATH, &Method::GET) => channel(request, peer, &state),
         (RELAY_PATH, &Method::GET) => relay(request, &state),
         (CHANNEL_PATH | RELAY_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
@@ -104,12 +102,12 @@ async fn register(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let body: RegisterBody = meshd_ipc::strict::from_slice(&bytes).map_err(|error| {
+    let body: RegisterRequest = meshd_ipc::strict::from_slice(&bytes).map_err(|error| {
         SignalingError::BadRequest(format!(
             "malformed JSON: {error}; the body is one object: {{\"id\":..., \"addr\":...}}"
         ))
     })?;
-    let registration = body.validate().map_err(SignalingError::BadRequest)?;
+    let registration = api::validate(body).map_err(SignalingError::BadRequest)?;
 
     let ttl = settings.device_ttl;
     let now = Instant::now();
@@ -178,7 +176,7 @@ async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Respons
         }
     }
     let version = *changes.borrow();
-    let views: Vec<DeviceView> = state.live_devices().iter().map(DeviceView::from).collect();
+    let views: Vec<_> = state.live_devices().iter().map(api::listed).collect();
     let mut response = json_response(StatusCode::OK, &views);
     if let Ok(value) = hyper::header::HeaderValue::from_str(&version.to_string()) {
         response.headers_mut().insert(VERSION_HEADER, value);

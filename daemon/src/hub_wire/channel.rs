@@ -1,11 +1,12 @@
 //! What travels over a hub channel (docs/mesh.md, "The hub channel"):
-//! JSON messages inside the Noise channel of `meshd_link::channel`. Shared
-//! by the signaling role, which serves channels, and the mesh role, which
-//! keeps one open to each of its hubs.
+//! JSON messages inside the Noise channel of `meshd_link::channel`, served
+//! by the signaling role and kept open by the mesh role to each of its hubs.
 //!
 //! Also the names of the HTTP upgrades that open a channel or a relay.
 
 use serde::{Deserialize, Serialize};
+
+use super::ListedDevice;
 
 /// `GET /channel` with `Upgrade: meshd-channel/1` opens a channel.
 pub const CHANNEL_PATH: &str = "/channel";
@@ -17,11 +18,6 @@ pub const RELAY_PATH: &str = "/relay";
 pub const RELAY_UPGRADE: &str = "meshd-relay/1";
 /// The header carrying a relay token.
 pub const RELAY_TOKEN_HEADER: &str = "meshd-relay-token";
-
-/// The largest message a device may send the hub.
-pub const MAX_TO_HUB_BYTES: usize = 16 * 1024;
-/// The largest message the hub may send a device: a full device list.
-pub const MAX_FROM_HUB_BYTES: usize = 32 << 20;
 
 /// Device to hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,11 +45,10 @@ pub enum ToHub {
     Leave,
 }
 
-/// Hub to device. `D` is the device list's element type: the hub sends its
-/// own view, the device reads it as the API's `GET /devices` element.
+/// Hub to device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum FromHub<D> {
+pub enum FromHub {
     /// Answer to [`ToHub::Ping`].
     Pong {
         /// The ping's nonce.
@@ -65,7 +60,7 @@ pub enum FromHub<D> {
         /// The registry version (as in the `meshd-registry-version` header).
         version: u64,
         /// Every live device, as `GET /devices` lists them.
-        devices: Vec<D>,
+        devices: Vec<ListedDevice>,
     },
     /// A signal from device `from`.
     Signal {
@@ -149,7 +144,7 @@ mod tests {
             serde_json::to_string(&signal).unwrap(),
             r#"{"type":"signal","to":"b","signal":{"kind":"sync","nonce":3}}"#
         );
-        let relay: FromHub<String> =
+        let relay: FromHub =
             serde_json::from_str(r#"{"type":"relay","peer":"a","token":"t","dial":false}"#)
                 .unwrap();
         assert_eq!(
@@ -187,9 +182,11 @@ mod tests {
             .is_ok()
         );
         let refused = br#"{"type":"refused","to":"b","request":1,"reason":"x"}"#;
-        assert!(from_slice::<FromHub<String>>(refused).is_err());
-        let devices = br#"{"type":"devices","version":1,"devices":[["a"]]}"#;
-        assert!(from_slice::<FromHub<Vec<String>>>(devices).is_ok());
-        assert!(from_slice::<FromHub<String>>(devices).is_err());
+        assert!(from_slice::<FromHub>(refused).is_err());
+        let devices =
+            br#"{"type":"devices","version":1,"devices":[{"id":"a","addr":"192.0.2.7:1"}]}"#;
+        assert!(from_slice::<FromHub>(devices).is_ok());
+        let as_array = br#"{"type":"devices","version":1,"devices":[["a","192.0.2.7:1"]]}"#;
+        assert!(from_slice::<FromHub>(as_array).is_err());
     }
 }

@@ -1,0 +1,138 @@
+//! A hub's address as `[mesh] signaling` names it, `http://HOST:PORT`:
+//! checked and parsed once, when the config is loaded.
+
+use std::fmt;
+
+/// Why a `[mesh] signaling` entry is not a hub URL. Each message says what
+/// to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubUrlError {
+    /// Not a URL at all.
+    #[error("{url:?} is not a URL ({reason}): write e.g. \"http://hub.example:8080\"")]
+    NotAUrl {
+        /// As written.
+        url: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// Another scheme than `http`.
+    #[error("{url:?}: only http:// signaling servers are supported")]
+    NotHttp {
+        /// As written.
+        url: String,
+    },
+    /// No host or no port.
+    #[error("{url:?} needs a host and a port, e.g. \"http://hub.example:8080\"")]
+    NoHostOrPort {
+        /// As written.
+        url: String,
+    },
+    /// A path or a query after the port.
+    #[error("{url:?} must not have a path: write just http://HOST:PORT")]
+    HasPath {
+        /// As written.
+        url: String,
+    },
+}
+
+/// A signaling server from `[mesh] signaling`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubUrl {
+    url: String,
+    authority: String,
+}
+
+impl HubUrl {
+    /// Accepts `http://HOST:PORT`, with an optional trailing `/`.
+    pub fn parse(url: &str) -> Result<Self, HubUrlError> {
+        let uri: hyper::Uri =
+            url.parse()
+                .map_err(|error: hyper::http::uri::InvalidUri| HubUrlError::NotAUrl {
+                    url: url.to_owned(),
+                    reason: error.to_string(),
+                })?;
+        if uri.scheme_str() != Some("http") {
+            return Err(HubUrlError::NotHttp {
+                url: url.to_owned(),
+            });
+        }
+        let authority = match uri.authority() {
+            Some(authority) if !authority.host().is_empty() && authority.port_u16().is_some() => {
+                authority.to_string()
+            }
+            _ => {
+                return Err(HubUrlError::NoHostOrPort {
+                    url: url.to_owned(),
+                });
+            }
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(HubUrlError::HasPath {
+                url: url.to_owned(),
+            });
+        }
+        Ok(HubUrl {
+            url: url.to_owned(),
+            authority,
+        })
+    }
+
+    /// `HOST:PORT`, to connect to and for the `Host` header.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+}
+
+/// As written in the config: what logs and `meshctl status` show.
+impl fmt::Display for HubUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_host_and_port_with_or_without_a_slash() {
+        for url in [
+            "http://hub.example:8080",
+            "http://127.0.0.1:8080/",
+            "http://[::1]:9",
+        ] {
+            let hub = HubUrl::parse(url).unwrap();
+            assert_eq!(hub.to_string(), url);
+        }
+        assert_eq!(
+            HubUrl::parse("http://[::1]:9").unwrap().authority(),
+            "[::1]:9"
+        );
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let kind = |url: &str| match HubUrl::parse(url) {
+            Err(HubUrlError::NotAUrl { .. }) => "not a url",
+            Err(HubUrlError::NotHttp { .. }) => "not http",
+            Err(HubUrlError::NoHostOrPort { .. }) => "no host or port",
+            Err(HubUrlError::HasPath { .. }) => "has a path",
+            Ok(_) => "accepted",
+        };
+        assert_eq!(kind("not a url"), "not a url");
+        assert_eq!(kind("https://hub:8080"), "not http");
+        assert_eq!(kind("hub:8080"), "not http");
+        assert_eq!(kind("http://hub"), "no host or port");
+        assert_eq!(kind("http://hub:8080/api"), "has a path");
+        assert_eq!(kind("http://hub:8080/?x=1"), "has a path");
+        for url in [
+            "not a url",
+            "https://hub:8080",
+            "http://hub",
+            "http://hub:8080/api",
+        ] {
+            let error = HubUrl::parse(url).unwrap_err();
+            assert!(error.to_string().contains(&format!("{url:?}")), "{error}");
+        }
+    }
+}
