@@ -1,4 +1,4 @@
-//! The meshd chat client (CONTRACT section 4): `HELLO`, `AUTH`, then plain
+//! The meshd chat client (docs/chat-protocol.md): `HELLO`, `AUTH`, then plain
 //! lines out and `MSG <user> <text>` lines in. Every logged-in client is in
 //! the one room, so a "subscriber" is simply a logged-in client; `JOIN`,
 //! `LEAVE` and any other verb are ignored, as the contract asks of clients.
@@ -44,7 +44,7 @@ impl Meshd {
         loop {
             match conn.next_frame(self, deadline, &ok).await? {
                 OwnedFrame::Other(line) if line == ok.as_bytes() => return Ok(conn),
-                // Unknown verbs are ignored (CONTRACT section 4).
+                // Unknown verbs are ignored (docs/chat-protocol.md).
                 OwnedFrame::Other(_) => {}
                 other => return Err(unexpected(Self::NAME, &ok, &other)),
             }

@@ -1,4 +1,4 @@
-//! meshctl's command line (CONTRACT section 5). Man pages and completions are
+//! meshctl's command line (docs/meshctl.md). Man pages and completions are
 //! generated from these definitions: this file depends on clap alone, and the
 //! xtask includes it.
 

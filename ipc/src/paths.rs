@@ -1,5 +1,5 @@
 //! Where the control socket lives when the config does not say, shared so that
-//! meshd and meshctl agree without configuration (CONTRACT section 1).
+//! meshd and meshctl agree without configuration (docs/config.md).
 
 use std::path::PathBuf;
 

@@ -1,7 +1,7 @@
 //! Replies from meshd to meshctl.
 //!
 //! These structs are also what `meshctl --json` prints, so their field names
-//! are part of the external contract (CONTRACT section 5): add fields freely,
+//! are part of the external contract (docs/meshctl.md): add fields freely,
 //! never rename or remove one.
 
 use serde::{Deserialize, Serialize};

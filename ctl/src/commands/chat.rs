@@ -1,5 +1,5 @@
 //! `meshctl chat [HOST:PORT]`: the interactive chat client. It speaks the
-//! plain chat protocol (CONTRACT section 4), so it works against any server
+//! plain chat protocol (docs/chat-protocol.md), so it works against any server
 //! that does. A reader thread prints what arrives while the main thread sends
 //! each line typed; `exit`, `/quit` or end of input sends `/quit` and ends
 //! with status 0. What the server sends is shown with its control characters

@@ -1,4 +1,4 @@
-//! The chat role (CONTRACT section 4) with real TCP clients: the protocol,
+//! The chat role (docs/chat-protocol.md) with real TCP clients: the protocol,
 //! every error code, ordering, the slow-consumer policy, logins under load,
 //! users on disk, and meshctl's chat commands.
 

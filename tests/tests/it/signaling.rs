@@ -1,4 +1,4 @@
-//! The signaling HTTP API (CONTRACT section 3): registration, listing,
+//! The signaling HTTP API (docs/signaling-api.md): registration, listing,
 //! refresh, expiry, the join token, every row of the error table, and
 //! protection against slow clients.
 
