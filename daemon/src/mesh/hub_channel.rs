@@ -9,7 +9,7 @@
 //! A list without this device means the hub lost it (it restarted): the
 //! registrar is woken to register again at once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,12 +19,12 @@ use tokio_util::sync::CancellationToken;
 use super::Mesh;
 use super::backoff::Backoff;
 use super::hub_client::{HubConnection, HubError};
+use super::hubs::HubId;
 use super::peer::Command;
 use crate::device_id::DeviceId;
 use crate::hub_wire::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, HubUrl, ListedDevice, MAX_FROM_HUB_BYTES, ToHub,
+    CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, ListedDevice, MAX_FROM_HUB_BYTES, ToHub,
 };
-use crate::sync::lock;
 
 /// Pings go out this often.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -39,69 +39,24 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// senders retry).
 const OUTGOING_QUEUE: usize = 256;
 
-/// The rest of meshd's hold on one hub's channel.
-pub struct HubChannel {
-    /// The hub.
-    pub url: HubUrl,
-    outgoing: Mutex<Option<mpsc::Sender<ToHub>>>,
-    rtt: Mutex<Option<Duration>>,
-}
-
-impl HubChannel {
-    /// A closed channel to `url`.
-    pub fn new(url: HubUrl) -> Self {
-        HubChannel {
-            url,
-            outgoing: Mutex::new(None),
-            rtt: Mutex::new(None),
-        }
-    }
-
-    /// Queues a message; false when the channel is down or full.
-    pub fn send(&self, message: ToHub) -> bool {
-        lock(&self.outgoing)
-            .as_ref()
-            .is_some_and(|outgoing| outgoing.try_send(message).is_ok())
-    }
-
-    /// The channel is open.
-    pub fn is_open(&self) -> bool {
-        lock(&self.outgoing)
-            .as_ref()
-            .is_some_and(|outgoing| !outgoing.is_closed())
-    }
-
-    /// The last round-trip time measured to the hub.
-    pub fn rtt(&self) -> Option<Duration> {
-        *lock(&self.rtt)
-    }
-
-    fn set(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
-        *lock(&self.outgoing) = outgoing;
-    }
-}
-
-/// Keeps hub `index`'s channel open until cancelled: opens it once the
-/// device is registered there (the hub checks the key binding), reopens it
-/// with backoff when it fails.
-pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
-    let Some(hub) = mesh.hubs.get(index).cloned() else {
-        return;
-    };
-    let mut registered = mesh.registered[index].subscribe();
+/// Keeps hub `id`'s channel open until cancelled: opens it once the device
+/// is registered there (the hub checks the key binding), reopens it with
+/// backoff when it fails.
+pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
+    let hub = mesh.local.hubs.get(id);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = registered.wait_for(|registered| *registered) => {}
+            () = hub.wait_registered() => {}
         }
-        let outcome = session(&mesh, index, &mut backoff, &cancel).await;
-        mesh.local.hubs[index].set(None);
+        let outcome = session(&mesh, id, &mut backoff, &cancel).await;
+        hub.set_channel(None);
         if cancel.is_cancelled() {
             return;
         }
         if let Err(error) = outcome {
-            tracing::debug!(%hub, %error, "hub channel closed; reopening");
+            tracing::debug!(hub = %hub.url(), %error, "hub channel closed; reopening");
         }
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -133,14 +88,14 @@ const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
 /// showing it `connecting` until its registration expires.
 async fn session(
     mesh: &Arc<Mesh>,
-    index: usize,
+    id: HubId,
     backoff: &mut Backoff,
     cancel: &CancellationToken,
 ) -> Result<(), ChannelError> {
     let local = &mesh.local;
-    let hub = &mesh.hubs[index];
+    let hub = local.hubs.get(id);
     let open = async {
-        let stream = HubConnection::open(hub, None)
+        let stream = HubConnection::open(hub.url(), None)
             .await?
             .upgrade(CHANNEL_PATH, CHANNEL_UPGRADE, None)
             .await?;
@@ -154,8 +109,8 @@ async fn session(
     };
     let (mut reader, mut writer) = channel.split(MAX_FROM_HUB_BYTES);
     let (outgoing, mut queue) = mpsc::channel(OUTGOING_QUEUE);
-    local.hubs[index].set(Some(outgoing));
-    tracing::debug!(%hub, "hub channel open");
+    hub.set_channel(Some(outgoing));
+    tracing::debug!(hub = %hub.url(), "hub channel open");
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
@@ -191,23 +146,22 @@ async fn session(
                         if let Some((sent_nonce, sent)) = ping_sent
                             && sent_nonce == nonce
                         {
-                            *lock(&local.hubs[index].rtt) =
-                                Some(sent.elapsed());
+                            hub.set_rtt(sent.elapsed());
                         }
                     }
-                    FromHub::Devices { devices, .. } => on_devices(mesh, index, &devices),
+                    FromHub::Devices { devices, .. } => on_devices(mesh, id, &devices),
                     FromHub::Signal { from, signal } => {
-                        tell(mesh, &from, Command::Signal { hub: index, signal });
+                        tell(mesh, &from, Command::Signal { hub: id, signal });
                     }
                     FromHub::Relay { peer, token, dial } => {
-                        tell(mesh, &peer, Command::RelayOffer { hub: index, token, dial });
+                        tell(mesh, &peer, Command::RelayOffer { hub: id, token, dial });
                     }
                     FromHub::Refused { to, request, reason } => {
-                        tell(mesh, &to, Command::Refused { hub: index, request, reason });
+                        tell(mesh, &to, Command::Refused { hub: id, request, reason });
                     }
                     FromHub::Left { id } => {
                         if let Ok(id) = DeviceId::parse(&id) {
-                            mesh.forget(index, &id);
+                            mesh.forget(hub.id(), &id);
                         }
                     }
                 }
@@ -224,12 +178,12 @@ async fn session(
     }
 }
 
-fn on_devices(mesh: &Mesh, index: usize, devices: &[ListedDevice]) {
+fn on_devices(mesh: &Mesh, hub: HubId, devices: &[ListedDevice]) {
     let own = mesh.local.id.to_string();
     if !devices.iter().any(|device| device.id == own) {
-        mesh.register_now[index].notify_one();
+        mesh.local.hubs.get(hub).register_now();
     }
-    mesh.update_roster(index, devices);
+    mesh.update_roster(hub, devices);
 }
 
 /// Passes a hub message to the peer task of `device`, if there is one.

@@ -14,6 +14,7 @@ use meshd_ipc::{NetcheckProbe, NetcheckReply};
 use tokio::task::JoinSet;
 
 use super::hub_client::HubConnection;
+use super::hubs::Hubs;
 use crate::hub_wire::HubUrl;
 
 /// One probe's outcome, with the server's address for comparing.
@@ -27,9 +28,9 @@ struct Probe {
 }
 
 /// Probes every hub at once.
-pub async fn run(hubs: &[HubUrl], mesh: SocketAddr) -> NetcheckReply {
+pub async fn run(hubs: &Hubs, mesh: SocketAddr) -> NetcheckReply {
     let mut probes = JoinSet::new();
-    for (index, hub) in hubs.iter().cloned().enumerate() {
+    for (index, hub) in hubs.iter().map(|hub| hub.url().clone()).enumerate() {
         probes.spawn(async move { (index, probe(&hub, mesh).await) });
     }
     let mut done = Vec::with_capacity(hubs.len());

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use super::Local;
 use super::hub_client::HubConnection;
+use super::hubs::HubId;
 use crate::device_id::DeviceId;
 use crate::hub_wire::{RELAY_PATH, RELAY_UPGRADE};
 use crate::public_key::PublicKey;
@@ -212,12 +213,12 @@ async fn connect(mesh: SocketAddr, endpoint: SocketAddr) -> std::io::Result<TcpS
 /// bytes it cannot read: the handshake is end to end.
 pub async fn relay(
     local: &Local,
-    hub: usize,
+    hub: HubId,
     token: &str,
     dial: bool,
     target: &Target,
 ) -> Result<Established, String> {
-    let url = &local.hubs[hub].url;
+    let url = local.hubs.get(hub).url();
     let connection = HubConnection::open(url, None)
         .await
         .map_err(|error| format!("relay at {url}: {error}"))?;

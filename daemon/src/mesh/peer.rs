@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Local;
 use super::backoff::Backoff;
+use super::hubs::{Hub, HubId};
 use super::link_io::{self, KEEPALIVE, LinkEvent, ReadContext};
 use super::path::{self, Established, PUNCH_TIMEOUT, Path, RELAYED_PUNCH_TIMEOUT, Target};
 use super::roster::Listing;
@@ -92,15 +93,15 @@ pub enum Command {
     Listing(Listing),
     /// A hole-punching signal from the peer, through hub `hub`.
     Signal {
-        /// The hub's index.
-        hub: usize,
+        /// The hub.
+        hub: HubId,
         /// The signal.
         signal: Signal,
     },
     /// Hub `hub` offers a relay to the peer.
     RelayOffer {
-        /// The hub's index.
-        hub: usize,
+        /// The hub.
+        hub: HubId,
         /// The one-time token.
         token: String,
         /// This side runs the link's initiator handshake.
@@ -108,8 +109,8 @@ pub enum Command {
     },
     /// Hub `hub` could not pass a signal or relay request to the peer.
     Refused {
-        /// The hub's index.
-        hub: usize,
+        /// The hub.
+        hub: HubId,
         /// Which request.
         request: Refusable,
         /// Why.
@@ -222,7 +223,7 @@ impl PeerHandle {
             relay: RelayState::Idle,
             relay_at: Some(now + head_start),
             relay_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(15)),
-            relay_hub: 0,
+            relay_hub: None,
             linger_until: None,
             last_error: None,
             pending: BTreeMap::new(),
@@ -325,7 +326,7 @@ enum RelayState {
     Idle,
     /// Asked hub `hub` at `since`; waiting for its offer.
     Asked {
-        hub: usize,
+        hub: HubId,
         since: Instant,
     },
     /// Joining an offered relay.
@@ -336,7 +337,7 @@ enum RelayState {
 #[derive(Debug, Clone, Copy)]
 struct Punch {
     nonce: u64,
-    hub: usize,
+    hub: HubId,
     sent: Instant,
 }
 
@@ -381,7 +382,7 @@ struct PeerTask {
     relay_at: Option<Instant>,
     relay_backoff: Backoff,
     /// The hub to ask for the next relay (rotates on refusals).
-    relay_hub: usize,
+    relay_hub: Option<HubId>,
     /// When to close the relayed link beside a direct one.
     linger_until: Option<Instant>,
     last_error: Option<String>,
@@ -791,7 +792,7 @@ impl PeerTask {
 
     /// Some hub channel is open, so a relay can be asked for.
     fn relay_possible(&self) -> bool {
-        self.local.hubs.iter().any(|hub| hub.is_open())
+        self.local.hubs.any_open()
     }
 
     fn on_frame(&mut self, link: u64, frame: Frame) {
@@ -1093,12 +1094,17 @@ impl PeerTask {
     fn request_punch(&mut self) -> bool {
         let nonce = rand::random();
         let to = self.target.peer.to_string();
-        let sent = (0..self.local.hubs.len()).find(|&hub| {
-            self.local.hubs[hub].send(ToHub::Signal {
-                to: to.clone(),
-                signal: Signal::Connect { nonce },
+        let sent = self
+            .local
+            .hubs
+            .iter()
+            .find(|hub| {
+                hub.send(ToHub::Signal {
+                    to: to.clone(),
+                    signal: Signal::Connect { nonce },
+                })
             })
-        });
+            .map(Hub::id);
         if let Some(hub) = sent {
             self.punch = Some(Punch {
                 nonce,
@@ -1109,11 +1115,11 @@ impl PeerTask {
         sent.is_some()
     }
 
-    fn on_signal(&mut self, hub: usize, signal: Signal) {
+    fn on_signal(&mut self, hub: HubId, signal: Signal) {
         let to = self.target.peer.to_string();
         match signal {
             Signal::Connect { nonce } => {
-                self.local.hubs[hub].send(ToHub::Signal {
+                self.local.hubs.get(hub).send(ToHub::Signal {
                     to,
                     signal: Signal::ConnectReply { nonce },
                 });
@@ -1123,7 +1129,7 @@ impl PeerTask {
                     return;
                 };
                 self.punch = None;
-                self.local.hubs[punch.hub].send(ToHub::Signal {
+                self.local.hubs.get(punch.hub).send(ToHub::Signal {
                     to,
                     signal: Signal::Sync { nonce },
                 });
@@ -1154,11 +1160,13 @@ impl PeerTask {
     /// Asks a hub with an open channel for a relay to the peer.
     fn ask_for_relay(&mut self) {
         self.relay_at = None;
-        let hubs = self.local.hubs.len();
         let to = self.target.peer.to_string();
-        let asked = (0..hubs)
-            .map(|offset| (self.relay_hub + offset) % hubs)
-            .find(|&hub| self.local.hubs[hub].send(ToHub::Relay { to: to.clone() }));
+        let asked = self
+            .local
+            .hubs
+            .starting_at(self.relay_hub)
+            .find(|hub| hub.send(ToHub::Relay { to: to.clone() }))
+            .map(Hub::id);
         match asked {
             Some(hub) => {
                 self.relay = RelayState::Asked {
@@ -1175,8 +1183,8 @@ impl PeerTask {
     /// Joins a relay a hub offered, whoever asked for it. The peer asks
     /// only when it has no link, so a direct link here is probably dead
     /// too: the relayed link stands by beside it until that is clear.
-    fn join_relay(&mut self, hub: usize, token: String, dial: bool) {
-        if hub >= self.local.hubs.len() || self.relay == RelayState::Joining {
+    fn join_relay(&mut self, hub: HubId, token: String, dial: bool) {
+        if self.relay == RelayState::Joining {
             return;
         }
         self.relay = RelayState::Joining;
@@ -1187,7 +1195,7 @@ impl PeerTask {
         );
     }
 
-    fn refused(&mut self, hub: usize, request: Refusable, reason: String) {
+    fn refused(&mut self, hub: HubId, request: Refusable, reason: String) {
         if request == Refusable::Signal {
             if self.punch.is_some_and(|punch| punch.hub == hub) {
                 // The peer cannot be told to dial back: dial its public
@@ -1202,7 +1210,7 @@ impl PeerTask {
         {
             tracing::debug!(peer = %self.target.peer, %reason, "relay refused");
             self.relay = RelayState::Idle;
-            self.relay_hub = hub + 1;
+            self.relay_hub = Some(self.local.hubs.next_after(hub));
             if self.current().is_none() {
                 self.last_error = Some(reason);
             }

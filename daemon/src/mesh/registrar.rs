@@ -14,33 +14,32 @@ use tokio_util::sync::CancellationToken;
 use super::Mesh;
 use super::backoff::Backoff;
 use super::hub_client::{HubConnection, HubError};
+use super::hubs::HubId;
 use crate::hub_wire::RegisterRequest;
 
 /// Fastest heartbeat, whatever TTL a server returns.
 const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Runs the rounds for server `index` until cancelled.
-pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
-    let Some(hub) = mesh.hubs.get(index).cloned() else {
-        return;
-    };
+/// Runs the rounds for hub `id` until cancelled.
+pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
+    let hub = mesh.local.hubs.get(id);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     let mut reachable: Option<bool> = None;
     let mut last_error = String::new();
     loop {
-        let wait = match round(&mesh, index).await {
+        let wait = match round(&mesh, id).await {
             Ok(ttl) => {
                 match reachable {
                     Some(true) => {}
                     Some(false) => {
-                        tracing::info!(%hub, "signaling server reachable again")
+                        tracing::info!(hub = %hub.url(), "signaling server reachable again")
                     }
-                    None => tracing::info!(%hub, "registered with signaling server"),
+                    None => tracing::info!(hub = %hub.url(), "registered with signaling server"),
                 }
                 reachable = Some(true);
                 last_error.clear();
                 backoff.reset();
-                mesh.hub_answered(index, None);
+                hub.answered(None);
                 (ttl / 3).max(MIN_HEARTBEAT)
             }
             Err(error) => {
@@ -49,18 +48,18 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
                 if reachable != Some(false) || message != last_error {
                     match error {
                         HubError::Status { .. } => {
-                            tracing::warn!(%hub, error = %message, "signaling server refused the registration; retrying with backoff")
+                            tracing::warn!(hub = %hub.url(), error = %message, "signaling server refused the registration; retrying with backoff")
                         }
                         HubError::Http(_) | HubError::Decode(_) => {
-                            tracing::warn!(%hub, error = %message, "signaling server answered, but not as a meshd hub; retrying with backoff")
+                            tracing::warn!(hub = %hub.url(), error = %message, "signaling server answered, but not as a meshd hub; retrying with backoff")
                         }
                         HubError::Connect { .. } | HubError::Timeout => {
-                            tracing::warn!(%hub, error = %message, "signaling server unreachable; retrying with backoff")
+                            tracing::warn!(hub = %hub.url(), error = %message, "signaling server unreachable; retrying with backoff")
                         }
                     }
                 }
                 reachable = Some(false);
-                mesh.hub_answered(index, Some(message.clone()));
+                hub.answered(Some(message.clone()));
                 last_error = message;
                 backoff.next_wait()
             }
@@ -70,16 +69,16 @@ pub async fn run(mesh: Arc<Mesh>, index: usize, cancel: CancellationToken) {
             () = tokio::time::sleep(wait) => {}
             // The hub channel saw the list without this device (a
             // restarted hub): register now.
-            () = mesh.register_now[index].notified() => {}
+            () = hub.register_asked() => {}
         }
     }
 }
 
 /// One registration and listing; the server's TTL on success.
-async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
-    let hub = &mesh.hubs[index];
-    let mut connection = HubConnection::open(hub, Some(mesh.listen)).await?;
-    let addr = mesh.endpoint_via(index, connection.local_addr());
+async fn round(mesh: &Arc<Mesh>, id: HubId) -> Result<Duration, HubError> {
+    let hub = mesh.local.hubs.get(id);
+    let mut connection = HubConnection::open(hub.url(), Some(mesh.listen)).await?;
+    let addr = mesh.endpoint_via(id, connection.local_addr());
     let local = &mesh.local;
     let body = RegisterRequest {
         id: local.id.to_string(),
@@ -93,16 +92,15 @@ async fn round(mesh: &Arc<Mesh>, index: usize) -> Result<Duration, HubError> {
             // Still learn the others (listing needs no token), so a device
             // whose registration is refused can at least be seen trying.
             if let Ok(devices) = connection.devices().await {
-                mesh.update_roster(index, &devices);
+                mesh.update_roster(id, &devices);
             }
             return Err(error);
         }
     };
     let ttl = Duration::from_secs(registered.ttl_secs.max(3));
-    mesh.hub_registered(index, registered.observed, ttl);
-    mesh.registered[index].send_replace(true);
+    hub.registered(registered.observed, ttl);
     let devices = connection.devices().await?;
-    mesh.update_roster(index, &devices);
+    mesh.update_roster(id, &devices);
     Ok(ttl)
 }
 

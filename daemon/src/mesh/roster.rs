@@ -134,7 +134,8 @@ impl HubView {
     }
 }
 
-/// Every hub's last answer.
+/// Every hub's last answer, by the hub's place in `[mesh] signaling`
+/// (`HubId::index`).
 pub struct Roster {
     hubs: Vec<Option<HubView>>,
 }

@@ -1,0 +1,307 @@
+//! The hubs of `[mesh] signaling`, one [`Hub`] each, named by a [`HubId`].
+//!
+//! A hub is served by two tasks, its registrar (register, heartbeat, list)
+//! and its channel (pushed lists, signals, relay offers); peer tasks send
+//! through its channel and the control socket reports on it. Everything
+//! they share about one hub lives in its `Hub`, so there are no parallel
+//! per-hub lists to keep in step and no index that can be out of range.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use meshd_ipc::HubStatus;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::hub_wire::{HubUrl, ToHub};
+use crate::sync::lock;
+
+/// A hub's device list counts for this long until it has said its TTL.
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+
+/// A hub of `[mesh] signaling`, by its place in that list. Only [`Hubs`]
+/// makes them, so every `HubId` names a hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HubId(usize);
+
+impl HubId {
+    /// The hub's place in `[mesh] signaling`, from 0.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// What the registrar last learnt from a hub.
+#[derive(Debug)]
+struct Registration {
+    /// The last round got an answer.
+    reachable: bool,
+    /// This device's address as the hub saw it.
+    observed: Option<String>,
+    /// Why the last round failed.
+    error: Option<String>,
+    /// How long the hub keeps a registration.
+    ttl: Duration,
+    /// The endpoint on the route to this hub (the local address of the
+    /// connection, with the mesh port).
+    route: Option<SocketAddr>,
+}
+
+/// One hub and all this node holds about it.
+#[derive(Debug)]
+pub struct Hub {
+    id: HubId,
+    url: HubUrl,
+    /// The open channel's queue; `None` while it is closed.
+    outgoing: Mutex<Option<mpsc::Sender<ToHub>>>,
+    /// The channel's last measured round trip.
+    rtt: Mutex<Option<Duration>>,
+    registration: Mutex<Registration>,
+    /// This device is registered there, so its channel can open (the hub
+    /// accepts a channel only for a key it has bound).
+    registered: watch::Sender<bool>,
+    /// Wakes the registrar to register at once.
+    register_now: Notify,
+}
+
+impl Hub {
+    fn new(id: HubId, url: HubUrl) -> Hub {
+        Hub {
+            id,
+            url,
+            outgoing: Mutex::new(None),
+            rtt: Mutex::new(None),
+            registration: Mutex::new(Registration {
+                reachable: false,
+                observed: None,
+                error: None,
+                ttl: DEFAULT_TTL,
+                route: None,
+            }),
+            registered: watch::Sender::new(false),
+            register_now: Notify::new(),
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> HubId {
+        self.id
+    }
+
+    /// Its URL, as the config wrote it.
+    pub fn url(&self) -> &HubUrl {
+        &self.url
+    }
+
+    /// Queues a message on the channel; false when it is closed or full.
+    pub fn send(&self, message: ToHub) -> bool {
+        lock(&self.outgoing)
+            .as_ref()
+            .is_some_and(|outgoing| outgoing.try_send(message).is_ok())
+    }
+
+    /// The channel is open.
+    pub fn is_open(&self) -> bool {
+        lock(&self.outgoing)
+            .as_ref()
+            .is_some_and(|outgoing| !outgoing.is_closed())
+    }
+
+    /// The channel opened (`Some`, with its queue) or closed.
+    pub fn set_channel(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
+        *lock(&self.outgoing) = outgoing;
+    }
+
+    /// A round trip measured over the channel.
+    pub fn set_rtt(&self, rtt: Duration) {
+        *lock(&self.rtt) = Some(rtt);
+    }
+
+    /// The hub registered this device: it sees it at `observed` and keeps
+    /// the registration for `ttl`. Lets the channel open.
+    pub fn registered(&self, observed: String, ttl: Duration) {
+        {
+            let mut registration = lock(&self.registration);
+            registration.observed = Some(observed);
+            registration.ttl = ttl;
+        }
+        self.registered.send_replace(true);
+    }
+
+    /// The outcome of a registrar round: `None` when the hub answered.
+    pub fn answered(&self, error: Option<String>) {
+        let mut registration = lock(&self.registration);
+        registration.reachable = error.is_none();
+        registration.error = error;
+    }
+
+    /// How long this hub's device list counts.
+    pub fn ttl(&self) -> Duration {
+        lock(&self.registration).ttl
+    }
+
+    /// The endpoint on the route to this hub, once a connection learnt it.
+    pub fn route(&self) -> Option<SocketAddr> {
+        lock(&self.registration).route
+    }
+
+    /// Remembers the endpoint on the route to this hub.
+    pub fn set_route(&self, endpoint: SocketAddr) {
+        lock(&self.registration).route = Some(endpoint);
+    }
+
+    /// Waits for the first registration (at once if there was one).
+    pub async fn wait_registered(&self) {
+        let mut registered = self.registered.subscribe();
+        let _ = registered.wait_for(|registered| *registered).await;
+    }
+
+    /// Asks the registrar to register now (a restarted hub lost us).
+    pub fn register_now(&self) {
+        self.register_now.notify_one();
+    }
+
+    /// Resolves when [`Hub::register_now`] was called.
+    pub async fn register_asked(&self) {
+        self.register_now.notified().await;
+    }
+
+    /// For `meshctl status`.
+    pub fn status(&self) -> HubStatus {
+        let registration = lock(&self.registration);
+        HubStatus {
+            url: self.url.to_string(),
+            reachable: registration.reachable,
+            observed: registration.observed.clone(),
+            error: registration.error.clone(),
+            channel: self.is_open(),
+            rtt_ms: (*lock(&self.rtt)).map(super::millis),
+        }
+    }
+}
+
+/// Every hub of `[mesh] signaling`, in its order.
+#[derive(Debug)]
+pub struct Hubs {
+    hubs: Box<[Hub]>,
+}
+
+impl Hubs {
+    /// One hub per URL.
+    pub fn new(urls: &[HubUrl]) -> Hubs {
+        Hubs {
+            hubs: urls
+                .iter()
+                .enumerate()
+                .map(|(index, url)| Hub::new(HubId(index), url.clone()))
+                .collect(),
+        }
+    }
+
+    /// The hub `id` names.
+    pub fn get(&self, id: HubId) -> &Hub {
+        // Infallible: only `new` makes ids, each below the length.
+        &self.hubs[id.0]
+    }
+
+    /// Every hub, in config order.
+    pub fn iter(&self) -> std::slice::Iter<'_, Hub> {
+        self.hubs.iter()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.hubs.len()
+    }
+
+    /// Some hub's channel is open.
+    pub fn any_open(&self) -> bool {
+        self.hubs.iter().any(Hub::is_open)
+    }
+
+    /// Every hub once, starting at `start` (the first without one) and
+    /// wrapping around: the order in which a request is offered, so that a
+    /// hub that refused is not asked first again.
+    pub fn starting_at(&self, start: Option<HubId>) -> impl Iterator<Item = &Hub> {
+        let start = start.map_or(0, |id| id.0.min(self.hubs.len()));
+        let (before, after) = self.hubs.split_at(start);
+        after.iter().chain(before)
+    }
+
+    /// The hub after `id` in config order, wrapping around.
+    pub fn next_after(&self, id: HubId) -> HubId {
+        HubId((id.0 + 1) % self.hubs.len().max(1))
+    }
+}
+
+impl<'a> IntoIterator for &'a Hubs {
+    type Item = &'a Hub;
+    type IntoIter = std::slice::Iter<'a, Hub>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.hubs.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hubs(n: usize) -> Hubs {
+        let urls: Vec<HubUrl> = (0..n)
+            .map(|i| HubUrl::parse(&format!("http://127.0.0.1:{}", 8080 + i)).unwrap())
+            .collect();
+        Hubs::new(&urls)
+    }
+
+    #[test]
+    fn requests_rotate_from_the_hub_named_and_wrap() {
+        let hubs = hubs(3);
+        let order = |start: usize| -> Vec<usize> {
+            hubs.starting_at(Some(HubId(start)))
+                .map(|hub| hub.id().index())
+                .collect()
+        };
+        assert_eq!(order(0), [0, 1, 2]);
+        let first: Vec<usize> = hubs.starting_at(None).map(|hub| hub.id().index()).collect();
+        assert_eq!(first, [0, 1, 2]);
+        assert_eq!(order(2), [2, 0, 1]);
+        assert_eq!(hubs.next_after(HubId(2)), HubId(0));
+        assert_eq!(hubs.next_after(HubId(0)), HubId(1));
+    }
+
+    #[test]
+    fn a_closed_channel_takes_nothing_and_an_open_one_queues() {
+        let hubs = hubs(1);
+        let hub = hubs.get(HubId(0));
+        assert!(!hub.send(ToHub::Leave));
+        assert!(!hubs.any_open());
+        let (outgoing, mut queue) = mpsc::channel(1);
+        hub.set_channel(Some(outgoing));
+        assert!(hubs.any_open());
+        assert!(hub.send(ToHub::Leave));
+        assert!(!hub.send(ToHub::Leave), "a full queue refuses");
+        assert_eq!(queue.try_recv().unwrap(), ToHub::Leave);
+        drop(queue);
+        assert!(!hub.is_open(), "a channel whose task ended is closed");
+    }
+
+    #[test]
+    fn status_reports_what_the_registrar_and_channel_learnt() {
+        let hubs = hubs(1);
+        let hub = hubs.get(HubId(0));
+        assert_eq!(hub.ttl(), DEFAULT_TTL);
+        hub.registered("203.0.113.9:4000".into(), Duration::from_secs(9));
+        hub.answered(None);
+        hub.set_rtt(Duration::from_micros(1500));
+        let status = hub.status();
+        assert_eq!(status.url, "http://127.0.0.1:8080");
+        assert!(status.reachable);
+        assert_eq!(status.observed.as_deref(), Some("203.0.113.9:4000"));
+        assert_eq!(status.rtt_ms, Some(1.5));
+        assert_eq!(hub.ttl(), Duration::from_secs(9));
+        hub.answered(Some("refused".into()));
+        assert!(!hub.status().reachable);
+        assert_eq!(hub.status().error.as_deref(), Some("refused"));
+    }
+}
