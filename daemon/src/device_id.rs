@@ -10,22 +10,28 @@ pub struct DeviceId(String);
 /// The longest id accepted.
 pub const MAX_ID_LEN: usize = 64;
 
+/// Why a text is not a device id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceIdError {
+    /// Empty or too long.
+    #[error("device id must be 1-{MAX_ID_LEN} characters, got {0}")]
+    Length(usize),
+    /// A character outside the id alphabet.
+    #[error("device id may only hold A-Z, a-z, 0-9, '.', '_' and '-', found {0:?}")]
+    Char(char),
+}
+
 impl DeviceId {
     /// Checks `text` against the id syntax.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DeviceIdError> {
         if text.is_empty() || text.len() > MAX_ID_LEN {
-            return Err(format!(
-                "device id must be 1-{MAX_ID_LEN} characters, got {}",
-                text.len()
-            ));
+            return Err(DeviceIdError::Length(text.len()));
         }
         if let Some(bad) = text
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
         {
-            return Err(format!(
-                "device id may only hold A-Z, a-z, 0-9, '.', '_' and '-', found {bad:?}"
-            ));
+            return Err(DeviceIdError::Char(bad));
         }
         Ok(DeviceId(text.to_owned()))
     }

@@ -10,15 +10,24 @@ use base64::engine::general_purpose::STANDARD;
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublicKey([u8; 32]);
 
+/// Why a text is not a public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublicKeyError {
+    /// Not standard padded base64.
+    #[error("not base64 ({0})")]
+    NotBase64(#[from] base64::DecodeError),
+    /// Base64 of another length than a key's.
+    #[error("expected 32 bytes, got {0}")]
+    Length(usize),
+}
+
 impl PublicKey {
     /// Parses the base64 form.
-    pub fn from_base64(text: &str) -> Result<Self, String> {
-        let bytes = STANDARD
-            .decode(text.trim())
-            .map_err(|error| format!("not base64 ({error})"))?;
+    pub fn from_base64(text: &str) -> Result<Self, PublicKeyError> {
+        let bytes = STANDARD.decode(text.trim())?;
         let bytes: [u8; 32] = bytes
             .try_into()
-            .map_err(|bytes: Vec<u8>| format!("expected 32 bytes, got {}", bytes.len()))?;
+            .map_err(|bytes: Vec<u8>| PublicKeyError::Length(bytes.len()))?;
         Ok(PublicKey(bytes))
     }
 
@@ -62,11 +71,13 @@ mod tests {
         assert!(
             PublicKey::from_base64("AAAA")
                 .unwrap_err()
+                .to_string()
                 .contains("32 bytes")
         );
         assert!(
             PublicKey::from_base64("***")
                 .unwrap_err()
+                .to_string()
                 .contains("base64")
         );
     }

@@ -16,7 +16,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::chat;
 use crate::config::{Config, ConfigLocation, ReloadPlan};
-use crate::control::{self, ControlError, Dispatcher, NodeFacts, ReloadRequest, Roles};
+use crate::control::{
+    self, ControlError, Dispatcher, NodeFacts, ReloadError, ReloadRequest, Roles,
+};
 use crate::logging::LogControl;
 use crate::mesh::{self, MeshError};
 use crate::signaling;
@@ -231,7 +233,7 @@ async fn reload(
     location: &ConfigLocation,
     roles: &Roles,
     log: &LogControl,
-) -> Result<ReloadReply, String> {
+) -> Result<ReloadReply, ReloadError> {
     systemd::reloading();
     let outcome = match Config::load(location) {
         Ok(new) => {
@@ -280,9 +282,7 @@ async fn reload(
         }
         Err(error) => {
             tracing::error!(%error, "reload failed; keeping the running configuration");
-            Err(format!(
-                "{error}; meshd keeps running on its previous configuration"
-            ))
+            Err(ReloadError(error))
         }
     };
     systemd::ready(&status_line(roles));

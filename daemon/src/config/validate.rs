@@ -123,8 +123,8 @@ pub fn validate(
 
 fn node(check: &mut Checker<'_>, raw: RawNode) -> NodeConfig {
     let id = match raw.id {
-        Some(text) => DeviceId::parse(&text).unwrap_or_else(|message| {
-            check.problem("node.id", message);
+        Some(text) => DeviceId::parse(&text).unwrap_or_else(|invalid| {
+            check.problem("node.id", invalid.to_string());
             DeviceId::from_hostname("")
         }),
         None => {

@@ -11,6 +11,7 @@ use meshd_ipc::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::chat::{ChatHandle, UsersError};
+use crate::config::ConfigError;
 use crate::device_id::DeviceId;
 use crate::mesh::{MeshHandle, RequestError, SendError};
 use crate::signaling::SignalingHandle;
@@ -26,11 +27,16 @@ pub struct NodeFacts {
     pub config_file: Option<PathBuf>,
 }
 
+/// Why a reload left the running configuration in place.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; meshd keeps running on its previous configuration")]
+pub struct ReloadError(#[from] pub ConfigError);
+
 /// A reload asked for over the control socket; the supervisor runs it and
 /// answers on `reply`.
 pub struct ReloadRequest {
     /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<ReloadReply, String>>,
+    pub reply: oneshot::Sender<Result<ReloadReply, ReloadError>>,
 }
 
 /// The running roles' handles; `None` for a role that is disabled.
@@ -269,7 +275,7 @@ impl Dispatcher {
         };
         let id = match DeviceId::parse(device) {
             Ok(id) => id,
-            Err(message) => return error(ErrorCode::BadRequest, message),
+            Err(invalid) => return error(ErrorCode::BadRequest, invalid.to_string()),
         };
         match signaling.remove(&id) {
             Some(removed) => Reply::Ok(Response::Removed(removed)),
@@ -289,7 +295,7 @@ impl Dispatcher {
         }
         match outcome.await {
             Ok(Ok(reloaded)) => Reply::Ok(Response::Reloaded(reloaded)),
-            Ok(Err(message)) => error(ErrorCode::InvalidConfig, message),
+            Ok(Err(invalid)) => error(ErrorCode::InvalidConfig, invalid.to_string()),
             Err(_dropped) => error(ErrorCode::Unavailable, "meshd is shutting down".to_owned()),
         }
     }
@@ -364,7 +370,9 @@ fn no_mesh() -> Reply {
 
 fn mesh_error(error: &RequestError) -> Reply {
     let code = match error {
-        RequestError::BadRequest(_) => ErrorCode::BadRequest,
+        RequestError::InvalidId(_) | RequestError::OwnId(_) | RequestError::TooLong(_) => {
+            ErrorCode::BadRequest
+        }
         RequestError::Unknown(_) => ErrorCode::NotFound,
         RequestError::NoKey { .. } => ErrorCode::Unreachable,
         RequestError::Send(SendError::NoLink { .. } | SendError::Stopped { .. }) => {

@@ -16,7 +16,7 @@ mod socket;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use dispatch::{Dispatcher, NodeFacts, ReloadRequest, Roles};
+pub use dispatch::{Dispatcher, NodeFacts, ReloadError, ReloadRequest, Roles};
 pub use interprocess::os::unix::uds_local_socket::tokio::Listener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

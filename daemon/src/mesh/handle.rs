@@ -12,25 +12,32 @@ use meshd_ipc::{
 };
 use tokio::sync::{broadcast, oneshot};
 
+use super::error::StopReason;
 use super::hubs::Hub;
 use super::peer::{self, Command, PeerHandle, SendError};
 use super::roster::KeyStatus;
 use super::{MAX_MESSAGE_BYTES, Mesh, netcheck};
-use crate::device_id::DeviceId;
+use crate::device_id::{DeviceId, DeviceIdError};
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 
 /// Why a `send` or `ping` request failed before reaching a peer task.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// Bad arguments.
+    /// Not a device id.
     #[error("{0}")]
-    BadRequest(String),
+    InvalidId(#[from] DeviceIdError),
+    /// This device's own id.
+    #[error("{0} is this device; name another one")]
+    OwnId(DeviceId),
+    /// A message over the limit.
+    #[error("message of {0} bytes; at most {MAX_MESSAGE_BYTES} are allowed")]
+    TooLong(usize),
     /// No signaling server lists the device.
     #[error(
         "unknown device {0}: no signaling server lists it; `meshctl devices` shows the known ones"
     )]
-    Unknown(String),
+    Unknown(DeviceId),
     /// The device is listed but cannot have a link.
     #[error("no link to {device}: {reason}")]
     NoKey {
@@ -199,14 +206,12 @@ impl MeshHandle {
     }
 
     fn peer_id(&self, device: &str) -> Result<DeviceId, RequestError> {
-        let id = DeviceId::parse(device).map_err(RequestError::BadRequest)?;
+        let id = DeviceId::parse(device)?;
         if id == self.mesh.local.id {
-            return Err(RequestError::BadRequest(format!(
-                "{id} is this device; name another one"
-            )));
+            return Err(RequestError::OwnId(id));
         }
         match self.mesh.key_of(&id) {
-            None => Err(RequestError::Unknown(id.to_string())),
+            None => Err(RequestError::Unknown(id)),
             Some(KeyStatus::Missing) => Err(RequestError::NoKey {
                 device: id,
                 reason: "it registered without a public key, so no link can be authenticated",
@@ -226,9 +231,9 @@ impl MeshHandle {
         let stopped = || SendError::Stopped {
             device: id.clone(),
             reason: if self.mesh.local.cancel.is_cancelled() {
-                "meshd is stopping".to_owned()
+                StopReason::MeshdStopping
             } else {
-                "its link task ended and is being restarted; try again in a moment".to_owned()
+                StopReason::Restarting
             },
         };
         let sender = sender.ok_or_else(|| RequestError::NoKey {
@@ -251,7 +256,7 @@ impl MeshHandle {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_dropped)) => Err(SendError::Stopped {
                 device: id.clone(),
-                reason: "the link task ended".to_owned(),
+                reason: StopReason::TaskEnded,
             }),
             Err(_elapsed) => Err(SendError::Timeout { device: id.clone() }),
         }
@@ -260,10 +265,7 @@ impl MeshHandle {
 
 fn check_text(text: &str) -> Result<(), RequestError> {
     if text.len() > MAX_MESSAGE_BYTES {
-        return Err(RequestError::BadRequest(format!(
-            "message of {} bytes; at most {MAX_MESSAGE_BYTES} are allowed",
-            text.len()
-        )));
+        return Err(RequestError::TooLong(text.len()));
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ pub enum IdentityError {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        reason: KeyFileError,
     },
     /// The file exists but cannot be read as text (or is a dangling link).
     #[error("{0}; meshd will not replace an identity on its own, so it does not start")]
@@ -60,19 +60,31 @@ pub fn load_or_create(state_dir: &Path) -> Result<StaticKey, IdentityError> {
     }
 }
 
+/// Why the key file's text holds no key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    /// Only comments and blank lines.
+    #[error("the file holds no key")]
+    NoKey,
+    /// The key line is not base64.
+    #[error("the key is not base64 ({0})")]
+    NotBase64(#[from] base64::DecodeError),
+    /// The key has another length than a key's.
+    #[error("the key has {0} bytes, expected {KEY_LEN}")]
+    Length(usize),
+}
+
 /// Parses the key file's text.
-pub fn parse(text: &str) -> Result<StaticKey, String> {
+pub fn parse(text: &str) -> Result<StaticKey, KeyFileError> {
     let line = text
         .lines()
         .map(str::trim)
         .find(|line| !line.is_empty() && !line.starts_with('#'))
-        .ok_or("the file holds no key")?;
-    let bytes = STANDARD
-        .decode(line)
-        .map_err(|error| format!("the key is not base64 ({error})"))?;
-    let private: [u8; KEY_LEN] = bytes.try_into().map_err(|bytes: Vec<u8>| {
-        format!("the key has {} bytes, expected {KEY_LEN}", bytes.len())
-    })?;
+        .ok_or(KeyFileError::NoKey)?;
+    let bytes = STANDARD.decode(line)?;
+    let private: [u8; KEY_LEN] = bytes
+        .try_into()
+        .map_err(|bytes: Vec<u8>| KeyFileError::Length(bytes.len()))?;
     Ok(StaticKey::from_private(private))
 }
 

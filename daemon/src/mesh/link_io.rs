@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Local;
+use super::error::{DialError, JoinRelayError, LinkDown};
 use super::inbox::MessageKey;
 use super::path::{Established, Stream};
 use crate::device_id::DeviceId;
@@ -28,7 +29,7 @@ pub const KEEPALIVE: Duration = Duration::from_secs(2);
 /// A write that makes no progress for this long ends the link. Longer than
 /// the silence limit: a large batch through a rate-limited relay is slow,
 /// not dead.
-const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Frames and bytes the writer puts in one write.
 const WRITE_BATCH_FRAMES: usize = 64;
@@ -48,7 +49,7 @@ pub enum LinkEvent {
         /// The link.
         link: u64,
         /// Why.
-        reason: String,
+        reason: LinkDown,
     },
     /// A direct dial finished; `punch` if it included the public endpoint.
     Dialled {
@@ -57,10 +58,10 @@ pub enum LinkEvent {
         /// When it started.
         started: tokio::time::Instant,
         /// The link, or every attempt's error.
-        outcome: Result<Established, String>,
+        outcome: Result<Established, DialError>,
     },
     /// A relay attempt finished.
-    Relayed(Result<Established, String>),
+    Relayed(Result<Established, JoinRelayError>),
 }
 
 pub struct ReadContext {
@@ -90,9 +91,9 @@ pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Str
             frame = tokio::time::timeout(SILENCE_LIMIT, reader.next()) => frame,
         };
         let frame = match frame {
-            Err(_elapsed) => break format!("silent for {}s", SILENCE_LIMIT.as_secs()),
-            Ok(Err(LinkError::Closed)) => break "closed by the peer".to_owned(),
-            Ok(Err(error)) => break error.to_string(),
+            Err(_elapsed) => break LinkDown::Silent,
+            Ok(Err(LinkError::Closed)) => break LinkDown::ClosedByPeer,
+            Ok(Err(error)) => break LinkDown::Read(Arc::new(error)),
             Ok(Ok(frame)) => frame,
         };
         let reply = match frame {
@@ -109,7 +110,7 @@ pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Str
                 Frame::Ack { id }
             }
             Frame::Ping { nonce } => Frame::Pong { nonce },
-            Frame::Close { reason } => break format!("closed by the peer: {reason}"),
+            Frame::Close { reason } => break LinkDown::PeerClosed(reason),
             frame @ (Frame::Ack { .. } | Frame::Pong { .. }) => {
                 let event = LinkEvent::Frame {
                     link: context.link,
@@ -189,8 +190,8 @@ pub async fn write_link(
         let reason = match written {
             Ok(Ok(())) if closing => return,
             Ok(Ok(())) => continue,
-            Ok(Err(error)) => error.to_string(),
-            Err(_elapsed) => format!("no write progress for {}s", WRITE_STALL_LIMIT.as_secs()),
+            Ok(Err(error)) => LinkDown::Write(Arc::new(error)),
+            Err(_elapsed) => LinkDown::WriteStalled,
         };
         let _ = events.send(LinkEvent::Closed { link, reason }).await;
         return;

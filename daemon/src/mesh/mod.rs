@@ -22,6 +22,7 @@
 //! status, devices, send, ping and messages.
 
 mod backoff;
+mod error;
 mod handle;
 mod hub_channel;
 pub(crate) mod hub_client;

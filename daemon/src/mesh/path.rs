@@ -3,7 +3,7 @@
 //! handshake over whatever stream they got, so the rest of meshd sees one
 //! kind of link with a [`Path`] label.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 use super::Local;
+use super::error::{AttemptError, AttemptKind, DialError, JoinRelayError};
 use super::hub_client::HubConnection;
 use super::hubs::HubId;
 use crate::device_id::DeviceId;
@@ -104,7 +105,7 @@ pub async fn dial(
     candidates: &[SocketAddr],
     public: Option<SocketAddr>,
     punch_timeout: Duration,
-) -> Result<Established, String> {
+) -> Result<Established, DialError> {
     let mut queue: VecDeque<(SocketAddr, Duration)> = candidates
         .iter()
         .filter(|endpoint| Some(**endpoint) != public)
@@ -112,12 +113,19 @@ pub async fn dial(
         .chain(public.map(|endpoint| (endpoint, punch_timeout)))
         .collect();
     let mut attempts = JoinSet::new();
+    // Which endpoint each attempt dials, for an attempt that dies.
+    let mut dialling = HashMap::new();
     let mut errors = Vec::new();
     loop {
         if let Some((endpoint, timeout)) = queue.pop_front() {
             let local = local.clone();
             let target = target.clone();
-            attempts.spawn(async move { dial_one(&local, &target, endpoint, timeout).await });
+            let attempt = attempts.spawn(async move {
+                dial_one(&local, &target, endpoint, timeout)
+                    .await
+                    .map_err(|kind| AttemptError { endpoint, kind })
+            });
+            dialling.insert(attempt.id(), endpoint);
         }
         if attempts.is_empty() {
             break;
@@ -127,16 +135,23 @@ pub async fn dial(
             joined = attempts.join_next() => match joined {
                 Some(Ok(Ok(established))) => return Ok(established),
                 Some(Ok(Err(error))) => errors.push(error),
-                Some(Err(error)) => errors.push(error.to_string()),
+                Some(Err(died)) => {
+                    if let Some(endpoint) = dialling.get(&died.id()) {
+                        errors.push(AttemptError {
+                            endpoint: *endpoint,
+                            kind: AttemptKind::Aborted(died.to_string()),
+                        });
+                    }
+                }
                 None => {}
             },
             () = tokio::time::sleep(STAGGER), if !queue.is_empty() => {}
         }
     }
     if errors.is_empty() {
-        return Err("the device advertises no endpoint".to_owned());
+        return Err(DialError::NoEndpoint);
     }
-    Err(errors.join("; "))
+    Err(DialError::Attempts(errors))
 }
 
 async fn dial_one(
@@ -144,16 +159,14 @@ async fn dial_one(
     target: &Target,
     endpoint: SocketAddr,
     timeout: Duration,
-) -> Result<Established, String> {
+) -> Result<Established, AttemptKind> {
     let stream = match tokio::time::timeout(timeout, connect(local.listen, endpoint)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(format!("{endpoint}: {error}")),
-        Err(_elapsed) => return Err(format!("{endpoint}: connect timed out")),
+        Ok(Err(error)) => return Err(AttemptKind::connect(error)),
+        Err(_elapsed) => return Err(AttemptKind::TimedOut),
     };
     let _ = stream.set_nodelay(true);
-    handshake(local, target, Box::new(stream), endpoint, Path::Direct)
-        .await
-        .map_err(|error| format!("{endpoint}: {error}"))
+    handshake(local, target, Box::new(stream), endpoint, Path::Direct).await
 }
 
 /// Runs the initiator's handshake over `stream` and checks the answer
@@ -164,7 +177,7 @@ async fn handshake(
     stream: Stream,
     endpoint: SocketAddr,
     path: Path,
-) -> Result<Established, String> {
+) -> Result<Established, AttemptKind> {
     let hello = local.hello_to(&target.peer);
     match meshd_link::connect(stream, &local.key, target.key.as_bytes(), &hello).await {
         Ok((link, remote)) if remote.from == target.peer.to_string() && remote.to == hello.from => {
@@ -176,11 +189,11 @@ async fn handshake(
                 path,
             })
         }
-        Ok((_, remote)) => Err(format!(
-            "answered as {:?} expecting {:?}",
-            remote.from, remote.to
-        )),
-        Err(error) => Err(error.to_string()),
+        Ok((_, remote)) => Err(AttemptKind::WrongPeer {
+            from: remote.from,
+            to: remote.to,
+        }),
+        Err(error) => Err(AttemptKind::from(error)),
     }
 }
 
@@ -217,40 +230,46 @@ pub async fn relay(
     token: &str,
     dial: bool,
     target: &Target,
-) -> Result<Established, String> {
+) -> Result<Established, JoinRelayError> {
     let url = local.hubs.get(hub).url();
-    let connection = HubConnection::open(url, None)
-        .await
-        .map_err(|error| format!("relay at {url}: {error}"))?;
+    let hub_error = |source| JoinRelayError::Hub {
+        url: url.clone(),
+        source: Arc::new(source),
+    };
+    let handshake_error = |source| JoinRelayError::Handshake {
+        url: url.clone(),
+        source,
+    };
+    let connection = HubConnection::open(url, None).await.map_err(hub_error)?;
     let endpoint = connection.remote_addr();
     let stream: Stream = Box::new(
         connection
             .upgrade(RELAY_PATH, RELAY_UPGRADE, Some(token))
             .await
-            .map_err(|error| format!("relay at {url}: {error}"))?,
+            .map_err(hub_error)?,
     );
     if dial {
         return handshake(local, target, stream, endpoint, Path::Relayed)
             .await
-            .map_err(|error| format!("relay at {url}: {error}"));
+            .map_err(handshake_error);
     }
     let inbound = meshd_link::accept(stream, &local.key)
         .await
-        .map_err(|error| format!("relay at {url}: {error}"))?;
+        .map_err(|error| handshake_error(AttemptKind::from(error)))?;
     let hello = inbound.hello().clone();
     if hello.from != target.peer.to_string()
         || hello.to != local.id.to_string()
         || inbound.remote_key() != target.key.as_bytes()
     {
-        return Err(format!(
-            "relay at {}: the other end is not {} with its listed key",
-            url, target.peer
-        ));
+        return Err(JoinRelayError::WrongPeer {
+            url: url.clone(),
+            peer: target.peer.clone(),
+        });
     }
     let link = inbound
         .complete(&local.hello_to(&target.peer))
         .await
-        .map_err(|error| format!("relay at {url}: {error}"))?;
+        .map_err(|error| handshake_error(AttemptKind::from(error)))?;
     Ok(Established {
         link,
         hello,

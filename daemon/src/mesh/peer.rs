@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Local;
 use super::backoff::Backoff;
+use super::error::{DialError, LinkDown, NoLinkReason, StopReason};
 use super::hubs::{Hub, HubId};
 use super::link_io::{self, KEEPALIVE, LinkEvent, ReadContext};
 use super::path::{self, Established, PUNCH_TIMEOUT, Path, RELAYED_PUNCH_TIMEOUT, Target};
@@ -138,7 +139,7 @@ pub enum SendError {
         /// The device.
         device: DeviceId,
         /// The last dial or link error.
-        reason: String,
+        reason: NoLinkReason,
     },
     /// The link was up but the answer did not come.
     #[error("{device} did not acknowledge within {}s", ANSWER_TIMEOUT.as_secs())]
@@ -158,7 +159,7 @@ pub enum SendError {
         /// The device.
         device: DeviceId,
         /// Why.
-        reason: String,
+        reason: StopReason,
     },
 }
 
@@ -312,9 +313,9 @@ struct ActiveLink {
 }
 
 impl ActiveLink {
-    fn close(self, reason: &str) {
+    fn close(self, reason: impl std::fmt::Display) {
         let _ = self.frames.try_send(Frame::Close {
-            reason: reason.to_owned(),
+            reason: reason.to_string(),
         });
         self.stop.cancel();
     }
@@ -385,7 +386,7 @@ struct PeerTask {
     relay_hub: Option<HubId>,
     /// When to close the relayed link beside a direct one.
     linger_until: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<NoLinkReason>,
     pending: BTreeMap<u64, PendingSend>,
     pings: HashMap<u64, PendingPing>,
     next_nonce: u64,
@@ -429,15 +430,15 @@ impl PeerTask {
             }
         }
         let reason = if self.local.cancel.is_cancelled() {
-            "meshd is stopping"
+            StopReason::MeshdStopping
         } else {
-            "the device left the signaling servers' lists"
+            StopReason::DeviceLeft
         };
         for active in [self.direct.take(), self.relayed.take()]
             .into_iter()
             .flatten()
         {
-            tracing::info!(peer = %self.peer(), reason, "link closed");
+            tracing::info!(peer = %self.peer(), %reason, "link closed");
             active.close(reason);
         }
         for (_, pending) in std::mem::take(&mut self.pending) {
@@ -450,20 +451,17 @@ impl PeerTask {
         }
     }
 
-    fn stopped(&self, reason: &str) -> SendError {
+    fn stopped(&self, reason: StopReason) -> SendError {
         SendError::Stopped {
             device: self.peer().clone(),
-            reason: reason.to_owned(),
+            reason,
         }
     }
 
     fn no_link(&self) -> SendError {
         SendError::NoLink {
             device: self.peer().clone(),
-            reason: self
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "not connected yet".to_owned()),
+            reason: self.last_error.clone().unwrap_or(NoLinkReason::NotYet),
         }
     }
 
@@ -718,10 +716,7 @@ impl PeerTask {
             return;
         };
         if active.frames.try_send(frame).is_err() {
-            self.link_lost(
-                link,
-                "the peer stopped reading (write queue full)".to_owned(),
-            );
+            self.link_lost(link, LinkDown::WriteQueueFull);
         }
     }
 
@@ -757,7 +752,7 @@ impl PeerTask {
                     Err(error) => {
                         tracing::debug!(peer = %self.peer(), %error, "relay failed");
                         if self.current().is_none() {
-                            self.last_error = Some(error);
+                            self.last_error = Some(NoLinkReason::Relay(error));
                         }
                         self.relay_at = Some(Instant::now() + self.relay_backoff.next_wait());
                     }
@@ -766,13 +761,13 @@ impl PeerTask {
         }
     }
 
-    fn dial_failed(&mut self, error: String, started: Instant) {
+    fn dial_failed(&mut self, error: DialError, started: Instant) {
         if self.direct.is_some() || self.dials > 0 {
             return;
         }
         tracing::debug!(peer = %self.peer(), %error, "dial failed");
         if self.relayed.is_none() {
-            self.last_error = Some(error);
+            self.last_error = Some(NoLinkReason::Dial(error));
         }
         if started.elapsed() >= self.punch_timeout() {
             // A hole-punching dial waited its full time: go again soon, so
@@ -834,7 +829,7 @@ impl PeerTask {
         }
     }
 
-    fn link_lost(&mut self, link: u64, reason: String) {
+    fn link_lost(&mut self, link: u64, reason: LinkDown) {
         let was_current = self.current().is_some_and(|active| active.id == link);
         let lost = if self.direct.as_ref().is_some_and(|active| active.id == link) {
             self.direct.take()
@@ -869,7 +864,7 @@ impl PeerTask {
             }
         }
         if self.current().is_none() {
-            self.last_error = Some(reason);
+            self.last_error = Some(NoLinkReason::Link(reason));
             lock(&self.view).rtt = None;
             // Fall back to the relay at once after a direct path failed
             // (the larger id a moment later, so that the two ask for one
@@ -1025,7 +1020,7 @@ impl PeerTask {
         let candidates = self.listing.dial_candidates();
         let public = self.listing.public_endpoint();
         if candidates.is_empty() {
-            self.last_error = Some("the device advertises no endpoint".to_owned());
+            self.last_error = Some(NoLinkReason::Dial(DialError::NoEndpoint));
             self.dial_at = Some(Instant::now() + self.dial_backoff.next_wait());
             return;
         }
@@ -1073,10 +1068,10 @@ impl PeerTask {
 
     /// Runs one attempt at a link in its own task (ended with the peer
     /// task) and reports its outcome as an event.
-    fn spawn_attempt(
+    fn spawn_attempt<E: Send + 'static>(
         &self,
-        attempt: impl Future<Output = Result<Established, String>> + Send + 'static,
-        event: impl FnOnce(Result<Established, String>) -> LinkEvent + Send + 'static,
+        attempt: impl Future<Output = Result<Established, E>> + Send + 'static,
+        event: impl FnOnce(Result<Established, E>) -> LinkEvent + Send + 'static,
     ) {
         let events = self.events_tx.clone();
         let stop = self.stop.clone();
@@ -1212,7 +1207,7 @@ impl PeerTask {
             self.relay = RelayState::Idle;
             self.relay_hub = Some(self.local.hubs.next_after(hub));
             if self.current().is_none() {
-                self.last_error = Some(reason);
+                self.last_error = Some(NoLinkReason::RelayRefused(reason));
             }
             self.relay_at = Some(Instant::now() + self.relay_backoff.next_wait());
         }

@@ -6,25 +6,43 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use super::registry::{Device, Registration};
-use crate::device_id::DeviceId;
+use crate::device_id::{DeviceId, DeviceIdError};
 use crate::hub_wire::{ListedDevice, MAX_ENDPOINTS, RegisterRequest};
-use crate::public_key::PublicKey;
+use crate::public_key::{PublicKey, PublicKeyError};
 
-/// Checks every field of a registration; the message names the field at
-/// fault.
-pub fn validate(body: RegisterRequest) -> Result<Registration, String> {
-    let id = DeviceId::parse(&body.id).map_err(|message| format!("id: {message}"))?;
+/// Why a registration was refused; each message names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterBodyError {
+    /// `id` is not a device id.
+    #[error("id: {0}")]
+    Id(#[from] DeviceIdError),
+    /// `addr` or one of `endpoints` is not `ip:port`.
+    #[error("{field}: {text:?} is not ip:port, e.g. \"192.0.2.7:8082\"")]
+    Addr {
+        /// `addr` or `endpoints`.
+        field: &'static str,
+        /// As sent.
+        text: String,
+    },
+    /// `pubkey` is not a key.
+    #[error("pubkey: {0}")]
+    Pubkey(#[from] PublicKeyError),
+    /// More endpoints than a device may advertise.
+    #[error("endpoints: at most {MAX_ENDPOINTS} are allowed, got {0}")]
+    TooManyEndpoints(usize),
+}
+
+/// Checks every field of a registration.
+pub fn validate(body: RegisterRequest) -> Result<Registration, RegisterBodyError> {
+    let id = DeviceId::parse(&body.id)?;
     let addr = parse_addr("addr", &body.addr)?;
     let pubkey = body
         .pubkey
-        .map(|key| PublicKey::from_base64(&key).map_err(|message| format!("pubkey: {message}")))
+        .map(|key| PublicKey::from_base64(&key))
         .transpose()?;
     let endpoints = body.endpoints.unwrap_or_default();
     if endpoints.len() > MAX_ENDPOINTS {
-        return Err(format!(
-            "endpoints: at most {MAX_ENDPOINTS} are allowed, got {}",
-            endpoints.len()
-        ));
+        return Err(RegisterBodyError::TooManyEndpoints(endpoints.len()));
     }
     let endpoints = endpoints
         .iter()
@@ -38,9 +56,11 @@ pub fn validate(body: RegisterRequest) -> Result<Registration, String> {
     })
 }
 
-fn parse_addr(field: &str, text: &str) -> Result<SocketAddr, String> {
-    text.parse()
-        .map_err(|_| format!("{field}: {text:?} is not ip:port, e.g. \"192.0.2.7:8082\""))
+fn parse_addr(field: &'static str, text: &str) -> Result<SocketAddr, RegisterBodyError> {
+    text.parse().map_err(|_| RegisterBodyError::Addr {
+        field,
+        text: text.to_owned(),
+    })
 }
 
 /// A live device as `GET /devices` and the channels list it.
@@ -71,6 +91,7 @@ mod tests {
 
     fn body(json: &str) -> Result<Registration, String> {
         validate(serde_json::from_str::<RegisterRequest>(json).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -127,7 +127,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Binding>, BindingsError> {
         let (id, key) = line
             .split_once(' ')
             .ok_or_else(|| invalid("expected ID BASE64KEY".to_owned()))?;
-        let id = DeviceId::parse(id).map_err(&invalid)?;
+        let id = DeviceId::parse(id).map_err(|reason| invalid(reason.to_string()))?;
         let key =
             PublicKey::from_base64(key).map_err(|reason| invalid(format!("key: {reason}")))?;
         // Two keys for one id would leave which one holds to the order of

@@ -9,9 +9,12 @@ use hyper::{Response, StatusCode};
 /// Why a signaling request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalingError {
-    /// Malformed JSON or an invalid field.
+    /// Malformed JSON, or a body that is not what the API takes.
     #[error("{0}")]
     BadRequest(String),
+    /// A registration with a field at fault.
+    #[error("{0}")]
+    InvalidRegistration(#[from] super::api::RegisterBodyError),
     /// A join token is configured and the request lacks it or has another.
     #[error("missing or wrong bearer token: send \"Authorization: Bearer <signaling.join_token>\"")]
     Unauthorized,
@@ -55,7 +58,9 @@ impl SignalingError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            SignalingError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            SignalingError::BadRequest(_) | SignalingError::InvalidRegistration(_) => {
+                StatusCode::BAD_REQUEST
+            }
             SignalingError::Unauthorized => StatusCode::UNAUTHORIZED,
             SignalingError::KeyConflict(_) => StatusCode::CONFLICT,
             SignalingError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

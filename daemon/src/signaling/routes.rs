@@ -107,7 +107,7 @@ async fn register(
             "malformed JSON: {error}; the body is one object: {{\"id\":..., \"addr\":...}}"
         ))
     })?;
-    let registration = api::validate(body).map_err(SignalingError::BadRequest)?;
+    let registration = api::validate(body)?;
 
     let ttl = settings.device_ttl;
     let now = Instant::now();
