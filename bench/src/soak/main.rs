@@ -30,6 +30,7 @@
 //! - `logs.rs`: reading the meshd logs.
 //! - `report.rs`: accounting, the checks and the report.
 
+mod accounting;
 mod chat;
 mod cluster;
 mod faults;

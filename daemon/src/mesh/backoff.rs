@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// The factor each wait is scattered by: ±50%.
+pub const JITTER: std::ops::Range<f64> = 0.5..1.5;
+
 /// The state of one retry sequence.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -26,12 +29,19 @@ impl Backoff {
 
     /// The wait before the next attempt.
     pub fn next_wait(&mut self) -> Duration {
+        self.next_wait_jittered(rand::rng().random_range(JITTER))
+    }
+
+    /// The wait before the next attempt, scattered by `jitter` (a factor
+    /// drawn from [`JITTER`]): for callers that draw their own randomness,
+    /// such as the peer state machine, whose tests fix it.
+    pub fn next_wait_jittered(&mut self, jitter: f64) -> Duration {
         let base = self
             .first
             .saturating_mul(1 << self.attempt.min(20))
             .min(self.ceiling);
         self.attempt = self.attempt.saturating_add(1);
-        base.mul_f64(rand::rng().random_range(0.5..1.5))
+        base.mul_f64(jitter)
     }
 
     /// After a success: the next failure starts from the first wait again.

@@ -5,7 +5,8 @@
 //! Over it the hub pushes the device list whenever it changes, so arrivals
 //! and departures are known at once, and passes hole-punching signals and
 //! relay offers, which go to the peer task they concern. The device pings
-//! every [`PING_INTERVAL`]; the round-trip time is what hole punching uses.
+//! every [`PING_INTERVAL`]; the round-trip time is shown by `meshctl
+//! status` (hole punching times its own Connect and ConnectReply).
 //! A list without this device means the hub lost it (it restarted): the
 //! registrar is woken to register again at once.
 

@@ -29,6 +29,47 @@ impl HubId {
     pub fn index(self) -> usize {
         self.0
     }
+
+    /// The id of the hub at `index`, for unit tests of code that is handed
+    /// ids (the peer state machine).
+    #[cfg(test)]
+    pub fn for_test(index: usize) -> HubId {
+        HubId(index)
+    }
+}
+
+/// The hubs whose channels are open, in config order: the ones a peer
+/// task's state machine may send through, handed to it at each step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenHubs(Vec<HubId>);
+
+impl OpenHubs {
+    /// These hubs (tests name them; meshd asks [`Hubs::open_into`]).
+    #[cfg(test)]
+    pub fn of(ids: &[HubId]) -> OpenHubs {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        OpenHubs(ids)
+    }
+
+    /// No channel is open.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first open hub, in config order.
+    pub fn first(&self) -> Option<HubId> {
+        self.0.first().copied()
+    }
+
+    /// The open hubs after `after` in config order, then the rest from the
+    /// start: the order a request goes round in, so that the hub that
+    /// refused it is asked last.
+    pub fn after(&self, after: Option<HubId>) -> impl Iterator<Item = HubId> + '_ {
+        let split = after.map_or(0, |after| self.0.partition_point(|id| *id <= after));
+        let (before, rest) = self.0.split_at(split);
+        rest.iter().chain(before).copied()
+    }
 }
 
 /// What the registrar last learnt from a hub.
@@ -219,6 +260,14 @@ impl Hubs {
         self.hubs.iter().any(Hub::is_open)
     }
 
+    /// Fills `open` with the hubs whose channels are open (reusing its
+    /// memory: peer tasks ask on every step).
+    pub fn open_into(&self, open: &mut OpenHubs) {
+        open.0.clear();
+        open.0
+            .extend(self.hubs.iter().filter(|hub| hub.is_open()).map(Hub::id));
+    }
+
     /// Every hub once, starting at `start` (the first without one) and
     /// wrapping around: the order in which a request is offered, so that a
     /// hub that refused is not asked first again.
@@ -271,6 +320,20 @@ mod tests {
     }
 
     #[test]
+    fn open_hubs_go_round_after_the_one_named() {
+        let open = OpenHubs::of(&[HubId(0), HubId(2), HubId(3)]);
+        let after = |id: Option<usize>| -> Vec<usize> {
+            open.after(id.map(HubId)).map(HubId::index).collect()
+        };
+        assert_eq!(after(None), [0, 2, 3]);
+        assert_eq!(after(Some(0)), [2, 3, 0]);
+        assert_eq!(after(Some(1)), [2, 3, 0]);
+        assert_eq!(after(Some(3)), [0, 2, 3]);
+        assert_eq!(open.first(), Some(HubId(0)));
+        assert!(OpenHubs::default().is_empty());
+    }
+
+    #[test]
     fn a_closed_channel_takes_nothing_and_an_open_one_queues() {
         let hubs = hubs(1);
         let hub = hubs.get(HubId(0));
@@ -279,6 +342,9 @@ mod tests {
         let (outgoing, mut queue) = mpsc::channel(1);
         hub.set_channel(Some(outgoing));
         assert!(hubs.any_open());
+        let mut open = OpenHubs::default();
+        hubs.open_into(&mut open);
+        assert_eq!(open, OpenHubs::of(&[HubId(0)]));
         assert!(hub.send(ToHub::Leave));
         assert!(!hub.send(ToHub::Leave), "a full queue refuses");
         assert_eq!(queue.try_recv().unwrap(), ToHub::Leave);

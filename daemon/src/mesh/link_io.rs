@@ -37,12 +37,19 @@ const WRITE_BATCH_BYTES: usize = 256 * 1024;
 
 /// What link tasks and path attempts tell the peer task.
 pub enum LinkEvent {
-    /// An ack or pong from link `link`.
-    Frame {
+    /// Link `link` brought the acknowledgement of message `id`.
+    Ack {
         /// The link.
         link: u64,
-        /// The frame.
-        frame: Frame,
+        /// The message.
+        id: u64,
+    },
+    /// Link `link` brought the answer to ping `nonce`.
+    Pong {
+        /// The link.
+        link: u64,
+        /// The ping.
+        nonce: u64,
     },
     /// Link `link` ended.
     Closed {
@@ -51,12 +58,10 @@ pub enum LinkEvent {
         /// Why.
         reason: LinkDown,
     },
-    /// A direct dial finished; `punch` if it included the public endpoint.
+    /// Dial round `dial` finished.
     Dialled {
-        /// Whether the dial included the hole-punching endpoint.
-        punch: bool,
-        /// When it started.
-        started: tokio::time::Instant,
+        /// The round, as the peer task numbered it.
+        dial: u64,
         /// The link, or every attempt's error.
         outcome: Result<Established, DialError>,
     },
@@ -111,10 +116,20 @@ pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Str
             }
             Frame::Ping { nonce } => Frame::Pong { nonce },
             Frame::Close { reason } => break LinkDown::PeerClosed(reason),
-            frame @ (Frame::Ack { .. } | Frame::Pong { .. }) => {
-                let event = LinkEvent::Frame {
+            Frame::Ack { id } => {
+                let event = LinkEvent::Ack {
                     link: context.link,
-                    frame,
+                    id,
+                };
+                if context.events.send(event).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Frame::Pong { nonce } => {
+                let event = LinkEvent::Pong {
+                    link: context.link,
+                    nonce,
                 };
                 if context.events.send(event).await.is_err() {
                     return;
