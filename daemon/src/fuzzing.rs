@@ -146,9 +146,10 @@ pub fn device_key_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(key) = crate::mesh::identity::parse(text) {
+    if let Ok(key) = crate::key_file::parse(text) {
         let again =
-            crate::mesh::identity::parse(&crate::mesh::identity::render(&key)).expect("parses");
+            crate::key_file::parse(&crate::key_file::render(crate::key_file::DEVICE_KEY, &key))
+                .expect("parses");
         assert_eq!(again.private(), key.private());
     }
 }

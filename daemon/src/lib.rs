@@ -16,6 +16,7 @@ mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hub_wire;
+mod key_file;
 mod limits;
 mod log_limit;
 mod logging;

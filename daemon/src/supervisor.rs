@@ -19,8 +19,10 @@ use crate::config::{Config, ConfigLocation, ReloadPlan};
 use crate::control::{
     self, ControlError, Dispatcher, NodeFacts, ReloadError, ReloadRequest, Roles,
 };
+use crate::key_file::{self, KeyError};
 use crate::logging::LogControl;
 use crate::mesh::{self, MeshError};
+use crate::public_key::PublicKey;
 use crate::signaling;
 use crate::signals::{Intent, Signals};
 use crate::systemd;
@@ -57,6 +59,9 @@ pub enum StartError {
     /// The hub's saved key bindings could not be read.
     #[error("signaling key bindings: {0}")]
     Bindings(#[from] signaling::BindingsError),
+    /// The hub's own key could not be loaded or created.
+    #[error("{0}")]
+    HubKey(KeyError),
 }
 
 /// Maps a listener error to a [`StartError`] naming the role and address.
@@ -119,11 +124,15 @@ pub async fn run(
 
     let signaling = match signaling_listener {
         Some(listener) => {
+            let hub_key = key_file::load(&config.node.state_dir, key_file::HUB_KEY)
+                .await
+                .map_err(StartError::HubKey)?;
             let bindings = signaling::load_bindings(&config.node.state_dir).await?;
             Some(
                 signaling::start(
                     &config.signaling,
                     listener,
+                    PublicKey::from(*hub_key.public()),
                     bindings,
                     cancel.child_token(),
                     &tracker,

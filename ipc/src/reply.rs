@@ -300,6 +300,9 @@ pub struct SignalingStatus {
     /// Relays splicing two devices now.
     #[serde(default)]
     pub relays: usize,
+    /// The hub's public key (`state_dir/hub-key`), base64: what devices pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_key: Option<String>,
 }
 
 /// How this node reaches a device.

@@ -39,6 +39,9 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             signaling.relays,
             if signaling.relays == 1 { "" } else { "s" }
         );
+        if let Some(key) = &signaling.hub_key {
+            println!("           hub key {key}");
+        }
     }
     if let Some(chat) = &roles.chat {
         println!(

@@ -1,6 +1,7 @@
 //! The mesh role: this node as a device.
 //!
-//! - [`identity`]: the static key pair in the state directory.
+//! - the device key (`crate::key_file`, `state_dir/device-key`): this
+//!   device's identity, loaded before any role starts.
 //! - [`hubs`]: one [`hubs::Hub`] per signaling server, named by a
 //!   [`hubs::HubId`]: what its registrar, its channel, the peer tasks and
 //!   the control socket share about it.
@@ -27,7 +28,6 @@ mod handle;
 mod hub_channel;
 pub(crate) mod hub_client;
 mod hubs;
-pub(crate) mod identity;
 mod inbox;
 mod interfaces;
 mod link_io;
@@ -55,10 +55,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::MeshConfig;
 use crate::device_id::DeviceId;
 use crate::hub_wire::MAX_ENDPOINTS;
+use crate::key_file::{self, KeyError};
 use crate::public_key::PublicKey;
 pub use handle::{MeshHandle, RequestError, millis};
 use hubs::{Hub, HubId, Hubs};
-pub use identity::IdentityError;
 use inbox::Inbox;
 use peer::PeerHandle;
 pub use peer::SendError;
@@ -74,13 +74,10 @@ pub const MAX_MESSAGE_BYTES: usize = meshd_link::MAX_MESSAGE_BYTES;
 pub enum MeshError {
     /// The device key.
     #[error("device key: {0}")]
-    Identity(#[from] IdentityError),
+    Identity(#[from] KeyError),
     /// The listener's address.
     #[error("mesh listener: {0}")]
     Listener(std::io::Error),
-    /// A task meshd depends on failed.
-    #[error("{0}")]
-    Internal(String),
 }
 
 /// What every peer task and the listener share about this node.
@@ -184,11 +181,7 @@ pub(crate) fn reusable_socket(local: SocketAddr) -> std::io::Result<TcpSocket> {
 /// Loads the device key, creating it on first start; before any role
 /// starts, so a damaged key file stops meshd before it serves anything.
 pub async fn load_identity(state_dir: &Path) -> Result<StaticKey, MeshError> {
-    let state_dir = state_dir.to_owned();
-    tokio::task::spawn_blocking(move || identity::load_or_create(&state_dir))
-        .await
-        .map_err(|error| MeshError::Internal(format!("loading the device key: {error}")))?
-        .map_err(MeshError::from)
+    Ok(key_file::load(state_dir, key_file::DEVICE_KEY).await?)
 }
 
 /// The signaling role of the same process, as the mesh role sees it.

@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SignalingConfig;
 use crate::device_id::DeviceId;
+use crate::public_key::PublicKey;
 use crate::sync::{lock, read_lock, write_lock};
 use registry::{Device, Registry};
 
@@ -123,6 +124,8 @@ impl SignalingState {
 pub struct SignalingHandle {
     state: Arc<SignalingState>,
     listen: SocketAddr,
+    /// The public half of the hub key (`state_dir/hub-key`).
+    hub_key: PublicKey,
 }
 
 /// Binds the listener; separate from [`start`] so every listener is bound
@@ -152,6 +155,7 @@ pub async fn load_bindings(
 pub fn start(
     config: &SignalingConfig,
     listener: TcpListener,
+    hub_key: PublicKey,
     (file, saved): (BindingsFile, Vec<bindings::Binding>),
     cancel: CancellationToken,
     tracker: &TaskTracker,
@@ -185,8 +189,12 @@ pub fn start(
         tracker.clone(),
     ));
     tracker.spawn(sweep_expired(state.clone(), cancel));
-    tracing::info!(role = "signaling", %listen, "signaling server listening");
-    Ok(SignalingHandle { state, listen })
+    tracing::info!(role = "signaling", %listen, %hub_key, "signaling server listening");
+    Ok(SignalingHandle {
+        state,
+        listen,
+        hub_key,
+    })
 }
 
 impl SignalingHandle {
@@ -198,6 +206,7 @@ impl SignalingHandle {
             devices: self.state.registry().live_count(Instant::now(), ttl),
             channels: self.state.channels.count(),
             relays: self.state.relays.active(),
+            hub_key: Some(self.hub_key.to_base64()),
         }
     }
 

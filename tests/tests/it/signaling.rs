@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use meshd_tests::http::{self, HttpResponse};
@@ -733,4 +734,64 @@ fn stalled_channel_handshakes_are_capped_and_answered_503() {
         stream.read_exact(&mut head).ok()?;
         (&head == b"HTTP/1.1 101").then_some(())
     });
+}
+
+#[test]
+fn the_hub_has_a_private_key_of_its_own_that_survives_a_restart() {
+    let (mut node, _addr) = Node::start_hub("");
+    let status = node.ctl_json(&["status"]);
+    let key = status["roles"]["signaling"]["hub_key"]
+        .as_str()
+        .expect("roles.signaling.hub_key")
+        .to_owned();
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&key)
+        .expect("base64");
+    assert_eq!(raw.len(), 32, "an X25519 public key");
+    let file = node.dir().join("state/hub-key");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the hub key is private");
+    let device_key = node.ctl_json(&["status"])["roles"]["mesh"]["pubkey"].clone();
+    assert_ne!(
+        device_key.as_str(),
+        Some(key.as_str()),
+        "hub and device keys differ"
+    );
+    assert!(
+        node.ctl_ok(&["status"]).contains(&format!("hub key {key}")),
+        "meshctl status shows it"
+    );
+
+    node.stop();
+    node.restart();
+    let again = node.ctl_json(&["status"])["roles"]["signaling"]["hub_key"].clone();
+    assert_eq!(
+        again.as_str(),
+        Some(key.as_str()),
+        "the same key after a restart"
+    );
+}
+
+#[test]
+fn a_hub_key_others_can_read_stops_the_start_and_names_the_fix() {
+    let (mut node, _addr) = Node::start_hub("");
+    node.stop();
+    let file = node.dir().join("state/hub-key");
+    let before = std::fs::read(&file).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    node.launch();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let log = node.log();
+    assert!(
+        log.contains("hub key can be read by others (mode 0644)")
+            && log.contains(&format!("chmod 600 {}", file.display())),
+        "{log}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the key is left as it was"
+    );
 }
