@@ -134,7 +134,7 @@ pub enum Input<S, P> {
         /// What did not go.
         message: ToHub,
     },
-    /// The time [`super::PeerState::poll_timeout`] named has come.
+    /// The time [`super::state::PeerState::poll_timeout`] named has come.
     Timeout,
     /// The task is ending.
     Stop(StopReason),
