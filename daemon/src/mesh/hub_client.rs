@@ -232,10 +232,17 @@ impl HubConnection {
     /// Lists the live devices. Always the last request on a connection: it
     /// asks the hub to close first, so the TIME_WAIT state stays on the hub's
     /// side and this device can reconnect from its mesh port at once.
-    pub async fn devices(&mut self) -> Result<Vec<ListedDevice>, HubError> {
-        let body = self
-            .exchange(self.last_get(DEVICES_PATH)?, MAX_FROM_HUB_BYTES)
-            .await?;
+    /// With a join token, the hub lists its devices only to holders of it.
+    pub async fn devices(&mut self, join_token: &str) -> Result<Vec<ListedDevice>, HubError> {
+        let mut request = self.last_get(DEVICES_PATH)?;
+        if !join_token.is_empty() {
+            let value = hyper::header::HeaderValue::from_str(&format!("Bearer {join_token}"))
+                .map_err(|error| HubError::Decode(format!("the join token: {error}")))?;
+            request
+                .headers_mut()
+                .insert(hyper::header::AUTHORIZATION, value);
+        }
+        let body = self.exchange(request, MAX_FROM_HUB_BYTES).await?;
         serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
     }
 

@@ -107,7 +107,7 @@ impl Mesh {
             fetches.spawn(async move {
                 let hub = mesh.local.hubs.get(id);
                 let mut connection = HubConnection::open(hub.url(), None).await?;
-                let devices = connection.devices().await?;
+                let devices = connection.devices(&mesh.join_token).await?;
                 lock(&mesh.roster).update(id.index(), &devices, hub.ttl(), Instant::now());
                 Ok::<_, hub_client::HubError>(())
             });

@@ -89,9 +89,10 @@ async fn round(mesh: &Arc<Mesh>, id: HubId) -> Result<Duration, HubError> {
     let registered = match connection.register(&body, &mesh.join_token).await {
         Ok(registered) => registered,
         Err(error) => {
-            // Still learn the others (listing needs no token), so a device
-            // whose registration is refused can at least be seen trying.
-            if let Ok(devices) = connection.devices().await {
+            // Still learn the others where the hub allows it (no join
+            // token, or a 409 for a token holder), so a device whose
+            // registration is refused can at least be seen trying.
+            if let Ok(devices) = connection.devices(&mesh.join_token).await {
                 mesh.update_roster(id, &devices);
             }
             return Err(error);
@@ -99,7 +100,7 @@ async fn round(mesh: &Arc<Mesh>, id: HubId) -> Result<Duration, HubError> {
     };
     let ttl = Duration::from_secs(registered.ttl_secs.max(3));
     hub.registered(registered.observed, ttl);
-    let devices = connection.devices().await?;
+    let devices = connection.devices(&mesh.join_token).await?;
     mesh.update_roster(id, &devices);
     Ok(ttl)
 }

@@ -48,7 +48,10 @@ pub async fn route(
         _ if head_bytes(&request) > MAX_HEAD_BYTES => Err(SignalingError::HeadersTooLarge),
         (REGISTER_PATH, &Method::POST) => register(request, peer, &state).await,
         (REGISTER_PATH, _) => Err(SignalingError::MethodNotAllowed("POST")),
-        (DEVICES_PATH, &Method::GET) => Ok(devices(&request, &state).await),
+        (DEVICES_PATH, &Method::GET) => match authorize(&request, &state) {
+            Ok(()) => Ok(devices(&request, &state).await),
+            Err(error) => Err(error),
+        },
         (DEVICES_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
         (HEALTH_PATH, &Method::GET) => Ok(json_response(
             StatusCode::OK,
@@ -79,10 +82,8 @@ async fn register(
     peer: SocketAddr,
     state: &SignalingState,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
+    authorize(&request, state)?;
     let settings = state.settings();
-    if !settings.join_token.is_empty() && !bearer_matches(&request, &settings.join_token) {
-        return Err(SignalingError::Unauthorized);
-    }
     let declared = request
         .headers()
         .get(CONTENT_LENGTH)
@@ -291,6 +292,17 @@ fn switching_protocols(protocol: &'static str) -> Response<Full<Bytes>> {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static(protocol));
     response
+}
+
+/// With a join token set, only its holders may register or read the device
+/// list (ids, addresses and keys are not for whoever can reach the port).
+fn authorize(request: &Request<Incoming>, state: &SignalingState) -> Result<(), SignalingError> {
+    let token = state.settings().join_token;
+    if token.is_empty() || bearer_matches(request, &token) {
+        Ok(())
+    } else {
+        Err(SignalingError::Unauthorized)
+    }
 }
 
 /// Compares the bearer token in constant time, so its bytes cannot be guessed

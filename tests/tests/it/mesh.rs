@@ -612,7 +612,14 @@ fn a_wildcard_listener_registers_its_route_address_and_join_tokens_apply() {
     let wild = Node::start(options);
     let port = wild.mesh_addr().port();
     let listed = wait_until("wild registered", Duration::from_secs(10), || {
-        let devices = http::get(hub.signaling_addr(), "/devices").json();
+        let devices = http::request(
+            hub.signaling_addr(),
+            "GET",
+            "/devices",
+            &[("Authorization", "Bearer s3cret")],
+            b"",
+        )
+        .json();
         devices
             .as_array()
             .unwrap()

@@ -275,6 +275,31 @@ fn a_join_token_guards_registration() {
         &body,
     );
     assert_eq!(right.status, 200, "{right:?}");
+
+    // The list of ids, addresses and keys is the token holders' too.
+    let anyone = http::get(addr, "/devices");
+    assert_eq!(anyone.status, 401, "{anyone:?}");
+    assert_eq!(anyone.header("www-authenticate"), Some("Bearer"));
+    assert!(!anyone.body.contains("192.0.2.1"), "no address leaks");
+    let guess = http::request(
+        addr,
+        "GET",
+        "/devices",
+        &[("Authorization", "Bearer guess")],
+        b"",
+    );
+    assert_eq!(guess.status, 401);
+    let holder = http::request(
+        addr,
+        "GET",
+        "/devices",
+        &[("Authorization", "Bearer s3cret")],
+        b"",
+    );
+    assert_eq!(holder.status, 200);
+    assert_eq!(holder.json()[0]["id"], "a");
+    // What needs no secret stays open.
+    assert_eq!(http::get(addr, "/healthz").status, 200);
 }
 
 #[test]
