@@ -65,6 +65,8 @@ pub(super) struct PeerTask {
     open_hubs: OpenHubs,
     /// Reused for every step's actions.
     actions: Vec<Action<SendReply, PingReply>>,
+    /// Reused for what actions report back within a step.
+    feedback: VecDeque<Input<SendReply, PingReply>>,
 }
 
 impl PeerTask {
@@ -101,6 +103,7 @@ impl PeerTask {
             next_link: 0,
             open_hubs: OpenHubs::default(),
             actions: Vec::new(),
+            feedback: VecDeque::new(),
         }
     }
 
@@ -143,17 +146,21 @@ impl PeerTask {
     fn step(&mut self, input: Input<SendReply, PingReply>) {
         let now = Instant::now();
         self.local.hubs.open_into(&mut self.open_hubs);
-        let mut inputs = VecDeque::from([input]);
+        // Both queues are kept between steps: an ack (one per message sent)
+        // allocates nothing.
         let mut actions = std::mem::take(&mut self.actions);
-        while let Some(input) = inputs.pop_front() {
+        let mut feedback = std::mem::take(&mut self.feedback);
+        let mut next = Some(input);
+        while let Some(input) = next.take().or_else(|| feedback.pop_front()) {
             self.state.handle(now, &self.open_hubs, input, &mut actions);
             for action in actions.drain(..) {
-                if let Some(feedback) = self.execute(action) {
-                    inputs.push_back(feedback);
+                if let Some(report) = self.execute(action) {
+                    feedback.push_back(report);
                 }
             }
         }
         self.actions = actions;
+        self.feedback = feedback;
         debug_assert!(
             self.arriving.is_empty(),
             "every link handed over is adopted or refused"
