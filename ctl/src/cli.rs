@@ -39,6 +39,12 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<DevicesAction>,
     },
+    /// The hubs this device trusts, by the keys they proved.
+    Hubs {
+        /// What to do.
+        #[command(subcommand)]
+        action: HubsAction,
+    },
     /// Re-read the config file, like SIGHUP, and report what changed; fails
     /// if the new config is invalid (meshd keeps the old one).
     Reload,
@@ -119,6 +125,18 @@ pub enum UsersAction {
     },
     /// List chat users.
     List,
+}
+
+/// `meshctl hubs ...`
+#[derive(Debug, Subcommand)]
+pub enum HubsAction {
+    /// Forget the key pinned for a hub on first contact, after checking on
+    /// the hub (`meshctl status`) that its new key is genuine; the key it
+    /// proves next is pinned instead.
+    Forget {
+        /// The hub's URL as [mesh] signaling writes it, e.g. http://hub:8080
+        url: String,
+    },
 }
 
 /// `meshctl devices ...`

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, DevicesAction, UsersAction};
+use crate::cli::{Cli, Command, DevicesAction, HubsAction, UsersAction};
 use crate::client::Client;
 use crate::error::CtlError;
 
@@ -62,6 +62,9 @@ fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Devices {
             action: Some(DevicesAction::Remove { id }),
         } => commands::devices::remove(&mut client, id, cli.json),
+        Command::Hubs {
+            action: HubsAction::Forget { url },
+        } => commands::hubs::forget(&mut client, url, cli.json),
         Command::Reload => commands::reload::run(&mut client, cli.json),
         Command::Users { action } => commands::users::run(&mut client, action, password, cli.json),
         Command::Broadcast { text } => {

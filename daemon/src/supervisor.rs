@@ -22,7 +22,6 @@ use crate::control::{
 use crate::key_file::{self, KeyError};
 use crate::logging::LogControl;
 use crate::mesh::{self, MeshError};
-use crate::public_key::PublicKey;
 use crate::signaling;
 use crate::signals::{Intent, Signals};
 use crate::systemd;
@@ -117,6 +116,7 @@ pub async fn run(
                 .await
                 .map_err(bind_failed("mesh", config.mesh.listen))?,
             mesh::load_identity(&config.node.state_dir).await?,
+            mesh::load_known_hubs(&config.node.state_dir).await?,
         )),
         false => None,
     };
@@ -132,7 +132,7 @@ pub async fn run(
                 signaling::start(
                     &config.signaling,
                     listener,
-                    PublicKey::from(*hub_key.public()),
+                    hub_key,
                     bindings,
                     cancel.child_token(),
                     &tracker,
@@ -157,14 +157,14 @@ pub async fn run(
         None => None,
     };
     let mesh = match mesh_listener {
-        Some((listener, key)) => Some(
+        Some((listener, key, known_hubs)) => Some(
             mesh::start(
                 &config.mesh,
                 config.node.id.clone(),
                 key,
+                known_hubs,
                 listener,
-                signaling.as_ref().map(|hub| mesh::LocalHub {
-                    changes: hub.changes(),
+                signaling.as_ref().map(|_| mesh::LocalHub {
                     serves_others: !config.signaling.listen.ip().is_loopback(),
                 }),
                 cancel.child_token(),

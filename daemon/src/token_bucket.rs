@@ -44,6 +44,32 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Takes `amount` units at `now` if the bucket holds them, and nothing
+    /// otherwise: for refusing rather than delaying. `rate == 0` means no
+    /// limit.
+    pub fn try_take(&mut self, amount: u64, rate: u64, burst: u64, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate as f64).min(burst.max(1) as f64);
+        self.last = self.last.max(now);
+        if self.tokens >= amount as f64 {
+            self.tokens -= amount as f64;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the bucket was last used: a bucket idle for longer than its
+    /// burst takes to refill is full again, and can be forgotten.
+    pub fn last_used(&self) -> Instant {
+        self.last
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,5 +110,21 @@ mod tests {
         assert_eq!(bucket.take(1_000_000, 0, 1, t0), Duration::ZERO);
         assert_eq!(bucket.take(1, 1, 1, t0), Duration::ZERO);
         assert_eq!(bucket.take(1, 1, 1, t0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn try_take_refuses_without_going_into_debt() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::full(t0);
+        for _ in 0..5 {
+            assert!(bucket.try_take(1, 1, 5, t0));
+        }
+        // Refusals take nothing: a flood does not push the next token away.
+        for _ in 0..100 {
+            assert!(!bucket.try_take(1, 1, 5, t0));
+        }
+        assert!(bucket.try_take(1, 1, 5, t0 + Duration::from_secs(1)));
+        assert!(!bucket.try_take(1, 1, 5, t0 + Duration::from_secs(1)));
+        assert!(bucket.try_take(1, 0, 0, t0), "rate 0: no limit");
     }
 }

@@ -16,10 +16,10 @@ pub mod strict;
 pub use frame::{FrameError, MAX_FRAME_BYTES, decode, decode_strict, encode, read_frame};
 pub use paths::default_socket_path;
 pub use reply::{
-    BroadcastReply, ChatStatus, DeviceEntry, ErrorCode, ErrorReply, HubStatus, InboxMessage,
-    LinkState, MeshStatus, NetcheckProbe, NetcheckReply, PingReply, ReloadReply, RemovedReply,
-    Reply, ReplyFrame, Response, RoleStatus, SendResult, SignalingStatus, StatusReply, UserChange,
-    UserEntry,
+    BroadcastReply, ChatStatus, DeviceEntry, ErrorCode, ErrorReply, HubForgottenReply, HubStatus,
+    InboxMessage, LinkState, MeshStatus, NetcheckProbe, NetcheckReply, PingReply, ReloadReply,
+    RemovedReply, Reply, ReplyFrame, Response, RoleStatus, SendResult, SignalingStatus,
+    StatusReply, UserChange, UserEntry,
 };
 pub use request::{Access, Request, RequestFrame, RequestHeader};
 

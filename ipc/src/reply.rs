@@ -45,6 +45,8 @@ pub enum Response {
     Devices(Vec<DeviceEntry>),
     /// Answer to `devices remove`.
     Removed(RemovedReply),
+    /// Answer to `hubs forget`.
+    HubForgotten(HubForgottenReply),
     /// Answer to `reload`.
     Reloaded(ReloadReply),
     /// Answer to `users list`, sorted by name.
@@ -179,6 +181,10 @@ pub struct HubStatus {
     /// Round-trip time to the server over the channel, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<f64>,
+    /// The hub key in force (base64): pinned in the config, or by the first
+    /// contact; null before first contact.
+    #[serde(default)]
+    pub hub_key: Option<String>,
 }
 
 /// `meshctl netcheck`: what the NAT in front of this device does, probed
@@ -355,6 +361,15 @@ pub struct RemovedReply {
     pub was_registered: bool,
     /// A public key was bound to the id, and no longer is.
     pub had_binding: bool,
+}
+
+/// `meshctl hubs forget`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubForgottenReply {
+    /// The hub's URL.
+    pub url: String,
+    /// The key that was pinned (base64), or null if none was.
+    pub forgotten_key: Option<String>,
 }
 
 /// `meshctl reload`.

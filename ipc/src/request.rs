@@ -94,6 +94,12 @@ pub enum Request {
     },
     /// Probe the NAT in front of this device through its hubs.
     Netcheck,
+    /// Drop the key pinned on first contact for a hub (`state_dir/known-hubs`),
+    /// so the key it proves next is pinned instead.
+    HubsForget {
+        /// The hub's URL as `[mesh] signaling` writes it.
+        url: String,
+    },
 }
 
 /// What a caller must be allowed to do for a request to run.
@@ -126,7 +132,8 @@ impl Request {
             | Request::UsersRemove { .. }
             | Request::Broadcast { .. }
             | Request::Send { .. }
-            | Request::SendAll { .. } => Access::Write,
+            | Request::SendAll { .. }
+            | Request::HubsForget { .. } => Access::Write,
         }
     }
 
@@ -147,6 +154,7 @@ impl Request {
             Request::Messages { .. } => "messages",
             Request::Ping { .. } => "ping",
             Request::Netcheck => "netcheck",
+            Request::HubsForget { .. } => "hubs forget",
         }
     }
 }

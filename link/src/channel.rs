@@ -1,12 +1,12 @@
 //! The hub channel: a device's authenticated, encrypted connection to a
-//! signaling server, over which the hub pushes registry changes and passes
-//! hole-punching and relay messages between devices.
+//! signaling server. Over it the device registers and heartbeats; the hub
+//! pushes registry changes and passes hole-punching and relay messages
+//! between devices.
 //!
-//! The handshake is `Noise_XN`: the device (initiator) proves its static key
-//! and names its id in the third message; the hub has no static key, because
-//! devices have no way to know one in advance (they find hubs by URL). What
-//! the device gets is privacy from passive observers; what the hub gets is
-//! proof that the other end holds the key registered for the id it claims.
+//! It opens with the hub handshake (`Noise_XX`, [`crate::hub_handshake`]):
+//! the hub proves its key first and the device checks it against the key
+//! it pinned before naming itself; then the device proves its key and names
+//! its id. So each side knows whom it talks to before anything else is said.
 //!
 //! After the handshake both directions carry messages: a `u32` length, then
 //! that many bytes, inside the same record layer as links. The content is
@@ -15,39 +15,18 @@
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use snow::params::NoiseParams;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::LinkError;
-use crate::handshake::{HANDSHAKE_TIMEOUT, read_message, write_message};
+use crate::hub_handshake::{self, Purpose};
 use crate::identity::{KEY_LEN, StaticKey};
 use crate::record::{Incoming, RecordReader, RecordWriter};
-
-/// The protocol name; a change here is a new, incompatible channel protocol.
-const NOISE: &str = "Noise_XN_25519_AESGCM_BLAKE2s";
-
-/// Bound into the handshake hash: only channel version 1 peers agree on
-/// keys, and a link handshake can never be mistaken for a channel one.
-const PROLOGUE: &[u8] = b"meshd channel 1";
-
-/// Largest handshake message: keys, tags and a maximal id.
-const MAX_HANDSHAKE_BYTES: usize = 256;
 
 /// The longest id the device may name (device ids are at most 64 bytes).
 const MAX_ID_BYTES: usize = 64;
 
 /// Read buffer size.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-fn params() -> NoiseParams {
-    NOISE
-        .parse()
-        .unwrap_or_else(|_| unreachable!("{NOISE} is a valid Noise protocol name"))
-}
-
-fn noise_error(error: snow::Error) -> LinkError {
-    LinkError::Handshake(error.to_string())
-}
 
 /// An open channel, before it is split for a reading and a writing task.
 pub struct Channel<S> {
@@ -65,80 +44,53 @@ pub struct ChannelPeer {
     pub key: [u8; KEY_LEN],
 }
 
-/// The device's side: runs the handshake as `id` with `local`'s key.
-pub async fn open<S>(mut stream: S, local: &StaticKey, id: &str) -> Result<Channel<S>, LinkError>
+/// The device's side: runs the handshake as `id` with `local`'s key, and
+/// returns the channel with the key the hub proved. With `expected_hub`, a
+/// hub that proves another key gets nothing ([`LinkError::UnexpectedHubKey`]).
+pub async fn open<S>(
+    mut stream: S,
+    local: &StaticKey,
+    id: &str,
+    expected_hub: Option<&[u8; KEY_LEN]>,
+) -> Result<(Channel<S>, [u8; KEY_LEN]), LinkError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     if id.len() > MAX_ID_BYTES {
         return Err(LinkError::Handshake(format!("device id too long: {id:?}")));
     }
-    let exchange = async {
-        let mut noise = snow::Builder::new(params())
-            .local_private_key(local.private())
-            .and_then(|builder| builder.prologue(PROLOGUE))
-            .and_then(|builder| builder.build_initiator())
-            .map_err(noise_error)?;
-        let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
-        let len = noise.write_message(&[], &mut buffer).map_err(noise_error)?;
-        write_message(&mut stream, &buffer[..len]).await?;
-        let answer = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
-        let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
-        noise
-            .read_message(&answer, &mut payload)
-            .map_err(noise_error)?;
-        let len = noise
-            .write_message(id.as_bytes(), &mut buffer)
-            .map_err(noise_error)?;
-        write_message(&mut stream, &buffer[..len]).await?;
-        let transport = noise.into_stateless_transport_mode().map_err(noise_error)?;
-        Ok::<_, LinkError>(transport)
-    };
-    let transport = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| LinkError::Timeout)??;
-    Ok(Channel::new(stream, transport))
+    let side = hub_handshake::initiate(
+        &mut stream,
+        local,
+        Purpose::Channel,
+        id.as_bytes(),
+        expected_hub,
+    )
+    .await?;
+    Ok((Channel::new(stream, side.transport), side.hub_key))
 }
 
-/// The hub's side: runs the handshake and returns who the device says it
-/// is and which key it proved.
-pub async fn serve<S>(mut stream: S) -> Result<(Channel<S>, ChannelPeer), LinkError>
+/// The hub's side, proving `hub_key`: returns who the device says it is
+/// and which key it proved.
+pub async fn serve<S>(
+    mut stream: S,
+    hub_key: &StaticKey,
+) -> Result<(Channel<S>, ChannelPeer), LinkError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let exchange = async {
-        let mut noise = snow::Builder::new(params())
-            .prologue(PROLOGUE)
-            .and_then(|builder| builder.build_responder())
-            .map_err(noise_error)?;
-        let mut payload = [0u8; MAX_HANDSHAKE_BYTES];
-        let first = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
-        noise
-            .read_message(&first, &mut payload)
-            .map_err(noise_error)?;
-        let mut buffer = [0u8; MAX_HANDSHAKE_BYTES];
-        let len = noise.write_message(&[], &mut buffer).map_err(noise_error)?;
-        write_message(&mut stream, &buffer[..len]).await?;
-        let third = read_message(&mut stream, MAX_HANDSHAKE_BYTES).await?;
-        let len = noise
-            .read_message(&third, &mut payload)
-            .map_err(noise_error)?;
-        let id = std::str::from_utf8(&payload[..len])
-            .ok()
-            .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES)
-            .ok_or_else(|| LinkError::Handshake("malformed device id".to_owned()))?
-            .to_owned();
-        let key: [u8; KEY_LEN] = noise
-            .get_remote_static()
-            .and_then(|key| key.try_into().ok())
-            .ok_or_else(|| LinkError::Handshake("no static key from the device".to_owned()))?;
-        let transport = noise.into_stateless_transport_mode().map_err(noise_error)?;
-        Ok::<_, LinkError>((transport, ChannelPeer { id, key }))
-    };
-    let (transport, peer) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| LinkError::Timeout)??;
-    Ok((Channel::new(stream, transport), peer))
+    let side = hub_handshake::respond(&mut stream, hub_key, Purpose::Channel).await?;
+    let id = String::from_utf8(side.payload)
+        .ok()
+        .filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES)
+        .ok_or_else(|| LinkError::Handshake("malformed device id".to_owned()))?;
+    Ok((
+        Channel::new(stream, side.transport),
+        ChannelPeer {
+            id,
+            key: side.device_key,
+        },
+    ))
 }
 
 impl<S> Channel<S> {
@@ -247,8 +199,11 @@ mod tests {
         let (a, b) = tokio::io::duplex(1 << 20);
         let device = StaticKey::generate().unwrap();
         let public = *device.public();
-        let opened = tokio::spawn(async move { open(a, &device, "alpha").await });
-        let (hub_side, peer) = serve(b).await.unwrap();
+        let hub = StaticKey::generate().unwrap();
+        let hub_public = *hub.public();
+        let opened =
+            tokio::spawn(async move { open(a, &device, "alpha", Some(&hub_public)).await });
+        let (hub_side, peer) = serve(b, &hub).await.unwrap();
         assert_eq!(
             peer,
             ChannelPeer {
@@ -256,7 +211,8 @@ mod tests {
                 key: public
             }
         );
-        let device_side = opened.await.unwrap().unwrap();
+        let (device_side, proved) = opened.await.unwrap().unwrap();
+        assert_eq!(proved, hub_public);
         let (mut device_read, mut device_write) = device_side.split(1 << 20);
         let (mut hub_read, mut hub_write) = hub_side.split(1024);
         device_write.send(b"hello hub").await.unwrap();
@@ -272,9 +228,10 @@ mod tests {
     async fn a_message_over_the_readers_limit_breaks_the_channel() {
         let (a, b) = tokio::io::duplex(1 << 20);
         let device = StaticKey::generate().unwrap();
-        let opened = tokio::spawn(async move { open(a, &device, "alpha").await });
-        let (hub_side, _) = serve(b).await.unwrap();
-        let (_, mut device_write) = opened.await.unwrap().unwrap().split(1024);
+        let hub = StaticKey::generate().unwrap();
+        let opened = tokio::spawn(async move { open(a, &device, "alpha", None).await });
+        let (hub_side, _) = serve(b, &hub).await.unwrap();
+        let (_, mut device_write) = opened.await.unwrap().unwrap().0.split(1024);
         let (mut hub_read, _) = hub_side.split(1024);
         device_write.send(&[1u8; 2000]).await.unwrap();
         assert!(matches!(
@@ -295,6 +252,51 @@ mod tests {
             instance: 1,
         };
         tokio::spawn(async move { crate::connect(a, &alice, &bob_public, &hello).await });
-        assert!(serve(b).await.is_err());
+        assert!(serve(b, &bob).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hub_with_another_key_learns_nothing_of_the_device() {
+        let (a, mut b) = tokio::io::duplex(4096);
+        let device = StaticKey::generate().unwrap();
+        let pinned = *StaticKey::generate().unwrap().public();
+        let impostor = StaticKey::generate().unwrap();
+        let impostor_public = *impostor.public();
+        let opened = tokio::spawn(async move { open(a, &device, "alpha", Some(&pinned)).await });
+        // The impostor runs the hub's side by hand, to see what it gets.
+        let mut noise = snow::Builder::new("Noise_XX_25519_AESGCM_BLAKE2s".parse().unwrap())
+            .local_private_key(impostor.private())
+            .unwrap()
+            .prologue(b"meshd channel 2")
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let mut scratch = [0u8; 256];
+        let first = crate::handshake::read_message(&mut b, 256).await.unwrap();
+        noise.read_message(&first, &mut scratch).unwrap();
+        let len = noise.write_message(&[], &mut scratch).unwrap();
+        crate::handshake::write_message(&mut b, &scratch[..len])
+            .await
+            .unwrap();
+        match opened.await.unwrap() {
+            Err(LinkError::UnexpectedHubKey { proved }) => assert_eq!(*proved, impostor_public),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+        // The device closed without a third message: no key, no id.
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut rest)
+            .await
+            .unwrap();
+        assert!(rest.is_empty(), "{} bytes after the refusal", rest.len());
+        assert!(noise.get_remote_static().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_relay_join_is_not_a_channel() {
+        let (a, b) = tokio::io::duplex(4096);
+        let device = StaticKey::generate().unwrap();
+        let hub = StaticKey::generate().unwrap();
+        tokio::spawn(async move { crate::relay_join::join(a, &device, "t0k3n", None).await });
+        assert!(serve(b, &hub).await.is_err());
     }
 }

@@ -139,8 +139,10 @@ pub fn link_handshake(data: &[u8]) {
 
 /// The hub's side of a channel facing a device that sends `data`.
 pub fn channel_handshake(data: &[u8]) {
+    let key = StaticKey::generate().expect("a key");
     runtime().block_on(async {
         let stream = peer_sending(data);
-        let _ = tokio::time::timeout(Duration::from_secs(10), crate::channel::serve(stream)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), crate::channel::serve(stream, &key))
+            .await;
     });
 }

@@ -17,18 +17,21 @@
 //! [`Link`] puts them together and splits into a reader and a writer that can
 //! live in different tasks.
 //!
-//! [`channel`] reuses the record layer for a device's connection to a hub:
-//! a `Noise_XN` handshake in which only the device proves a key, then
-//! length-prefixed messages.
+//! A device's connections to a hub begin with the hub handshake
+//! (`Noise_XX`, both keys proven, the hub's first): [`channel`] then reuses
+//! the record layer for length-prefixed messages; [`relay_join`] hands the
+//! stream back for a link through the hub's relay.
 
 pub mod channel;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handshake;
+mod hub_handshake;
 mod identity;
 mod link;
 pub mod record;
+pub mod relay_join;
 
 pub use frame::{Frame, MAX_FRAME_BYTES, MAX_MESSAGE_BYTES};
 pub use handshake::{Hello, Inbound, accept, connect};
@@ -62,4 +65,13 @@ pub enum LinkError {
     /// The handshake took too long.
     #[error("handshake timed out")]
     Timeout,
+    /// A hub proved a key other than the one expected (pinned).
+    #[error("the hub proved another key than the one expected")]
+    UnexpectedHubKey {
+        /// The key it proved (boxed: errors stay small).
+        proved: Box<[u8; KEY_LEN]>,
+    },
+    /// The hub refused a relay join.
+    #[error("the hub refused: {0}")]
+    Refused(String),
 }

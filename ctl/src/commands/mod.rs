@@ -3,6 +3,7 @@
 pub mod broadcast;
 pub mod chat;
 pub mod devices;
+pub mod hubs;
 pub mod messages;
 pub mod netcheck;
 pub mod ping;

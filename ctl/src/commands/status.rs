@@ -41,6 +41,10 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
         );
         if let Some(key) = &signaling.hub_key {
             println!("           hub key {key}");
+            println!(
+                "           devices pin it with: signaling = [\"{}\"]",
+                pin_line(&signaling.listen, key)
+            );
         }
     }
     if let Some(chat) = &roles.chat {
@@ -75,7 +79,15 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
                         (true, None) => "channel open".to_owned(),
                         (false, _) => "no channel".to_owned(),
                     };
-                    println!("           signaling {}: registered, {channel}", hub.url);
+                    let key = hub
+                        .hub_key
+                        .as_deref()
+                        .map(|key| format!(", hub key {key}"))
+                        .unwrap_or_default();
+                    println!(
+                        "           signaling {}: registered, {channel}{key}",
+                        hub.url
+                    );
                 }
                 (Some(error), false) => println!("           signaling {}: {error}", hub.url),
                 (None, false) => println!("           signaling {}: not contacted yet", hub.url),
@@ -86,4 +98,45 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
         println!("roles:     none enabled");
     }
     Ok(())
+}
+
+/// The `[mesh] signaling` entry that pins this hub: its listen address, or
+/// for a wildcard listener this machine's host name, then `#KEY`.
+fn pin_line(listen: &str, key: &str) -> String {
+    let host = match listen.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_unspecified() => host_name().unwrap_or_else(|| "HOST".to_owned()),
+        Ok(std::net::SocketAddr::V6(addr)) => format!("[{}]", addr.ip()),
+        Ok(addr) => addr.ip().to_string(),
+        Err(_) => "HOST".to_owned(),
+    };
+    let port = listen.rsplit(':').next().unwrap_or("PORT");
+    format!("http://{host}:{port}#{key}")
+}
+
+/// This machine's host name, as the kernel has it.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_line_names_a_host_devices_can_reach() {
+        assert_eq!(
+            pin_line("203.0.113.1:8080", "KEY="),
+            "http://203.0.113.1:8080#KEY="
+        );
+        assert_eq!(
+            pin_line("[2001:db8::1]:8080", "K"),
+            "http://[2001:db8::1]:8080#K"
+        );
+        let wildcard = pin_line("0.0.0.0:8080", "K");
+        assert!(wildcard.starts_with("http://") && wildcard.ends_with(":8080#K"));
+        assert!(!wildcard.contains("0.0.0.0"), "{wildcard}");
+    }
 }

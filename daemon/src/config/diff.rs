@@ -52,6 +52,13 @@ const LIVE_KEYS: &[LiveKey] = &[
         apply: |to, from| to.signaling.relay_bytes_per_sec = from.signaling.relay_bytes_per_sec,
     },
     LiveKey {
+        name: "signaling.registrations_per_sec",
+        differs: |a, b| a.signaling.registrations_per_sec != b.signaling.registrations_per_sec,
+        apply: |to, from| {
+            to.signaling.registrations_per_sec = from.signaling.registrations_per_sec;
+        },
+    },
+    LiveKey {
         name: "chat.rate_per_user",
         differs: |a, b| a.chat.rate_per_user != b.chat.rate_per_user,
         apply: |to, from| to.chat.rate_per_user = from.chat.rate_per_user,
@@ -175,7 +182,7 @@ mod tests {
     fn every_live_key_is_applied() {
         let old = Config::from_toml("", None).unwrap();
         let new = Config::from_toml(
-            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\n[chat]\nrate_per_user = 5\nburst_per_user = 7\n",
+            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\nregistrations_per_sec = 3\n[chat]\nrate_per_user = 5\nburst_per_user = 7\n",
             None,
         )
         .unwrap();

@@ -90,6 +90,9 @@ pub struct SignalingConfig {
     /// Bytes per second each device may send through the relay; 0 turns
     /// relaying off.
     pub relay_bytes_per_sec: u64,
+    /// New device ids one source address may register per second (five
+    /// seconds' worth at once); 0 means no limit.
+    pub registrations_per_sec: u64,
 }
 
 /// `[chat]`: the broadcast TCP server.

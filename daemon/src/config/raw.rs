@@ -46,6 +46,7 @@ pub struct RawSignaling {
     pub max_connections: Option<u64>,
     pub max_devices: Option<u64>,
     pub relay_bytes_per_sec: Option<u64>,
+    pub registrations_per_sec: Option<u64>,
 }
 
 /// `[chat]`

@@ -205,6 +205,12 @@ fn signaling(check: &mut Checker<'_>, raw: RawSignaling) -> SignalingConfig {
             8 << 20,
             (0, 1 << 40),
         ) as u64,
+        registrations_per_sec: check.count(
+            "signaling.registrations_per_sec",
+            raw.registrations_per_sec,
+            20,
+            (0, 1_000_000),
+        ) as u64,
     }
 }
 
@@ -249,7 +255,16 @@ fn mesh(check: &mut Checker<'_>, raw: RawMesh) -> MeshConfig {
                 None
             }
         })
-        .collect();
+        .collect::<Vec<HubUrl>>();
+    let mut seen = std::collections::HashSet::new();
+    for hub in &signaling {
+        if !seen.insert(hub.to_string()) {
+            check.problem(
+                "mesh.signaling",
+                format!("{hub} is listed twice; list each signaling server once"),
+            );
+        }
+    }
     let advertise = raw.advertise.unwrap_or_default();
     if advertise.len() > MAX_ENDPOINTS {
         check.problem(
@@ -316,6 +331,7 @@ pub fn to_raw(config: &Config) -> RawConfig {
             max_connections: Some(count(config.signaling.max_connections)),
             max_devices: Some(count(config.signaling.max_devices)),
             relay_bytes_per_sec: Some(config.signaling.relay_bytes_per_sec),
+            registrations_per_sec: Some(config.signaling.registrations_per_sec),
         }),
         chat: Some(RawChat {
             enabled: Some(config.chat.enabled),

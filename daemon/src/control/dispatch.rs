@@ -161,6 +161,13 @@ impl Dispatcher {
                 Some(mesh) => Reply::Ok(Response::Netcheck(mesh.netcheck().await)),
                 None => no_mesh(),
             }],
+            Request::HubsForget { url } => vec![match &self.roles.mesh {
+                Some(mesh) => match mesh.forget_hub(&url).await {
+                    Ok(forgotten) => Reply::Ok(Response::HubForgotten(forgotten)),
+                    Err(refused) => error(refused.code(), refused.to_string()),
+                },
+                None => no_mesh(),
+            }],
         }
     }
 

@@ -1,6 +1,8 @@
 //! What travels over a hub channel (docs/mesh.md, "The hub channel"):
 //! JSON messages inside the Noise channel of `meshd_link::channel`, served
 //! by the signaling role and kept open by the mesh role to each of its hubs.
+//! Everything meshd says to a hub goes this way: registration and
+//! heartbeats included.
 //!
 //! Also the names of the HTTP upgrades that open a channel or a relay.
 
@@ -8,21 +10,34 @@ use serde::{Deserialize, Serialize};
 
 use super::ListedDevice;
 
-/// `GET /channel` with `Upgrade: meshd-channel/1` opens a channel.
+/// `GET /channel` with `Upgrade: meshd-channel/2` opens a channel.
 pub const CHANNEL_PATH: &str = "/channel";
 /// The upgrade protocol of a channel.
-pub const CHANNEL_UPGRADE: &str = "meshd-channel/1";
-/// `GET /relay` with `Upgrade: meshd-relay/1` and a token joins a relay.
+pub const CHANNEL_UPGRADE: &str = "meshd-channel/2";
+/// `GET /relay` with `Upgrade: meshd-relay/2` joins a relay; the token
+/// travels inside the hub handshake that follows.
 pub const RELAY_PATH: &str = "/relay";
 /// The upgrade protocol of a relay.
-pub const RELAY_UPGRADE: &str = "meshd-relay/1";
-/// The header carrying a relay token.
-pub const RELAY_TOKEN_HEADER: &str = "meshd-relay-token";
+pub const RELAY_UPGRADE: &str = "meshd-relay/2";
 
 /// Device to hub.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToHub {
+    /// Register this device (the id and key the handshake proved), or
+    /// refresh its registration: the heartbeat. Answered with
+    /// [`FromHub::Registered`] or [`FromHub::RegisterRefused`].
+    Register {
+        /// The address peers should dial, `ip:port`.
+        addr: String,
+        /// Further addresses the device can be reached at.
+        endpoints: Vec<String>,
+        /// The hub's `[signaling] join_token`, if it has one.
+        join_token: String,
+    },
+    /// Which address does this connection come from? Answered with
+    /// [`FromHub::Observed`]; needs no registration.
+    Observe,
     /// Liveness, and the round-trip time to the hub.
     Ping {
         /// Echoed in the pong.
@@ -49,6 +64,26 @@ pub enum ToHub {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum FromHub {
+    /// The device is registered; the device list follows, then its changes.
+    Registered {
+        /// The channel's source address as the hub sees it.
+        observed: String,
+        /// Register again well within this many seconds.
+        ttl_secs: u64,
+    },
+    /// The registration was refused; the hub closes the channel.
+    RegisterRefused {
+        /// The HTTP status the same refusal has in the HTTP API (401, 409,
+        /// 429, 503).
+        status: u16,
+        /// What is wrong and what to do about it.
+        error: String,
+    },
+    /// Answer to [`ToHub::Observe`].
+    Observed {
+        /// The channel's source address as the hub sees it, `ip:port`.
+        observed: String,
+    },
     /// Answer to [`ToHub::Ping`].
     Pong {
         /// The ping's nonce.
@@ -69,7 +104,8 @@ pub enum FromHub {
         /// What it says.
         signal: Signal,
     },
-    /// A relay to `peer` is ready: join it with `GET /relay` and this token.
+    /// A relay to `peer` is ready: join it with `GET /relay` and this token,
+    /// which only this device's key can use.
     /// The device with `dial` runs the link's initiator side over it.
     Relay {
         /// The other device.
@@ -153,6 +189,25 @@ mod tests {
                 peer: "a".into(),
                 token: "t".into(),
                 dial: false
+            }
+        );
+        let register = ToHub::Register {
+            addr: "192.0.2.7:8082".into(),
+            endpoints: vec!["10.0.0.7:8082".into()],
+            join_token: String::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&register).unwrap(),
+            r#"{"type":"register","addr":"192.0.2.7:8082","endpoints":["10.0.0.7:8082"],"join_token":""}"#
+        );
+        let refused: FromHub =
+            serde_json::from_str(r#"{"type":"register_refused","status":409,"error":"no"}"#)
+                .unwrap();
+        assert_eq!(
+            refused,
+            FromHub::RegisterRefused {
+                status: 409,
+                error: "no".into()
             }
         );
     }

@@ -11,8 +11,7 @@ mod http;
 mod url;
 
 pub use channel::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, RELAY_PATH, RELAY_TOKEN_HEADER, RELAY_UPGRADE,
-    Refusable, Signal, ToHub,
+    CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, RELAY_PATH, RELAY_UPGRADE, Refusable, Signal, ToHub,
 };
 pub use http::{
     DEVICES_PATH, ErrorReply, HEALTH_PATH, ListedDevice, OBSERVED_PATH, ObservedReply,

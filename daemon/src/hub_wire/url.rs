@@ -1,7 +1,11 @@
-//! A hub's address as `[mesh] signaling` names it, `http://HOST:PORT`:
-//! checked and parsed once, when the config is loaded.
+//! A hub's address as `[mesh] signaling` names it, `http://HOST:PORT`, with
+//! the hub's key after a `#` when the operator pins it
+//! (`http://HOST:PORT#KEY`, docs/security.md): checked and parsed once,
+//! when the config is loaded.
 
 use std::fmt;
+
+use crate::public_key::{PublicKey, PublicKeyError};
 
 /// Why a `[mesh] signaling` entry is not a hub URL. Each message says what
 /// to write instead.
@@ -33,18 +37,44 @@ pub enum HubUrlError {
         /// As written.
         url: String,
     },
+    /// The text after `#` is not a hub key.
+    #[error(
+        "{url:?}: the hub key after '#' is {reason}; paste the key `meshctl status` prints on the hub (base64, 44 characters)"
+    )]
+    BadHubKey {
+        /// As written.
+        url: String,
+        /// What is wrong with the key.
+        reason: PublicKeyError,
+    },
 }
 
-/// A signaling server from `[mesh] signaling`.
+/// A signaling server from `[mesh] signaling`. Shared, not copied: hub
+/// URLs travel inside errors, which stay small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HubUrl {
+pub struct HubUrl(std::sync::Arc<Parts>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Parts {
     url: String,
     authority: String,
+    pin: Option<PublicKey>,
 }
 
 impl HubUrl {
-    /// Accepts `http://HOST:PORT`, with an optional trailing `/`.
-    pub fn parse(url: &str) -> Result<Self, HubUrlError> {
+    /// Accepts `http://HOST:PORT`, with an optional trailing `/`, and
+    /// optionally `#KEY` after it.
+    pub fn parse(text: &str) -> Result<Self, HubUrlError> {
+        let (url, pin) = match text.split_once('#') {
+            Some((url, key)) => {
+                let pin = PublicKey::from_base64(key).map_err(|reason| HubUrlError::BadHubKey {
+                    url: text.to_owned(),
+                    reason,
+                })?;
+                (url, Some(pin))
+            }
+            None => (text, None),
+        };
         let uri: hyper::Uri =
             url.parse()
                 .map_err(|error: hyper::http::uri::InvalidUri| HubUrlError::NotAUrl {
@@ -71,22 +101,29 @@ impl HubUrl {
                 url: url.to_owned(),
             });
         }
-        Ok(HubUrl {
+        Ok(HubUrl(std::sync::Arc::new(Parts {
             url: url.to_owned(),
             authority,
-        })
+            pin,
+        })))
     }
 
     /// `HOST:PORT`, to connect to and for the `Host` header.
     pub fn authority(&self) -> &str {
-        &self.authority
+        &self.0.authority
+    }
+
+    /// The hub key the config pins, if it names one.
+    pub fn pin(&self) -> Option<PublicKey> {
+        self.0.pin
     }
 }
 
-/// As written in the config: what logs and `meshctl status` show.
+/// As written in the config without the key: what logs, `meshctl status`
+/// and the known-hubs file show.
 impl fmt::Display for HubUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.url)
+        f.write_str(&self.0.url)
     }
 }
 
@@ -111,12 +148,38 @@ mod tests {
     }
 
     #[test]
+    fn a_key_after_the_hash_is_the_pin() {
+        let key = PublicKey::from([7; 32]);
+        let hub = HubUrl::parse(&format!("http://hub.example:8080#{key}")).unwrap();
+        assert_eq!(hub.pin(), Some(key));
+        assert_eq!(hub.to_string(), "http://hub.example:8080");
+        assert_eq!(hub.authority(), "hub.example:8080");
+        assert_eq!(
+            HubUrl::parse("http://hub.example:8080").unwrap().pin(),
+            None
+        );
+        for bad in [
+            "http://hub:8080#",
+            "http://hub:8080#AAAA",
+            "http://hub:8080#not base64!",
+        ] {
+            let error = HubUrl::parse(bad).unwrap_err();
+            assert!(
+                matches!(error, HubUrlError::BadHubKey { .. }),
+                "{bad}: {error}"
+            );
+            assert!(error.to_string().contains("hub key"), "{error}");
+        }
+    }
+
+    #[test]
     fn names_what_is_wrong() {
         let kind = |url: &str| match HubUrl::parse(url) {
             Err(HubUrlError::NotAUrl { .. }) => "not a url",
             Err(HubUrlError::NotHttp { .. }) => "not http",
             Err(HubUrlError::NoHostOrPort { .. }) => "no host or port",
             Err(HubUrlError::HasPath { .. }) => "has a path",
+            Err(HubUrlError::BadHubKey { .. }) => "bad key",
             Ok(_) => "accepted",
         };
         assert_eq!(kind("not a url"), "not a url");

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meshd_ipc::{
-    DeviceEntry, HubStatus, InboxMessage, LinkState, MeshStatus, NetcheckReply, PingReply,
-    SendResult,
+    DeviceEntry, HubForgottenReply, HubStatus, InboxMessage, LinkState, MeshStatus, NetcheckReply,
+    PingReply, SendResult,
 };
 use tokio::sync::{broadcast, oneshot};
 
 use super::error::StopReason;
-use super::hubs::Hub;
+use super::hubs::{Hub, Trust};
 use super::peer::{self, Command, PeerHandle, SendError};
 use super::roster::KeyStatus;
 use super::{MAX_MESSAGE_BYTES, Mesh, netcheck};
@@ -49,6 +49,39 @@ pub enum RequestError {
     /// The peer task answered with a failure.
     #[error(transparent)]
     Send(#[from] SendError),
+}
+
+/// Why `hubs forget` did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgetError {
+    /// No such hub in the config.
+    #[error("{url} is not in [mesh] signaling; `meshctl status` lists the hubs by URL")]
+    NotConfigured {
+        /// As given.
+        url: String,
+    },
+    /// The config pins this hub's key: the file has nothing to forget.
+    #[error(
+        "the key of {url} is pinned in the config (after '#' in [mesh] signaling); change it there and restart meshd"
+    )]
+    PinnedInConfig {
+        /// The hub.
+        url: String,
+    },
+    /// The file could not be written.
+    #[error("{0}")]
+    File(String),
+}
+
+impl ForgetError {
+    /// The control protocol's code for it.
+    pub fn code(&self) -> meshd_ipc::ErrorCode {
+        match self {
+            ForgetError::NotConfigured { .. } => meshd_ipc::ErrorCode::NotFound,
+            ForgetError::PinnedInConfig { .. } => meshd_ipc::ErrorCode::BadRequest,
+            ForgetError::File(_) => meshd_ipc::ErrorCode::Internal,
+        }
+    }
 }
 
 /// The mesh role as the control socket sees it.
@@ -190,9 +223,45 @@ impl MeshHandle {
         })
     }
 
+    /// Forgets the key pinned for hub `url` on first contact, and reopens
+    /// its channel at once: the key it proves then is pinned instead. For an
+    /// operator who checked that the hub's key was replaced on purpose.
+    pub async fn forget_hub(&self, url: &str) -> Result<HubForgottenReply, ForgetError> {
+        let wanted = url.trim_end_matches('/');
+        let hub = self
+            .mesh
+            .local
+            .hubs
+            .iter()
+            .find(|hub| hub.url().to_string().trim_end_matches('/') == wanted)
+            .ok_or_else(|| ForgetError::NotConfigured {
+                url: url.to_owned(),
+            })?;
+        if let Trust::Configured(_) = hub.trust() {
+            return Err(ForgetError::PinnedInConfig {
+                url: hub.url().to_string(),
+            });
+        }
+        let known = self.mesh.known_hubs.clone();
+        let key_url = hub.url().to_string();
+        let forgotten = tokio::task::spawn_blocking(move || known.forget(&key_url))
+            .await
+            .map_err(|error| ForgetError::File(error.to_string()))?
+            .map_err(|error| ForgetError::File(error.to_string()))?;
+        let in_memory = hub.trust().key();
+        hub.set_trust(Trust::FirstUse);
+        hub.retry_now();
+        let forgotten = forgotten.or(in_memory);
+        tracing::info!(hub = %hub.url(), forgotten_key = ?forgotten.map(PublicKey::to_base64), "hub key forgotten by operator; the next key it proves will be pinned");
+        Ok(HubForgottenReply {
+            url: hub.url().to_string(),
+            forgotten_key: forgotten.map(PublicKey::to_base64),
+        })
+    }
+
     /// Probes the NAT in front of this device through every hub.
     pub async fn netcheck(&self) -> NetcheckReply {
-        netcheck::run(&self.mesh.local.hubs, self.mesh.listen).await
+        netcheck::run(&self.mesh.local.hubs, self.mesh.listen)
     }
 
     /// The inbox, oldest first.

@@ -1,18 +1,31 @@
-//! This device's channel to one hub: an HTTP upgrade on the hub's port,
-//! then `Noise_XN` with the device key (`meshd_link::channel`), kept open
-//! for as long as meshd runs.
+//! This device's channel to one hub, and everything it says to that hub: an
+//! HTTP upgrade on the hub's port from the mesh port, then the hub
+//! handshake (`meshd_link::channel`), kept open for as long as meshd runs
+//! (docs/mesh.md, "The hub channel"; docs/security.md).
 //!
-//! Over it the hub pushes the device list whenever it changes, so arrivals
-//! and departures are known at once, and passes hole-punching signals and
-//! relay offers, which go to the peer task they concern. The device pings
-//! every [`PING_INTERVAL`]; the round-trip time is shown by `meshctl
-//! status` (hole punching times its own Connect and ConnectReply).
-//! A list without this device means the hub lost it (it restarted): the
-//! registrar is woken to register again at once.
+//! The hub proves its key first. It must be the key the config pins
+//! (`http://HOST:PORT#KEY`) or the one `state_dir/known-hubs` holds; a hub
+//! never met before has the key it proves pinned there (trust on first
+//! use). A hub that proves another key is refused before this device names
+//! itself, and nothing it says is used.
+//!
+//! Over the channel the device registers (its endpoints and the join
+//! token) and heartbeats every third of the TTL; the hub answers with the
+//! address it sees the channel come from, pushes the device list whenever
+//! it changes, and passes hole-punching signals and relay offers, which go
+//! to the peer task they concern. The device pings every
+//! [`PING_INTERVAL`]; the round-trip time is shown by `meshctl status`.
+//! Because the channel leaves from the mesh port, the address the hub
+//! observes is the NAT mapping that peers dial.
+//!
+//! The log says when a hub goes down and when it comes back, once per
+//! outage and again only if the reason changes, not on every retry.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshd_link::LinkError;
+use meshd_link::channel::ChannelWriter;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,12 +33,13 @@ use tokio_util::sync::CancellationToken;
 use super::Mesh;
 use super::backoff::Backoff;
 use super::hub_client::{HubConnection, HubError};
-use super::hubs::HubId;
+use super::hubs::{Hub, HubId, Trust};
 use super::peer::Command;
 use crate::device_id::DeviceId;
 use crate::hub_wire::{
     CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, ListedDevice, MAX_FROM_HUB_BYTES, ToHub,
 };
+use crate::public_key::PublicKey;
 
 /// Pings go out this often.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
@@ -36,53 +50,172 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// A write to the hub that makes no progress for this long ends the channel.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Time the hub has to answer a registration.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fastest heartbeat, whatever TTL a hub returns.
+const MIN_HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// Messages queued for the hub; beyond it, signals are dropped (their
 /// senders retry).
 const OUTGOING_QUEUE: usize = 256;
 
-/// Keeps hub `id`'s channel open until cancelled: opens it once the device
-/// is registered there (the hub checks the key binding), reopens it with
+/// How long a stopping device tries to tell a hub it is leaving.
+const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Keeps hub `id`'s channel open until cancelled, reopening it with
 /// backoff when it fails.
 pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
     let hub = mesh.local.hubs.get(id);
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut outage = Outage::default();
     loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = hub.wait_registered() => {}
-        }
-        let outcome = session(&mesh, id, &mut backoff, &cancel).await;
+        let outcome = session(&mesh, id, &mut backoff, &mut outage, &cancel).await;
         hub.set_channel(None);
         if cancel.is_cancelled() {
             return;
         }
         if let Err(error) = outcome {
-            tracing::debug!(hub = %hub.url(), %error, "hub channel closed; reopening");
+            outage.failed(hub, &error, &mesh.local.id.to_string());
         }
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(backoff.next_wait()) => {}
+            () = hub.retry_asked() => backoff.reset(),
         }
     }
 }
 
-/// Why a channel ended.
+/// Why a channel failed or ended.
 #[derive(Debug, thiserror::Error)]
 enum ChannelError {
     #[error("{0}")]
     Hub(#[from] HubError),
-    #[error("channel: {0}")]
-    Link(#[from] meshd_link::LinkError),
+    #[error("hub channel: {0}")]
+    Link(#[from] LinkError),
+    #[error("{0}")]
+    WrongKey(WrongKey),
+    #[error("{status}: {error}")]
+    Refused { status: u16, error: String },
+    #[error("no answer to the registration within {}s", REGISTER_TIMEOUT.as_secs())]
+    NoAnswer,
     #[error("silent for {}s", SILENCE_LIMIT.as_secs())]
     Silent,
     #[error("no write progress for {}s", WRITE_TIMEOUT.as_secs())]
     Stalled,
     #[error("malformed message from the hub: {0}")]
     Malformed(String),
+    /// An open, registered channel ended; not an outage by itself.
+    #[error("channel closed: {0}")]
+    Closed(Box<ChannelError>),
 }
 
-/// How long a stopping device tries to tell a hub it is leaving.
-const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A hub that proved another key than the one pinned.
+#[derive(Debug)]
+struct WrongKey {
+    url: String,
+    pinned: Trust,
+    proved: PublicKey,
+    known_hubs: String,
+}
+
+impl std::fmt::Display for WrongKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = &self.url;
+        let proved = self.proved;
+        match self.pinned {
+            Trust::Configured(pinned) => write!(
+                f,
+                "the hub at {url} proved key {proved}, but [mesh] signaling pins {pinned}: nothing it says is used; if the hub's key was replaced on purpose, put the new key after '#' in [mesh] signaling and restart meshd"
+            ),
+            Trust::Known(pinned) => write!(
+                f,
+                "the hub at {url} proved key {proved}, but {pinned} was pinned when this device first met it ({}): nothing it says is used; if the hub's key was replaced on purpose, check the new key on the hub (`meshctl status`) and run `meshctl hubs forget {url}`",
+                self.known_hubs
+            ),
+            Trust::FirstUse => write!(f, "the hub at {url} proved key {proved}"),
+        }
+    }
+}
+
+/// What the log has said about a hub's outage, so that it says it once.
+#[derive(Default)]
+struct Outage {
+    /// `Some(true)` while registered, `Some(false)` during an outage.
+    reachable: Option<bool>,
+    last_error: String,
+}
+
+impl Outage {
+    fn registered(&mut self, hub: &Hub) {
+        match self.reachable {
+            Some(true) => {}
+            Some(false) => tracing::info!(hub = %hub.url(), "signaling server reachable again"),
+            None => tracing::info!(hub = %hub.url(), "registered with signaling server"),
+        }
+        self.reachable = Some(true);
+        self.last_error.clear();
+        hub.answered(None);
+    }
+
+    fn failed(&mut self, hub: &Hub, error: &ChannelError, id: &str) {
+        if let ChannelError::Closed(reason) = error {
+            // The hub restarted, or the path broke: the next attempt, a
+            // second later, tells which (and the log says so then).
+            tracing::debug!(hub = %hub.url(), %reason, "hub channel closed; reopening");
+            return;
+        }
+        let message = explain(error, id);
+        hub.answered(Some(message.clone()));
+        // Once per outage, and again only if the reason changes.
+        if self.reachable != Some(false) || message != self.last_error {
+            match error {
+                ChannelError::WrongKey(_) => {
+                    tracing::warn!(hub = %hub.url(), error = %message, "signaling server refused: it proved another key; retrying with backoff")
+                }
+                ChannelError::Refused { .. } => {
+                    tracing::warn!(hub = %hub.url(), error = %message, "signaling server refused the registration; retrying with backoff")
+                }
+                ChannelError::Hub(
+                    HubError::Http(_) | HubError::Decode(_) | HubError::Status { .. },
+                )
+                | ChannelError::Link(_)
+                | ChannelError::Malformed(_) => {
+                    tracing::warn!(hub = %hub.url(), error = %message, "signaling server answered, but not as a meshd hub; retrying with backoff")
+                }
+                _ => {
+                    tracing::warn!(hub = %hub.url(), error = %message, "signaling server unreachable; retrying with backoff")
+                }
+            }
+        }
+        self.reachable = Some(false);
+        self.last_error = message;
+    }
+}
+
+/// The error with what to do about it, said once (the hub's own 409 text
+/// already names the fix, so it is replaced rather than repeated).
+fn explain(error: &ChannelError, id: &str) -> String {
+    match error {
+        ChannelError::Refused { status: 409, .. } => format!(
+            "409: the id {id} is bound to another key there; if this device's key was replaced on purpose, run `meshctl devices remove {id}` on that hub"
+        ),
+        ChannelError::Refused { status: 401, .. } => {
+            "401: wrong or missing join token: set [mesh] join_token to the server's [signaling] join_token".to_owned()
+        }
+        ChannelError::Hub(HubError::Status { status, .. })
+            if status.as_u16() == 404 || status.as_u16() == 426 =>
+        {
+            format!(
+                "{error}; the server does not speak meshd's hub channel ({CHANNEL_UPGRADE}): is it a meshd hub of this version?"
+            )
+        }
+        ChannelError::Link(LinkError::Handshake(_) | LinkError::Decrypt | LinkError::Io(_)) => format!(
+            "{error}; the server does not complete meshd's hub handshake: is it a meshd hub of this version?"
+        ),
+        _ => error.to_string(),
+    }
+}
 
 /// One channel, from opening it to its end. When meshd stops, the device
 /// says [`ToHub::Leave`] first, so its peers drop it at once instead of
@@ -91,92 +224,206 @@ async fn session(
     mesh: &Arc<Mesh>,
     id: HubId,
     backoff: &mut Backoff,
+    outage: &mut Outage,
     cancel: &CancellationToken,
 ) -> Result<(), ChannelError> {
     let local = &mesh.local;
     let hub = local.hubs.get(id);
     let open = async {
-        let stream = HubConnection::open(hub.url(), None)
-            .await?
-            .upgrade(CHANNEL_PATH, CHANNEL_UPGRADE, None)
-            .await?;
-        Ok::<_, ChannelError>(
-            meshd_link::channel::open(stream, &local.key, &local.id.to_string()).await?,
-        )
+        let connection = HubConnection::open(hub.url(), Some(mesh.listen)).await?;
+        let (local_addr, remote_addr) = (connection.local_addr(), connection.remote_addr());
+        let stream = connection.upgrade(CHANNEL_PATH, CHANNEL_UPGRADE).await?;
+        let trust = hub.trust();
+        let expected = trust.key().map(|key| *key.as_bytes());
+        let opened =
+            meshd_link::channel::open(stream, &local.key, &local.id.to_string(), expected.as_ref())
+                .await;
+        let (channel, proved) = match opened {
+            Ok(opened) => opened,
+            Err(LinkError::UnexpectedHubKey { proved }) => {
+                return Err(ChannelError::WrongKey(WrongKey {
+                    url: hub.url().to_string(),
+                    pinned: trust,
+                    proved: PublicKey::from(*proved),
+                    known_hubs: mesh.known_hubs.path().display().to_string(),
+                }));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if trust == Trust::FirstUse {
+            pin_first_use(mesh, hub, PublicKey::from(proved)).await;
+        }
+        Ok::<_, ChannelError>((channel, local_addr, remote_addr))
     };
-    let channel = tokio::select! {
+    let (channel, local_addr, remote_addr) = tokio::select! {
         () = cancel.cancelled() => return Ok(()),
-        channel = open => channel?,
+        opened = open => opened?,
     };
     let (mut reader, mut writer) = channel.split(MAX_FROM_HUB_BYTES);
+
+    // Register first: the hub lists and relays only for registered devices.
+    let register = || ToHub::Register {
+        addr: mesh.endpoint_via(id, local_addr).to_string(),
+        endpoints: mesh.endpoints().iter().map(ToString::to_string).collect(),
+        join_token: mesh.join_token.clone(),
+    };
+    send(&mut writer, &register()).await?;
+    let first = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        read = tokio::time::timeout(REGISTER_TIMEOUT, reader.next()) => {
+            read.map_err(|_| ChannelError::NoAnswer)??
+        }
+    };
+    let mut ttl = match decode(&first)? {
+        FromHub::Registered { observed, ttl_secs } => {
+            let ttl = Duration::from_secs(ttl_secs.max(3));
+            hub.registered(observed, ttl);
+            ttl
+        }
+        FromHub::RegisterRefused { status, error } => {
+            return Err(ChannelError::Refused { status, error });
+        }
+        other => {
+            return Err(ChannelError::Malformed(format!(
+                "expected an answer to the registration, got {other:?}"
+            )));
+        }
+    };
+    hub.set_connection(local_addr, remote_addr);
     let (outgoing, mut queue) = mpsc::channel(OUTGOING_QUEUE);
     hub.set_channel(Some(outgoing));
+    outage.registered(hub);
+    backoff.reset();
     tracing::debug!(hub = %hub.url(), "hub channel open");
+
+    let heartbeat = |ttl: Duration| (ttl / 3).max(MIN_HEARTBEAT);
+    let mut next_heartbeat = Instant::now() + heartbeat(ttl);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
     let mut heard = Instant::now();
-    loop {
-        let outgoing = tokio::select! {
-            () = cancel.cancelled() => {
-                if let Ok(bytes) = serde_json::to_vec(&ToHub::Leave) {
-                    let _ = tokio::time::timeout(LEAVE_TIMEOUT, writer.send(&bytes)).await;
+    // The hub pushes its list only when it changes; each heartbeat answer
+    // says it still stands, and re-applies it, so the roster counts this
+    // hub as answering and lets the devices it dropped go (roster.rs).
+    let mut last_list: Option<Vec<ListedDevice>> = None;
+    let ended = async {
+        loop {
+            let outgoing = tokio::select! {
+                () = cancel.cancelled() => {
+                    let _ = tokio::time::timeout(LEAVE_TIMEOUT, send(&mut writer, &ToHub::Leave)).await;
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            message = queue.recv() => match message {
-                Some(message) => message,
-                None => return Ok(()),
-            },
-            _ = ping.tick() => {
-                if heard.elapsed() >= SILENCE_LIMIT {
-                    return Err(ChannelError::Silent);
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return Ok(()),
+                },
+                () = tokio::time::sleep_until(next_heartbeat) => {
+                    next_heartbeat = Instant::now() + heartbeat(ttl);
+                    register()
                 }
-                nonce += 1;
-                ping_sent = Some((nonce, Instant::now()));
-                ToHub::Ping { nonce }
-            }
-            read = reader.next() => {
-                let bytes = read?;
-                heard = Instant::now();
-                let message: FromHub = meshd_ipc::strict::from_slice(&bytes)
-                    .map_err(|error| ChannelError::Malformed(error.to_string()))?;
-                backoff.reset();
-                match message {
-                    FromHub::Pong { nonce } => {
-                        if let Some((sent_nonce, sent)) = ping_sent
-                            && sent_nonce == nonce
-                        {
-                            hub.set_rtt(sent.elapsed());
+                // The hub's list lacks this device (it expired there while
+                // the channel stayed open): register now.
+                () = hub.register_asked() => register(),
+                _ = ping.tick() => {
+                    if heard.elapsed() >= SILENCE_LIMIT {
+                        return Err(ChannelError::Silent);
+                    }
+                    nonce += 1;
+                    ping_sent = Some((nonce, Instant::now()));
+                    ToHub::Ping { nonce }
+                }
+                read = reader.next() => {
+                    let bytes = read?;
+                    heard = Instant::now();
+                    match decode(&bytes)? {
+                        FromHub::Registered { observed, ttl_secs } => {
+                            ttl = Duration::from_secs(ttl_secs.max(3));
+                            hub.registered(observed, ttl);
+                            if let Some(devices) = &last_list {
+                                mesh.update_roster(id, devices);
+                            }
+                        }
+                        FromHub::RegisterRefused { status, error } => {
+                            return Err(ChannelError::Refused { status, error });
+                        }
+                        FromHub::Observed { .. } => {}
+                        FromHub::Pong { nonce } => {
+                            if let Some((sent_nonce, sent)) = ping_sent
+                                && sent_nonce == nonce
+                            {
+                                hub.set_rtt(sent.elapsed());
+                            }
+                        }
+                        FromHub::Devices { devices, .. } => {
+                            on_devices(mesh, id, &devices);
+                            last_list = Some(devices);
+                        }
+                        FromHub::Signal { from, signal } => {
+                            tell(mesh, &from, Command::Signal { hub: id, signal });
+                        }
+                        FromHub::Relay { peer, token, dial } => {
+                            tell(mesh, &peer, Command::RelayOffer { hub: id, token, dial });
+                        }
+                        FromHub::Refused { to, request, reason } => {
+                            tell(mesh, &to, Command::Refused { hub: id, request, reason });
+                        }
+                        FromHub::Left { id } => {
+                            if let Ok(id) = DeviceId::parse(&id) {
+                                mesh.forget(hub.id(), &id);
+                            }
                         }
                     }
-                    FromHub::Devices { devices, .. } => on_devices(mesh, id, &devices),
-                    FromHub::Signal { from, signal } => {
-                        tell(mesh, &from, Command::Signal { hub: id, signal });
-                    }
-                    FromHub::Relay { peer, token, dial } => {
-                        tell(mesh, &peer, Command::RelayOffer { hub: id, token, dial });
-                    }
-                    FromHub::Refused { to, request, reason } => {
-                        tell(mesh, &to, Command::Refused { hub: id, request, reason });
-                    }
-                    FromHub::Left { id } => {
-                        if let Ok(id) = DeviceId::parse(&id) {
-                            mesh.forget(hub.id(), &id);
-                        }
-                    }
+                    continue;
                 }
-                continue;
-            }
-        };
-        let bytes = serde_json::to_vec(&outgoing)
-            .map_err(|error| ChannelError::Malformed(error.to_string()))?;
-        // A hub that stops reading must not stall this loop (and with it
-        // the silence check) for ever.
-        tokio::time::timeout(WRITE_TIMEOUT, writer.send(&bytes))
-            .await
-            .map_err(|_| ChannelError::Stalled)??;
+            };
+            send(&mut writer, &outgoing).await?;
+        }
+    };
+    ended
+        .await
+        .map_err(|error| ChannelError::Closed(Box::new(error)))
+}
+
+/// Pins the key a hub proved on first contact, in memory at once and in
+/// `state_dir/known-hubs` off the async workers. A file that cannot be
+/// written leaves the pin in memory for this run, and says so.
+async fn pin_first_use(mesh: &Arc<Mesh>, hub: &Hub, key: PublicKey) {
+    hub.set_trust(Trust::Known(key));
+    let url = hub.url().to_string();
+    let known = mesh.known_hubs.clone();
+    let saved = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || known.pin(&url, key)).await
+    };
+    match saved {
+        Ok(Ok(())) => {
+            tracing::info!(hub = %url, hub_key = %key, "pinned the hub's key on first contact");
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(hub = %url, hub_key = %key, %error, "pinned the hub's key for this run only");
+        }
+        Err(error) => {
+            tracing::warn!(hub = %url, hub_key = %key, %error, "pinned the hub's key for this run only");
+        }
     }
+}
+
+/// Sends one message. A hub that stops reading must not stall the channel
+/// task (and with it the silence check) for ever.
+async fn send<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut ChannelWriter<W>,
+    message: &ToHub,
+) -> Result<(), ChannelError> {
+    let bytes =
+        serde_json::to_vec(message).map_err(|error| ChannelError::Malformed(error.to_string()))?;
+    tokio::time::timeout(WRITE_TIMEOUT, writer.send(&bytes))
+        .await
+        .map_err(|_| ChannelError::Stalled)?
+        .map_err(ChannelError::from)
+}
+
+fn decode(bytes: &[u8]) -> Result<FromHub, ChannelError> {
+    meshd_ipc::strict::from_slice(bytes).map_err(|error| ChannelError::Malformed(error.to_string()))
 }
 
 fn on_devices(mesh: &Mesh, hub: HubId, devices: &[ListedDevice]) {

@@ -1,6 +1,8 @@
-//! The device's side of the signaling HTTP API (docs/signaling-api.md): one
-//! HTTP/1.1 connection per round, over a TCP stream meshd dials itself so
-//! that it can read the local address the route to the hub uses.
+//! The device's HTTP with a hub: only the upgrade that turns a connection
+//! into a hub channel or a relay join (docs/signaling-api.md); everything
+//! else meshd says to a hub goes inside those. The TCP stream is dialled
+//! here, so that it can leave from the mesh port and its local address is
+//! known.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,19 +14,15 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::hub_wire::{
-    DEVICES_PATH, ErrorReply, HubUrl, ListedDevice, MAX_BODY_BYTES, MAX_FROM_HUB_BYTES,
-    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_TOKEN_HEADER, RegisterReply,
-    RegisterRequest,
-};
+use crate::hub_wire::{ErrorReply, HubUrl, MAX_BODY_BYTES};
 
 /// A stream after an HTTP upgrade (a hub channel or a relay).
 pub type Upgraded = TokioIo<hyper::upgrade::Upgraded>;
 
-/// Time for connecting and for each request.
+/// Time for connecting and for the upgrade.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a round with a hub failed.
+/// Why a connection to a hub failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
     /// Name resolution or TCP connect failed.
@@ -154,45 +152,15 @@ impl HubConnection {
         self.local
     }
 
-    /// Registers or refreshes this device.
-    pub async fn register(
-        &mut self,
-        body: &RegisterRequest,
-        join_token: &str,
-    ) -> Result<RegisterReply, HubError> {
-        let json = serde_json::to_vec(body).map_err(|error| HubError::Decode(error.to_string()))?;
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri(REGISTER_PATH)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if !join_token.is_empty() {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {join_token}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::from(json)))
-            .map_err(|error| HubError::Decode(error.to_string()))?;
-        let body = self.exchange(request, MAX_BODY_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
-    }
-
     /// Asks for an HTTP upgrade to `protocol` at `path` (a hub channel or
-    /// a relay, with its token) and returns the raw stream after the 101.
-    pub async fn upgrade(
-        mut self,
-        path: &str,
-        protocol: &str,
-        relay_token: Option<&str>,
-    ) -> Result<Upgraded, HubError> {
-        let mut request = Request::builder()
+    /// a relay) and returns the raw stream after the 101.
+    pub async fn upgrade(mut self, path: &str, protocol: &str) -> Result<Upgraded, HubError> {
+        let request = Request::builder()
             .method(Method::GET)
             .uri(path)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONNECTION, "upgrade")
             .header(hyper::header::UPGRADE, protocol);
-        if let Some(token) = relay_token {
-            request = request.header(RELAY_TOKEN_HEADER, token);
-        }
         let request = request
             .body(Full::new(Bytes::new()))
             .map_err(|error| HubError::Decode(error.to_string()))?;
@@ -212,76 +180,6 @@ impl HubConnection {
                 });
             }
             Ok(TokioIo::new(hyper::upgrade::on(response).await?))
-        };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-            .await
-            .map_err(|_| HubError::Timeout)?
-    }
-
-    /// The address this connection sees for itself from the hub's side
-    /// (`GET /observed`), for `meshctl netcheck`.
-    pub async fn observed(&mut self) -> Result<String, HubError> {
-        let body = self
-            .exchange(self.last_get(OBSERVED_PATH)?, MAX_BODY_BYTES)
-            .await?;
-        serde_json::from_slice::<ObservedReply>(&body)
-            .map(|answer| answer.observed)
-            .map_err(|error| HubError::Decode(error.to_string()))
-    }
-
-    /// Lists the live devices. Always the last request on a connection: it
-    /// asks the hub to close first, so the TIME_WAIT state stays on the hub's
-    /// side and this device can reconnect from its mesh port at once.
-    /// With a join token, the hub lists its devices only to holders of it.
-    pub async fn devices(&mut self, join_token: &str) -> Result<Vec<ListedDevice>, HubError> {
-        let mut request = self.last_get(DEVICES_PATH)?;
-        if !join_token.is_empty() {
-            let value = hyper::header::HeaderValue::from_str(&format!("Bearer {join_token}"))
-                .map_err(|error| HubError::Decode(format!("the join token: {error}")))?;
-            request
-                .headers_mut()
-                .insert(hyper::header::AUTHORIZATION, value);
-        }
-        let body = self.exchange(request, MAX_FROM_HUB_BYTES).await?;
-        serde_json::from_slice(&body).map_err(|error| HubError::Decode(error.to_string()))
-    }
-
-    /// A `GET` that is the connection's last request: it asks the hub to
-    /// close first, so the TIME_WAIT state stays on the hub's side and the
-    /// mesh port can reach the hub again at once.
-    fn last_get(&self, path: &str) -> Result<Request<Full<Bytes>>, HubError> {
-        Request::builder()
-            .method(Method::GET)
-            .uri(path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONNECTION, "close")
-            .body(Full::new(Bytes::new()))
-            .map_err(|error| HubError::Decode(error.to_string()))
-    }
-
-    /// Sends `request`; the body of a success.
-    async fn exchange(
-        &mut self,
-        request: Request<Full<Bytes>>,
-        limit: usize,
-    ) -> Result<Bytes, HubError> {
-        let exchange = async {
-            self.sender.ready().await?;
-            let response = self.sender.send_request(request).await?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|error| HubError::Decode(format!("reading the body: {error}")))?
-                .to_bytes();
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(HubError::Status {
-                    status,
-                    message: ErrorReply::message_of(&body),
-                })
-            }
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await

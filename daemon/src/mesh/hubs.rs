@@ -1,19 +1,21 @@
 //! The hubs of `[mesh] signaling`, one [`Hub`] each, named by a [`HubId`].
 //!
-//! A hub is served by two tasks, its registrar (register, heartbeat, list)
-//! and its channel (pushed lists, signals, relay offers); peer tasks send
-//! through its channel and the control socket reports on it. Everything
-//! they share about one hub lives in its `Hub`, so there are no parallel
-//! per-hub lists to keep in step and no index that can be out of range.
+//! A hub is served by one task, its channel (registration and heartbeats,
+//! pushed lists, signals, relay offers: `hub_channel.rs`); peer tasks send
+//! through that channel and the control socket reports on it. Everything
+//! they share about one hub lives in its `Hub`, its trusted key included,
+//! so there are no parallel per-hub lists to keep in step and no index that
+//! can be out of range.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use meshd_ipc::HubStatus;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 
 use crate::hub_wire::{HubUrl, ToHub};
+use crate::public_key::PublicKey;
 use crate::sync::lock;
 
 /// A hub's device list counts for this long until it has said its TTL.
@@ -72,10 +74,10 @@ impl OpenHubs {
     }
 }
 
-/// What the registrar last learnt from a hub.
+/// What the channel last learnt from a hub.
 #[derive(Debug)]
 struct Registration {
-    /// The last round got an answer.
+    /// The last attempt got this device registered.
     reachable: bool,
     /// This device's address as the hub saw it.
     observed: Option<String>,
@@ -86,6 +88,29 @@ struct Registration {
     /// The endpoint on the route to this hub (the local address of the
     /// connection, with the mesh port).
     route: Option<SocketAddr>,
+    /// The open channel's local and remote addresses, for netcheck.
+    connection: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// The key a hub must prove.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// `http://HOST:PORT#KEY` in the config.
+    Configured(PublicKey),
+    /// Pinned on first contact (`state_dir/known-hubs`).
+    Known(PublicKey),
+    /// Never met: the first key it proves is pinned.
+    FirstUse,
+}
+
+impl Trust {
+    /// The key in force, if there is one.
+    pub fn key(self) -> Option<PublicKey> {
+        match self {
+            Trust::Configured(key) | Trust::Known(key) => Some(key),
+            Trust::FirstUse => None,
+        }
+    }
 }
 
 /// One hub and all this node holds about it.
@@ -98,17 +123,24 @@ pub struct Hub {
     /// The channel's last measured round trip.
     rtt: Mutex<Option<Duration>>,
     registration: Mutex<Registration>,
-    /// This device is registered there, so its channel can open (the hub
-    /// accepts a channel only for a key it has bound).
-    registered: watch::Sender<bool>,
-    /// Wakes the registrar to register at once.
+    /// The key the hub must prove.
+    trust: Mutex<Trust>,
+    /// Wakes the channel task to register at once.
     register_now: Notify,
+    /// Wakes the channel task to reopen without waiting out its backoff
+    /// (an operator forgot the hub's key).
+    retry_now: Notify,
 }
 
 impl Hub {
     fn new(id: HubId, url: HubUrl) -> Hub {
+        let trust = match url.pin() {
+            Some(key) => Trust::Configured(key),
+            None => Trust::FirstUse,
+        };
         Hub {
             id,
+            trust: Mutex::new(trust),
             url,
             outgoing: Mutex::new(None),
             rtt: Mutex::new(None),
@@ -118,10 +150,32 @@ impl Hub {
                 error: None,
                 ttl: DEFAULT_TTL,
                 route: None,
+                connection: None,
             }),
-            registered: watch::Sender::new(false),
             register_now: Notify::new(),
+            retry_now: Notify::new(),
         }
+    }
+
+    /// The key this hub must prove.
+    pub fn trust(&self) -> Trust {
+        *lock(&self.trust)
+    }
+
+    /// Changes the key this hub must prove (pinned on first contact, read
+    /// from known-hubs, or forgotten by an operator).
+    pub fn set_trust(&self, trust: Trust) {
+        *lock(&self.trust) = trust;
+    }
+
+    /// Asks the channel task to reopen now.
+    pub fn retry_now(&self) {
+        self.retry_now.notify_one();
+    }
+
+    /// Resolves when [`Hub::retry_now`] was called.
+    pub async fn retry_asked(&self) {
+        self.retry_now.notified().await;
     }
 
     /// Its id.
@@ -150,7 +204,24 @@ impl Hub {
 
     /// The channel opened (`Some`, with its queue) or closed.
     pub fn set_channel(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
+        if outgoing.is_none() {
+            lock(&self.registration).connection = None;
+        }
         *lock(&self.outgoing) = outgoing;
+    }
+
+    /// The open channel's local and remote addresses.
+    pub fn set_connection(&self, local: SocketAddr, remote: SocketAddr) {
+        lock(&self.registration).connection = Some((local, remote));
+    }
+
+    /// The open channel's local and remote addresses, and the address the
+    /// hub observed it come from: what netcheck reads.
+    pub fn connection(&self) -> Option<(SocketAddr, SocketAddr, Option<String>)> {
+        let registration = lock(&self.registration);
+        registration
+            .connection
+            .map(|(local, remote)| (local, remote, registration.observed.clone()))
     }
 
     /// A round trip measured over the channel.
@@ -159,17 +230,14 @@ impl Hub {
     }
 
     /// The hub registered this device: it sees it at `observed` and keeps
-    /// the registration for `ttl`. Lets the channel open.
+    /// the registration for `ttl`.
     pub fn registered(&self, observed: String, ttl: Duration) {
-        {
-            let mut registration = lock(&self.registration);
-            registration.observed = Some(observed);
-            registration.ttl = ttl;
-        }
-        self.registered.send_replace(true);
+        let mut registration = lock(&self.registration);
+        registration.observed = Some(observed);
+        registration.ttl = ttl;
     }
 
-    /// The outcome of a registrar round: `None` when the hub answered.
+    /// The outcome of an attempt: `None` when the hub registered us.
     pub fn answered(&self, error: Option<String>) {
         let mut registration = lock(&self.registration);
         registration.reachable = error.is_none();
@@ -191,13 +259,7 @@ impl Hub {
         lock(&self.registration).route = Some(endpoint);
     }
 
-    /// Waits for the first registration (at once if there was one).
-    pub async fn wait_registered(&self) {
-        let mut registered = self.registered.subscribe();
-        let _ = registered.wait_for(|registered| *registered).await;
-    }
-
-    /// Asks the registrar to register now (a restarted hub lost us).
+    /// Asks the channel task to register now (the hub's list lacks us).
     pub fn register_now(&self) {
         self.register_now.notify_one();
     }
@@ -217,6 +279,7 @@ impl Hub {
             error: registration.error.clone(),
             channel: self.is_open(),
             rtt_ms: (*lock(&self.rtt)).map(super::millis),
+            hub_key: self.trust().key().map(PublicKey::to_base64),
         }
     }
 }
@@ -228,15 +291,22 @@ pub struct Hubs {
 }
 
 impl Hubs {
-    /// One hub per URL.
-    pub fn new(urls: &[HubUrl]) -> Hubs {
-        Hubs {
-            hubs: urls
-                .iter()
-                .enumerate()
-                .map(|(index, url)| Hub::new(HubId(index), url.clone()))
-                .collect(),
+    /// One hub per URL, each to prove the key its URL pins or, failing
+    /// that, the key `known` holds for it.
+    pub fn new(urls: &[HubUrl], known: &super::KnownHubs) -> Hubs {
+        let hubs: Box<[Hub]> = urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| Hub::new(HubId(index), url.clone()))
+            .collect();
+        for hub in &hubs {
+            if hub.trust() == Trust::FirstUse
+                && let Some(key) = known.key_of(&hub.url.to_string())
+            {
+                hub.set_trust(Trust::Known(key));
+            }
         }
+        Hubs { hubs }
     }
 
     /// The hub `id` names.
@@ -300,7 +370,7 @@ mod tests {
         let urls: Vec<HubUrl> = (0..n)
             .map(|i| HubUrl::parse(&format!("http://127.0.0.1:{}", 8080 + i)).unwrap())
             .collect();
-        Hubs::new(&urls)
+        Hubs::new(&urls, &crate::mesh::KnownHubs::none())
     }
 
     #[test]
@@ -353,7 +423,7 @@ mod tests {
     }
 
     #[test]
-    fn status_reports_what_the_registrar_and_channel_learnt() {
+    fn status_reports_what_the_channel_learnt() {
         let hubs = hubs(1);
         let hub = hubs.get(HubId(0));
         assert_eq!(hub.ttl(), DEFAULT_TTL);

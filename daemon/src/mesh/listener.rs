@@ -112,13 +112,17 @@ enum Refusal {
     WrongKey(String),
 }
 
-/// Checks `key` against the roster, refreshing it once if the device is
-/// unknown or listed with another key (it may have re-registered).
+/// Time a dialler unknown here may wait for the hubs' pushes to list it:
+/// well inside its handshake timeout.
+const LIST_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Checks `key` against the roster, waiting a moment if the device is
+/// unknown or listed with another key (it may have just registered, and
+/// the hubs' news of it be on its way).
 async fn check_key(mesh: &Arc<Mesh>, peer: &DeviceId, key: PublicKey) -> Result<(), Refusal> {
-    if mesh.key_of(peer) == Some(KeyStatus::Trusted(key)) {
+    if mesh.wait_for_key(peer, key, LIST_WAIT).await {
         return Ok(());
     }
-    mesh.refresh_roster().await;
     match mesh.key_of(peer) {
         Some(KeyStatus::Trusted(listed)) if listed == key => Ok(()),
         Some(KeyStatus::Trusted(listed)) => Err(Refusal::WrongKey(format!(

@@ -3,12 +3,13 @@
 //! - the device key (`crate::key_file`, `state_dir/device-key`): this
 //!   device's identity, loaded before any role starts.
 //! - [`hubs`]: one [`hubs::Hub`] per signaling server, named by a
-//!   [`hubs::HubId`]: what its registrar, its channel, the peer tasks and
-//!   the control socket share about it.
-//! - [`registrar`]: one task per signaling server: register, heartbeat, list.
-//! - [`hub_channel`]: one task per signaling server: the authenticated
-//!   channel over which the hub pushes list changes, hole-punching signals
-//!   and relay offers.
+//!   [`hubs::HubId`]: what its channel, the peer tasks and the control
+//!   socket share about it, the key it must prove included.
+//! - [`hub_channel`]: one task per signaling server: the channel, opened
+//!   from the mesh port and authenticated both ways, over which the device
+//!   registers and heartbeats and the hub pushes list changes,
+//!   hole-punching signals and relay offers.
+//! - [`known_hubs`]: the hub keys pinned on first contact.
 //! - [`roster`]: the servers' lists, merged; the source of trusted keys.
 //! - [`reconcile`]: one peer task per listed device, started, updated,
 //!   stopped, and restarted with backoff when one died.
@@ -30,13 +31,13 @@ pub(crate) mod hub_client;
 mod hubs;
 mod inbox;
 mod interfaces;
+mod known_hubs;
 mod link_io;
 mod listener;
 mod netcheck;
 mod path;
 mod peer;
 mod reconcile;
-mod registrar;
 mod roster;
 
 use std::collections::HashMap;
@@ -44,7 +45,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use meshd_link::{Hello, StaticKey};
 use tokio::net::{TcpListener, TcpSocket};
@@ -60,6 +60,7 @@ use crate::public_key::PublicKey;
 pub use handle::{MeshHandle, RequestError, millis};
 use hubs::{Hub, HubId, Hubs};
 use inbox::Inbox;
+pub use known_hubs::KnownHubs;
 use peer::PeerHandle;
 pub use peer::SendError;
 use reconcile::Restart;
@@ -78,6 +79,9 @@ pub enum MeshError {
     /// The listener's address.
     #[error("mesh listener: {0}")]
     Listener(std::io::Error),
+    /// The hub keys pinned on first contact.
+    #[error("{0}")]
+    KnownHubs(#[from] known_hubs::KnownHubsError),
 }
 
 /// What every peer task and the listener share about this node.
@@ -134,14 +138,18 @@ pub struct Mesh {
     advertise_interfaces: bool,
     advertise: Vec<SocketAddr>,
     join_token: String,
+    /// Hub keys pinned on first contact.
+    known_hubs: Arc<KnownHubs>,
     roster: Mutex<Roster>,
+    /// Bumped on every roster update, for a listener waiting to learn a
+    /// dialler's key.
+    roster_updates: watch::Sender<u64>,
     peers: Mutex<HashMap<DeviceId, PeerHandle>>,
     /// Devices whose peer task died, and when it may be started again.
     restarts: Mutex<HashMap<DeviceId, Restart>>,
     /// `too many devices; no link made`, once per interval with a count:
     /// every reconcile would say it again for every device over the cap.
     over_cap: crate::log_limit::LogLimiter,
-    last_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// Binds the peer-to-peer listener; before [`start`], so READY=1 means it
@@ -186,19 +194,34 @@ pub async fn load_identity(state_dir: &Path) -> Result<StaticKey, MeshError> {
 
 /// The signaling role of the same process, as the mesh role sees it.
 pub struct LocalHub {
-    /// Changes when that hub's device list changes; the roster is then
-    /// refreshed at once rather than at the next round.
-    pub changes: watch::Receiver<u64>,
     /// It listens beyond loopback, so devices on other machines use it: this
     /// node must not register its loopback address with it.
     pub serves_others: bool,
 }
 
+/// Reads the hub keys pinned on first contact; before any role starts, so
+/// a damaged file stops meshd with its line.
+pub async fn load_known_hubs(state_dir: &Path) -> Result<KnownHubs, MeshError> {
+    let dir = state_dir.to_owned();
+    let path = state_dir.join(known_hubs::KNOWN_HUBS_FILE);
+    tokio::task::spawn_blocking(move || KnownHubs::load(&dir))
+        .await
+        .map_err(|error| {
+            MeshError::KnownHubs(known_hubs::KnownHubsError::Io {
+                path,
+                source: std::io::Error::other(error),
+            })
+        })?
+        .map_err(MeshError::from)
+}
+
 /// Starts the role; `local_hub` when this node is also a hub.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     config: &MeshConfig,
     id: DeviceId,
     key: StaticKey,
+    known_hubs: KnownHubs,
     listener: TcpListener,
     local_hub: Option<LocalHub>,
     cancel: CancellationToken,
@@ -214,7 +237,7 @@ pub async fn start(
         listen,
         inbox: Inbox::new(),
         next_message: AtomicU64::new(0),
-        hubs: Hubs::new(&config.signaling),
+        hubs: Hubs::new(&config.signaling, &known_hubs),
         cancel: cancel.clone(),
         tracker: tracker.clone(),
         peer_exited: tokio::sync::Notify::new(),
@@ -227,10 +250,11 @@ pub async fn start(
         advertise: config.advertise.clone(),
         roster: Mutex::new(Roster::new(config.signaling.len())),
         join_token: config.join_token.clone(),
+        known_hubs: Arc::new(known_hubs),
+        roster_updates: watch::Sender::new(0),
         peers: Mutex::new(HashMap::new()),
         restarts: Mutex::new(HashMap::new()),
         over_cap: crate::log_limit::LogLimiter::default(),
-        last_refresh: tokio::sync::Mutex::new(None),
     });
     tracker.spawn(listener::accept_loop(
         mesh.clone(),
@@ -238,15 +262,7 @@ pub async fn start(
         cancel.clone(),
     ));
     for hub in &mesh.local.hubs {
-        tracker.spawn(registrar::run(mesh.clone(), hub.id(), cancel.clone()));
         tracker.spawn(hub_channel::run(mesh.clone(), hub.id(), cancel.clone()));
-    }
-    if let Some(hub) = local_hub {
-        tracker.spawn(reconcile::refresh_on_hub_changes(
-            mesh.clone(),
-            hub.changes,
-            cancel.clone(),
-        ));
     }
     tracker.spawn(reconcile::reconcile_periodically(mesh.clone(), cancel));
     tracing::info!(

@@ -1,21 +1,21 @@
 //! `meshctl netcheck`: what the NAT in front of this device does.
 //!
-//! Each signaling server is asked, over a fresh connection from the mesh
-//! port, which address it sees (`GET /observed`). Two servers at different
-//! addresses that see the same public port mean the NAT keeps one mapping
-//! for every destination (endpoint-independent mapping, RFC 4787), which is
-//! what hole punching needs. A NAT that picks a new port per destination
-//! defeats it, and links through it are relayed. With one server, a kept
-//! mesh port is taken as the same answer; otherwise it cannot be told.
+//! Each hub channel leaves from the mesh port, and each hub tells the
+//! device, inside that authenticated channel, the address it sees the
+//! channel come from (and tells it again at every heartbeat). Two servers
+//! at different addresses that see the same public port mean the NAT keeps
+//! one mapping for every destination (endpoint-independent mapping, RFC
+//! 4787), which is what hole punching needs. A NAT that picks a new port per
+//! destination defeats it, and links through it are relayed. With one
+//! server, a kept mesh port is taken as the same answer; otherwise it cannot
+//! be told. A hub without an open channel (down, or refused because it
+//! proved the wrong key) contributes its error, never an address.
 
 use std::net::SocketAddr;
 
 use meshd_ipc::{NetcheckProbe, NetcheckReply};
-use tokio::task::JoinSet;
 
-use super::hub_client::HubConnection;
-use super::hubs::Hubs;
-use crate::hub_wire::HubUrl;
+use super::hubs::{Hub, Hubs};
 
 /// One probe's outcome, with the server's address for comparing.
 #[derive(Debug, Clone)]
@@ -27,46 +27,39 @@ struct Probe {
     error: Option<String>,
 }
 
-/// Probes every hub at once.
-pub async fn run(hubs: &Hubs, mesh: SocketAddr) -> NetcheckReply {
-    let mut probes = JoinSet::new();
-    for (index, hub) in hubs.iter().map(|hub| hub.url().clone()).enumerate() {
-        probes.spawn(async move { (index, probe(&hub, mesh).await) });
-    }
-    let mut done = Vec::with_capacity(hubs.len());
-    while let Some(joined) = probes.join_next().await {
-        if let Ok(probe) = joined {
-            done.push(probe);
-        }
-    }
-    done.sort_by_key(|(index, _)| *index);
-    let probes: Vec<Probe> = done.into_iter().map(|(_, probe)| probe).collect();
+/// What every hub's channel says now.
+pub fn run(hubs: &Hubs, mesh: SocketAddr) -> NetcheckReply {
+    let probes: Vec<Probe> = hubs.iter().map(probe).collect();
     assess(mesh.port(), &probes)
 }
 
-async fn probe(hub: &HubUrl, mesh: SocketAddr) -> Probe {
+fn probe(hub: &Hub) -> Probe {
     let mut outcome = Probe {
-        hub: hub.to_string(),
+        hub: hub.url().to_string(),
         server: None,
         local: None,
         observed: None,
         error: None,
     };
-    let mut connection = match HubConnection::open(hub, Some(mesh)).await {
-        Ok(connection) => connection,
-        Err(error) => {
-            outcome.error = Some(error.to_string());
-            return outcome;
+    match hub.connection().filter(|_| hub.is_open()) {
+        Some((local, server, observed)) => {
+            outcome.local = Some(local);
+            outcome.server = Some(server);
+            match observed.as_deref().map(str::parse::<SocketAddr>) {
+                Some(Ok(observed)) => outcome.observed = Some(observed),
+                Some(Err(_)) => {
+                    outcome.error = Some(format!("the server answered {observed:?}"));
+                }
+                None => outcome.error = Some("no address from the server yet".to_owned()),
+            }
         }
-    };
-    outcome.server = Some(connection.remote_addr());
-    outcome.local = Some(connection.local_addr());
-    match connection.observed().await {
-        Ok(observed) => match observed.parse() {
-            Ok(observed) => outcome.observed = Some(observed),
-            Err(_) => outcome.error = Some(format!("the server answered {observed:?}")),
-        },
-        Err(error) => outcome.error = Some(error.to_string()),
+        None => {
+            let error = hub.status().error;
+            outcome.error = Some(match error {
+                Some(error) => format!("no channel open: {error}"),
+                None => "no channel open yet".to_owned(),
+            });
+        }
     }
     outcome
 }

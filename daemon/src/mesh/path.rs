@@ -242,12 +242,18 @@ pub async fn relay(
     };
     let connection = HubConnection::open(url, None).await.map_err(hub_error)?;
     let endpoint = connection.remote_addr();
-    let stream: Stream = Box::new(
-        connection
-            .upgrade(RELAY_PATH, RELAY_UPGRADE, Some(token))
-            .await
-            .map_err(hub_error)?,
-    );
+    let upgraded = connection
+        .upgrade(RELAY_PATH, RELAY_UPGRADE)
+        .await
+        .map_err(hub_error)?;
+    // The offer came over a channel that proved the hub's key, so the key
+    // is known; the join proves it again, then spends the token, which only
+    // this device's key can.
+    let hub_key = local.hubs.get(hub).trust().key().map(|key| *key.as_bytes());
+    let (joined, _) = meshd_link::relay_join::join(upgraded, &local.key, token, hub_key.as_ref())
+        .await
+        .map_err(|error| handshake_error(AttemptKind::from(error)))?;
+    let stream: Stream = Box::new(joined);
     if dial {
         return handshake(local, target, stream, endpoint, Path::Relayed)
             .await

@@ -5,11 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Mesh;
-use super::hub_client::{self, HubConnection};
 use super::hubs::HubId;
 use super::path::Established;
 use super::peer::{Command, PeerHandle};
@@ -22,34 +20,9 @@ use crate::sync::lock;
 /// Devices this node keeps links to at most.
 const MAX_PEERS: usize = 4096;
 
-/// On-demand roster refreshes (for diallers not known yet) happen at most
-/// this often, whoever asks.
-const REFRESH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Time an on-demand refresh may take: well inside the dialler's handshake
-/// timeout.
-const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// How often the roster is re-merged, so devices whose hubs' answers expired
 /// lose their links even while no hub answers.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Refreshes the roster whenever this node's own hub's list changes.
-pub(super) async fn refresh_on_hub_changes(
-    mesh: Arc<Mesh>,
-    mut changes: watch::Receiver<u64>,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            changed = changes.changed() => match changed {
-                Ok(()) => mesh.refresh_roster().await,
-                Err(_closed) => return,
-            },
-        }
-    }
-}
 
 /// Reconciles every [`RECONCILE_INTERVAL`], and at once when a peer task
 /// ended on its own; drops every peer task when meshd stops.
@@ -71,6 +44,7 @@ impl Mesh {
         let ttl = self.local.hubs.get(hub).ttl();
         lock(&self.roster).update(hub.index(), devices, ttl, Instant::now());
         self.reconcile();
+        self.roster_updates.send_modify(|version| *version += 1);
     }
 
     /// Hub `hub` says `id` left cleanly: drop it from that hub's view now.
@@ -83,44 +57,30 @@ impl Mesh {
         lock(&self.roster).key_of(id, Instant::now())
     }
 
-    /// Fetches every hub's list, unless a fetch that started after this
-    /// call was made already did; at most one fetch per
-    /// [`REFRESH_INTERVAL`], whoever asks, so diallers cannot make meshd
-    /// hammer its hubs.
-    pub(super) async fn refresh_roster(self: &Arc<Self>) {
-        let asked = Instant::now();
-        let mut last = self.last_refresh.lock().await;
-        if let Some(started) = *last {
-            if started >= asked {
-                return;
+    /// Waits until the roster trusts `key` for `peer`, or `timeout`
+    /// passed: a device that just registered dials the others as soon as it
+    /// has the list, and the hubs' pushes of its arrival may still be on
+    /// their way here. True if it is trusted now.
+    pub(super) async fn wait_for_key(
+        &self,
+        peer: &DeviceId,
+        key: PublicKey,
+        timeout: Duration,
+    ) -> bool {
+        let mut updates = self.roster_updates.subscribe();
+        let trusted = |mesh: &Mesh| mesh.key_of(peer) == Some(KeyStatus::Trusted(key));
+        let wait = async {
+            loop {
+                if trusted(self) {
+                    return;
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
             }
-            let next = started + REFRESH_INTERVAL;
-            if next > Instant::now() {
-                tokio::time::sleep_until(next.into()).await;
-            }
-        }
-        *last = Some(Instant::now());
-        let mut fetches = tokio::task::JoinSet::new();
-        for hub in &self.local.hubs {
-            let mesh = self.clone();
-            let id = hub.id();
-            fetches.spawn(async move {
-                let hub = mesh.local.hubs.get(id);
-                let mut connection = HubConnection::open(hub.url(), None).await?;
-                let devices = connection.devices(&mesh.join_token).await?;
-                lock(&mesh.roster).update(id.index(), &devices, hub.ttl(), Instant::now());
-                Ok::<_, hub_client::HubError>(())
-            });
-        }
-        // Each hub's answer starts its peer tasks as soon as it arrives.
-        let _ = tokio::time::timeout(REFRESH_TIMEOUT, async {
-            while fetches.join_next().await.is_some() {
-                self.reconcile();
-            }
-        })
-        .await;
-        drop(last);
-        self.reconcile();
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+        trusted(self)
     }
 
     /// Starts peer tasks for newly listed devices, updates the others, and

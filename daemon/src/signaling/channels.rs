@@ -1,11 +1,15 @@
 //! Hub channels: each device keeps one open (an HTTP upgrade on the
-//! signaling port, then `Noise_XN` with its device key). Over it the hub
-//! pushes the device list whenever it changes, forwards hole-punching
-//! signals between devices, and hands out relay tokens.
+//! signaling port, then the hub handshake, `Noise_XX`, in which the hub
+//! proves its key and the device its own). Over it the device registers and
+//! heartbeats; the hub pushes the device list whenever it changes, forwards
+//! hole-punching signals between devices, and hands out relay tokens.
 //!
-//! A channel is accepted only if the key the device proves is the key its
-//! id is bound to, so a signal's `from` and a relay's ends are the devices
-//! they claim to be. One channel per id: a newer one replaces the older.
+//! A channel counts for an id only once it registered: the key its
+//! handshake proved must be the key the id is bound to, or binds it
+//! (admission.rs). So a signal's `from` and a relay's ends are the devices
+//! they claim to be. One channel per id: a newer registered one replaces the
+//! older. A channel that does not register within [`REGISTER_DEADLINE`]
+//! (one that only asked for its observed address, say) is closed.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,16 +24,23 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::SignalingState;
+use super::admission::token_matches;
 use super::api;
+use super::error::SignalingError;
+use super::registry::Proof;
 use super::relay::Asker;
 use crate::device_id::DeviceId;
-use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, Refusable, ToHub};
+use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, Refusable, RegisterRequest, ToHub};
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 
-/// Channel handshakes in progress at once. Open channels need no cap of
-/// their own: each needs a key binding, and there is one per id.
+/// Hub handshakes (channels and relay joins) in progress at once.
+/// Registered channels need no cap of their own: each needs a key binding,
+/// and there is one per id; unregistered ones end at [`REGISTER_DEADLINE`].
 pub const MAX_HANDSHAKES: usize = 64;
+
+/// Time a channel has to register after its handshake.
+const REGISTER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Messages queued for one device; beyond it signals to that device are
 /// dropped (they are retried) rather than buffered without bound.
@@ -136,7 +147,7 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handshake = meshd_link::channel::serve(stream).await;
+    let handshake = meshd_link::channel::serve(stream, &state.hub_key).await;
     drop(handshake_slot);
     let (channel, peer) = match handshake {
         Ok(opened) => opened,
@@ -146,52 +157,85 @@ pub async fn serve<S>(
         }
     };
     let key = PublicKey::from(peer.key);
-    let id = match DeviceId::parse(&peer.id) {
-        Ok(id) if state.registry().binding(&id) == Some(key) => id,
-        _ => {
-            tracing::warn!(peer_addr = %remote, claimed = %peer.id, %key, "hub channel refused: that id is not registered with that key");
-            return;
-        }
+    let Ok(id) = DeviceId::parse(&peer.id) else {
+        tracing::debug!(peer_addr = %remote, claimed = %peer.id.escape_debug(), "hub channel refused: not a device id");
+        return;
     };
     let (reader, writer) = channel.split(MAX_TO_HUB_BYTES);
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
     let stop = state.stopping.child_token();
-    let serial = state.channels.open(&id, outgoing.clone(), stop.clone());
-    // An operator may have released the id between the check and now.
-    if state.registry().binding(&id) != Some(key) {
-        state.channels.close(&id, serial);
-        return;
-    }
-    tracing::debug!(device_id = %id, peer_addr = %remote, "hub channel open");
     let writing = state
         .tracker
         .spawn(write_channel(state.clone(), writer, queue, stop.clone()));
-    let asker = Asker {
-        device: id.clone(),
-        source: remote.ip(),
+    let mut channel = DeviceChannel {
+        device: Asker {
+            device: id,
+            key,
+            source: remote.ip(),
+        },
+        remote,
+        outgoing,
+        stop: stop.clone(),
+        serial: None,
     };
     let reason = tokio::select! {
         () = stop.cancelled() => "replaced by a newer channel, the id was removed, or meshd is stopping".to_owned(),
-        reason = read_channel(&state, &asker, reader, &outgoing) => reason,
+        reason = read_channel(&state, &mut channel, reader) => reason,
     };
-    state.channels.close(&id, serial);
+    let DeviceChannel {
+        device,
+        serial,
+        outgoing,
+        ..
+    } = channel;
+    if let Some(serial) = serial {
+        state.channels.close(&device.device, serial);
+    }
+    // What is queued (a refusal, say) still goes out, then the writer ends.
+    drop(outgoing);
+    if tokio::time::timeout(WRITE_TIMEOUT, writing).await.is_err() {
+        stop.cancel();
+    }
     stop.cancel();
-    let _ = writing.await;
-    tracing::debug!(device_id = %id, peer_addr = %remote, %reason, "hub channel closed");
+    tracing::debug!(device_id = %device.device, peer_addr = %remote, %reason, "hub channel closed");
+}
+
+/// One device's channel, as its reading side knows it.
+struct DeviceChannel {
+    /// The device, with the key its handshake proved.
+    device: Asker,
+    remote: SocketAddr,
+    outgoing: mpsc::Sender<Outgoing>,
+    stop: CancellationToken,
+    /// Set once registered: the channel's place in [`Channels`].
+    serial: Option<u64>,
+}
+
+impl DeviceChannel {
+    /// Queues a reply; a device that does not read its channel loses
+    /// replies, not the hub's memory.
+    fn reply(&self, message: FromHub) {
+        let _ = self.outgoing.try_send(message);
+    }
 }
 
 /// Handles the device's messages; the reason the channel ended.
 async fn read_channel<R: AsyncRead + Unpin>(
     state: &SignalingState,
-    device: &Asker,
+    channel: &mut DeviceChannel,
     mut reader: ChannelReader<R>,
-    outgoing: &mpsc::Sender<Outgoing>,
 ) -> String {
-    let id = &device.device;
     loop {
+        let limit = match channel.serial {
+            Some(_) => SILENCE_LIMIT,
+            None => REGISTER_DEADLINE,
+        };
         let bytes = tokio::select! {
             () = state.stopping.cancelled() => return "meshd is stopping".to_owned(),
-            read = tokio::time::timeout(SILENCE_LIMIT, reader.next()) => match read {
+            read = tokio::time::timeout(limit, reader.next()) => match read {
+                Err(_elapsed) if channel.serial.is_none() => {
+                    return format!("not registered within {}s", REGISTER_DEADLINE.as_secs());
+                }
                 Err(_elapsed) => return format!("silent for {}s", SILENCE_LIMIT.as_secs()),
                 Ok(Err(error)) => return error.to_string(),
                 Ok(Ok(bytes)) => bytes,
@@ -201,8 +245,34 @@ async fn read_channel<R: AsyncRead + Unpin>(
             Ok(message) => message,
             Err(error) => return format!("malformed message: {error}"),
         };
+        let id = &channel.device.device;
+        let registered = channel.serial.is_some();
         let reply = match message {
+            ToHub::Register {
+                addr,
+                endpoints,
+                join_token,
+            } => match register(state, channel, addr, endpoints, &join_token) {
+                Ok(reply) => Some(reply),
+                Err(error) => {
+                    channel.reply(FromHub::RegisterRefused {
+                        status: error.status().as_u16(),
+                        error: error.to_string(),
+                    });
+                    return format!("registration refused: {error}");
+                }
+            },
+            ToHub::Observe => Some(FromHub::Observed {
+                observed: channel.remote.to_string(),
+            }),
             ToHub::Ping { nonce } => Some(FromHub::Pong { nonce }),
+            ToHub::Signal { to, .. } | ToHub::Relay { to } if !registered => {
+                Some(FromHub::Refused {
+                    reason: "this device has not registered on this channel yet".to_owned(),
+                    request: Refusable::Signal,
+                    to,
+                })
+            }
             ToHub::Signal { to, signal } => {
                 let delivered = DeviceId::parse(&to).is_ok_and(|target| {
                     state.channels.send(
@@ -219,7 +289,8 @@ async fn read_channel<R: AsyncRead + Unpin>(
                     to,
                 })
             }
-            ToHub::Relay { to } => relay(state, device, to),
+            ToHub::Relay { to } => relay(state, &channel.device, to),
+            ToHub::Leave if !registered => return "the device left".to_owned(),
             ToHub::Leave => {
                 let listed = state.change_registry(|registry| registry.deregister(id));
                 if listed {
@@ -233,11 +304,45 @@ async fn read_channel<R: AsyncRead + Unpin>(
             }
         };
         if let Some(reply) = reply {
-            // A device that does not read its channel loses replies, not
-            // the hub's memory.
-            let _ = outgoing.try_send(reply);
+            channel.reply(reply);
         }
     }
+}
+
+/// Registers (or refreshes) the channel's device with the key it proved;
+/// the first success makes the channel the id's channel.
+fn register(
+    state: &SignalingState,
+    channel: &mut DeviceChannel,
+    addr: String,
+    endpoints: Vec<String>,
+    join_token: &str,
+) -> Result<FromHub, SignalingError> {
+    let expected = state.settings().join_token;
+    if !expected.is_empty() && !token_matches(join_token, &expected) {
+        return Err(SignalingError::Unauthorized);
+    }
+    let device = &channel.device;
+    let registration = api::validate(RegisterRequest {
+        id: device.device.to_string(),
+        addr,
+        pubkey: Some(device.key.to_base64()),
+        endpoints: Some(endpoints),
+    })?;
+    let reply = state.admit(registration, Proof::Proven, channel.remote)?;
+    if channel.serial.is_none() {
+        let serial = state.channels.open(
+            &device.device,
+            channel.outgoing.clone(),
+            channel.stop.clone(),
+        );
+        channel.serial = Some(serial);
+        tracing::debug!(device_id = %device.device, peer_addr = %channel.remote, "hub channel registered");
+    }
+    Ok(FromHub::Registered {
+        observed: reply.observed,
+        ttl_secs: reply.ttl_secs,
+    })
 }
 
 /// Offers a relay between `id` and `to`: tokens to both; the refusal to
@@ -256,11 +361,12 @@ fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub> {
         Ok(_) => return refused("a device cannot relay to itself".to_owned(), to),
         Err(_) => return refused(format!("{to:?} is not a device id"), to),
     };
-    if !state.channels.is_open(&target) {
+    let target_key = state.registry().binding(&target);
+    let Some(target_key) = target_key.filter(|_| state.channels.is_open(&target)) else {
         return refused(format!("{to} has no channel open to this hub"), to);
-    }
+    };
     let rate = state.settings().relay_bytes_per_sec;
-    let offer = match state.relays.offer(asker, &target, rate) {
+    let offer = match state.relays.offer(asker, &target, target_key, rate) {
         Ok(offer) => offer,
         Err(error) => return refused(error.to_string(), to),
     };
@@ -282,8 +388,9 @@ fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub> {
     })
 }
 
-/// Sends the device list on open and on every change, and queued messages,
-/// until the queue closes (the session was replaced or ended).
+/// Sends queued messages, and once the device is registered (after its
+/// [`FromHub::Registered`]) the device list and every change of it, until
+/// the queue closes (the session ended) or the channel is stopped.
 async fn write_channel<W: AsyncWrite + Unpin>(
     state: Arc<SignalingState>,
     mut writer: ChannelWriter<W>,
@@ -291,7 +398,8 @@ async fn write_channel<W: AsyncWrite + Unpin>(
     stop: CancellationToken,
 ) {
     let mut changes = state.changes.subscribe();
-    let mut push = true;
+    let mut following = false;
+    let mut push = false;
     loop {
         let bytes = if push {
             push = false;
@@ -303,7 +411,7 @@ async fn write_channel<W: AsyncWrite + Unpin>(
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                changed = changes.changed() => {
+                changed = changes.changed(), if following => {
                     if changed.is_err() {
                         break;
                     }
@@ -311,10 +419,16 @@ async fn write_channel<W: AsyncWrite + Unpin>(
                     continue;
                 }
                 message = queue.recv() => match message {
-                    Some(message) => match serde_json::to_vec(&message) {
-                        Ok(bytes) => Bytes::from(bytes),
-                        Err(_) => continue,
-                    },
+                    Some(message) => {
+                        if !following && matches!(message, FromHub::Registered { .. }) {
+                            following = true;
+                            push = true;
+                        }
+                        match serde_json::to_vec(&message) {
+                            Ok(bytes) => Bytes::from(bytes),
+                            Err(_) => continue,
+                        }
+                    }
                     None => break,
                 },
             }

@@ -23,6 +23,21 @@ pub enum SignalingError {
         "device id {0:?} is bound to another public key; an operator can release it on the hub with: meshctl devices remove {0}"
     )]
     KeyConflict(String),
+    /// A plain registration for an id whose key its device proved.
+    #[error(
+        "device id {0:?} is bound to a key its device proved over a hub channel; only that device can register it (an operator can release it on the hub with: meshctl devices remove {0})"
+    )]
+    ProvenId(String),
+    /// Too many new ids from one address.
+    #[error(
+        "too many new device ids from {address}: at most {rate} a second (signaling.registrations_per_sec); try again in a moment"
+    )]
+    RateLimited {
+        /// The address.
+        address: std::net::IpAddr,
+        /// The limit.
+        rate: u64,
+    },
     /// The body exceeds the limit.
     #[error("request body exceeds {} bytes", crate::hub_wire::MAX_BODY_BYTES)]
     TooLarge,
@@ -46,9 +61,6 @@ pub enum SignalingError {
     /// Too many channel handshakes at once.
     #[error("{0}; try again in a moment")]
     Busy(String),
-    /// A relay token that is not (or no longer) valid.
-    #[error("{0}")]
-    Relay(String),
     /// The registry is at `signaling.max_devices`.
     #[error("{0}; try again later or raise signaling.max_devices")]
     Full(String),
@@ -62,12 +74,13 @@ impl SignalingError {
                 StatusCode::BAD_REQUEST
             }
             SignalingError::Unauthorized => StatusCode::UNAUTHORIZED,
-            SignalingError::KeyConflict(_) => StatusCode::CONFLICT,
+            SignalingError::KeyConflict(_) | SignalingError::ProvenId(_) => StatusCode::CONFLICT,
+            SignalingError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             SignalingError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SignalingError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             SignalingError::Timeout => StatusCode::REQUEST_TIMEOUT,
             SignalingError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            SignalingError::NotFound | SignalingError::Relay(_) => StatusCode::NOT_FOUND,
+            SignalingError::NotFound => StatusCode::NOT_FOUND,
             SignalingError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             SignalingError::Full(_) | SignalingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -7,6 +7,7 @@
 //! settings on reload. The registry here is the one source of truth for
 //! `meshctl devices` on a hub.
 
+mod admission;
 pub(crate) mod api;
 pub(crate) mod bindings;
 mod channels;
@@ -29,6 +30,8 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use meshd_link::StaticKey;
+
 use crate::config::SignalingConfig;
 use crate::device_id::DeviceId;
 use crate::public_key::PublicKey;
@@ -42,6 +45,7 @@ struct Settings {
     join_token: String,
     request_timeout: Duration,
     relay_bytes_per_sec: u64,
+    registrations_per_sec: u64,
 }
 
 impl From<&SignalingConfig> for Settings {
@@ -51,6 +55,7 @@ impl From<&SignalingConfig> for Settings {
             join_token: config.join_token.clone(),
             request_timeout: config.request_timeout,
             relay_bytes_per_sec: config.relay_bytes_per_sec,
+            registrations_per_sec: config.registrations_per_sec,
         }
     }
 }
@@ -81,6 +86,11 @@ pub struct SignalingState {
     relays: relay::Relays,
     /// Channel and relay tasks run here, so shutdown waits for them.
     tracker: TaskTracker,
+    /// The hub's own key (`state_dir/hub-key`), proven in every channel and
+    /// relay handshake.
+    hub_key: StaticKey,
+    /// New ids per source address.
+    source_limits: admission::SourceLimits,
 }
 
 impl SignalingState {
@@ -155,12 +165,13 @@ pub async fn load_bindings(
 pub fn start(
     config: &SignalingConfig,
     listener: TcpListener,
-    hub_key: PublicKey,
+    hub_key: StaticKey,
     (file, saved): (BindingsFile, Vec<bindings::Binding>),
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<SignalingHandle> {
     let listen = listener.local_addr()?;
+    let hub_public = PublicKey::from(*hub_key.public());
     let mut registry = Registry::new(config.max_devices);
     let restored = saved.len();
     registry.restore_bindings(saved);
@@ -176,6 +187,8 @@ pub fn start(
         channel_handshakes: Arc::new(tokio::sync::Semaphore::new(channels::MAX_HANDSHAKES)),
         relays: relay::Relays::new(config.max_connections),
         tracker: tracker.clone(),
+        hub_key,
+        source_limits: admission::SourceLimits::default(),
     });
     if restored > 0 {
         tracing::info!(bindings = restored, "key bindings restored");
@@ -189,11 +202,11 @@ pub fn start(
         tracker.clone(),
     ));
     tracker.spawn(sweep_expired(state.clone(), cancel));
-    tracing::info!(role = "signaling", %listen, %hub_key, "signaling server listening");
+    tracing::info!(role = "signaling", %listen, hub_key = %hub_public, "signaling server listening");
     Ok(SignalingHandle {
         state,
         listen,
-        hub_key,
+        hub_key: hub_public,
     })
 }
 
@@ -208,12 +221,6 @@ impl SignalingHandle {
             relays: self.state.relays.active(),
             hub_key: Some(self.hub_key.to_base64()),
         }
-    }
-
-    /// Changes whenever the device list changes (a device arrives, leaves,
-    /// expires or moves).
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.state.changes.subscribe()
     }
 
     /// For `meshctl devices`: every live device, sorted by id, no link data.

@@ -2,9 +2,15 @@
 //!
 //! Pure and synchronous: no I/O, no clock of its own (callers pass `now`), so
 //! the TTL and binding rules are unit-tested here. Both maps are bounded by
-//! `max_devices`. A key binding outlives its device's expiry, so an id cannot
-//! be taken over by another key by waiting for the owner to go quiet; only
-//! `meshctl devices remove` on the hub releases it.
+//! `max_devices`.
+//!
+//! Only a key a device *proved* (over its hub channel) binds its id. A
+//! binding outlives its device's expiry, so an id cannot be taken over by
+//! another key by waiting for the owner to go quiet; only `meshctl devices
+//! remove` on the hub releases it. A plain HTTP registration only *claims*
+//! a key: the claim holds the id against other claims while it is live and
+//! expires with it, and a proof beats it. So nobody can fill the bindings
+//! with keys they do not hold (docs/security.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,11 +32,22 @@ pub struct Registration {
     pub endpoints: Vec<SocketAddr>,
 }
 
+/// How a registration's key is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proof {
+    /// The device proved it holds the key (its hub channel's handshake).
+    Proven,
+    /// The key (if any) is only what the request said (`POST /register`).
+    Claimed,
+}
+
 /// A registered device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {
     /// What the device sent.
     pub registration: Registration,
+    /// Whether its key is proven.
+    pub proof: Proof,
     /// The source address of its last registration.
     pub observed: SocketAddr,
     /// Wall-clock time of the last registration, for display.
@@ -42,9 +59,16 @@ pub struct Device {
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
-    /// The id is bound to a different key (or to a key, and none was sent).
+    /// The id is bound to a different key (or to a key, and none was sent),
+    /// or a live claim holds it with another key.
     #[error("device id {0:?} is bound to another public key")]
     KeyConflict(DeviceId),
+    /// A claim for an id whose key a device proved: only that device may
+    /// register it, over its channel.
+    #[error(
+        "device id {0:?} is bound to a key its device proved; only that device can register it"
+    )]
+    Proven(DeviceId),
     /// The registry holds `max_devices` ids already.
     #[error("the registry is full ({0} devices)")]
     Full(usize),
@@ -107,23 +131,37 @@ impl Registry {
         self.max_devices = max_devices;
     }
 
-    /// Registers or refreshes a device.
+    /// Registers or refreshes a device. A [`Proof::Proven`] registration
+    /// binds its id to its key; a [`Proof::Claimed`] one never binds.
     pub fn register(
         &mut self,
         registration: Registration,
+        proof: Proof,
         observed: SocketAddr,
         now: Instant,
         wall: SystemTime,
         ttl: Duration,
     ) -> Result<&Device, RegisterError> {
         let id = registration.id.clone();
-        match (self.bindings.get(&id), registration.pubkey) {
-            (Some(bound), Some(sent)) if *bound == sent => {}
-            (Some(_), _) => return Err(RegisterError::KeyConflict(id)),
-            (None, _) => {}
+        let sent = registration.pubkey;
+        match (proof, self.bindings.get(&id)) {
+            (Proof::Proven, Some(bound)) if Some(*bound) != sent => {
+                return Err(RegisterError::KeyConflict(id));
+            }
+            (Proof::Proven, _) => {}
+            (Proof::Claimed, Some(_)) => return Err(RegisterError::Proven(id)),
+            (Proof::Claimed, None) => {
+                let held = self
+                    .devices
+                    .get(&id)
+                    .filter(|device| is_live(device, now, ttl));
+                if held.is_some_and(|device| device.registration.pubkey != sent) {
+                    return Err(RegisterError::KeyConflict(id));
+                }
+            }
         }
         let is_new = !self.devices.contains_key(&id);
-        let binds = registration.pubkey.is_some() && !self.bindings.contains_key(&id);
+        let binds = proof == Proof::Proven && !self.bindings.contains_key(&id);
         if (is_new && self.devices.len() >= self.max_devices)
             || (binds && self.bindings.len() >= self.max_devices)
         {
@@ -134,13 +172,15 @@ impl Registry {
         {
             return Err(RegisterError::Full(self.max_devices));
         }
-        if let Some(key) = registration.pubkey
+        if proof == Proof::Proven
+            && let Some(key) = sent
             && self.bindings.insert(id.clone(), key).is_none()
         {
             self.bindings_generation += 1;
         }
         let device = Device {
             registration,
+            proof,
             observed,
             last_seen: wall,
             last_seen_at: now,
@@ -241,16 +281,39 @@ mod tests {
         "198.51.100.1:4000".parse().unwrap()
     }
 
+    impl Registry {
+        fn register_claim(
+            &mut self,
+            registration: Registration,
+            observed: SocketAddr,
+            now: Instant,
+            wall: SystemTime,
+            ttl: Duration,
+        ) -> Result<&Device, RegisterError> {
+            self.register(registration, Proof::Claimed, observed, now, wall, ttl)
+        }
+
+        fn register_proven(
+            &mut self,
+            registration: Registration,
+            now: Instant,
+            ttl: Duration,
+        ) -> Result<&Device, RegisterError> {
+            let wall = SystemTime::now();
+            self.register(registration, Proof::Proven, observed(), now, wall, ttl)
+        }
+    }
+
     #[test]
     fn registers_refreshes_and_expires() {
         let mut registry = Registry::new(10);
         let t0 = Instant::now();
         let wall = SystemTime::now();
         registry
-            .register(reg("b", None), observed(), t0, wall, TTL)
+            .register_claim(reg("b", None), observed(), t0, wall, TTL)
             .unwrap();
         registry
-            .register(reg("a", None), observed(), t0, wall, TTL)
+            .register_claim(reg("a", None), observed(), t0, wall, TTL)
             .unwrap();
         let ids: Vec<String> = registry
             .list(t0, TTL)
@@ -262,7 +325,7 @@ mod tests {
         // A heartbeat from "a" keeps it; "b" expires.
         let later = t0 + Duration::from_secs(50);
         registry
-            .register(reg("a", None), observed(), later, wall, TTL)
+            .register_claim(reg("a", None), observed(), later, wall, TTL)
             .unwrap();
         let at_70 = t0 + Duration::from_secs(70);
         assert_eq!(registry.live_count(at_70, TTL), 1);
@@ -271,37 +334,107 @@ mod tests {
     }
 
     #[test]
-    fn an_id_stays_bound_to_its_first_key() {
+    fn an_id_stays_bound_to_its_first_proven_key() {
         let mut registry = Registry::new(10);
         let now = Instant::now();
         let wall = SystemTime::now();
         registry
-            .register(reg("a", Some(1)), observed(), now, wall, TTL)
+            .register_proven(reg("a", Some(1)), now, TTL)
             .unwrap();
+        assert_eq!(
+            registry
+                .binding(&DeviceId::parse("a").unwrap())
+                .map(|k| k.as_bytes()[0]),
+            Some(1)
+        );
         assert!(matches!(
-            registry.register(reg("a", Some(2)), observed(), now, wall, TTL),
+            registry.register_proven(reg("a", Some(2)), now, TTL),
             Err(RegisterError::KeyConflict(_))
         ));
-        assert!(matches!(
-            registry.register(reg("a", None), observed(), now, wall, TTL),
-            Err(RegisterError::KeyConflict(_))
-        ));
+        // No claim touches a proven id, not even with its (public) key.
+        for key in [Some(1), Some(2), None] {
+            assert!(matches!(
+                registry.register_claim(reg("a", key), observed(), now, wall, TTL),
+                Err(RegisterError::Proven(_))
+            ));
+        }
         // Expiry does not release the binding.
         let much_later = now + TTL * 10;
         registry.sweep(much_later, TTL);
         assert!(
             registry
-                .register(reg("a", Some(2)), observed(), much_later, wall, TTL)
+                .register_proven(reg("a", Some(2)), much_later, TTL)
                 .is_err()
+        );
+        assert!(
+            registry
+                .register_proven(reg("a", Some(1)), much_later, TTL)
+                .is_ok()
         );
         // Removal does.
         let removed = registry.remove(&DeviceId::parse("a").unwrap());
-        assert!(removed.had_binding && !removed.was_registered);
+        assert!(removed.had_binding && removed.was_registered);
         assert!(
             registry
-                .register(reg("a", Some(2)), observed(), much_later, wall, TTL)
+                .register_proven(reg("a", Some(2)), much_later, TTL)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_claim_binds_nothing_holds_while_live_and_yields_to_a_proof() {
+        let mut registry = Registry::new(10);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let id = DeviceId::parse("c").unwrap();
+        registry
+            .register_claim(reg("c", Some(1)), observed(), now, wall, TTL)
+            .unwrap();
+        assert_eq!(registry.binding(&id), None);
+        assert_eq!(registry.bindings_generation(), 0, "nothing to save");
+        // While it is live, another claim with another key is refused...
+        assert!(matches!(
+            registry.register_claim(reg("c", Some(2)), observed(), now, wall, TTL),
+            Err(RegisterError::KeyConflict(_))
+        ));
+        // ...and the same claim refreshes it.
+        registry
+            .register_claim(reg("c", Some(1)), observed(), now, wall, TTL)
+            .unwrap();
+        // Once it expired, the id is free for anyone.
+        let later = now + TTL * 2;
+        registry
+            .register_claim(reg("c", Some(2)), observed(), later, wall, TTL)
+            .unwrap();
+        // A device that proves a key takes the id from a live claim.
+        registry
+            .register_proven(reg("c", Some(3)), later, TTL)
+            .unwrap();
+        assert_eq!(registry.binding(&id).map(|k| k.as_bytes()[0]), Some(3));
+        assert_eq!(
+            registry.live(&id, later, TTL).map(|d| d.proof),
+            Some(Proof::Proven)
+        );
+    }
+
+    #[test]
+    fn claims_cannot_fill_the_bindings() {
+        let mut registry = Registry::new(3);
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for id in ["x", "y", "z"] {
+            registry
+                .register_claim(reg(id, Some(1)), observed(), now, wall, TTL)
+                .unwrap();
+        }
+        assert_eq!(registry.bindings().1.len(), 0);
+        // Once the claims expire, real devices get in.
+        let later = now + TTL * 2;
+        for id in ["a", "b", "c"] {
+            registry
+                .register_proven(reg(id, Some(4)), later, TTL)
+                .unwrap();
+        }
     }
 
     #[test]
@@ -310,27 +443,27 @@ mod tests {
         let now = Instant::now();
         let wall = SystemTime::now();
         registry
-            .register(reg("a", None), observed(), now, wall, TTL)
+            .register_claim(reg("a", None), observed(), now, wall, TTL)
             .unwrap();
         registry
-            .register(reg("b", None), observed(), now, wall, TTL)
+            .register_claim(reg("b", None), observed(), now, wall, TTL)
             .unwrap();
         assert_eq!(
             registry
-                .register(reg("c", None), observed(), now, wall, TTL)
+                .register_claim(reg("c", None), observed(), now, wall, TTL)
                 .unwrap_err(),
             RegisterError::Full(2)
         );
         // Refreshing an existing id is always possible.
         assert!(
             registry
-                .register(reg("a", None), observed(), now, wall, TTL)
+                .register_claim(reg("a", None), observed(), now, wall, TTL)
                 .is_ok()
         );
         let later = now + TTL * 2;
         assert!(
             registry
-                .register(reg("c", None), observed(), later, wall, TTL)
+                .register_claim(reg("c", None), observed(), later, wall, TTL)
                 .is_ok()
         );
     }

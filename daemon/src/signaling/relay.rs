@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
+use crate::public_key::PublicKey;
 use crate::sync::lock;
 use crate::token_bucket::TokenBucket;
 
@@ -48,11 +49,14 @@ type Stream = Box<dyn RelayStream>;
 /// Offers a device may have pending at once.
 const MAX_PENDING_PER_DEVICE: usize = 8;
 
-/// Who asked for a relay: the device, and the address of its channel.
+/// Who asked for a relay: the device, its proven key, and the address of
+/// its channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Asker {
     /// The asking device.
     pub device: DeviceId,
+    /// The key its channel proved.
+    pub key: PublicKey,
     /// Where its channel connects from.
     pub source: IpAddr,
 }
@@ -106,6 +110,8 @@ impl Shares {
 /// One side of an offered relay.
 struct Half {
     device: DeviceId,
+    /// The key that may claim this half: the device's, bound at the hub.
+    key: PublicKey,
     /// The device at the other end.
     peer: DeviceId,
     /// This side runs the link's initiator handshake.
@@ -146,6 +152,9 @@ pub enum RelayError {
     /// The token is unknown, used or expired.
     #[error("unknown, used or expired relay token; ask for a new relay over the hub channel")]
     UnknownToken,
+    /// The token was issued to another device's key.
+    #[error("this relay token was issued to another device")]
+    NotYours,
 }
 
 /// Offered and running relays.
@@ -219,7 +228,13 @@ impl Relays {
     /// Offers a relay between `a` (asking) and `b`. When the two asked for
     /// each other at the same moment, both get the one relay already
     /// offered, with its roles, so they never wait in two different ones.
-    pub fn offer(&self, asker: &Asker, b: &DeviceId, rate: u64) -> Result<Offer, RelayError> {
+    pub fn offer(
+        &self,
+        asker: &Asker,
+        b: &DeviceId,
+        b_key: PublicKey,
+        rate: u64,
+    ) -> Result<Offer, RelayError> {
         if rate == 0 {
             return Err(RelayError::Disabled);
         }
@@ -258,20 +273,22 @@ impl Relays {
         }
         lock(&self.shares).take(asker, self.max)?;
         let (own, theirs) = (new_token(), new_token());
-        let half = |device: &DeviceId, peer: &DeviceId, dials: bool, partner: &str| Half {
-            device: device.clone(),
-            peer: peer.clone(),
-            dials,
-            partner: partner.to_owned(),
-            created: now,
-            waiting: None,
-            claimed: false,
-            owner: None,
-        };
-        let mut asking = half(a, b, true, &theirs);
+        let half =
+            |device: &DeviceId, key: PublicKey, peer: &DeviceId, dials: bool, partner: &str| Half {
+                device: device.clone(),
+                key,
+                peer: peer.clone(),
+                dials,
+                partner: partner.to_owned(),
+                created: now,
+                waiting: None,
+                claimed: false,
+                owner: None,
+            };
+        let mut asking = half(a, asker.key, b, true, &theirs);
         asking.owner = Some(asker.clone());
         pending.insert(own.clone(), asking);
-        pending.insert(theirs.clone(), half(b, a, false, &own));
+        pending.insert(theirs.clone(), half(b, b_key, a, false, &own));
         Ok(Offer {
             own,
             theirs,
@@ -279,12 +296,16 @@ impl Relays {
         })
     }
 
-    /// Checks a token before the upgrade is answered; each token is good
-    /// for one claim.
-    pub fn claim(&self, token: &str) -> Result<Claim, RelayError> {
+    /// Checks a token presented with `key` (proven in the join's
+    /// handshake); each token is good for one claim, by its own device. A
+    /// wrong key uses nothing up, so a thief cannot spend a token either.
+    pub fn claim(&self, token: &str, key: PublicKey) -> Result<Claim, RelayError> {
         let mut pending = lock(&self.pending);
         match pending.get_mut(token) {
             Some(half) if !half.claimed && half.created.elapsed() < JOIN_TIMEOUT => {
+                if half.key != key {
+                    return Err(RelayError::NotYours);
+                }
                 half.claimed = true;
                 Ok(Claim {
                     token: token.to_owned(),
@@ -404,6 +425,46 @@ impl Relays {
     }
 }
 
+/// Serves one `GET /relay` after its upgrade: the hub handshake (its slot
+/// given back as soon as it is done), the token checked against the key the
+/// device just proved, the verdict, then the join.
+pub async fn serve_join<S: RelayStream>(
+    state: Arc<super::SignalingState>,
+    stream: S,
+    peer: std::net::SocketAddr,
+    handshake_slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let handshake = meshd_link::relay_join::accept(stream, &state.hub_key).await;
+    drop(handshake_slot);
+    let pending = match handshake {
+        Ok(pending) => pending,
+        Err(error) => {
+            tracing::debug!(peer_addr = %peer, %error, "relay join handshake failed");
+            return;
+        }
+    };
+    let key = PublicKey::from(pending.device_key);
+    let claim = match state.relays.claim(&pending.token, key) {
+        Ok(claim) => claim,
+        Err(error) => {
+            tracing::debug!(peer_addr = %peer, %key, %error, "relay join refused");
+            let reason = error.to_string();
+            let _ = tokio::time::timeout(JOIN_TIMEOUT, pending.refuse(&reason)).await;
+            return;
+        }
+    };
+    let stream = match tokio::time::timeout(JOIN_TIMEOUT, pending.admit()).await {
+        Ok(Ok(stream)) => stream,
+        _ => return,
+    };
+    let rate_state = state.clone();
+    let rate = move || rate_state.settings().relay_bytes_per_sec;
+    state
+        .relays
+        .join(claim, stream, rate, state.stopping.clone())
+        .await;
+}
+
 /// A running relay's hold on its asker's share.
 struct ShareGuard {
     shares: Arc<Mutex<Shares>>,
@@ -490,26 +551,51 @@ mod tests {
     fn asker_from(name: &str, source: &str) -> Asker {
         Asker {
             device: id(name),
+            key: key_of(name),
             source: source.parse().unwrap(),
         }
+    }
+
+    /// A key for `name`, the same each time.
+    fn key_of(name: &str) -> PublicKey {
+        let mut key = [0u8; 32];
+        for (slot, byte) in key.iter_mut().zip(name.bytes()) {
+            *slot = byte;
+        }
+        PublicKey::from(key)
     }
 
     #[test]
     fn tokens_are_one_time_and_the_cap_holds() {
         let relays = Relays::new(1);
-        let a = relays.offer(&asker("a"), &id("b"), 1000).unwrap().own;
+        let offer = relays
+            .offer(&asker("a"), &id("b"), key_of("b"), 1000)
+            .unwrap();
+        // Seen by someone else, a token is worth nothing, and is not used up.
         assert!(matches!(
-            relays.offer(&asker("a"), &id("c"), 1000),
+            relays.claim(&offer.own, key_of("mallory")),
+            Err(RelayError::NotYours)
+        ));
+        assert!(matches!(
+            relays.claim(&offer.own, key_of("b")),
+            Err(RelayError::NotYours)
+        ));
+        let a = offer.own;
+        assert!(matches!(
+            relays.offer(&asker("a"), &id("c"), key_of("c"), 1000),
             Err(RelayError::Full(1))
         ));
-        assert!(relays.claim(&a).is_ok());
-        assert!(matches!(relays.claim(&a), Err(RelayError::UnknownToken)));
+        assert!(relays.claim(&a, key_of("a")).is_ok());
         assert!(matches!(
-            relays.claim("0123"),
+            relays.claim(&a, key_of("a")),
             Err(RelayError::UnknownToken)
         ));
         assert!(matches!(
-            Relays::new(4).offer(&asker("a"), &id("b"), 0),
+            relays.claim("0123", key_of("a")),
+            Err(RelayError::UnknownToken)
+        ));
+        assert!(matches!(
+            Relays::new(4).offer(&asker("a"), &id("b"), key_of("b"), 0),
             Err(RelayError::Disabled)
         ));
     }
@@ -517,8 +603,12 @@ mod tests {
     #[test]
     fn two_devices_asking_at_once_share_one_relay_with_one_dialler() {
         let relays = Relays::new(4);
-        let first = relays.offer(&asker("a"), &id("b"), 1000).unwrap();
-        let second = relays.offer(&asker("b"), &id("a"), 1000).unwrap();
+        let first = relays
+            .offer(&asker("a"), &id("b"), key_of("b"), 1000)
+            .unwrap();
+        let second = relays
+            .offer(&asker("b"), &id("a"), key_of("a"), 1000)
+            .unwrap();
         assert_eq!(second.own, first.theirs);
         assert_eq!(second.theirs, first.own);
         assert!(first.own_dials && !second.own_dials);
@@ -529,11 +619,11 @@ mod tests {
         let relays = Relays::new(1024);
         for peer in 0..MAX_PENDING_PER_DEVICE {
             relays
-                .offer(&asker("a"), &id(&format!("p{peer}")), 1000)
+                .offer(&asker("a"), &id(&format!("p{peer}")), key_of("t"), 1000)
                 .unwrap();
         }
         assert!(matches!(
-            relays.offer(&asker("a"), &id("late"), 1000),
+            relays.offer(&asker("a"), &id("late"), key_of("late"), 1000),
             Err(RelayError::Full(_))
         ));
     }
@@ -547,7 +637,7 @@ mod tests {
             for peer in 0..8 {
                 let asker = asker_from(&format!("fake{device}"), "203.0.113.66");
                 if relays
-                    .offer(&asker, &id(&format!("t{device}x{peer}")), 1000)
+                    .offer(&asker, &id(&format!("t{device}x{peer}")), key_of("t"), 1000)
                     .is_ok()
                 {
                     granted += 1;
@@ -557,15 +647,21 @@ mod tests {
         assert_eq!(granted, 1024 / 4, "one address gets a quarter");
         // A real device elsewhere still gets its relay.
         let real = asker_from("real", "203.0.113.7");
-        assert!(relays.offer(&real, &id("friend"), 1000).is_ok());
+        assert!(
+            relays
+                .offer(&real, &id("friend"), key_of("friend"), 1000)
+                .is_ok()
+        );
         // One device gets a sixteenth, even from many addresses' worth of room.
         let relays = Relays::new(64);
         let hog = asker("hog");
         for peer in 0..4 {
-            relays.offer(&hog, &id(&format!("p{peer}")), 1000).unwrap();
+            relays
+                .offer(&hog, &id(&format!("p{peer}")), key_of("t"), 1000)
+                .unwrap();
         }
         assert!(matches!(
-            relays.offer(&hog, &id("p4"), 1000),
+            relays.offer(&hog, &id("p4"), key_of("p4"), 1000),
             Err(RelayError::Share { share: 4, .. })
         ));
     }
@@ -573,14 +669,16 @@ mod tests {
     #[tokio::test]
     async fn a_relay_holds_its_share_while_it_runs_and_gives_it_back() {
         let relays = Arc::new(Relays::new(16));
-        let offer = relays.offer(&asker("a"), &id("b"), 1 << 30).unwrap();
+        let offer = relays
+            .offer(&asker("a"), &id("b"), key_of("b"), 1 << 30)
+            .unwrap();
         assert!(matches!(
-            relays.offer(&asker("a"), &id("c"), 1 << 30),
+            relays.offer(&asker("a"), &id("c"), key_of("c"), 1 << 30),
             Err(RelayError::Share { share: 1, .. })
         ));
         let (claim_a, claim_b) = (
-            relays.claim(&offer.own).unwrap(),
-            relays.claim(&offer.theirs).unwrap(),
+            relays.claim(&offer.own, key_of("a")).unwrap(),
+            relays.claim(&offer.theirs, key_of("b")).unwrap(),
         );
         let (a_end, a_hub) = tokio::io::duplex(1024);
         let (b_end, b_hub) = tokio::io::duplex(1024);
@@ -601,14 +699,18 @@ mod tests {
         .await
         .unwrap();
         assert!(
-            relays.offer(&asker("a"), &id("c"), 1 << 30).is_err(),
+            relays
+                .offer(&asker("a"), &id("c"), key_of("c"), 1 << 30)
+                .is_err(),
             "still held"
         );
         drop((a_end, b_end));
         first.await.unwrap();
         second.await.unwrap();
         assert!(
-            relays.offer(&asker("a"), &id("c"), 1 << 30).is_ok(),
+            relays
+                .offer(&asker("a"), &id("c"), key_of("c"), 1 << 30)
+                .is_ok(),
             "given back"
         );
     }
@@ -616,13 +718,15 @@ mod tests {
     #[tokio::test]
     async fn two_sides_are_spliced_and_bytes_cross_unchanged() {
         let relays = Arc::new(Relays::new(4));
-        let offer = relays.offer(&asker("a"), &id("b"), 1 << 30).unwrap();
+        let offer = relays
+            .offer(&asker("a"), &id("b"), key_of("b"), 1 << 30)
+            .unwrap();
         let (ta, tb) = (offer.own, offer.theirs);
         let (mut a_end, a_hub) = tokio::io::duplex(1 << 16);
         let (mut b_end, b_hub) = tokio::io::duplex(1 << 16);
         let stop = CancellationToken::new();
-        let claim_a = relays.claim(&ta).unwrap();
-        let claim_b = relays.claim(&tb).unwrap();
+        let claim_a = relays.claim(&ta, key_of("a")).unwrap();
+        let claim_b = relays.claim(&tb, key_of("b")).unwrap();
         let first = tokio::spawn({
             let relays = relays.clone();
             let stop = stop.clone();

@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,17 +13,16 @@ use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_LENGTH, HeaderValue, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use subtle::ConstantTimeEq;
 
 use super::SignalingState;
+use super::admission::token_matches;
 use super::api;
 use super::channels;
 use super::error::{SignalingError, json_response};
-use super::registry::RegisterError;
+use super::registry::Proof;
 use crate::hub_wire::{
     CHANNEL_PATH, CHANNEL_UPGRADE, DEVICES_PATH, HEALTH_PATH, MAX_BODY_BYTES, MAX_HEAD_BYTES,
-    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH, RELAY_TOKEN_HEADER, RELAY_UPGRADE,
-    RegisterReply, RegisterRequest,
+    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH, RELAY_UPGRADE, RegisterRequest,
 };
 
 /// The size of a request's line and headers on the wire.
@@ -66,7 +65,7 @@ pub async fn route(
         )),
         (OBSERVED_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
         (CHANNEL_PATH, &Method::GET) => channel(request, peer, &state),
-        (RELAY_PATH, &Method::GET) => relay(request, &state),
+        (RELAY_PATH, &Method::GET) => relay(request, peer, &state),
         (CHANNEL_PATH | RELAY_PATH, _) => Err(SignalingError::MethodNotAllowed("GET")),
         _ => Err(SignalingError::NotFound),
     };
@@ -109,38 +108,7 @@ async fn register(
         ))
     })?;
     let registration = api::validate(body)?;
-
-    let ttl = settings.device_ttl;
-    let now = Instant::now();
-    let (is_new, moved, reply) = state.change_registry(|registry| {
-        let previous = registry
-            .live(&registration.id, now, ttl)
-            .map(|device| device.registration.clone());
-        let device = registry
-            .register(registration, peer, now, SystemTime::now(), ttl)
-            .map_err(|error| match error {
-                RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
-                full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
-            })?;
-        let moved = previous
-            .as_ref()
-            .is_some_and(|previous| *previous != device.registration);
-        let reply = RegisterReply {
-            id: device.registration.id.to_string(),
-            addr: device.registration.addr.to_string(),
-            observed: peer.to_string(),
-            ttl_secs: ttl.as_secs(),
-        };
-        Ok::<_, SignalingError>((previous.is_none(), moved, reply))
-    })?;
-    if is_new || moved {
-        state.changed();
-    }
-    if is_new {
-        tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, "device registered");
-    } else {
-        tracing::debug!(device_id = %reply.id, peer_addr = %peer, "device refreshed");
-    }
+    let reply = state.admit(registration, Proof::Claimed, peer)?;
     Ok(json_response(StatusCode::OK, &reply))
 }
 
@@ -213,16 +181,7 @@ fn channel(
     state: &Arc<SignalingState>,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
     require_upgrade(&request, CHANNEL_UPGRADE)?;
-    let slot = state
-        .channel_handshakes
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            SignalingError::Busy(format!(
-                "{} hub channel handshakes are in progress",
-                channels::MAX_HANDSHAKES
-            ))
-        })?;
+    let slot = handshake_slot(state)?;
     let upgrade = hyper::upgrade::on(&mut request);
     let task_state = state.clone();
     state.tracker.spawn(async move {
@@ -237,38 +196,40 @@ fn channel(
 }
 
 /// `GET /relay`: joins one side of a relay offered over a channel
-/// (relay.rs); the token in the `meshd-relay-token` header says which.
+/// (relay.rs). The token travels inside the hub handshake after the
+/// upgrade, and counts only for the key it was issued to.
 fn relay(
     mut request: Request<Incoming>,
+    peer: SocketAddr,
     state: &Arc<SignalingState>,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
     require_upgrade(&request, RELAY_UPGRADE)?;
-    let token = request
-        .headers()
-        .get(RELAY_TOKEN_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let claim = state
-        .relays
-        .claim(token)
-        .map_err(|error| SignalingError::Relay(error.to_string()))?;
+    let slot = handshake_slot(state)?;
     let upgrade = hyper::upgrade::on(&mut request);
     let task_state = state.clone();
     state.tracker.spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        let rate_state = task_state.clone();
-        let rate = move || rate_state.settings().relay_bytes_per_sec;
-        task_state
-            .relays
-            .join(
-                claim,
-                TokioIo::new(upgraded),
-                rate,
-                task_state.stopping.clone(),
-            )
-            .await;
+        super::relay::serve_join(task_state, TokioIo::new(upgraded), peer, slot).await;
     });
     Ok(switching_protocols(RELAY_UPGRADE))
+}
+
+/// A place among the hub handshakes in progress: an upgraded connection
+/// leaves the connection cap, so its unauthenticated part has a cap of its
+/// own.
+fn handshake_slot(
+    state: &SignalingState,
+) -> Result<tokio::sync::OwnedSemaphorePermit, SignalingError> {
+    state
+        .channel_handshakes
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            SignalingError::Busy(format!(
+                "{} hub handshakes are in progress",
+                channels::MAX_HANDSHAKES
+            ))
+        })
 }
 
 fn require_upgrade(
@@ -305,13 +266,12 @@ fn authorize(request: &Request<Incoming>, state: &SignalingState) -> Result<(), 
     }
 }
 
-/// Compares the bearer token in constant time, so its bytes cannot be guessed
-/// one by one from response timing.
+/// Whether the request carries `Authorization: Bearer TOKEN`.
 fn bearer_matches(request: &Request<Incoming>, token: &str) -> bool {
     request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|sent| bool::from(sent.trim().as_bytes().ct_eq(token.as_bytes())))
+        .is_some_and(|sent| token_matches(sent, token))
 }

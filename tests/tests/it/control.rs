@@ -330,7 +330,10 @@ fn the_daemons_own_user_may_write_and_keeps_its_group_outside_the_control_group(
 
 #[test]
 fn a_client_that_stops_reading_replies_is_cut_off() {
-    let node = Node::start_default();
+    let node = Node::start(NodeOptions {
+        signaling: "registrations_per_sec = 0\n".to_owned(),
+        ..NodeOptions::default()
+    });
     let addr = node.signaling_addr();
     // A device list of a few MiB, far more than a Unix socket buffers.
     for i in 0..3000 {

@@ -10,6 +10,7 @@ mod chat_abuse;
 mod config;
 mod control;
 mod hostile_input;
+mod hub_client;
 mod lifecycle;
 mod mesh;
 mod nat;

@@ -137,10 +137,23 @@ fn established_ports(node: &Node) -> Vec<(u16, u16)> {
 /// reversed, with one end on a mesh listener.
 fn links_between(a: &Node, b: &Node) -> usize {
     let (a_port, b_port) = (a.mesh_addr().port(), b.mesh_addr().port());
+    // A hub's signaling port carries the other's hub channel, which leaves
+    // from its mesh port too: that connection is not a link.
+    let signaling_port = |node: &Node| {
+        node.ctl_json(&["status"])["roles"]["signaling"]["listen"]
+            .as_str()
+            .and_then(|listen| listen.parse::<SocketAddr>().ok())
+            .map(|listen| listen.port())
+    };
+    let hub_ports: Vec<u16> = [signaling_port(a), signaling_port(b)]
+        .into_iter()
+        .flatten()
+        .collect();
     let b_conns: HashSet<(u16, u16)> = established_ports(b).into_iter().collect();
     established_ports(a)
         .into_iter()
         .filter(|(local, remote)| b_conns.contains(&(*remote, *local)))
+        .filter(|(local, remote)| !hub_ports.contains(local) && !hub_ports.contains(remote))
         .filter(|(local, remote)| *local == a_port || *remote == b_port)
         .count()
 }
@@ -407,11 +420,13 @@ fn an_impostor_gets_409_and_no_link_while_the_real_device_keeps_its_messages() {
     );
     assert_ne!(impostor.pubkey(), real_key);
 
-    // The impostor can dial, but nobody answers it.
-    wait_until("the impostor refused by a", Duration::from_secs(10), || {
-        a.log().contains("link refused").then_some(())
-    });
-    assert!(impostor.links().iter().all(|(_, link)| link != "direct"));
+    // A refused device gets no list: it knows of nobody to dial, and
+    // nobody links to it.
+    assert!(
+        impostor.links().iter().all(|(id, _)| id == "b"),
+        "{:?}",
+        impostor.links()
+    );
     let output = impostor.ctl(&["send", "a", "let me in"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(inbox(&a).is_empty(), "nothing from the impostor reached a");
@@ -498,38 +513,42 @@ fn losing_one_of_two_signaling_servers_loses_nothing() {
 fn the_bytes_of_a_link_hold_no_plaintext() {
     let hub = hub_device("hub", "");
     let hubs = [hub.hub_url()];
-    // b's listener is reached only through the tap: b advertises the tap.
-    let b_port = free_port();
-    let tap = Tap::start(SocketAddr::from(([127, 0, 0, 1], b_port)));
-    let mut b_options = device_options("b", &hubs);
-    if let Some(mesh) = b_options.mesh.as_mut() {
-        mesh.listen = format!("127.0.0.1:{b_port}");
-        mesh.extra = format!("advertise = [\"{}\"]", tap.addr());
-    }
-    let b = Node::start(b_options);
-    let a = device("a", &hubs);
+    // Each device is reached only through its own tap (it advertises the
+    // tap), so the link between them crosses a tap whichever side dials.
+    let tapped = |id: &str| {
+        let port = free_port();
+        let tap = Tap::start(SocketAddr::from(([127, 0, 0, 1], port)));
+        let mut options = device_options(id, &hubs);
+        if let Some(mesh) = options.mesh.as_mut() {
+            mesh.listen = format!("127.0.0.1:{port}");
+            mesh.extra = format!("advertise = [\"{}\"]", tap.addr());
+        }
+        (Node::start(options), tap)
+    };
+    let (b, b_tap) = tapped("b");
+    let (a, a_tap) = tapped("a");
     wait_until(
-        "a links to b through the tap",
+        "a and b link through a tap",
         Duration::from_secs(10),
         || {
             let devices = a.ctl_json(&["devices"]);
-            devices
+            let direct = devices
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|device| {
-                    device["id"] == "b"
-                        && device["link"] == "direct"
-                        && device["endpoint"] == tap.addr().to_string().as_str()
-                })
-                .then_some(())
+                .any(|device| device["id"] == "b" && device["link"] == "direct");
+            // a dialled b's tap, or b dialled a's tap: either way one tap
+            // carries the handshake.
+            let through_tap = a_tap.captured().len() + b_tap.captured().len() > 0;
+            (direct && through_tap).then_some(())
         },
     );
     let secret = "attack at dawn, the password is swordfish";
     a.ctl_ok(&["send", "b", secret]);
     b.ctl_ok(&["send", "a", secret]);
     assert!(inbox(&b).contains(&("a".to_owned(), secret.to_owned())));
-    let captured = tap.captured();
+    let mut captured = a_tap.captured();
+    captured.extend(b_tap.captured());
     assert!(
         captured.len() > 2 * secret.len(),
         "the tap saw the link ({} bytes)",
@@ -967,6 +986,7 @@ fn an_inbox_of_large_messages_is_listed_in_pages() {
 fn a_crowd_of_fake_devices_costs_a_few_log_lines_not_thousands() {
     let hub = Node::start(NodeOptions {
         id: "hub".to_owned(),
+        signaling: "registrations_per_sec = 0\n".to_owned(),
         ..NodeOptions::default()
     });
     // More keyed devices than a node keeps links to (4096), registered

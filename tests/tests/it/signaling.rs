@@ -11,6 +11,8 @@ use meshd_tests::http::{self, HttpResponse};
 use meshd_tests::{Node, NodeOptions, wait_until};
 use serde_json::json;
 
+use crate::hub_client::{self, HubChannel, register_proven};
+
 const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
 const KEY_B: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
 
@@ -216,39 +218,114 @@ fn every_error_of_the_table_has_its_status_and_a_json_body() {
 #[test]
 fn removing_a_device_on_the_hub_releases_its_key() {
     let (node, addr) = Node::start_hub("");
-    assert_eq!(
-        register(
-            addr,
-            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_A})
-        )
-        .status,
-        200
-    );
-    assert_eq!(
-        register(
-            addr,
-            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_B})
-        )
-        .status,
-        409
-    );
+    let first = meshd_link::StaticKey::generate().unwrap();
+    let second = meshd_link::StaticKey::generate().unwrap();
+    let registered = register_proven(addr, "k", &first, "192.0.2.1:1");
+    assert_eq!(registered["type"], "registered", "{registered}");
+    let refused = register_proven(addr, "k", &second, "192.0.2.1:1");
+    assert_eq!(refused["type"], "register_refused", "{refused}");
+    assert_eq!(refused["status"], 409, "{refused}");
 
     let removed = node.ctl_json(&["devices", "remove", "k"]);
     assert_eq!(removed["device"], "k");
     assert_eq!(removed["had_binding"], true);
     assert_eq!(http::get(addr, "/devices").json(), json!([]));
 
-    assert_eq!(
-        register(
-            addr,
-            json!({"id": "k", "addr": "192.0.2.1:1", "pubkey": KEY_B})
-        )
-        .status,
-        200
-    );
+    let rebound = register_proven(addr, "k", &second, "192.0.2.1:1");
+    assert_eq!(rebound["type"], "registered", "{rebound}");
     let unknown = node.ctl(&["devices", "remove", "never-seen"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no device or key binding"));
+}
+
+#[test]
+fn a_plain_registration_binds_nothing_and_its_claim_expires() {
+    // The attack of issue 14: many ids with made-up keys, bound for ever,
+    // fill the hub. Plain registrations only claim their keys now.
+    let (mut node, addr) = Node::start_hub("device_ttl = \"2s\"\nmax_devices = 4\n");
+    for i in 0..4 {
+        let reply = register(
+            addr,
+            json!({"id": format!("fake{i}"), "addr": "192.0.2.1:1", "pubkey": KEY_A}),
+        );
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    // While live, a claim holds its id against another key...
+    let other = register(
+        addr,
+        json!({"id": "fake0", "addr": "192.0.2.1:1", "pubkey": KEY_B}),
+    );
+    assert_eq!(other.status, 409, "{other:?}");
+    // ...and a proof beats it.
+    let real = meshd_link::StaticKey::generate().unwrap();
+    let proven = register_proven(addr, "fake1", &real, "192.0.2.2:1");
+    assert_eq!(proven["type"], "registered", "{proven}");
+    // Once the claims expired, new devices get in, with any key.
+    wait_until("the claims expire", Duration::from_secs(10), || {
+        let reply = register(
+            addr,
+            json!({"id": "fake0", "addr": "192.0.2.1:1", "pubkey": KEY_B}),
+        );
+        (reply.status == 200).then_some(())
+    });
+    for i in 0..2 {
+        let device = meshd_link::StaticKey::generate().unwrap();
+        let reply = register_proven(addr, &format!("new{i}"), &device, "192.0.2.3:1");
+        assert_eq!(reply["type"], "registered", "{reply}");
+    }
+    // Only the proven key was saved; a restart forgets every claim.
+    node.stop();
+    let saved = std::fs::read_to_string(node.dir().join("state/signaling-keys")).unwrap();
+    assert!(
+        saved.contains("fake1 ") && !saved.contains("fake0 "),
+        "{saved}"
+    );
+    assert!(!saved.contains(KEY_A) && !saved.contains(KEY_B), "{saved}");
+    node.restart();
+    let addr = node.signaling_addr();
+    let reply = register(
+        addr,
+        json!({"id": "fake2", "addr": "192.0.2.1:1", "pubkey": KEY_B}),
+    );
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // No plain registration touches an id whose key was proven.
+    let taken = register(
+        addr,
+        json!({"id": "fake1", "addr": "192.0.2.1:1", "pubkey": KEY_B}),
+    );
+    assert_eq!(taken.status, 409, "{taken:?}");
+    assert!(taken.error().contains("proved"), "{taken:?}");
+}
+
+#[test]
+fn new_ids_from_one_address_are_rate_limited() {
+    let (_node, addr) = Node::start_hub("registrations_per_sec = 2\n");
+    // Five seconds' worth at once, then no more from this address.
+    for i in 0..10 {
+        let reply = register(addr, json!({"id": format!("d{i}"), "addr": "192.0.2.1:1"}));
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    let over = register(addr, json!({"id": "d10", "addr": "192.0.2.1:1"}));
+    assert_eq!(over.status, 429, "{over:?}");
+    assert!(
+        over.error().contains("signaling.registrations_per_sec"),
+        "{over:?}"
+    );
+    // Heartbeats of registered devices are never limited.
+    for _ in 0..20 {
+        let reply = register(addr, json!({"id": "d3", "addr": "192.0.2.1:1"}));
+        assert_eq!(reply.status, 200, "{reply:?}");
+    }
+    // A channel registration is the same new id, and refused the same way.
+    let device = meshd_link::StaticKey::generate().unwrap();
+    let refused = register_proven(addr, "d11", &device, "192.0.2.1:1");
+    assert_eq!(refused["type"], "register_refused", "{refused}");
+    assert_eq!(refused["status"], 429, "{refused}");
+    // Half a second later, one more fits.
+    wait_until("a token refills", Duration::from_secs(5), || {
+        let reply = register(addr, json!({"id": "d12", "addr": "192.0.2.1:1"}));
+        (reply.status == 200).then_some(())
+    });
 }
 
 #[test]
@@ -300,6 +377,26 @@ fn a_join_token_guards_registration() {
     assert_eq!(holder.json()[0]["id"], "a");
     // What needs no secret stays open.
     assert_eq!(http::get(addr, "/healthz").status, 200);
+
+    // Over a channel: the token is part of the registration; without it,
+    // 401 and no list.
+    let device = meshd_link::StaticKey::generate().unwrap();
+    hub_client::runtime().block_on(async {
+        let mut channel = HubChannel::open(addr, "b", &device, None).await.unwrap();
+        let refused = channel.register("192.0.2.2:1", "guess").await;
+        assert_eq!(refused["type"], "register_refused", "{refused}");
+        assert_eq!(refused["status"], 401, "{refused}");
+        assert!(
+            channel.next().await.is_err(),
+            "the channel is closed, with no list"
+        );
+        let mut channel = HubChannel::open(addr, "b", &device, None).await.unwrap();
+        let registered = channel.register("192.0.2.2:1", "s3cret").await;
+        assert_eq!(registered["type"], "registered", "{registered}");
+        let list = channel.next().await.unwrap();
+        assert_eq!(list["type"], "devices", "{list}");
+        assert_eq!(list["devices"].as_array().unwrap().len(), 2, "{list}");
+    });
 }
 
 #[test]
@@ -474,7 +571,7 @@ fn register_many(addr: SocketAddr, count: usize) {
 fn meshctl_lists_a_hub_larger_than_one_control_frame() {
     // About 300 bytes of JSON per device: 6,000 devices are well over the
     // 1 MiB frame limit, so the list must arrive in several frames.
-    let (node, addr) = Node::start_hub("");
+    let (node, addr) = Node::start_hub("registrations_per_sec = 0\n");
     register_many(addr, 6000);
     let listed = node.ctl_json(&["devices"]);
     let listed = listed.as_array().unwrap();
@@ -491,7 +588,7 @@ fn meshctl_lists_a_hub_larger_than_one_control_frame() {
 
 #[test]
 fn a_client_that_never_reads_its_responses_is_cut_off() {
-    let (_node, addr) = Node::start_hub("request_timeout = \"1s\"\n");
+    let (_node, addr) = Node::start_hub("request_timeout = \"1s\"\nregistrations_per_sec = 0\n");
     register_many(addr, 2000);
     // Pipeline many large responses and read none of them: the server's
     // writes block once the socket buffers are full.
@@ -547,40 +644,32 @@ fn key_bindings_survive_a_hub_restart_until_removed() {
     use std::os::unix::fs::PermissionsExt;
 
     let (mut node, addr) = Node::start_hub("");
-    let first = register(
-        addr,
-        json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}),
+    let (first, second) = (
+        meshd_link::StaticKey::generate().unwrap(),
+        meshd_link::StaticKey::generate().unwrap(),
     );
-    assert_eq!(first.status, 200, "{first:?}");
+    let registered = register_proven(addr, "owned", &first, "192.0.2.7:1");
+    assert_eq!(registered["type"], "registered", "{registered}");
     node.stop();
     node.restart();
     let addr = node.signaling_addr();
     // The device is gone from the list after the restart, its binding is not.
-    let taken = register(
-        addr,
-        json!({"id": "owned", "addr": "192.0.2.8:1", "pubkey": KEY_B}),
-    );
-    assert_eq!(taken.status, 409, "{taken:?}");
+    let taken = register_proven(addr, "owned", &second, "192.0.2.8:1");
+    assert_eq!(taken["status"], 409, "{taken}");
     let file = node.dir().join("state/signaling-keys");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 
     node.ctl_ok(&["devices", "remove", "owned"]);
-    let rebound = register(
-        addr,
-        json!({"id": "owned", "addr": "192.0.2.8:1", "pubkey": KEY_B}),
-    );
-    assert_eq!(rebound.status, 200, "{rebound:?}");
+    let rebound = register_proven(addr, "owned", &second, "192.0.2.8:1");
+    assert_eq!(rebound["type"], "registered", "{rebound}");
     node.stop();
     node.restart();
     let addr = node.signaling_addr();
-    let old_key = register(
-        addr,
-        json!({"id": "owned", "addr": "192.0.2.7:1", "pubkey": KEY_A}),
-    );
+    let old_key = register_proven(addr, "owned", &first, "192.0.2.7:1");
     assert_eq!(
-        old_key.status, 409,
-        "the new binding was saved: {old_key:?}"
+        old_key["status"], 409,
+        "the new binding was saved: {old_key}"
     );
 }
 
@@ -640,84 +729,99 @@ fn a_long_poll_on_devices_answers_when_the_list_changes() {
     assert!(!again.is_finished(), "a heartbeat woke the long-poll");
 }
 
-/// Opens a hub channel as `id` with `key`: the HTTP upgrade on a raw
-/// socket, then the Noise_XN handshake. The channel's two halves.
-async fn open_channel(
-    addr: SocketAddr,
-    id: &str,
-    key: &meshd_link::StaticKey,
-) -> std::io::Result<(
-    meshd_link::channel::ChannelReader<tokio::io::ReadHalf<tokio::net::TcpStream>>,
-    meshd_link::channel::ChannelWriter<tokio::io::WriteHalf<tokio::net::TcpStream>>,
-)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            b"GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-channel/1\r\n\r\n",
-        )
-        .await?;
-    // Read the 101's head byte by byte, so nothing after it is consumed.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(stream.read_u8().await?);
-    }
-    let head = String::from_utf8_lossy(&head).into_owned();
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let channel = meshd_link::channel::open(stream, key, id)
-        .await
-        .map_err(std::io::Error::other)?;
-    Ok(channel.split(64 << 20))
-}
-
 #[test]
-fn a_hub_channel_needs_the_bound_key_and_ends_when_the_id_is_removed() {
-    use base64::Engine as _;
-    use base64::engine::general_purpose::STANDARD;
+fn a_hub_channel_registers_with_its_proven_key_and_ends_when_the_id_is_removed() {
     let (node, addr) = Node::start_hub("");
+    let hub_key = node.ctl_json(&["status"])["roles"]["signaling"]["hub_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let device = meshd_link::StaticKey::generate().unwrap();
-    let reply = register(
-        addr,
-        json!({"id": "devC", "addr": "192.0.2.9:8082", "pubkey": STANDARD.encode(device.public())}),
-    );
-    assert_eq!(reply.status, 200, "{reply:?}");
     // Without the upgrade headers: 426 with what to send.
     let plain = http::get(addr, "/channel");
     assert_eq!(plain.status, 426, "{plain:?}");
-    assert!(plain.error().contains("meshd-channel/1"), "{plain:?}");
-    // A relay token nobody was given: 404 with what to do.
-    let relay = http::raw(
-        addr,
-        b"GET /relay HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-relay/1\r\nmeshd-relay-token: 0123\r\n\r\n",
-    );
-    assert_eq!(relay.status, 404, "{relay:?}");
-    assert!(relay.error().contains("relay token"), "{relay:?}");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    assert!(plain.error().contains("meshd-channel/2"), "{plain:?}");
+    let runtime = hub_client::runtime();
     runtime.block_on(async {
-        // The bound key: the hub pushes its list at once.
-        let (mut reader, _writer) = open_channel(addr, "devC", &device).await.unwrap();
-        let first = reader.next().await.unwrap();
-        let list: serde_json::Value = serde_json::from_slice(&first).unwrap();
+        // The hub proves the key `meshctl status` shows.
+        let mut channel = HubChannel::open(addr, "devC", &device, None).await.unwrap();
+        {
+            use base64::Engine as _;
+            let proved = base64::engine::general_purpose::STANDARD.encode(channel.hub_key);
+            assert_eq!(proved, hub_key);
+        }
+        // Its observed address, before and without registering.
+        channel.send(&json!({"type": "observe"})).await;
+        let observed = channel.next().await.unwrap();
+        assert_eq!(observed["type"], "observed", "{observed}");
+        assert!(
+            observed["observed"]
+                .as_str()
+                .unwrap()
+                .starts_with("127.0.0.1:")
+        );
+        // No signal or relay before registering, and no list.
+        channel.send(&json!({"type": "relay", "to": "x"})).await;
+        let refused = channel.next().await.unwrap();
+        assert_eq!(refused["type"], "refused", "{refused}");
+        // Registered: the answer, then the list at once.
+        let registered = channel.register("192.0.2.9:8082", "").await;
+        assert_eq!(registered["type"], "registered", "{registered}");
+        assert_eq!(registered["ttl_secs"], 60, "{registered}");
+        let list = channel.next().await.unwrap();
         assert_eq!(list["type"], "devices", "{list}");
         assert_eq!(list["devices"][0]["id"], "devC", "{list}");
+        {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD.encode(device.public());
+            assert_eq!(list["devices"][0]["pubkey"], key.as_str(), "{list}");
+        }
 
-        // Another key claiming devC: closed without a word.
+        // Another key claiming devC: refused with 409, then closed.
         let impostor = meshd_link::StaticKey::generate().unwrap();
-        let (mut refused, _) = open_channel(addr, "devC", &impostor).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), refused.next()).await;
+        let mut refused = HubChannel::open(addr, "devC", &impostor, None)
+            .await
+            .unwrap();
+        let answer = refused.register("192.0.2.66:1", "").await;
+        assert_eq!(answer["status"], 409, "{answer}");
+        assert!(refused.next().await.is_err(), "closed after the refusal");
+        // And over plain HTTP, not even with devC's own (public) key.
+        let claim = {
+            use base64::Engine as _;
+            let key = base64::engine::general_purpose::STANDARD.encode(device.public());
+            register(
+                addr,
+                json!({"id": "devC", "addr": "192.0.2.66:1", "pubkey": key}),
+            )
+        };
+        assert_eq!(claim.status, 409, "{claim:?}");
+
+        // A channel that never registers is closed after 10 s.
+        let idle_device = meshd_link::StaticKey::generate().unwrap();
+        let mut idle = HubChannel::open(addr, "idle", &idle_device, None)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                if idle.next().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "an unregistered channel stayed open");
         assert!(
-            matches!(answer, Ok(Err(_))),
-            "an impostor's channel got {answer:?}"
+            started.elapsed() >= Duration::from_secs(9),
+            "{:?}",
+            started.elapsed()
         );
 
         // The operator releases devC: its open channel ends too.
         node.ctl_ok(&["devices", "remove", "devC"]);
         let ended = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
-                if reader.next().await.is_err() {
+                if channel.next().await.is_err() {
                     break;
                 }
             }
@@ -725,14 +829,62 @@ fn a_hub_channel_needs_the_bound_key_and_ends_when_the_id_is_removed() {
         .await;
         assert!(ended.is_ok(), "devC's channel outlived its removal");
     });
-    assert!(node.log().contains("hub channel refused"), "{}", node.log());
+}
+
+#[test]
+fn a_relay_token_is_worthless_to_anyone_but_its_device() {
+    let (_node, addr) = Node::start_hub("");
+    let (a, b) = (
+        meshd_link::StaticKey::generate().unwrap(),
+        meshd_link::StaticKey::generate().unwrap(),
+    );
+    let thief = meshd_link::StaticKey::generate().unwrap();
+    hub_client::runtime().block_on(async {
+        let mut channel_a = HubChannel::open(addr, "a", &a, None).await.unwrap();
+        assert_eq!(channel_a.register("192.0.2.1:1", "").await["type"], "registered");
+        let mut channel_b = HubChannel::open(addr, "b", &b, None).await.unwrap();
+        assert_eq!(channel_b.register("192.0.2.2:1", "").await["type"], "registered");
+        channel_a.send(&json!({"type": "relay", "to": "b"})).await;
+        let offer = loop {
+            let message = channel_a.next().await.unwrap();
+            if message["type"] == "relay" {
+                break message;
+            }
+        };
+        let token = offer["token"].as_str().unwrap().to_owned();
+        // Someone who saw a's token, with a key of its own: refused, told
+        // why, and the token is not used up.
+        let stream = hub_client::upgrade(addr, "/relay", "meshd-relay/2").await.unwrap();
+        let stolen = meshd_link::relay_join::join(stream, &thief, &token, None).await;
+        match stolen {
+            Err(meshd_link::LinkError::Refused(reason)) => {
+                assert!(reason.contains("issued to another device"), "{reason}");
+            }
+            other => panic!("a thief joined: {:?}", other.map(|_| ())),
+        }
+        // b cannot use a's token either.
+        let stream = hub_client::upgrade(addr, "/relay", "meshd-relay/2").await.unwrap();
+        assert!(meshd_link::relay_join::join(stream, &b, &token, None).await.is_err());
+        // A made-up token: refused.
+        let stream = hub_client::upgrade(addr, "/relay", "meshd-relay/2").await.unwrap();
+        let made_up = meshd_link::relay_join::join(stream, &a, "0123", None).await;
+        assert!(
+            matches!(&made_up, Err(meshd_link::LinkError::Refused(reason)) if reason.contains("relay token")),
+            "{:?}",
+            made_up.map(|_| ())
+        );
+        // a itself gets in.
+        let stream = hub_client::upgrade(addr, "/relay", "meshd-relay/2").await.unwrap();
+        let joined = meshd_link::relay_join::join(stream, &a, &token, Some(&channel_a.hub_key)).await;
+        assert!(joined.is_ok(), "{:?}", joined.map(|_| ()));
+    });
 }
 
 #[test]
 fn stalled_channel_handshakes_are_capped_and_answered_503() {
     let (_node, addr) = Node::start_hub("");
     let upgrade =
-        b"GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-channel/1\r\n\r\n";
+        b"GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: meshd-channel/2\r\n\r\n";
     // 64 clients upgrade and then say nothing: each holds a handshake slot
     // for up to 5 s.
     let mut stalled = Vec::new();

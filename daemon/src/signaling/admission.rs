@@ -1,0 +1,157 @@
+//! Admitting one registration, whichever way it came: a hub channel (the
+//! device proved its key) or `POST /register` (a claim). Both pass the same
+//! join token check, the same per-address limit on new ids, and the same
+//! registry rules (registry.rs), so neither door is easier than the other
+//! (docs/signaling-api.md, docs/security.md).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use subtle::ConstantTimeEq;
+
+use super::SignalingState;
+use super::error::SignalingError;
+use super::registry::{Proof, RegisterError, Registration};
+use crate::hub_wire::RegisterReply;
+use crate::sync::lock;
+use crate::token_bucket::TokenBucket;
+
+/// Source addresses whose limits are remembered at most; beyond it the
+/// buckets idle long enough to be full again are forgotten, then all.
+const MAX_TRACKED_SOURCES: usize = 16_384;
+
+/// A burst of new ids from one address: this many seconds' worth.
+const BURST_SECONDS: u64 = 5;
+
+/// Compares a presented token with the configured one in constant time, so
+/// its bytes cannot be guessed one by one from response timing.
+pub fn token_matches(sent: &str, expected: &str) -> bool {
+    bool::from(sent.trim().as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// New-id budgets per source address.
+#[derive(Default)]
+pub struct SourceLimits {
+    buckets: std::sync::Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+impl SourceLimits {
+    /// Takes one new registration for `source`; false when it is over
+    /// `rate` per second.
+    fn try_take(&self, source: IpAddr, rate: u64, now: Instant) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let burst = rate.saturating_mul(BURST_SECONDS);
+        let mut buckets = lock(&self.buckets);
+        if buckets.len() >= MAX_TRACKED_SOURCES && !buckets.contains_key(&source) {
+            let refill = Duration::from_secs(BURST_SECONDS + 1);
+            buckets.retain(|_, bucket| now.saturating_duration_since(bucket.last_used()) < refill);
+            if buckets.len() >= MAX_TRACKED_SOURCES {
+                buckets.clear();
+            }
+        }
+        buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::full(now))
+            .try_take(1, rate, burst, now)
+    }
+}
+
+impl SignalingState {
+    /// Registers or refreshes `registration` from `peer`, under `proof`; the
+    /// answer the device gets. The caller has checked the join token.
+    pub(super) fn admit(
+        &self,
+        registration: Registration,
+        proof: Proof,
+        peer: SocketAddr,
+    ) -> Result<RegisterReply, SignalingError> {
+        let settings = self.settings();
+        let ttl = settings.device_ttl;
+        let now = Instant::now();
+        let id = registration.id.clone();
+        let is_known = self.registry().live(&id, now, ttl).is_some();
+        if !is_known
+            && !self
+                .source_limits
+                .try_take(peer.ip(), settings.registrations_per_sec, now)
+        {
+            return Err(SignalingError::RateLimited {
+                address: peer.ip(),
+                rate: settings.registrations_per_sec,
+            });
+        }
+        let (is_new, moved, reply) = self.change_registry(|registry| {
+            let previous = registry
+                .live(&id, now, ttl)
+                .map(|device| device.registration.clone());
+            let device = registry
+                .register(registration, proof, peer, now, SystemTime::now(), ttl)
+                .map_err(|error| match error {
+                    RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
+                    RegisterError::Proven(id) => SignalingError::ProvenId(id.to_string()),
+                    full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
+                })?;
+            let moved = previous
+                .as_ref()
+                .is_some_and(|previous| *previous != device.registration);
+            let reply = RegisterReply {
+                id: device.registration.id.to_string(),
+                addr: device.registration.addr.to_string(),
+                observed: peer.to_string(),
+                ttl_secs: ttl.as_secs(),
+            };
+            Ok::<_, SignalingError>((previous.is_none(), moved, reply))
+        })?;
+        if is_new || moved {
+            self.changed();
+        }
+        if is_new {
+            tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, proven = (proof == Proof::Proven), "device registered");
+        } else {
+            tracing::debug!(device_id = %reply.id, peer_addr = %peer, "device refreshed");
+        }
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_address_has_its_own_budget_of_new_ids() {
+        let limits = SourceLimits::default();
+        let now = Instant::now();
+        let a: IpAddr = "203.0.113.1".parse().unwrap();
+        let b: IpAddr = "203.0.113.2".parse().unwrap();
+        for _ in 0..10 {
+            assert!(limits.try_take(a, 2, now));
+        }
+        assert!(!limits.try_take(a, 2, now), "over the burst of 5 s");
+        assert!(limits.try_take(b, 2, now), "another address is not charged");
+        assert!(limits.try_take(a, 2, now + Duration::from_millis(500)));
+        assert!(limits.try_take(a, 0, now), "0: no limit");
+    }
+
+    #[test]
+    fn the_table_of_addresses_stays_bounded() {
+        let limits = SourceLimits::default();
+        let now = Instant::now();
+        for i in 0..(MAX_TRACKED_SOURCES as u32 + 10) {
+            let source = IpAddr::from(i.to_be_bytes());
+            assert!(limits.try_take(source, 1, now));
+        }
+        assert!(lock(&limits.buckets).len() <= MAX_TRACKED_SOURCES);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches("s3cret", "s3cret"));
+        assert!(token_matches(" s3cret\n", "s3cret"));
+        assert!(!token_matches("s3cre", "s3cret"));
+        assert!(!token_matches("", "s3cret"));
+    }
+}
