@@ -349,7 +349,7 @@ pub fn to_raw(config: &Config) -> RawConfig {
                     .mesh
                     .signaling
                     .iter()
-                    .map(ToString::to_string)
+                    .map(HubUrl::as_written)
                     .collect(),
             ),
             join_token: Some(redact(&config.mesh.join_token)),

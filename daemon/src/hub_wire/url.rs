@@ -113,6 +113,14 @@ impl HubUrl {
         &self.0.authority
     }
 
+    /// The entry as the config writes it, `#KEY` included.
+    pub fn as_written(&self) -> String {
+        match self.0.pin {
+            Some(key) => format!("{}#{key}", self.0.url),
+            None => self.0.url.clone(),
+        }
+    }
+
     /// The hub key the config pins, if it names one.
     pub fn pin(&self) -> Option<PublicKey> {
         self.0.pin
@@ -153,6 +161,7 @@ mod tests {
         let hub = HubUrl::parse(&format!("http://hub.example:8080#{key}")).unwrap();
         assert_eq!(hub.pin(), Some(key));
         assert_eq!(hub.to_string(), "http://hub.example:8080");
+        assert_eq!(hub.as_written(), format!("http://hub.example:8080#{key}"));
         assert_eq!(hub.authority(), "hub.example:8080");
         assert_eq!(
             HubUrl::parse("http://hub.example:8080").unwrap().pin(),

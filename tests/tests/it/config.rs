@@ -83,6 +83,51 @@ signaling = [\"https://hub:443\"]
 }
 
 #[test]
+fn a_malformed_hub_key_is_refused_with_its_line_and_a_good_one_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meshd.toml");
+    let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    fs::write(
+        &path,
+        format!("[mesh]\nsignaling = [\n  \"http://hub:8080#{key}\",\n  \"http://other:8080#not-a-key\",\n]\n"),
+    )
+    .unwrap();
+    let output = check_config(&path);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let expected = format!(
+        "{}:2: mesh.signaling: \"http://other:8080#not-a-key\": the hub key after '#' is not base64",
+        path.display()
+    );
+    assert!(
+        stderr.contains(&expected),
+        "{expected:?} missing from:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("hub:8080#AQ"),
+        "the good entry is not blamed: {stderr}"
+    );
+    // The good one alone passes, and the effective config keeps its pin.
+    fs::write(
+        &path,
+        format!("[mesh]\nsignaling = [\"http://hub:8080#{key}\", \"http://hub:8080\"]\n"),
+    )
+    .unwrap();
+    let output = check_config(&path);
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("listed twice"), "{stderr}");
+    fs::write(
+        &path,
+        format!("[mesh]\nsignaling = [\"http://hub:8080#{key}\"]\n"),
+    )
+    .unwrap();
+    let output = check_config(&path);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains(&format!("http://hub:8080#{key}")), "{text}");
+}
+
+#[test]
 fn syntax_errors_name_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("meshd.toml");

@@ -15,3 +15,4 @@ mod lifecycle;
 mod mesh;
 mod nat;
 mod signaling;
+mod trust;

@@ -18,7 +18,7 @@ use serde_json::json;
 
 /// A port that was free a moment ago, for a hub that must know its own URL
 /// before it starts.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -26,7 +26,7 @@ fn free_port() -> u16 {
 }
 
 /// A node that is both a hub and a device registered with itself.
-fn hub_device(id: &str, extra_signaling: &str) -> Node {
+pub(crate) fn hub_device(id: &str, extra_signaling: &str) -> Node {
     let port = free_port();
     Node::start(NodeOptions {
         id: id.to_owned(),
@@ -39,7 +39,7 @@ fn hub_device(id: &str, extra_signaling: &str) -> Node {
     })
 }
 
-fn device_options(id: &str, hubs: &[String]) -> NodeOptions {
+pub(crate) fn device_options(id: &str, hubs: &[String]) -> NodeOptions {
     NodeOptions {
         id: id.to_owned(),
         signaling_enabled: false,
@@ -48,7 +48,7 @@ fn device_options(id: &str, hubs: &[String]) -> NodeOptions {
     }
 }
 
-fn device(id: &str, hubs: &[String]) -> Node {
+pub(crate) fn device(id: &str, hubs: &[String]) -> Node {
     Node::start(device_options(id, hubs))
 }
 
@@ -65,7 +65,7 @@ fn ids(nodes: &[&Node]) -> Vec<String> {
 }
 
 /// Waits until every node shows every other one as `direct`.
-fn wait_full_mesh(nodes: &[&Node], timeout: Duration) -> Duration {
+pub(crate) fn wait_full_mesh(nodes: &[&Node], timeout: Duration) -> Duration {
     let started = Instant::now();
     let names = ids(nodes);
     wait_until("a full mesh", timeout, || {
@@ -81,12 +81,12 @@ fn wait_full_mesh(nodes: &[&Node], timeout: Duration) -> Duration {
     })
 }
 
-fn stderr(output: &std::process::Output) -> String {
+pub(crate) fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// The inbox of `node` as (from, text) pairs.
-fn inbox(node: &Node) -> Vec<(String, String)> {
+pub(crate) fn inbox(node: &Node) -> Vec<(String, String)> {
     node.ctl_json(&["messages"])
         .as_array()
         .unwrap()
