@@ -141,6 +141,24 @@ pub fn bindings_file(data: &[u8]) {
     }
 }
 
+/// A device's known-hubs file: what parses renders to a file that parses
+/// the same; an error names its line.
+pub fn known_hubs_file(data: &[u8]) {
+    use crate::mesh::known_hubs;
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = Path::new("known-hubs");
+    match known_hubs::parse(text, path) {
+        Ok(parsed) => {
+            let again = known_hubs::parse(&known_hubs::render(&parsed), path)
+                .expect("a rendered file parses");
+            assert_eq!(again, parsed);
+        }
+        Err(error) => assert!(error.to_string().starts_with("known-hubs:")),
+    }
+}
+
 /// The device key file: a key that parses is written back as the same key.
 pub fn device_key_file(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {

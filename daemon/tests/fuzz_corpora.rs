@@ -23,6 +23,11 @@ const TARGETS: &[(&str, Target)] = &[
     ("link_records", meshd_link::fuzzing::records),
     ("link_handshake", meshd_link::fuzzing::link_handshake),
     ("channel_handshake", meshd_link::fuzzing::channel_handshake),
+    (
+        "relay_join_handshake",
+        meshd_link::fuzzing::relay_join_handshake,
+    ),
+    ("known_hubs_file", meshd::fuzzing::known_hubs_file),
 ];
 
 #[test]

@@ -137,6 +137,19 @@ pub fn link_handshake(data: &[u8]) {
     });
 }
 
+/// The hub's side of a relay join facing a device that sends `data`.
+pub fn relay_join_handshake(data: &[u8]) {
+    let key = StaticKey::generate().expect("a key");
+    runtime().block_on(async {
+        let stream = peer_sending(data);
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::relay_join::accept(stream, &key),
+        )
+        .await;
+    });
+}
+
 /// The hub's side of a channel facing a device that sends `data`.
 pub fn channel_handshake(data: &[u8]) {
     let key = StaticKey::generate().expect("a key");

@@ -151,6 +151,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hub_with_another_key_never_sees_the_token() {
+        let (a, b) = tokio::io::duplex(4096);
+        let device = StaticKey::generate().unwrap();
+        let pinned = *StaticKey::generate().unwrap().public();
+        let impostor = StaticKey::generate().unwrap();
+        let joining = tokio::spawn(async move { join(a, &device, "t0k3n", Some(&pinned)).await });
+        // The impostor's side fails: the device never sends the third
+        // message, which carries the token.
+        assert!(accept(b, &impostor).await.is_err());
+        assert!(matches!(
+            joining.await.unwrap(),
+            Err(LinkError::UnexpectedHubKey { .. })
+        ));
+    }
+
+    #[tokio::test]
     async fn a_channel_handshake_is_not_a_relay_join() {
         let (a, b) = tokio::io::duplex(4096);
         let device = StaticKey::generate().unwrap();

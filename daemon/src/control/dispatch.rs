@@ -309,9 +309,9 @@ impl Dispatcher {
 }
 
 /// The mesh's view, plus what this node's own hub lists that the mesh has
-/// not learnt yet (it refreshes its roster when a device registers here, so
-/// only for a moment): shown as `connecting` if the device has a key, `down`
-/// if it has none and so can have no link.
+/// not learnt yet (the hub pushes each registration to this node's channel
+/// at once, so only for a moment): shown as `connecting` if the device has
+/// a key, `down` if it has none and so can have no link.
 fn with_registry(mut devices: Vec<DeviceEntry>, registry: Vec<DeviceEntry>) -> Vec<DeviceEntry> {
     let known: std::collections::HashSet<String> =
         devices.iter().map(|device| device.id.clone()).collect();

@@ -73,8 +73,8 @@ pub enum FromHub {
     },
     /// The registration was refused; the hub closes the channel.
     RegisterRefused {
-        /// The HTTP status the same refusal has in the HTTP API (401, 409,
-        /// 429, 503).
+        /// The HTTP status the same refusal has in the HTTP API (400, 401,
+        /// 409, 429, 503).
         status: u16,
         /// What is wrong and what to do about it.
         error: String,

@@ -39,7 +39,7 @@ pub enum HubUrlError {
     },
     /// The text after `#` is not a hub key.
     #[error(
-        "{url:?}: the hub key after '#' is {reason}; paste the key `meshctl status` prints on the hub (base64, 44 characters)"
+        "{url:?}: the hub key after '#' is not a key ({reason}); paste the key `meshctl status` prints on the hub (base64, 44 characters)"
     )]
     BadHubKey {
         /// As written.
@@ -102,7 +102,8 @@ impl HubUrl {
             });
         }
         Ok(HubUrl(std::sync::Arc::new(Parts {
-            url: url.to_owned(),
+            // One spelling per hub: pins and duplicates compare URLs.
+            url: url.strip_suffix('/').unwrap_or(url).to_owned(),
             authority,
             pin,
         })))
@@ -147,7 +148,7 @@ mod tests {
             "http://[::1]:9",
         ] {
             let hub = HubUrl::parse(url).unwrap();
-            assert_eq!(hub.to_string(), url);
+            assert_eq!(hub.to_string(), url.trim_end_matches('/'), "one spelling");
         }
         assert_eq!(
             HubUrl::parse("http://[::1]:9").unwrap().authority(),

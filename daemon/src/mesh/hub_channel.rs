@@ -75,8 +75,12 @@ pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
         if cancel.is_cancelled() {
             return;
         }
-        if let Err(error) = outcome {
-            outage.failed(hub, &error, &mesh.local.id.to_string());
+        match outcome {
+            // An operator forgot the hub's key: reopen at once, to pin the
+            // key it proves now.
+            Err(ChannelError::Forgotten) => continue,
+            Err(error) => outage.failed(hub, &error, &mesh.local.id.to_string()),
+            Ok(()) => {}
         }
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -108,6 +112,9 @@ enum ChannelError {
     /// An open, registered channel ended; not an outage by itself.
     #[error("channel closed: {0}")]
     Closed(Box<ChannelError>),
+    /// An operator forgot the hub's key while its channel was open.
+    #[error("the hub's key was forgotten by an operator")]
+    Forgotten,
 }
 
 /// A hub that proved another key than the one pinned.
@@ -251,7 +258,7 @@ async fn session(
             Err(error) => return Err(error.into()),
         };
         if trust == Trust::FirstUse {
-            pin_first_use(mesh, hub, PublicKey::from(proved)).await;
+            pin_first_use(mesh, hub, PublicKey::from(proved));
         }
         Ok::<_, ChannelError>((channel, local_addr, remote_addr))
     };
@@ -324,6 +331,7 @@ async fn session(
                 // The hub's list lacks this device (it expired there while
                 // the channel stayed open): register now.
                 () = hub.register_asked() => register(),
+                () = hub.retry_asked() => return Err(ChannelError::Forgotten),
                 _ = ping.tick() => {
                     if heard.elapsed() >= SILENCE_LIMIT {
                         return Err(ChannelError::Silent);
@@ -379,33 +387,40 @@ async fn session(
             send(&mut writer, &outgoing).await?;
         }
     };
-    ended
-        .await
-        .map_err(|error| ChannelError::Closed(Box::new(error)))
+    // A refusal of a heartbeat (a rotated join token, a removed id) is an
+    // outage to report; anything else that ends an open channel is not yet.
+    ended.await.map_err(|error| match error {
+        ChannelError::Refused { .. } | ChannelError::Forgotten => error,
+        other => ChannelError::Closed(Box::new(other)),
+    })
 }
 
-/// Pins the key a hub proved on first contact, in memory at once and in
-/// `state_dir/known-hubs` off the async workers. A file that cannot be
-/// written leaves the pin in memory for this run, and says so.
-async fn pin_first_use(mesh: &Arc<Mesh>, hub: &Hub, key: PublicKey) {
+/// Pins the key a hub proved on first contact: in memory at once, before
+/// anything else is said, and in `state_dir/known-hubs` by a tracked task
+/// off the async workers, so the file's fsync does not delay the
+/// registration (shutdown waits for it). A file that cannot be written
+/// leaves the pin in memory for this run, and says so.
+fn pin_first_use(mesh: &Arc<Mesh>, hub: &Hub, key: PublicKey) {
     hub.set_trust(Trust::Known(key));
     let url = hub.url().to_string();
     let known = mesh.known_hubs.clone();
-    let saved = {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || known.pin(&url, key)).await
-    };
-    match saved {
-        Ok(Ok(())) => {
-            tracing::info!(hub = %url, hub_key = %key, "pinned the hub's key on first contact");
+    mesh.local.tracker.spawn(async move {
+        let saved = {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || known.pin(&url, key)).await
+        };
+        match saved {
+            Ok(Ok(())) => {
+                tracing::info!(hub = %url, hub_key = %key, "pinned the hub's key on first contact");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(hub = %url, hub_key = %key, %error, "pinned the hub's key for this run only");
+            }
+            Err(error) => {
+                tracing::warn!(hub = %url, hub_key = %key, %error, "pinned the hub's key for this run only");
+            }
         }
-        Ok(Err(error)) => {
-            tracing::warn!(hub = %url, hub_key = %key, %error, "pinned the hub's key for this run only");
-        }
-        Err(error) => {
-            tracing::warn!(hub = %url, hub_key = %key, %error, "pinned the hub's key for this run only");
-        }
-    }
+    });
 }
 
 /// Sends one message. A hub that stops reading must not stall the channel

@@ -140,7 +140,7 @@ impl KnownHubs {
 }
 
 /// The file format: a comment header, then one `URL BASE64KEY` per line.
-fn render(hubs: &[KnownHub]) -> String {
+pub(crate) fn render(hubs: &[KnownHub]) -> String {
     let mut text = String::from(
         "# meshd: the key each signaling server proved when this device first met it.\n\
          # Forget one with `meshctl hubs forget URL` after checking the hub's new key.\n",
@@ -152,7 +152,7 @@ fn render(hubs: &[KnownHub]) -> String {
 }
 
 /// Parses the file format; `path` is for messages.
-fn parse(text: &str, path: &Path) -> Result<Vec<KnownHub>, KnownHubsError> {
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Vec<KnownHub>, KnownHubsError> {
     let mut hubs: Vec<KnownHub> = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();

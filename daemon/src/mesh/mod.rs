@@ -31,7 +31,7 @@ pub(crate) mod hub_client;
 mod hubs;
 mod inbox;
 mod interfaces;
-mod known_hubs;
+pub(crate) mod known_hubs;
 mod link_io;
 mod listener;
 mod netcheck;

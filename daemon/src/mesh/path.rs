@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshd_ipc::LinkState;
-use meshd_link::{Hello, Link};
+use meshd_link::{Hello, Link, LinkError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
@@ -249,10 +249,17 @@ pub async fn relay(
     // The offer came over a channel that proved the hub's key, so the key
     // is known; the join proves it again, then spends the token, which only
     // this device's key can.
-    let hub_key = local.hubs.get(hub).trust().key().map(|key| *key.as_bytes());
-    let (joined, _) = meshd_link::relay_join::join(upgraded, &local.key, token, hub_key.as_ref())
-        .await
-        .map_err(|error| handshake_error(AttemptKind::from(error)))?;
+    let Some(hub_key) = local.hubs.get(hub).trust().key() else {
+        // Forgotten by an operator since the offer: nothing to check the
+        // hub against until its channel pins a key again.
+        return Err(handshake_error(AttemptKind::from(LinkError::Handshake(
+            "the hub's key is not known (forgotten since the relay was offered)".to_owned(),
+        ))));
+    };
+    let (joined, _) =
+        meshd_link::relay_join::join(upgraded, &local.key, token, Some(hub_key.as_bytes()))
+            .await
+            .map_err(|error| handshake_error(AttemptKind::from(error)))?;
     let stream: Stream = Box::new(joined);
     if dial {
         return handshake(local, target, stream, endpoint, Path::Relayed)

@@ -92,6 +92,7 @@ impl SignalingState {
                 .map_err(|error| match error {
                     RegisterError::KeyConflict(id) => SignalingError::KeyConflict(id.to_string()),
                     RegisterError::Proven(id) => SignalingError::ProvenId(id.to_string()),
+                    RegisterError::Claimed(id) => SignalingError::Claimed(id.to_string()),
                     full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
                 })?;
             let moved = previous

@@ -225,10 +225,13 @@ async fn read_channel<R: AsyncRead + Unpin>(
     channel: &mut DeviceChannel,
     mut reader: ChannelReader<R>,
 ) -> String {
+    // Counted from the handshake, not per message: pings and observes do
+    // not keep an unregistered channel open.
+    let register_by = tokio::time::Instant::now() + REGISTER_DEADLINE;
     loop {
         let limit = match channel.serial {
             Some(_) => SILENCE_LIMIT,
-            None => REGISTER_DEADLINE,
+            None => register_by.saturating_duration_since(tokio::time::Instant::now()),
         };
         let bytes = tokio::select! {
             () = state.stopping.cancelled() => return "meshd is stopping".to_owned(),
@@ -255,6 +258,12 @@ async fn read_channel<R: AsyncRead + Unpin>(
             } => match register(state, channel, addr, endpoints, &join_token) {
                 Ok(reply) => Some(reply),
                 Err(error) => {
+                    let device = &channel.device;
+                    if matches!(error, SignalingError::KeyConflict(_)) {
+                        tracing::warn!(device_id = %device.device, peer_addr = %channel.remote, key = %device.key, "hub channel refused: that id is bound to another key");
+                    } else {
+                        tracing::info!(device_id = %device.device, peer_addr = %channel.remote, %error, "hub channel registration refused");
+                    }
                     channel.reply(FromHub::RegisterRefused {
                         status: error.status().as_u16(),
                         error: error.to_string(),
@@ -266,13 +275,8 @@ async fn read_channel<R: AsyncRead + Unpin>(
                 observed: channel.remote.to_string(),
             }),
             ToHub::Ping { nonce } => Some(FromHub::Pong { nonce }),
-            ToHub::Signal { to, .. } | ToHub::Relay { to } if !registered => {
-                Some(FromHub::Refused {
-                    reason: "this device has not registered on this channel yet".to_owned(),
-                    request: Refusable::Signal,
-                    to,
-                })
-            }
+            ToHub::Signal { to, .. } if !registered => Some(not_registered(to, Refusable::Signal)),
+            ToHub::Relay { to } if !registered => Some(not_registered(to, Refusable::Relay)),
             ToHub::Signal { to, signal } => {
                 let delivered = DeviceId::parse(&to).is_ok_and(|target| {
                     state.channels.send(
@@ -306,6 +310,15 @@ async fn read_channel<R: AsyncRead + Unpin>(
         if let Some(reply) = reply {
             channel.reply(reply);
         }
+    }
+}
+
+/// The refusal of a request sent before the device registered.
+fn not_registered(to: String, request: Refusable) -> FromHub {
+    FromHub::Refused {
+        reason: "this device has not registered on this channel yet".to_owned(),
+        request,
+        to,
     }
 }
 

@@ -23,6 +23,11 @@ pub enum SignalingError {
         "device id {0:?} is bound to another public key; an operator can release it on the hub with: meshctl devices remove {0}"
     )]
     KeyConflict(String),
+    /// A live plain registration holds the id with another key.
+    #[error(
+        "device id {0:?} is registered with another public key until that registration expires (signaling.device_ttl); a device that proves its key over a hub channel takes the id at once"
+    )]
+    Claimed(String),
     /// A plain registration for an id whose key its device proved.
     #[error(
         "device id {0:?} is bound to a key its device proved over a hub channel; only that device can register it (an operator can release it on the hub with: meshctl devices remove {0})"
@@ -74,7 +79,9 @@ impl SignalingError {
                 StatusCode::BAD_REQUEST
             }
             SignalingError::Unauthorized => StatusCode::UNAUTHORIZED,
-            SignalingError::KeyConflict(_) | SignalingError::ProvenId(_) => StatusCode::CONFLICT,
+            SignalingError::KeyConflict(_)
+            | SignalingError::ProvenId(_)
+            | SignalingError::Claimed(_) => StatusCode::CONFLICT,
             SignalingError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             SignalingError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             SignalingError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

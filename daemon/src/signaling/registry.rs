@@ -59,10 +59,12 @@ pub struct Device {
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegisterError {
-    /// The id is bound to a different key (or to a key, and none was sent),
-    /// or a live claim holds it with another key.
+    /// The id is bound to a different key (or to a key, and none was sent).
     #[error("device id {0:?} is bound to another public key")]
     KeyConflict(DeviceId),
+    /// A live claim holds the id with another key (or none).
+    #[error("device id {0:?} is claimed with another public key")]
+    Claimed(DeviceId),
     /// A claim for an id whose key a device proved: only that device may
     /// register it, over its channel.
     #[error(
@@ -156,7 +158,7 @@ impl Registry {
                     .get(&id)
                     .filter(|device| is_live(device, now, ttl));
                 if held.is_some_and(|device| device.registration.pubkey != sent) {
-                    return Err(RegisterError::KeyConflict(id));
+                    return Err(RegisterError::Claimed(id));
                 }
             }
         }
@@ -395,7 +397,7 @@ mod tests {
         // While it is live, another claim with another key is refused...
         assert!(matches!(
             registry.register_claim(reg("c", Some(2)), observed(), now, wall, TTL),
-            Err(RegisterError::KeyConflict(_))
+            Err(RegisterError::Claimed(_))
         ));
         // ...and the same claim refreshes it.
         registry

@@ -273,6 +273,7 @@ fn group_members_may_read_but_only_root_and_the_daemon_user_may_write() {
         &["devices", "remove", "x"][..],
         &["users", "remove", "x"][..],
         &["broadcast", "hi"][..],
+        &["hubs", "forget", "http://127.0.0.1:8080"][..],
     ] {
         let output = as_user(&meshctl, &node.socket(), "nogroup", args);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");

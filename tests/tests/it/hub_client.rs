@@ -66,6 +66,11 @@ impl HubChannel {
             .expect("sending on the channel");
     }
 
+    /// Sends one message; an error once the hub closed the channel.
+    pub async fn try_send(&mut self, message: &Value) -> Result<(), LinkError> {
+        self.writer.send(message.to_string().as_bytes()).await
+    }
+
     /// The next message, within 10 s.
     pub async fn next(&mut self) -> Result<Value, LinkError> {
         let bytes = tokio::time::timeout(Duration::from_secs(10), self.reader.next())

@@ -949,6 +949,12 @@ fn every_hub_down_leaves_working_links_alone() {
             .is_some_and(|listed| listed.len() == 2))
         .then_some(())
     });
+    // With a 2 s TTL, a may have heard the hub's first list, without b,
+    // for longer than b's grace while b's reconnect waited out its backoff
+    // (up to 8 s after 10 s of outage), and have relinked since.
+    wait_until("a links to b", Duration::from_secs(20), || {
+        (a.link_to("b").as_deref() == Some("direct")).then_some(())
+    });
     a.ctl_ok(&["send", "b", "after the outage"]);
     assert!(inbox(&b).contains(&("a".to_owned(), "after the outage".to_owned())));
 }

@@ -189,7 +189,8 @@ fn every_error_of_the_table_has_its_status_and_a_json_body() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     assert_eq!(http::raw(addr, &chunked).status, 413);
 
-    // 409: the id is bound to the first key it registered with.
+    // 409: the id is held by the live claim of the first key it registered
+    // with.
     assert_eq!(
         register(
             addr,
@@ -204,7 +205,9 @@ fn every_error_of_the_table_has_its_status_and_a_json_body() {
     );
     assert_eq!(conflict.status, 409);
     assert!(
-        conflict.error().contains("meshctl devices remove k"),
+        conflict
+            .error()
+            .contains("registered with another public key"),
         "{}",
         conflict.error()
     );
@@ -796,25 +799,43 @@ fn a_hub_channel_registers_with_its_proven_key_and_ends_when_the_id_is_removed()
         };
         assert_eq!(claim.status, 409, "{claim:?}");
 
-        // A channel that never registers is closed after 10 s.
+        // A malformed registration: 400, and closed.
+        let other_device = meshd_link::StaticKey::generate().unwrap();
+        let mut malformed = HubChannel::open(addr, "devD", &other_device, None)
+            .await
+            .unwrap();
+        let answer = malformed.register("not-an-address", "").await;
+        assert_eq!(answer["status"], 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("addr"),
+            "{answer}"
+        );
+        assert!(malformed.next().await.is_err(), "closed after the refusal");
+
+        // A channel that never registers is closed 10 s after its
+        // handshake, however busy it keeps: pings do not extend it.
         let idle_device = meshd_link::StaticKey::generate().unwrap();
         let mut idle = HubChannel::open(addr, "idle", &idle_device, None)
             .await
             .unwrap();
         let started = Instant::now();
         let ended = tokio::time::timeout(Duration::from_secs(15), async {
+            let mut nonce = 0u64;
             loop {
-                if idle.next().await.is_err() {
+                nonce += 1;
+                let ping = json!({"type": "ping", "nonce": nonce});
+                if idle.try_send(&ping).await.is_err() || idle.next().await.is_err() {
                     break;
                 }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
         .await;
         assert!(ended.is_ok(), "an unregistered channel stayed open");
+        let lasted = started.elapsed();
         assert!(
-            started.elapsed() >= Duration::from_secs(9),
-            "{:?}",
-            started.elapsed()
+            lasted >= Duration::from_secs(9) && lasted < Duration::from_secs(12),
+            "{lasted:?}"
         );
 
         // The operator releases devC: its open channel ends too.

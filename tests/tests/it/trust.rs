@@ -47,8 +47,11 @@ fn a_rogue_hub_at_the_same_address_gets_nothing() {
     wait_full_mesh(&[&a, &b], Duration::from_secs(10));
     // a met the hub once: its key is pinned.
     assert_eq!(first_hub(&a)["hub_key"], real_key.as_str());
-    let known = std::fs::read_to_string(a.dir().join("state/known-hubs")).unwrap();
-    assert!(known.contains(&format!("{url} {real_key}")), "{known}");
+    // Written off the registration's path, a moment later.
+    wait_until("a's known-hubs written", Duration::from_secs(5), || {
+        let known = std::fs::read_to_string(a.dir().join("state/known-hubs")).ok()?;
+        known.contains(&format!("{url} {real_key}")).then_some(())
+    });
     assert!(a.log().contains("pinned the hub's key on first contact"));
 
     hub.stop();
@@ -196,11 +199,10 @@ fn forgetting_a_first_use_pin_lets_a_replaced_hub_in() {
     );
     eprintln!("reopened {:?} after forget", reopened.elapsed());
     assert_eq!(first_hub(&a)["hub_key"], new_key.as_str());
-    let known = std::fs::read_to_string(a.dir().join("state/known-hubs")).unwrap();
-    assert!(
-        known.contains(&new_key) && !known.contains(&old_key),
-        "{known}"
-    );
+    wait_until("the new key written", Duration::from_secs(5), || {
+        let known = std::fs::read_to_string(a.dir().join("state/known-hubs")).ok()?;
+        (known.contains(&new_key) && !known.contains(&old_key)).then_some(())
+    });
     // The pin outlives a restart of the device.
     let mut a = a;
     a.stop();
@@ -257,4 +259,21 @@ fn the_wire_between_device_and_hub_holds_no_id_endpoint_or_token() {
             "{needle:?} crossed the wire in the clear"
         );
     }
+}
+
+#[test]
+fn a_damaged_known_hubs_file_stops_the_start_with_its_line() {
+    let mut node = Node::prepare(device_options("a", &["http://127.0.0.1:9".to_owned()]));
+    std::fs::create_dir_all(node.dir().join("state")).unwrap();
+    std::fs::write(
+        node.dir().join("state/known-hubs"),
+        "# ok\nhttp://127.0.0.1:9 not-a-key\n",
+    )
+    .unwrap();
+    node.launch();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let log = node.log();
+    assert!(log.contains("known-hubs:2: key:"), "{log}");
+    assert!(log.contains("remove it to forget that hub's key"), "{log}");
 }
