@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod error;
 mod output;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -32,8 +33,24 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), CtlError> {
     let socket = cli.socket.unwrap_or_else(meshd_ipc::default_socket_path);
     // The chat client talks to a chat server, not to meshd's socket.
-    if let Command::Chat { server } = cli.command {
-        return commands::chat::run(server, &socket);
+    if let Command::Chat {
+        server,
+        tls,
+        fingerprint,
+    } = cli.command
+    {
+        let trust = match (tls, fingerprint) {
+            (false, _) => None,
+            (true, None) => Some(tls::Trust::SystemRoots),
+            (true, Some(text)) => match meshd_ipc::fingerprint::parse(&text) {
+                Ok(digest) => Some(tls::Trust::Pinned(digest)),
+                // A usage error (exit 2), like any malformed argument.
+                Err(error) => Cli::command()
+                    .error(clap::error::ErrorKind::ValueValidation, error)
+                    .exit(),
+            },
+        };
+        return commands::chat::run(server, trust, &socket);
     }
     // Ask for passwords before connecting, so a slow typist does not hold a
     // control connection open.
