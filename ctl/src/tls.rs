@@ -380,10 +380,8 @@ mod tests {
         let signing = rustls::crypto::ring::sign::any_supported_type(
             &rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )?;
-        let certified = rustls::sign::CertifiedKey::new(
-            vec![CertificateDer::from(cert.to_vec())],
-            signing,
-        );
+        let certified =
+            rustls::sign::CertifiedKey::new(vec![CertificateDer::from(cert.to_vec())], signing);
         let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
@@ -439,7 +437,10 @@ mod tests {
         let other = self_signed();
         let error = handshake(other.cert.der(), &der, &server.signing_key).unwrap_err();
         assert!(
-            matches!(error, rustls::Error::InvalidCertificate(rustls::CertificateError::Other(_))),
+            matches!(
+                error,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(_))
+            ),
             "{error:?}"
         );
     }

@@ -61,7 +61,9 @@ pub fn parse(text: &str) -> Result<[u8; SHA256_LEN], FingerprintError> {
 }
 
 fn hex_value(digit: u8) -> Option<u8> {
-    (digit as char).to_digit(16).and_then(|v| u8::try_from(v).ok())
+    (digit as char)
+        .to_digit(16)
+        .and_then(|v| u8::try_from(v).ok())
 }
 
 #[cfg(test)]
@@ -91,10 +93,19 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_fingerprint() {
         assert!(matches!(parse("5a5a"), Err(FingerprintError::Prefix(_))));
-        assert!(matches!(parse("sha1:5a5a"), Err(FingerprintError::Prefix(_))));
-        assert!(matches!(parse("sha256:5a5a"), Err(FingerprintError::Digits(_))));
+        assert!(matches!(
+            parse("sha1:5a5a"),
+            Err(FingerprintError::Prefix(_))
+        ));
+        assert!(matches!(
+            parse("sha256:5a5a"),
+            Err(FingerprintError::Digits(_))
+        ));
         let bad_digit = format!("sha256:{}zz", "00".repeat(31));
-        assert!(matches!(parse(&bad_digit), Err(FingerprintError::Digits(_))));
+        assert!(matches!(
+            parse(&bad_digit),
+            Err(FingerprintError::Digits(_))
+        ));
         let error = parse("md5:x").unwrap_err().to_string();
         assert!(error.contains("meshctl status"), "{error}");
     }

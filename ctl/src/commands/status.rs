@@ -54,7 +54,9 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
         );
         if let Some(fingerprint) = &chat.tls_fingerprint {
             println!("           tls {fingerprint}");
-            println!("           connect with: meshctl chat --tls --fingerprint {fingerprint} HOST:PORT");
+            println!(
+                "           connect with: meshctl chat --tls --fingerprint {fingerprint} HOST:PORT"
+            );
         }
     }
     if let Some(mesh) = &roles.mesh {

@@ -169,13 +169,12 @@ fn load_or_create_self_signed(state_dir: &Path) -> Result<CertifiedKey, Certific
         // certificate was written left a key that no client has pinned yet.
         (None, Some(key_pem)) => {
             check_private(&key)?;
-            let pair = rcgen::KeyPair::from_pem(&key_pem).map_err(|error| {
-                CertificateError::Invalid {
+            let pair =
+                rcgen::KeyPair::from_pem(&key_pem).map_err(|error| CertificateError::Invalid {
                     path: key.clone(),
                     what: format!("not a PEM private key meshd can use ({error})"),
                     fix: FIX_SELF_SIGNED,
-                }
-            })?;
+                })?;
             create(state_dir, &cert, &key, pair, false)
         }
         (None, None) => create(state_dir, &cert, &key, rcgen::KeyPair::generate()?, true),
@@ -206,14 +205,18 @@ fn create(
         .push(rcgen::DnType::CommonName, "meshd chat (self-signed)");
     let certificate = params.self_signed(&pair)?;
     if write_key {
-        write_atomically(key, pair.serialize_pem().as_bytes(), 0o600).map_err(|source| CertificateError::Io {
-            path: key.to_owned(),
-            source,
+        write_atomically(key, pair.serialize_pem().as_bytes(), 0o600).map_err(|source| {
+            CertificateError::Io {
+                path: key.to_owned(),
+                source,
+            }
         })?;
     }
-    write_atomically(cert, certificate.pem().as_bytes(), 0o644).map_err(|source| CertificateError::Io {
-        path: cert.to_owned(),
-        source,
+    write_atomically(cert, certificate.pem().as_bytes(), 0o644).map_err(|source| {
+        CertificateError::Io {
+            path: cert.to_owned(),
+            source,
+        }
     })?;
     tracing::info!(path = %cert.display(), "created a self-signed chat certificate");
     Ok(CertifiedKey {
@@ -258,7 +261,10 @@ mod tests {
         );
         std::fs::remove_file(dir.path().join(SELF_SIGNED_KEY)).unwrap();
         let error = load(&ChatTls::SelfSigned, dir.path()).unwrap_err();
-        assert!(matches!(error, CertificateError::KeyMissing { .. }), "{error}");
+        assert!(
+            matches!(error, CertificateError::KeyMissing { .. }),
+            "{error}"
+        );
         assert!(
             dir.path().join(SELF_SIGNED_CERT).exists(),
             "the certificate is not replaced"
@@ -271,14 +277,18 @@ mod tests {
         load(&ChatTls::SelfSigned, dir.path()).unwrap();
         let cert = dir.path().join(SELF_SIGNED_CERT);
         std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
-        let error = load(&ChatTls::SelfSigned, dir.path()).unwrap_err().to_string();
+        let error = load(&ChatTls::SelfSigned, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with(&format!("{}: not a PEM certificate", cert.display()))
                 && error.contains("delete chat-cert.pem and chat-key.pem"),
             "{error}"
         );
         std::fs::write(&cert, "nothing here\n").unwrap();
-        let error = load(&ChatTls::SelfSigned, dir.path()).unwrap_err().to_string();
+        let error = load(&ChatTls::SelfSigned, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("no PEM CERTIFICATE block"), "{error}");
         assert_eq!(std::fs::read_to_string(&cert).unwrap(), "nothing here\n");
     }
@@ -288,8 +298,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let own = load(&ChatTls::SelfSigned, dir.path()).unwrap();
         for mode in [0o644, 0o640] {
-            std::fs::set_permissions(&own.key_path, std::fs::Permissions::from_mode(mode))
-                .unwrap();
+            std::fs::set_permissions(&own.key_path, std::fs::Permissions::from_mode(mode)).unwrap();
             let files = ChatTls::Files {
                 cert: own.cert_path.clone(),
                 key: own.key_path.clone(),
@@ -311,7 +320,9 @@ mod tests {
             cert: "/nonexistent/chat.pem".into(),
             key: "/nonexistent/chat.key".into(),
         };
-        let error = load(&files, Path::new("/nonexistent")).unwrap_err().to_string();
+        let error = load(&files, Path::new("/nonexistent"))
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("/nonexistent/chat.pem: "), "{error}");
     }
 }

@@ -38,8 +38,8 @@ use crate::log_limit::LogLimiter;
 use auth::Authenticator;
 use flood::FloodControl;
 use room::Room;
-use users::UserStore;
 pub use tls::{ChatTlsServer, TlsError};
+use users::UserStore;
 pub use users::UsersError;
 
 /// Lines the room's ring holds; a client further behind than this is slow.

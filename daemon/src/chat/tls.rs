@@ -88,7 +88,10 @@ fn server(certified: certificate::CertifiedKey) -> Result<ChatTlsServer, TlsErro
         reason,
         fix,
     };
-    let fingerprint = chain.first().map(|cert| fingerprint(cert)).unwrap_or_default();
+    let fingerprint = chain
+        .first()
+        .map(|cert| fingerprint(cert))
+        .unwrap_or_default();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -98,7 +98,9 @@ const RESTART_KEYS: &[(&str, Differs)] = &[
     // The certificate is loaded, and the port switched to TLS or not, once
     // at start: a reload cannot turn a connected plain-text client into a
     // TLS one (docs/config.md#chat-the-chat-server).
-    ("chat.tls", |a, b| a.chat.tls.is_some() != b.chat.tls.is_some()),
+    ("chat.tls", |a, b| {
+        a.chat.tls.is_some() != b.chat.tls.is_some()
+    }),
     ("chat.tls_cert", |a, b| {
         cert_file(&a.chat.tls) != cert_file(&b.chat.tls)
     }),

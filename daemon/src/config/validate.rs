@@ -8,7 +8,9 @@ use std::time::Duration;
 use super::error::Problem;
 use super::parse::KeyLines;
 use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling};
-use super::{ChatConfig, ChatTls, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig};
+use super::{
+    ChatConfig, ChatTls, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig,
+};
 use crate::device_id::DeviceId;
 use crate::hub_wire::{HubUrl, MAX_ENDPOINTS};
 use crate::paths;
@@ -511,7 +513,10 @@ mod tests {
         );
         assert!(lines[0].contains("allow_plaintext = true"), "{lines:#?}");
         let lines = problems("[chat]\ntls = false\nlisten = \"[::]:8081\"\n");
-        assert!(lines[0].starts_with("/etc/meshd/meshd.toml:2: chat.tls: "), "the tls line: {lines:#?}");
+        assert!(
+            lines[0].starts_with("/etc/meshd/meshd.toml:2: chat.tls: "),
+            "the tls line: {lines:#?}"
+        );
         assert!(problems("[chat]\nlisten = \"0.0.0.0:8081\"\nallow_plaintext = true\n").is_empty());
         assert!(problems("[chat]\nlisten = \"0.0.0.0:8081\"\ntls = true\n").is_empty());
         assert!(problems("[chat]\nlisten = \"[::1]:8081\"\n").is_empty());
@@ -523,14 +528,23 @@ mod tests {
     fn tls_files_come_as_a_pair_and_only_with_tls() {
         let lines = problems("[chat]\ntls = true\ntls_cert = \"/etc/meshd/chat.pem\"\n");
         assert_eq!(lines.len(), 1, "{lines:#?}");
-        assert!(lines[0].contains(":3: chat.tls_cert: is set without chat.tls_key"), "{lines:#?}");
+        assert!(
+            lines[0].contains(":3: chat.tls_cert: is set without chat.tls_key"),
+            "{lines:#?}"
+        );
         let lines = problems("[chat]\ntls = true\ntls_key = \"/etc/meshd/chat.key\"\n");
-        assert!(lines[0].contains(":3: chat.tls_key: is set without chat.tls_cert"), "{lines:#?}");
+        assert!(
+            lines[0].contains(":3: chat.tls_key: is set without chat.tls_cert"),
+            "{lines:#?}"
+        );
         let lines = problems("[chat]\ntls_cert = \"/a\"\ntls_key = \"/b\"\n");
         assert_eq!(lines.len(), 2, "{lines:#?}");
         assert!(lines[0].contains("chat.tls is false"), "{lines:#?}");
         let lines = problems("[chat]\ntls = true\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"\n");
-        assert!(lines[0].contains("chat.tls_cert: \"c.pem\" must be an absolute path"), "{lines:#?}");
+        assert!(
+            lines[0].contains("chat.tls_cert: \"c.pem\" must be an absolute path"),
+            "{lines:#?}"
+        );
         let config = Config::from_toml(
             "[chat]\ntls = true\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
             None,
@@ -538,11 +552,22 @@ mod tests {
         .unwrap();
         assert_eq!(
             config.chat.tls,
-            Some(super::ChatTls::Files { cert: "/c.pem".into(), key: "/k.pem".into() })
+            Some(super::ChatTls::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
         );
         let own = Config::from_toml("[chat]\ntls = true\ntls_cert = \"\"\n", None).unwrap();
-        assert_eq!(own.chat.tls, Some(super::ChatTls::SelfSigned), "empty means unset");
-        assert_eq!(Config::builtin().unwrap().chat.tls, None, "plain text by default");
+        assert_eq!(
+            own.chat.tls,
+            Some(super::ChatTls::SelfSigned),
+            "empty means unset"
+        );
+        assert_eq!(
+            Config::builtin().unwrap().chat.tls,
+            None,
+            "plain text by default"
+        );
     }
 
     #[test]
