@@ -1,7 +1,8 @@
 //! meshctl: the command-line client of meshd. It is synchronous and small:
-//! it links no async runtime, HTTP stack or crypto (a CI check proves it), and
-//! talks to meshd only through the control socket, using the types in
-//! meshd-ipc.
+//! it links no async runtime, HTTP stack, Noise or argon2 (a CI check proves
+//! it), and talks to meshd only through the control socket, using the types
+//! in meshd-ipc. The one crypto it links is rustls' blocking client, for
+//! `meshctl chat --tls`.
 
 mod cli;
 mod client;
