@@ -35,7 +35,7 @@ pub fn format(sha256: &[u8; SHA256_LEN]) -> String {
     text
 }
 
-/// Parses what [`format`] writes; upper-case hex and `:` between the bytes
+/// Parses what [`format()`] writes; upper-case hex and `:` between the bytes
 /// (as `openssl x509 -fingerprint` prints them) are accepted too.
 pub fn parse(text: &str) -> Result<[u8; SHA256_LEN], FingerprintError> {
     let trimmed = text.trim();

@@ -47,7 +47,7 @@ pub enum TlsError {
         /// The key file.
         key: std::path::PathBuf,
         /// What rustls said.
-        reason: rustls::Error,
+        reason: String,
         /// What to do.
         fix: &'static str,
     },
@@ -82,10 +82,10 @@ fn server(certified: certificate::CertifiedKey) -> Result<ChatTlsServer, TlsErro
         key_path,
         fix,
     } = certified;
-    let refused = |reason| TlsError::Refused {
+    let refused = |reason: rustls::Error| TlsError::Refused {
         cert: cert_path.clone(),
         key: key_path.clone(),
-        reason,
+        reason: reason.to_string(),
         fix,
     };
     let fingerprint = chain
