@@ -5,10 +5,13 @@
 #
 # It installs nats-server and redis-server (Debian packages) if missing, builds
 # meshd, meshctl and chat-fanout in release, starts meshd (chat only, on a free
-# loopback port, state and control socket in a temp dir), nats-server and
-# redis-server on free loopback ports, runs chat-fanout against all three in one
-# run, and prints the machine and Markdown tables on stdout (progress goes to
-# stderr). Everything it starts is stopped when it exits, however it exits.
+# loopback port, state and control socket in a temp dir), a second meshd the
+# same but with [chat] tls = true (its self-signed certificate, pinned by the
+# fingerprint meshctl status shows), nats-server and redis-server on free
+# loopback ports, runs chat-fanout against all four in one run (meshd over TLS
+# is the column "meshd (TLS)"), and prints the machine and Markdown tables on
+# stdout (progress goes to stderr). Everything it starts is stopped when it
+# exits, however it exits.
 #
 # --10k   afterwards, restart meshd and check 10,000 idle clients at once against
 #         each server (about 5 minutes: each meshd login costs ~55 ms of argon2).
@@ -144,6 +147,34 @@ start_meshd
 password="$(head -c 18 /dev/urandom | base64)"
 printf '%s\n' "$password" | ctl users add bench --password-stdin >&2
 
+# --- meshd over TLS ----------------------------------------------------------------
+# The same config with tls = true: meshd makes its self-signed certificate in
+# its state dir, and the benchmark's clients pin its fingerprint.
+sed -e "s|$work/state|$work/state-tls|" -e "s|$work/meshd.sock|$work/meshd-tls.sock|" \
+  -e 's/^rate_per_user = 0$/rate_per_user = 0\ntls = true/' "$work/meshd.toml" >"$work/meshd-tls.toml"
+grep -q '^tls = true$' "$work/meshd-tls.toml" || { echo "chat-fanout.sh: could not write $work/meshd-tls.toml" >&2; exit 1; }
+ctl_tls() { "$bin/meshctl" --socket "$work/meshd-tls.sock" "$@"; }
+say "starting meshd with [chat] tls = true"
+"$bin/meshd" --config "$work/meshd-tls.toml" >>"$work/meshd-tls.log" 2>&1 &
+tls_pid=$!
+pids+=("$tls_pid")
+tls_addr=""
+tls_fingerprint=""
+for _ in $(seq 100); do
+  status_json="$(ctl_tls --json status 2>/dev/null || true)"
+  tls_addr="$(printf '%s' "$status_json" | sed -n 's/.*"listen": *"\([^"]*\)".*/\1/p' | head -n 1)"
+  tls_fingerprint="$(printf '%s' "$status_json" | sed -n 's/.*"tls_fingerprint": *"\([^"]*\)".*/\1/p' | head -n 1)"
+  [ -n "$tls_addr" ] && [ -n "$tls_fingerprint" ] && break
+  kill -0 "$tls_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if [ -z "$tls_fingerprint" ]; then
+  echo "chat-fanout.sh: meshd with tls did not come up; its log:" >&2
+  tail -n 20 "$work/meshd-tls.log" >&2
+  exit 1
+fi
+printf '%s\n' "$password" | ctl_tls users add bench --password-stdin >&2
+
 # --- nats-server and redis-server ------------------------------------------------
 nats_port="$(free_port)"
 say "starting nats-server on 127.0.0.1:$nats_port"
@@ -181,11 +212,13 @@ EOF
 export CHAT_FANOUT_PASSWORD="$password"
 targets() {
   echo --meshd "$meshd_addr" --meshd-pid "$meshd_pid" \
+    --meshd-tls "$tls_addr" --meshd-tls-pid "$tls_pid" --meshd-tls-fingerprint "$tls_fingerprint" \
     --nats "127.0.0.1:$nats_port" --nats-pid "$nats_pid" \
     --redis "127.0.0.1:$redis_port" --redis-pid "$redis_pid"
 }
 echo
 echo "meshd runs with \`rate_per_user = 0\`: no per-user flood limit, so the tables measure the fan-out itself."
+echo "\"meshd (TLS)\" is a second meshd with the same config and \`tls = true\` (its self-signed ECDSA P-256 certificate; TLS 1.3, AES-256-GCM, which rustls prefers); its clients speak TLS too, pinned to its fingerprint."
 # shellcheck disable=SC2046 # targets() yields separate words without spaces.
 "$bin/chat-fanout" run $(targets) "$@"
 

@@ -40,6 +40,7 @@ mod subscriber;
 mod target;
 mod tcp_state;
 mod throughput;
+mod tls;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
@@ -109,6 +110,16 @@ struct RunArgs {
     /// Its password.
     #[arg(long, env = "CHAT_FANOUT_PASSWORD", hide_env_values = true)]
     password: Option<String>,
+    /// A meshd with `[chat] tls = true`, IP:PORT on loopback, measured as a
+    /// server of its own (`meshd-tls`) with the same user and password.
+    #[arg(long, value_name = "ADDR", requires = "meshd_tls_fingerprint")]
+    meshd_tls: Option<SocketAddr>,
+    /// Its process id.
+    #[arg(long, value_name = "PID")]
+    meshd_tls_pid: Option<u32>,
+    /// Its certificate's fingerprint, from `meshctl status` (`sha256:...`).
+    #[arg(long, value_name = "sha256:HEX")]
+    meshd_tls_fingerprint: Option<String>,
     /// nats-server, IP:PORT on loopback.
     #[arg(long, value_name = "ADDR")]
     nats: Option<SocketAddr>,
@@ -424,6 +435,23 @@ fn servers(args: &RunArgs) -> Result<Vec<Server>, BenchError> {
             args.meshd_pid,
         ));
     }
+    if let Some(addr) = args.meshd_tls {
+        let password = args.password.as_deref().ok_or_else(|| {
+            BenchError::Usage(
+                "--meshd-tls needs the chat user's password: set CHAT_FANOUT_PASSWORD".to_owned(),
+            )
+        })?;
+        let fingerprint = args.meshd_tls_fingerprint.as_deref().unwrap_or_default();
+        servers.push(Server::new(
+            Target::MeshdTls(meshd::MeshdTls::new(
+                loopback(addr)?,
+                &args.user,
+                password,
+                fingerprint,
+            )?),
+            args.meshd_tls_pid,
+        ));
+    }
     if let Some(addr) = args.nats {
         servers.push(Server::new(
             Target::Nats(nats::Nats::new(loopback(addr)?)),
@@ -438,7 +466,7 @@ fn servers(args: &RunArgs) -> Result<Vec<Server>, BenchError> {
     }
     if servers.is_empty() {
         return Err(BenchError::Usage(
-            "no server to measure: give --meshd, --nats and/or --redis".to_owned(),
+            "no server to measure: give --meshd, --meshd-tls, --nats and/or --redis".to_owned(),
         ));
     }
     Ok(servers)

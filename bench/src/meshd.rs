@@ -2,6 +2,8 @@
 //! lines out and `MSG <user> <text>` lines in. Every logged-in client is in
 //! the one room, so a "subscriber" is simply a logged-in client; `JOIN`,
 //! `LEAVE` and any other verb are ignored, as the contract asks of clients.
+//! [`MeshdTls`] is the same client over TLS (`tls.rs`), a server of its own
+//! in the tables, so the cost of TLS shows beside plain TCP in one run.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ pub struct Meshd {
     addr: SocketAddr,
     user: Arc<str>,
     password: Arc<str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Meshd {
@@ -27,12 +30,16 @@ impl Meshd {
             addr,
             user: user.into(),
             password: password.into(),
+            tls: None,
         }
     }
 
     /// Connects, reads `HELLO` and logs in; returns after `OK`.
     async fn login(&self) -> Result<Connection, BenchError> {
-        let mut conn = Connection::open(Self::NAME, self.addr).await?;
+        let mut conn = match &self.tls {
+            None => Connection::open(Self::NAME, self.addr).await?,
+            Some(config) => Connection::open_tls(MeshdTls::NAME, self.addr, config.clone()).await?,
+        };
         let deadline = handshake_deadline();
         match conn.next_frame(self, deadline, "HELLO").await? {
             OwnedFrame::Other(line) if line.starts_with(b"HELLO meshd-chat ") => {}
@@ -108,6 +115,65 @@ impl Protocol for Meshd {
             }
         }
         Ok(())
+    }
+}
+
+/// meshd's chat server with `[chat] tls = true`: the same client inside TLS.
+#[derive(Debug, Clone)]
+pub struct MeshdTls(Meshd);
+
+impl MeshdTls {
+    /// The TLS chat server at `addr`, logged into as `user`, trusted by the
+    /// certificate's fingerprint.
+    pub fn new(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        fingerprint: &str,
+    ) -> Result<MeshdTls, BenchError> {
+        let mut meshd = Meshd::new(addr, user, password);
+        meshd.tls = Some(crate::tls::client_config(fingerprint)?);
+        Ok(MeshdTls(meshd))
+    }
+}
+
+impl Protocol for MeshdTls {
+    const NAME: &'static str = "meshd-tls";
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr
+    }
+
+    fn parse<'a>(&self, buf: &'a [u8]) -> Parsed<'a> {
+        parse_line(buf)
+    }
+
+    fn encode_publish(&self, payload: &[u8], out: &mut Vec<u8>) {
+        self.0.encode_publish(payload, out);
+    }
+
+    fn pong(&self) -> &'static [u8] {
+        self.0.pong()
+    }
+
+    fn goodbye(&self) -> &'static [u8] {
+        self.0.goodbye()
+    }
+
+    async fn subscriber(&self) -> Result<Connection, BenchError> {
+        self.0.login().await
+    }
+
+    async fn publisher(&self) -> Result<Connection, BenchError> {
+        self.0.login().await
+    }
+
+    async fn await_subscribers(
+        &self,
+        publisher: &mut Connection,
+        subscribers: usize,
+    ) -> Result<(), BenchError> {
+        self.0.await_subscribers(publisher, subscribers).await
     }
 }
 

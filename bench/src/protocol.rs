@@ -8,10 +8,14 @@
 //! server: read a chunk, parse frames out of it, count the messages.
 
 use std::future::Future;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -175,11 +179,86 @@ impl From<Frame<'_>> for OwnedFrame {
     }
 }
 
-/// One TCP connection to a server and what was read from it but not parsed.
+/// A connection's byte stream: TCP, or TLS over it (meshd with
+/// `[chat] tls = true`).
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS 1.3 over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The local address of the TCP socket underneath.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Stream::Plain(tcp) => tcp.local_addr(),
+            Stream::Tls(tls) => tls.get_ref().0.local_addr(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One connection to a server and what was read from it but not parsed.
 #[derive(Debug)]
 pub struct Connection {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Bytes read and not consumed: a handshake may read past its last frame.
     pub buf: FrameBuf,
 }
@@ -203,16 +282,47 @@ impl Connection {
             .set_nodelay(true)
             .map_err(BenchError::io(format!("{target}: setting TCP_NODELAY")))?;
         Ok(Connection {
-            stream,
+            stream: Stream::Plain(stream),
             buf: FrameBuf::new(HANDSHAKE_BUFFER),
         })
     }
 
-    /// Sends `bytes`.
+    /// [`Connection::open`], then the TLS handshake with `config`.
+    pub async fn open_tls(
+        target: &'static str,
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Connection, BenchError> {
+        let Connection { stream, buf } = Connection::open(target, addr).await?;
+        let Stream::Plain(tcp) = stream else {
+            return Err(BenchError::protocol(target, "already TLS".to_owned()));
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let tls = tokio::time::timeout(
+            HANDSHAKE_WAIT,
+            connector.connect(crate::tls::server_name(), tcp),
+        )
+        .await
+        .map_err(|_| BenchError::Timeout {
+            what: format!("{target}: TLS handshake with {addr}"),
+            limit: HANDSHAKE_WAIT,
+        })?
+        .map_err(BenchError::io(format!(
+            "{target}: TLS handshake with {addr}"
+        )))?;
+        Ok(Connection {
+            stream: Stream::Tls(Box::new(tls)),
+            buf,
+        })
+    }
+
+    /// Sends `bytes` (and flushes what TLS holds back).
     pub async fn send(&mut self, target: &'static str, bytes: &[u8]) -> Result<(), BenchError> {
-        self.stream
-            .write_all(bytes)
-            .await
+        let sent = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        sent.await
             .map_err(BenchError::io(format!("{target}: sending")))
     }
 
@@ -256,6 +366,7 @@ impl Connection {
     pub async fn close<P: Protocol>(mut self, proto: &P) {
         let drained = async {
             self.stream.write_all(proto.goodbye()).await?;
+            self.stream.flush().await?;
             self.stream.shutdown().await?;
             let mut sink = vec![0; 64 * 1024];
             while self.stream.read(&mut sink).await? > 0 {}

@@ -9,7 +9,7 @@
 //! tokio timer ticks in milliseconds and would send 10,000 msgs/s as bursts
 //! of ten.
 
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::clock;
 use crate::error::{BenchError, excerpt};
-use crate::protocol::{Connection, Frame, FrameBuf, Protocol};
+use crate::protocol::{Connection, Frame, FrameBuf, Protocol, Stream};
 use crate::subscriber::Progress;
+use crate::tls::{BlockingReader, BlockingWriter};
 
 /// Messages per write at full rate: one write of ~5 KiB.
 const BATCH: usize = 64;
@@ -82,21 +83,11 @@ pub struct Published {
 /// the end.
 pub fn run<P: Protocol>(proto: &P, conn: Connection, plan: &Plan) -> Result<Published, BenchError> {
     let Connection { stream, buf } = conn;
-    let stream = stream
-        .into_std()
-        .and_then(|stream| stream.set_nonblocking(false).map(|()| stream))
-        .map_err(BenchError::io(format!(
-            "{}: making the publisher blocking",
-            P::NAME
-        )))?;
-    let reader = stream
-        .try_clone()
-        .and_then(|reader| reader.set_read_timeout(Some(DRAIN_POLL)).map(|()| reader))
-        .map_err(BenchError::io(format!(
-            "{}: cloning the publisher socket",
-            P::NAME
-        )))?;
-    let writer = Mutex::new(stream);
+    let (reader, writer) = blocking(stream).map_err(BenchError::io(format!(
+        "{}: making the publisher blocking",
+        P::NAME
+    )))?;
+    let writer = Mutex::new(writer);
     let closing = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let drain = scope.spawn(|| drain(proto, reader, buf, &writer, &closing));
@@ -108,7 +99,7 @@ pub fn run<P: Protocol>(proto: &P, conn: Connection, plan: &Plan) -> Result<Publ
         {
             let mut stream = lock(&writer);
             let _ = stream.write_all(proto.goodbye());
-            let _ = stream.shutdown(Shutdown::Write);
+            let _ = stream.shutdown_write();
         }
         closing.store(true, Ordering::Relaxed);
         let drained = drain
@@ -128,7 +119,7 @@ pub fn run<P: Protocol>(proto: &P, conn: Connection, plan: &Plan) -> Result<Publ
 /// Full rate within the window.
 fn flood<P: Protocol>(
     proto: &P,
-    writer: &Mutex<TcpStream>,
+    writer: &Mutex<Sink>,
     plan: &Plan,
     window: u64,
     readers: &[Arc<Progress>],
@@ -169,7 +160,7 @@ fn flood<P: Protocol>(
 /// Evenly spaced: message `k` is due `k / per_second` after the start.
 fn paced<P: Protocol>(
     proto: &P,
-    writer: &Mutex<TcpStream>,
+    writer: &Mutex<Sink>,
     plan: &Plan,
     per_second: u64,
 ) -> Result<Published, BenchError> {
@@ -206,7 +197,7 @@ fn paced<P: Protocol>(
     })
 }
 
-fn write<P: Protocol>(writer: &Mutex<TcpStream>, bytes: &[u8]) -> Result<(), BenchError> {
+fn write<P: Protocol>(writer: &Mutex<Sink>, bytes: &[u8]) -> Result<(), BenchError> {
     lock(writer)
         .write_all(bytes)
         .map_err(BenchError::io(format!("{}: publishing", P::NAME)))
@@ -216,9 +207,9 @@ fn write<P: Protocol>(writer: &Mutex<TcpStream>, bytes: &[u8]) -> Result<(), Ben
 /// and ends at the server's close; `Err` carries an error the server sent.
 fn drain<P: Protocol>(
     proto: &P,
-    mut reader: TcpStream,
+    mut reader: Source,
     mut buf: FrameBuf,
-    writer: &Mutex<TcpStream>,
+    writer: &Mutex<Sink>,
     closing: &AtomicBool,
 ) -> Result<(), String> {
     let mut server_error = None;
@@ -265,6 +256,75 @@ fn drain<P: Protocol>(
     server_error.map_or(Ok(()), Err)
 }
 
-fn lock(writer: &Mutex<TcpStream>) -> std::sync::MutexGuard<'_, TcpStream> {
+/// The publisher's connection as a blocking reader (with [`DRAIN_POLL`] as
+/// its read timeout) and writer.
+fn blocking(stream: Stream) -> std::io::Result<(Source, Sink)> {
+    match stream {
+        Stream::Plain(tcp) => {
+            let tcp = tcp.into_std()?;
+            tcp.set_nonblocking(false)?;
+            let reader = tcp.try_clone()?;
+            reader.set_read_timeout(Some(DRAIN_POLL))?;
+            Ok((Source::Plain(reader), Sink::Plain(tcp)))
+        }
+        Stream::Tls(tls) => {
+            let (reader, writer) = crate::tls::blocking(*tls)?;
+            reader.set_read_timeout(Some(DRAIN_POLL))?;
+            Ok((Source::Tls(reader), Sink::Tls(writer)))
+        }
+    }
+}
+
+/// Where the drain thread reads.
+enum Source {
+    Plain(TcpStream),
+    Tls(BlockingReader),
+}
+
+impl Read for Source {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Source::Plain(tcp) => tcp.read(buf),
+            Source::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+/// Where the publisher writes.
+enum Sink {
+    Plain(TcpStream),
+    Tls(BlockingWriter),
+}
+
+impl Sink {
+    fn shutdown_write(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(tcp) => tcp.shutdown(Shutdown::Write),
+            Sink::Tls(tls) => tls.shutdown_write(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(tcp) => tcp.write(buf),
+            Sink::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(tcp) => tcp.write_all(buf),
+            Sink::Tls(tls) => tls.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn lock(writer: &Mutex<Sink>) -> std::sync::MutexGuard<'_, Sink> {
     writer.lock().unwrap_or_else(PoisonError::into_inner)
 }

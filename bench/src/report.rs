@@ -451,6 +451,7 @@ fn display_name(name: &str) -> &str {
     match name {
         "nats" => "nats-server",
         "redis" => "redis-server",
+        "meshd-tls" => "meshd (TLS)",
         other => other,
     }
 }

@@ -8,18 +8,20 @@ use crate::error::BenchError;
 use crate::latency::{self, Latency};
 use crate::load::Settings;
 use crate::memory::{self, Memory};
-use crate::meshd::Meshd;
+use crate::meshd::{Meshd, MeshdTls};
 use crate::nats::Nats;
 use crate::protocol::Protocol;
 use crate::redis::Redis;
 use crate::slow_consumer::{self, SlowConsumer};
 use crate::throughput::{self, Throughput};
 
-/// One of the three servers.
+/// One of the servers.
 #[derive(Debug, Clone)]
 pub enum Target {
     /// meshd's chat role.
     Meshd(Meshd),
+    /// meshd's chat role over TLS.
+    MeshdTls(MeshdTls),
     /// nats-server.
     Nats(Nats),
     /// redis-server.
@@ -39,6 +41,7 @@ macro_rules! with_proto {
     ($target:expr, $proto:ident => $call:expr) => {
         match $target {
             Target::Meshd($proto) => $call,
+            Target::MeshdTls($proto) => $call,
             Target::Nats($proto) => $call,
             Target::Redis($proto) => $call,
         }
@@ -55,6 +58,7 @@ impl Server {
     pub fn name(&self) -> &'static str {
         match self.target {
             Target::Meshd(_) => Meshd::NAME,
+            Target::MeshdTls(_) => MeshdTls::NAME,
             Target::Nats(_) => Nats::NAME,
             Target::Redis(_) => Redis::NAME,
         }

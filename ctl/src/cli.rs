@@ -92,6 +92,15 @@ pub enum Command {
     /// Interactive chat client: log in, print what arrives, send each line
     /// typed; `exit` ends it.
     Chat {
+        /// Speak TLS 1.3 (for a server with `[chat] tls = true`). Without
+        /// --fingerprint the certificate must chain to a root this system
+        /// trusts and hold HOST.
+        #[arg(long)]
+        tls: bool,
+        /// Trust exactly the certificate with this fingerprint, as `meshctl
+        /// status` on the server prints it (needs --tls).
+        #[arg(long, requires = "tls", value_name = "sha256:HEX")]
+        fingerprint: Option<String>,
         /// Chat server [default: this node's chat address, or 127.0.0.1:8081]
         #[arg(value_name = "HOST:PORT")]
         server: Option<String>,

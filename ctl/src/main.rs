@@ -1,13 +1,15 @@
 //! meshctl: the command-line client of meshd. It is synchronous and small:
-//! it links no async runtime, HTTP stack or crypto (a CI check proves it), and
-//! talks to meshd only through the control socket, using the types in
-//! meshd-ipc.
+//! it links no async runtime, HTTP stack, Noise or argon2 (a CI check proves
+//! it), and talks to meshd only through the control socket, using the types
+//! in meshd-ipc. The one crypto it links is rustls' blocking client, for
+//! `meshctl chat --tls`.
 
 mod cli;
 mod client;
 mod commands;
 mod error;
 mod output;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -32,8 +34,24 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), CtlError> {
     let socket = cli.socket.unwrap_or_else(meshd_ipc::default_socket_path);
     // The chat client talks to a chat server, not to meshd's socket.
-    if let Command::Chat { server } = cli.command {
-        return commands::chat::run(server, &socket);
+    if let Command::Chat {
+        server,
+        tls,
+        fingerprint,
+    } = cli.command
+    {
+        let trust = match (tls, fingerprint) {
+            (false, _) => None,
+            (true, None) => Some(tls::Trust::SystemRoots),
+            (true, Some(text)) => match meshd_ipc::fingerprint::parse(&text) {
+                Ok(digest) => Some(tls::Trust::Pinned(digest)),
+                // A usage error (exit 2), like any malformed argument.
+                Err(error) => Cli::command()
+                    .error(clap::error::ErrorKind::ValueValidation, error)
+                    .exit(),
+            },
+        };
+        return commands::chat::run(server, trust, &socket);
     }
     // Ask for passwords before connecting, so a slow typist does not hold a
     // control connection open.

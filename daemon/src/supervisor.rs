@@ -61,6 +61,9 @@ pub enum StartError {
     /// The hub's own key could not be loaded or created.
     #[error("{0}")]
     HubKey(KeyError),
+    /// The chat port's TLS certificate or key could not be loaded or made.
+    #[error("chat tls: {0}")]
+    ChatTls(#[from] chat::TlsError),
 }
 
 /// Maps a listener error to a [`StartError`] naming the role and address.
@@ -103,11 +106,12 @@ pub async fn run(
         false => None,
     };
     let chat_listener = match config.chat.enabled {
-        true => Some(
+        true => Some((
             chat::bind(&config.chat)
                 .await
                 .map_err(bind_failed("chat", config.chat.listen))?,
-        ),
+            chat::load_tls(&config.chat, &config.node.state_dir).await?,
+        )),
         false => None,
     };
     let mesh_listener = match config.mesh.enabled {
@@ -143,11 +147,12 @@ pub async fn run(
         None => None,
     };
     let chat = match chat_listener {
-        Some(listener) => Some(
+        Some((listener, tls)) => Some(
             chat::start(
                 &config.chat,
                 &config.node.state_dir,
                 listener,
+                tls,
                 cancel.child_token(),
                 &tracker,
             )

@@ -7,6 +7,7 @@
 //! can stream. This crate holds only types and framing: it must never pull in an
 //! async runtime, because meshctl stays small and synchronous.
 
+pub mod fingerprint;
 mod frame;
 mod paths;
 mod reply;

@@ -267,6 +267,11 @@ pub struct ChatStatus {
     /// Messages relayed since meshd started.
     #[serde(default)]
     pub messages_relayed: u64,
+    /// With `[chat] tls = true`: the certificate's fingerprint, `sha256:` and
+    /// the hex SHA-256 of its DER form (what `meshctl chat --fingerprint`
+    /// takes); absent on a plain-text chat port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_fingerprint: Option<String>,
 }
 
 /// One chat user in `meshctl users list`.

@@ -19,6 +19,7 @@ pub mod netlab;
 pub mod node;
 pub mod notify;
 pub mod tap;
+pub mod tls;
 pub mod wait;
 
 /// Raises this test process's soft open-file limit to at least `wanted`
@@ -40,4 +41,5 @@ pub use binaries::{meshctl_bin, meshd_bin};
 pub use chat::ChatClient;
 pub use node::{MeshOptions, Node, NodeOptions, copy_executable};
 pub use notify::NotifySocket;
+pub use tls::TlsChatClient;
 pub use wait::wait_until;

@@ -1,12 +1,13 @@
-//! `meshctl chat [HOST:PORT]`: the interactive chat client. It speaks the
-//! plain chat protocol (docs/chat-protocol.md), so it works against any server
-//! that does. A reader thread prints what arrives while the main thread sends
+//! `meshctl chat [--tls [--fingerprint sha256:...]] [HOST:PORT]`: the
+//! interactive chat client. It speaks the plain chat protocol
+//! (docs/chat-protocol.md), so it works against any server that does; with
+//! `--tls` inside TLS 1.3 (`crate::tls`). A reader thread prints what arrives while the main thread sends
 //! each line typed; `exit`, `/quit` or end of input sends `/quit` and ends
 //! with status 0. What the server sends is shown with its control characters
 //! escaped, so another user's escape sequences cannot clear the screen or
 //! fake a line.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,12 +17,17 @@ use meshd_ipc::{Request, Response};
 
 use crate::client::Client;
 use crate::error::CtlError;
+use crate::tls::{self, Trust};
 
 /// Where to connect when neither an address nor a running meshd says.
 const DEFAULT_SERVER: &str = "127.0.0.1:8081";
 
-/// Runs the client until `exit`, end of input or the server closing.
-pub fn run(server: Option<String>, socket: &Path) -> Result<(), CtlError> {
+/// What arrives from the server, plain or decrypted.
+type Incoming = BufReader<Box<dyn Read + Send>>;
+
+/// Runs the client until `exit`, end of input or the server closing. `tls`:
+/// speak TLS, trusting the server as it says.
+pub fn run(server: Option<String>, tls: Option<Trust>, socket: &Path) -> Result<(), CtlError> {
     let server = server.unwrap_or_else(|| local_chat_address(socket));
     let chat_error = |reason: String| CtlError::Chat {
         server: server.clone(),
@@ -33,12 +39,29 @@ pub fn run(server: Option<String>, socket: &Path) -> Result<(), CtlError> {
         ))
     })?;
     let _ = stream.set_nodelay(true);
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| chat_error(e.to_string()))?);
-    let mut writer = stream;
+    // A clone of the socket, for the read timeout at the end.
+    let control = stream.try_clone().map_err(|e| chat_error(e.to_string()))?;
+    let (reader, mut writer): (Box<dyn Read + Send>, Box<dyn Write + Send>) = match tls {
+        None => (
+            Box::new(stream.try_clone().map_err(|e| chat_error(e.to_string()))?),
+            Box::new(stream),
+        ),
+        Some(trust) => {
+            let (reader, writer) = tls::connect(stream, host_of(&server), trust)
+                .map_err(|e| chat_error(e.to_string()))?;
+            (Box::new(reader), Box::new(writer))
+        }
+    };
+    let mut reader: Incoming = BufReader::new(reader);
 
     let hello = read_server_line(&mut reader).map_err(&chat_error)?;
     if !hello.starts_with("HELLO ") {
-        return Err(chat_error(format!("unexpected greeting {hello:?}")));
+        let hint = if tls.is_none() && !hello.is_ascii() {
+            "; if the server speaks TLS, add --tls"
+        } else {
+            ""
+        };
+        return Err(chat_error(format!("unexpected greeting {hello:?}{hint}")));
     }
 
     let user =
@@ -69,7 +92,7 @@ pub fn run(server: Option<String>, socket: &Path) -> Result<(), CtlError> {
     QUITTING.store(true, Ordering::SeqCst);
     let _ = writer.write_all(b"/quit\n");
     // Wait briefly for BYE so the server sees a clean goodbye.
-    let _ = writer.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = control.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = printer.join();
     Ok(())
 }
@@ -92,6 +115,15 @@ fn local_chat_address(socket: &Path) -> String {
     }
 }
 
+/// The host part of `HOST:PORT` (`[::1]:8081` gives `::1`), for the
+/// certificate's name check.
+fn host_of(server: &str) -> &str {
+    let host = server.rsplit_once(':').map_or(server, |(host, _port)| host);
+    host.strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
 fn prompt(text: &str) -> std::io::Result<String> {
     print!("{text}");
     std::io::stdout().flush()?;
@@ -100,11 +132,13 @@ fn prompt(text: &str) -> std::io::Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
-fn read_server_line(reader: &mut BufReader<TcpStream>) -> Result<String, String> {
-    let mut line = String::new();
-    match reader.read_line(&mut line) {
+fn read_server_line(reader: &mut Incoming) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    match reader.read_until(b'\n', &mut bytes) {
         Ok(0) => Err("the server closed the connection".to_owned()),
-        Ok(_) => Ok(line.trim_end_matches(['\n', '\r']).to_owned()),
+        Ok(_) => Ok(String::from_utf8_lossy(&bytes)
+            .trim_end_matches(['\n', '\r'])
+            .to_owned()),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -116,7 +150,7 @@ static QUITTING: AtomicBool = AtomicBool::new(false);
 /// Prints server lines until the connection ends. If the server ends it
 /// first (`ERR slow`, `ERR shutdown`), the whole client exits with status 1
 /// rather than waiting for more input.
-fn print_incoming(mut reader: BufReader<TcpStream>, quitting: &AtomicBool) {
+fn print_incoming(mut reader: Incoming, quitting: &AtomicBool) {
     loop {
         let line = match read_server_line(&mut reader) {
             Ok(line) if line == "BYE" => {
@@ -188,7 +222,15 @@ fn harmless(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::render;
+    use super::{host_of, render};
+
+    #[test]
+    fn the_host_is_cut_from_host_and_port() {
+        assert_eq!(host_of("chat.example.org:8081"), "chat.example.org");
+        assert_eq!(host_of("192.0.2.7:8081"), "192.0.2.7");
+        assert_eq!(host_of("[2001:db8::1]:8081"), "2001:db8::1");
+        assert_eq!(host_of("hub"), "hub");
+    }
 
     #[test]
     fn control_characters_are_shown_not_obeyed() {

@@ -56,6 +56,12 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             chat.messages_relayed,
             if chat.messages_relayed == 1 { "" } else { "s" }
         );
+        if let Some(fingerprint) = &chat.tls_fingerprint {
+            println!("           tls {fingerprint}");
+            println!(
+                "           connect with: meshctl chat --tls --fingerprint {fingerprint} HOST:PORT"
+            );
+        }
     }
     if let Some(mesh) = &roles.mesh {
         println!(

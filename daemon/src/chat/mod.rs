@@ -5,15 +5,20 @@
 //! connection gets a task (`session.rs`), and each logged-in client a writer.
 //! The room (`room.rs`) fans lines out; users (`users.rs`) and password checks
 //! (`auth.rs`) decide who may log in. [`ChatHandle`] is the role's face to the
-//! rest of meshd: status, operator broadcasts, and user management.
+//! rest of meshd: status, operator broadcasts, and user management. With
+//! `tls = true` every connection goes through a TLS handshake first
+//! (`tls.rs`, the certificate in `certificate.rs`), and the same sessions run
+//! over the TLS stream.
 
 mod argon2_pool;
 mod auth;
+mod certificate;
 mod flood;
 mod line_reader;
 pub(crate) mod protocol;
 mod room;
 mod session;
+mod tls;
 pub(crate) mod users;
 
 use crate::accept;
@@ -33,6 +38,7 @@ use crate::log_limit::LogLimiter;
 use auth::Authenticator;
 use flood::FloodControl;
 use room::Room;
+pub use tls::{ChatTlsServer, TlsError};
 use users::UserStore;
 pub use users::UsersError;
 
@@ -56,6 +62,7 @@ pub struct ChatShared {
 pub struct ChatHandle {
     shared: Arc<ChatShared>,
     listen: SocketAddr,
+    tls_fingerprint: Option<String>,
 }
 
 /// Binds the listener; separate from [`start`] so that READY=1 follows every
@@ -64,11 +71,26 @@ pub async fn bind(config: &ChatConfig) -> std::io::Result<TcpListener> {
     TcpListener::bind(config.listen).await
 }
 
-/// Starts the role on a bound listener, loading users from `state_dir`.
+/// With `tls = true`: reads the certificate and key, or makes meshd's own on
+/// first start. Called right after [`bind`], before any role starts, so a
+/// bad file stops meshd before it serves anything.
+pub async fn load_tls(
+    config: &ChatConfig,
+    state_dir: &std::path::Path,
+) -> Result<Option<ChatTlsServer>, TlsError> {
+    match &config.tls {
+        Some(tls) => tls::load(tls, state_dir).await.map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Starts the role on a bound listener, loading users from `state_dir`;
+/// `tls` from [`load_tls`].
 pub async fn start(
     config: &ChatConfig,
     state_dir: &std::path::Path,
     listener: TcpListener,
+    tls: Option<ChatTlsServer>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<ChatHandle> {
@@ -88,19 +110,31 @@ pub async fn start(
             tracing::error!(role = "chat", %error, "chat users not loaded; no one can log in until it is fixed")
         }
     }
+    let tls_fingerprint = tls.as_ref().map(|tls| tls.fingerprint().to_owned());
     tracker.spawn(accept_loop(
         listener,
         shared.clone(),
+        tls,
         config.max_clients,
         tracker.clone(),
     ));
-    tracing::info!(role = "chat", %listen, "chat server listening");
-    Ok(ChatHandle { shared, listen })
+    match &tls_fingerprint {
+        Some(fingerprint) => {
+            tracing::info!(role = "chat", %listen, tls_fingerprint = %fingerprint, "chat server listening with tls")
+        }
+        None => tracing::info!(role = "chat", %listen, "chat server listening"),
+    }
+    Ok(ChatHandle {
+        shared,
+        listen,
+        tls_fingerprint,
+    })
 }
 
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<ChatShared>,
+    tls: Option<ChatTlsServer>,
     max_clients: usize,
     tracker: TaskTracker,
 ) {
@@ -111,30 +145,50 @@ async fn accept_loop(
             break;
         };
         if connections.load(Ordering::Relaxed) >= max_clients {
-            tracker.spawn(refuse_full(stream, peer));
+            tracker.spawn(refuse_full(stream, peer, tls.clone()));
             continue;
         }
+        // Counted from accept, so TLS handshakes in progress count too.
         connections.fetch_add(1, Ordering::Relaxed);
         let connections = connections.clone();
         let shared = shared.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            session::serve(stream, peer, shared).await;
+            session::serve(stream, peer, shared, tls).await;
             connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
     tracing::debug!("chat listener closed");
 }
 
-/// Tells a client over `max_clients` why it is turned away.
-async fn refuse_full(mut stream: TcpStream, peer: SocketAddr) {
+/// Tells a client over `max_clients` why it is turned away, within 1 s; on
+/// a TLS port inside TLS, never in clear.
+async fn refuse_full(stream: TcpStream, peer: SocketAddr, tls: Option<ChatTlsServer>) {
+    const REFUSAL_TIME: Duration = Duration::from_secs(1);
     tracing::warn!(peer_addr = %peer, "chat full; connection refused");
     let mut lines = protocol::HELLO.to_vec();
     lines.extend_from_slice(&protocol::err(
         protocol::ErrCode::Full,
         "too many clients; try again later",
     ));
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&lines)).await;
-    let _ = stream.shutdown().await;
+    let refusal = async {
+        match tls {
+            None => tell(stream, &lines).await,
+            Some(tls) => {
+                if let Ok(stream) = tls.accept(stream, REFUSAL_TIME).await {
+                    tell(stream, &lines).await;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIME, refusal).await;
+}
+
+/// Writes `lines` and closes.
+async fn tell(mut stream: impl tokio::io::AsyncWrite + Unpin, lines: &[u8]) {
+    if stream.write_all(lines).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
 }
 
 impl ChatHandle {
@@ -144,6 +198,7 @@ impl ChatHandle {
             listen: self.listen.to_string(),
             clients: self.shared.room.clients(),
             messages_relayed: self.shared.room.relayed(),
+            tls_fingerprint: self.tls_fingerprint.clone(),
         }
     }
 

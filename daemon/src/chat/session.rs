@@ -7,17 +7,21 @@
 //! vectored write, so a burst goes out in few syscalls and no line is copied
 //! per client. A writer that cannot write for [`WRITE_DEADLINE`], or that
 //! falls behind the ring, ends the session as slow: the others never wait.
+//!
+//! On a TLS port (`tls.rs`) the TLS handshake comes first, in the same task
+//! and under its own deadline; everything after it is the same code over
+//! the TLS stream's halves, so the protocol cannot differ between the two.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +32,7 @@ use super::flood;
 use super::line_reader::{Line, read_line};
 use super::protocol::{self, ClientLine, ErrCode};
 use super::room::{ClientId, Membership, Outgoing, Revocation};
+use super::tls::{self, ChatTlsServer};
 
 /// Time a client has to log in after connecting.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -55,11 +60,40 @@ const IDLE_BATCH_CAPACITY: usize = 16;
 /// Initial read buffer; lines longer than this grow it up to the limit.
 const READ_BUFFER: usize = 1024;
 
-/// Serves one connection to its end.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>) {
+/// Serves one connection to its end; on a TLS port the handshake first.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<ChatShared>,
+    tls: Option<ChatTlsServer>,
+) {
     let _ = stream.set_nodelay(true);
     let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
-    let (read_half, mut write_half) = stream.into_split();
+    let Some(tls) = tls else {
+        let (read_half, write_half) = stream.into_split();
+        return converse(read_half, write_half, peer, shared).await;
+    };
+    let handshake = tokio::select! {
+        () = shared.cancel.cancelled() => return,
+        handshake = tls.accept(stream, tls::HANDSHAKE_TIMEOUT) => handshake,
+    };
+    match handshake {
+        Ok(stream) => {
+            let (read_half, write_half) = tokio::io::split(stream);
+            converse(read_half, write_half, peer, shared).await;
+        }
+        // A client that does not speak TLS, or a port scanner: worth no
+        // more than a debug line (docs/chat-protocol.md#tls).
+        Err(reason) => tracing::debug!(peer_addr = %peer, %reason, "chat tls handshake failed"),
+    }
+}
+
+/// The chat protocol over one connection's two halves, from `HELLO` on.
+async fn converse<R, W>(read_half: R, mut write_half: W, peer: SocketAddr, shared: Arc<ChatShared>)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let mut reader = BufReader::with_capacity(READ_BUFFER, read_half);
     if write_direct(&mut write_half, protocol::HELLO)
         .await
@@ -70,7 +104,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>)
     let Some((user, Membership { id, ring, revoked })) =
         login(&mut reader, &mut write_half, peer, &shared).await
     else {
-        let _ = write_half.shutdown().await;
+        close(&mut write_half).await;
         return;
     };
     tracing::info!(user = %escape(&user), peer_addr = %peer, "chat login");
@@ -107,9 +141,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<ChatShared>)
 /// The login phase. Returns the session's membership once `OK` was sent:
 /// the session joins the room before `OK` is written, so a client that has
 /// read `OK` is listed by `/who` and gets every message sent after it.
-async fn login(
-    reader: &mut BufReader<OwnedReadHalf>,
-    socket: &mut OwnedWriteHalf,
+async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    reader: &mut BufReader<R>,
+    socket: &mut W,
     peer: SocketAddr,
     shared: &ChatShared,
 ) -> Option<(String, Membership)> {
@@ -213,7 +247,7 @@ struct Session<'a> {
 }
 
 /// The chat phase: every line the client sends.
-async fn read_loop(reader: &mut BufReader<OwnedReadHalf>, session: &Session<'_>) {
+async fn read_loop<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, session: &Session<'_>) {
     let shared = session.shared;
     let mut buf = Vec::new();
     loop {
@@ -302,16 +336,27 @@ fn escape(text: &str) -> String {
     text.escape_debug().to_string()
 }
 
-/// Writes during login, before the writer task exists.
-async fn write_direct(socket: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
-    tokio::time::timeout(LOGIN_TIMEOUT, socket.write_all(bytes))
+/// Writes during login, before the writer task exists. The flush hands what
+/// TLS encrypted to the socket; on plain TCP it does nothing.
+async fn write_direct<W: AsyncWrite + Unpin>(socket: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    let write = async {
+        socket.write_all(bytes).await?;
+        socket.flush().await
+    };
+    tokio::time::timeout(LOGIN_TIMEOUT, write)
         .await
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
+/// Closes the write side: a FIN on plain TCP; on TLS a close_notify first,
+/// which a client that stopped reading may never take, hence the deadline.
+async fn close<W: AsyncWrite + Unpin>(socket: &mut W) {
+    let _ = tokio::time::timeout(WRITE_DEADLINE, socket.shutdown()).await;
+}
+
 /// Everything the writer task owns.
-struct Writer {
-    socket: OwnedWriteHalf,
+struct Writer<W> {
+    socket: W,
     me: ClientId,
     ring: broadcast::Receiver<Outgoing>,
     private: mpsc::Receiver<Bytes>,
@@ -336,7 +381,7 @@ enum Stop {
     Broken,
 }
 
-async fn write_loop(mut writer: Writer) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: Writer<W>) {
     let mut batch: VecDeque<Bytes> = VecDeque::new();
     let stop = loop {
         let first = tokio::select! {
@@ -392,20 +437,23 @@ async fn write_loop(mut writer: Writer) {
         }
         Stop::Slow(why) => {
             tracing::warn!(user = %escape(&writer.user), peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
-            // Best effort: its buffers may be full, and it is not waited for.
-            let _ = writer.socket.try_write(&protocol::err(
-                ErrCode::Slow,
-                "client did not read fast enough; closing",
-            ));
+            // Best effort: its buffers may be full, and it is not waited
+            // for. A zero timeout still polls the write once.
+            let line = protocol::err(ErrCode::Slow, "client did not read fast enough; closing");
+            let attempt = async {
+                writer.socket.write_all(&line).await?;
+                writer.socket.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::ZERO, attempt).await;
         }
         Stop::Broken => {}
     }
-    let _ = writer.socket.shutdown().await;
+    close(&mut writer.socket).await;
     writer.end.cancel();
 }
 
 /// Moves whatever is already waiting into the batch, without blocking.
-fn drain_ready(writer: &mut Writer, batch: &mut VecDeque<Bytes>) -> Result<(), Stop> {
+fn drain_ready<W>(writer: &mut Writer<W>, batch: &mut VecDeque<Bytes>) -> Result<(), Stop> {
     while batch.len() < MAX_BATCH {
         match writer.ring.try_recv() {
             Ok(out) if out.from != writer.me => batch.push_back(out.line),
@@ -440,29 +488,14 @@ enum WriteFailure {
 /// socket while the room runs more than [`BLOCKED_LAG_LIMIT`] lines ahead
 /// of this client's place in `ring`, which catches a client that stopped
 /// reading within a few dozen milliseconds of its buffers filling.
-async fn write_batch(
-    socket: &mut OwnedWriteHalf,
+async fn write_batch<W: AsyncWrite + Unpin>(
+    socket: &mut W,
     batch: &mut VecDeque<Bytes>,
     ring: Option<&broadcast::Receiver<Outgoing>>,
 ) -> Result<(), WriteFailure> {
     while !batch.is_empty() {
         let slices: Vec<IoSlice<'_>> = batch.iter().map(|line| IoSlice::new(line)).collect();
-        let deadline = Instant::now() + WRITE_DEADLINE;
-        let write = socket.write_vectored(&slices);
-        tokio::pin!(write);
-        let mut written = loop {
-            tokio::select! {
-                result = &mut write => break result.map_err(|_| WriteFailure::Broken)?,
-                () = tokio::time::sleep(LAG_CHECK_INTERVAL) => {
-                    if Instant::now() >= deadline {
-                        return Err(WriteFailure::Slow("made no progress reading"));
-                    }
-                    if ring.is_some_and(|ring| ring.len() > BLOCKED_LAG_LIMIT) {
-                        return Err(WriteFailure::Slow("stopped reading while the room moved on"));
-                    }
-                }
-            }
-        };
+        let mut written = progress(socket.write_vectored(&slices), ring).await?;
         if written == 0 {
             return Err(WriteFailure::Broken);
         }
@@ -479,5 +512,30 @@ async fn write_batch(
             }
         }
     }
-    Ok(())
+    // TLS takes lines into its own buffer before the socket has them; the
+    // flush is the write that must make progress. Plain TCP: a no-op.
+    progress(socket.flush(), ring).await
+}
+
+/// Awaits one write or flush, failing it as slow when it makes no progress
+/// for [`WRITE_DEADLINE`] or while the room runs too far ahead.
+async fn progress<T>(
+    write: impl Future<Output = std::io::Result<T>>,
+    ring: Option<&broadcast::Receiver<Outgoing>>,
+) -> Result<T, WriteFailure> {
+    let deadline = Instant::now() + WRITE_DEADLINE;
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            result = &mut write => return result.map_err(|_| WriteFailure::Broken),
+            () = tokio::time::sleep(LAG_CHECK_INTERVAL) => {
+                if Instant::now() >= deadline {
+                    return Err(WriteFailure::Slow("made no progress reading"));
+                }
+                if ring.is_some_and(|ring| ring.len() > BLOCKED_LAG_LIMIT) {
+                    return Err(WriteFailure::Slow("stopped reading while the room moved on"));
+                }
+            }
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! rebinding them would drop every client and peer. The two tables below are
 //! the only place that decides which is which.
 
-use super::Config;
+use std::path::Path;
+
+use super::{ChatTls, Config};
 
 /// A key a reload applies at once: how to see it changed, and how to take
 /// the new value.
@@ -100,8 +102,37 @@ const RESTART_KEYS: &[(&str, Differs)] = &[
     ("chat.max_line_bytes", |a, b| {
         a.chat.max_line_bytes != b.chat.max_line_bytes
     }),
+    // The certificate is loaded, and the port switched to TLS or not, once
+    // at start: a reload cannot turn a connected plain-text client into a
+    // TLS one (docs/config.md#chat-the-chat-server).
+    ("chat.tls", |a, b| {
+        a.chat.tls.is_some() != b.chat.tls.is_some()
+    }),
+    ("chat.tls_cert", |a, b| {
+        cert_file(&a.chat.tls) != cert_file(&b.chat.tls)
+    }),
+    ("chat.tls_key", |a, b| {
+        key_file(&a.chat.tls) != key_file(&b.chat.tls)
+    }),
+    ("chat.allow_plaintext", |a, b| {
+        a.chat.allow_plaintext != b.chat.allow_plaintext
+    }),
     ("mesh", |a, b| a.mesh != b.mesh),
 ];
+
+fn cert_file(tls: &Option<ChatTls>) -> Option<&Path> {
+    match tls {
+        Some(ChatTls::Files { cert, .. }) => Some(cert),
+        _ => None,
+    }
+}
+
+fn key_file(tls: &Option<ChatTls>) -> Option<&Path> {
+    match tls {
+        Some(ChatTls::Files { key, .. }) => Some(key),
+        _ => None,
+    }
+}
 
 /// The outcome of comparing the running config with a newly loaded one.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -176,6 +207,25 @@ mod tests {
         let again = ReloadPlan::between(&running, &new);
         assert!(again.applied.is_empty());
         assert_eq!(again.restart_required, vec!["signaling.listen"]);
+    }
+
+    #[test]
+    fn chat_tls_changes_need_a_restart() {
+        let plain = Config::from_toml("", None).unwrap();
+        let own = Config::from_toml("[chat]\ntls = true\n", None).unwrap();
+        let files = Config::from_toml(
+            "[chat]\ntls = true\ntls_cert = \"/etc/c.pem\"\ntls_key = \"/etc/k.pem\"\n",
+            None,
+        )
+        .unwrap();
+        let plan = ReloadPlan::between(&plain, &own);
+        assert!(plan.applied.is_empty());
+        assert_eq!(plan.restart_required, vec!["chat.tls"]);
+        let plan = ReloadPlan::between(&own, &files);
+        assert_eq!(plan.restart_required, vec!["chat.tls_cert", "chat.tls_key"]);
+        let mut running = plain.clone();
+        running.apply_live(&own);
+        assert_eq!(running.chat.tls, None, "still plain text until a restart");
     }
 
     #[test]

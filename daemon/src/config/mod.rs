@@ -110,6 +110,28 @@ pub struct ChatConfig {
     pub rate_per_user: u64,
     /// Messages each user may send at once before the rate applies.
     pub burst_per_user: u64,
+    /// TLS on the chat port, and where its certificate comes from; `None`:
+    /// plain text.
+    pub tls: Option<ChatTls>,
+    /// A plain-text port that is not on loopback was asked for on purpose.
+    pub allow_plaintext: bool,
+}
+
+/// Where the chat port's certificate comes from (`[chat] tls_cert`,
+/// `tls_key`); both or neither, so one without the other cannot be
+/// represented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTls {
+    /// Neither key set: meshd's own self-signed certificate in `state_dir`,
+    /// created on first start.
+    SelfSigned,
+    /// The operator's PEM files.
+    Files {
+        /// `tls_cert`: the certificate chain, end-entity first.
+        cert: PathBuf,
+        /// `tls_key`: its private key.
+        key: PathBuf,
+    },
 }
 
 /// `[mesh]`: this node as a device.

@@ -59,6 +59,10 @@ pub struct RawChat {
     pub max_line_bytes: Option<u64>,
     pub rate_per_user: Option<u64>,
     pub burst_per_user: Option<u64>,
+    pub tls: Option<bool>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub allow_plaintext: Option<bool>,
 }
 
 /// `[mesh]`

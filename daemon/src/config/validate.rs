@@ -8,7 +8,9 @@ use std::time::Duration;
 use super::error::Problem;
 use super::parse::KeyLines;
 use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling};
-use super::{ChatConfig, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig};
+use super::{
+    ChatConfig, ChatTls, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig,
+};
 use crate::device_id::DeviceId;
 use crate::hub_wire::{HubUrl, MAX_ENDPOINTS};
 use crate::paths;
@@ -215,9 +217,26 @@ fn signaling(check: &mut Checker<'_>, raw: RawSignaling) -> SignalingConfig {
 }
 
 fn chat(check: &mut Checker<'_>, raw: RawChat) -> ChatConfig {
+    let enabled = raw.enabled.unwrap_or(true);
+    let listen = check.addr("chat.listen", raw.listen, "127.0.0.1:8081");
+    let allow_plaintext = raw.allow_plaintext.unwrap_or(false);
+    let tls = chat_tls(check, raw.tls, raw.tls_cert, raw.tls_key);
+    // Passwords cross the chat port in clear unless it speaks TLS; off
+    // loopback that is refused unless asked for (docs/config.md).
+    if enabled && tls.is_none() && !allow_plaintext && !listen.ip().to_canonical().is_loopback() {
+        check.problems.push(Problem {
+            line: check.lines.of("chat.tls").or_else(|| check.lines.of("chat.listen")),
+            key: "chat.tls".to_owned(),
+            message: format!(
+                "chat.listen {listen} is not a loopback address, so passwords and messages would cross the network in clear: \
+                 set tls = true (with tls_cert and tls_key, or neither for a self-signed certificate), \
+                 or allow_plaintext = true to accept that on purpose"
+            ),
+        });
+    }
     ChatConfig {
-        enabled: raw.enabled.unwrap_or(true),
-        listen: check.addr("chat.listen", raw.listen, "127.0.0.1:8081"),
+        enabled,
+        listen,
         max_clients: check.count("chat.max_clients", raw.max_clients, 10_000, (1, 1_000_000)),
         max_line_bytes: check.count(
             "chat.max_line_bytes",
@@ -233,6 +252,53 @@ fn chat(check: &mut Checker<'_>, raw: RawChat) -> ChatConfig {
             100,
             (1, 1_000_000),
         ) as u64,
+        tls,
+        allow_plaintext,
+    }
+}
+
+/// `tls`, `tls_cert` and `tls_key` into one [`ChatTls`]: the files come as a
+/// pair, and only with `tls = true`.
+fn chat_tls(
+    check: &mut Checker<'_>,
+    tls: Option<bool>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Option<ChatTls> {
+    let non_empty = |value: Option<String>| value.filter(|text| !text.is_empty());
+    let (cert, key) = (non_empty(cert), non_empty(key));
+    if !tls.unwrap_or(false) {
+        for (name, value) in [("chat.tls_cert", &cert), ("chat.tls_key", &key)] {
+            if value.is_some() {
+                check.problem(
+                    name,
+                    "is set but chat.tls is false, so the port would speak plain text: set tls = true, or remove it",
+                );
+            }
+        }
+        return None;
+    }
+    match (cert, key) {
+        (None, None) => Some(ChatTls::SelfSigned),
+        (Some(cert), Some(key)) => {
+            let cert = check.absolute_path("chat.tls_cert", Some(cert), PathBuf::new());
+            let key = check.absolute_path("chat.tls_key", Some(key), PathBuf::new());
+            Some(ChatTls::Files { cert, key })
+        }
+        (Some(_), None) => {
+            check.problem(
+                "chat.tls_cert",
+                "is set without chat.tls_key: set both (PEM files), or neither for a self-signed certificate",
+            );
+            Some(ChatTls::SelfSigned)
+        }
+        (None, Some(_)) => {
+            check.problem(
+                "chat.tls_key",
+                "is set without chat.tls_cert: set both (PEM files), or neither for a self-signed certificate",
+            );
+            Some(ChatTls::SelfSigned)
+        }
     }
 }
 
@@ -340,6 +406,16 @@ pub fn to_raw(config: &Config) -> RawConfig {
             max_line_bytes: Some(count(config.chat.max_line_bytes)),
             rate_per_user: Some(config.chat.rate_per_user),
             burst_per_user: Some(config.chat.burst_per_user),
+            tls: Some(config.chat.tls.is_some()),
+            tls_cert: Some(match &config.chat.tls {
+                Some(ChatTls::Files { cert, .. }) => cert.display().to_string(),
+                _ => String::new(),
+            }),
+            tls_key: Some(match &config.chat.tls {
+                Some(ChatTls::Files { key, .. }) => key.display().to_string(),
+                _ => String::new(),
+            }),
+            allow_plaintext: Some(config.chat.allow_plaintext),
         }),
         mesh: Some(RawMesh {
             enabled: Some(config.mesh.enabled),
@@ -444,11 +520,84 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_text_chat_port_off_loopback_is_refused_naming_chat_tls() {
+        let lines = problems("[chat]\nlisten = \"0.0.0.0:8081\"\n");
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("/etc/meshd/meshd.toml:2: chat.tls: chat.listen 0.0.0.0:8081 is not a loopback address"),
+            "{lines:#?}"
+        );
+        assert!(lines[0].contains("allow_plaintext = true"), "{lines:#?}");
+        let lines = problems("[chat]\ntls = false\nlisten = \"[::]:8081\"\n");
+        assert!(
+            lines[0].starts_with("/etc/meshd/meshd.toml:2: chat.tls: "),
+            "the tls line: {lines:#?}"
+        );
+        assert!(problems("[chat]\nlisten = \"0.0.0.0:8081\"\nallow_plaintext = true\n").is_empty());
+        assert!(problems("[chat]\nlisten = \"0.0.0.0:8081\"\ntls = true\n").is_empty());
+        assert!(problems("[chat]\nlisten = \"[::1]:8081\"\n").is_empty());
+        assert!(problems("[chat]\nlisten = \"[::ffff:127.0.0.1]:8081\"\n").is_empty());
+        assert!(problems("[chat]\nenabled = false\nlisten = \"0.0.0.0:8081\"\n").is_empty());
+    }
+
+    #[test]
+    fn tls_files_come_as_a_pair_and_only_with_tls() {
+        let lines = problems("[chat]\ntls = true\ntls_cert = \"/etc/meshd/chat.pem\"\n");
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains(":3: chat.tls_cert: is set without chat.tls_key"),
+            "{lines:#?}"
+        );
+        let lines = problems("[chat]\ntls = true\ntls_key = \"/etc/meshd/chat.key\"\n");
+        assert!(
+            lines[0].contains(":3: chat.tls_key: is set without chat.tls_cert"),
+            "{lines:#?}"
+        );
+        let lines = problems("[chat]\ntls_cert = \"/a\"\ntls_key = \"/b\"\n");
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(lines[0].contains("chat.tls is false"), "{lines:#?}");
+        let lines = problems("[chat]\ntls = true\ntls_cert = \"c.pem\"\ntls_key = \"/k.pem\"\n");
+        assert!(
+            lines[0].contains("chat.tls_cert: \"c.pem\" must be an absolute path"),
+            "{lines:#?}"
+        );
+        let config = Config::from_toml(
+            "[chat]\ntls = true\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            config.chat.tls,
+            Some(super::ChatTls::Files {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
+        let own = Config::from_toml("[chat]\ntls = true\ntls_cert = \"\"\n", None).unwrap();
+        assert_eq!(
+            own.chat.tls,
+            Some(super::ChatTls::SelfSigned),
+            "empty means unset"
+        );
+        assert_eq!(
+            Config::builtin().unwrap().chat.tls,
+            None,
+            "plain text by default"
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
-        let config =
-            Config::from_toml("[node]\nid = \"x\"\n[chat]\nenabled = false\n", None).unwrap();
-        let again = Config::from_toml(&config.to_toml(), None).unwrap();
-        assert_eq!(config, again);
+        for text in [
+            "[node]\nid = \"x\"\n[chat]\nenabled = false\n",
+            "[chat]\ntls = true\n",
+            "[chat]\ntls = true\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+            "[chat]\nlisten = \"0.0.0.0:1\"\nallow_plaintext = true\n",
+        ] {
+            let config = Config::from_toml(text, None).unwrap();
+            let again = Config::from_toml(&config.to_toml(), None).unwrap();
+            assert_eq!(config, again);
+        }
     }
 
     #[test]

@@ -423,17 +423,23 @@ fn a_corrupt_users_file_names_its_line_and_the_last_good_set_stays() {
 
 /// `meshctl chat` on a real terminal (`script` gives it one, so the password
 /// prompt really turns echo off), with what it prints collected.
-struct TerminalChat {
-    child: std::process::Child,
+pub(crate) struct TerminalChat {
+    pub(crate) child: std::process::Child,
     stdin: std::process::ChildStdin,
     screen: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl TerminalChat {
     fn start(addr: SocketAddr) -> TerminalChat {
-        let command = format!("{} chat {addr}", meshctl_bin().display());
+        TerminalChat::start_with(&[&addr.to_string()], &[])
+    }
+
+    /// `meshctl chat ARGS...` with extra environment.
+    pub(crate) fn start_with(args: &[&str], env: &[(&str, &str)]) -> TerminalChat {
+        let command = format!("{} chat {}", meshctl_bin().display(), args.join(" "));
         let mut child = Command::new("script")
             .args(["-q", "-f", "-e", "-c", &command, "/dev/null"])
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -462,13 +468,13 @@ impl TerminalChat {
         }
     }
 
-    fn type_line(&mut self, line: &str) {
+    pub(crate) fn type_line(&mut self, line: &str) {
         self.stdin
             .write_all(format!("{line}\n").as_bytes())
             .unwrap();
     }
 
-    fn wait_for(&self, text: &str) {
+    pub(crate) fn wait_for(&self, text: &str) {
         wait_until(
             &format!("{text:?} on the terminal"),
             Duration::from_secs(10),
@@ -476,7 +482,7 @@ impl TerminalChat {
         );
     }
 
-    fn log_in(&mut self, user: &str, password: &str) {
+    pub(crate) fn log_in(&mut self, user: &str, password: &str) {
         self.wait_for("Username:");
         self.type_line(user);
         self.wait_for("Password:");
@@ -484,7 +490,7 @@ impl TerminalChat {
         self.wait_for(&format!("logged in as {user}"));
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         self.screen.lock().unwrap().clone()
     }
 }

@@ -7,6 +7,7 @@
 
 mod chat;
 mod chat_abuse;
+mod chat_tls;
 mod config;
 mod control;
 mod hostile_input;
