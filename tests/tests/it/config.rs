@@ -96,7 +96,7 @@ fn a_malformed_hub_key_is_refused_with_its_line_and_a_good_one_is_kept() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8(output.stderr).unwrap();
     let expected = format!(
-        "{}:2: mesh.signaling: \"http://other:8080#not-a-key\": the hub key after '#' is not base64",
+        "{}:2: mesh.signaling: \"http://other:8080#not-a-key\": the hub key after '#' is not a key (not base64",
         path.display()
     );
     assert!(
