@@ -143,7 +143,7 @@ pub enum HubsAction {
     /// the hub (`meshctl status`) that its new key is genuine; the key it
     /// proves next is pinned instead.
     Forget {
-        /// The hub's URL as [mesh] signaling writes it, e.g. http://hub:8080
+        /// The hub's URL as `[mesh] signaling` writes it, e.g. `http://hub:8080`
         url: String,
     },
 }

@@ -3,7 +3,7 @@
 //! pushes registry changes and passes hole-punching and relay messages
 //! between devices.
 //!
-//! It opens with the hub handshake (`Noise_XX`, [`crate::hub_handshake`]):
+//! It opens with the hub handshake (`Noise_XX`, in the crate's `hub_handshake` module):
 //! the hub proves its key first and the device checks it against the key
 //! it pinned before naming itself; then the device proves its key and names
 //! its id. So each side knows whom it talks to before anything else is said.

@@ -76,6 +76,20 @@ impl Listing {
         self.observed.parse().ok()
     }
 
+    /// The device advertises `endpoint` itself: a hub that observes it
+    /// there sees it without a NAT in between.
+    pub fn advertises(&self, endpoint: SocketAddr) -> bool {
+        self.addr == endpoint || self.endpoints.contains(&endpoint)
+    }
+
+    /// The public endpoint to reach through a NAT by hole punching: the
+    /// address the hub observed, unless the device advertises it itself
+    /// (then it is reachable as it is, and is dialled like any endpoint).
+    pub fn punch_endpoint(&self) -> Option<SocketAddr> {
+        self.public_endpoint()
+            .filter(|public| !self.advertises(*public))
+    }
+
     /// Where to dial, best first, without repeats: the advertised endpoints
     /// (local and LAN addresses), the registered address, then the address
     /// the hub observed (the public endpoint: the NAT mapping of the

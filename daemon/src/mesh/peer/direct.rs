@@ -21,7 +21,7 @@ impl<S, P> PeerState<S, P> {
     /// direct link, dial its new endpoints now rather than after the backoff.
     pub(super) fn relisted(&mut self, step: &mut Step<'_, S, P>, listing: Listing) {
         let moved = listing.dial_candidates() != self.listing.dial_candidates();
-        let old_public = self.listing.public_endpoint();
+        let old_public = self.listing.punch_endpoint();
         self.listing = listing;
         if !moved || self.direct.is_some() {
             return;
@@ -33,7 +33,7 @@ impl<S, P> PeerState<S, P> {
         }
         // A hole-punching dial may wait for 25 s; the new endpoints need
         // not (after a NAT rebinding, usually only the public one is new).
-        let public = self.listing.public_endpoint();
+        let public = self.listing.punch_endpoint();
         let candidates: Vec<SocketAddr> = self
             .listing
             .dial_candidates()
@@ -52,7 +52,9 @@ impl<S, P> PeerState<S, P> {
     pub(super) fn dial_round(&mut self, step: &mut Step<'_, S, P>) {
         self.timers.clear(Timer::Redial);
         let candidates = self.listing.dial_candidates();
-        let public = self.listing.public_endpoint();
+        // A device seen at an address it advertises is behind no NAT:
+        // dialled at once, with no hole punching to coordinate.
+        let public = self.listing.punch_endpoint();
         if candidates.is_empty() {
             self.last_error = Some(NoLinkReason::Dial(DialError::NoEndpoint));
             let wait = self.next_dial_wait();

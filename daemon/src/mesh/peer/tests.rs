@@ -292,6 +292,32 @@ fn a_new_task_dials_at_once_and_asks_the_peer_to_dial_back() {
 }
 
 #[test]
+fn a_device_seen_at_its_own_address_is_dialled_at_once_with_no_punch() {
+    // The hub observes it where it says it is: no NAT in between, nothing
+    // to coordinate (on a LAN, or with a public address).
+    let t0 = Instant::now();
+    let mut state: PeerState<u32, u32> = PeerState::new(
+        t0,
+        Setup {
+            me: id("alpha"),
+            peer: id("beta"),
+            listing: listing(LAN),
+            entropy: Entropy::Fixed {
+                jitter: 1.0,
+                next_nonce: 100,
+            },
+        },
+    );
+    let mut out = Vec::new();
+    state.handle(t0, &OpenHubs::of(&[hub(0)]), Input::Timeout, &mut out);
+    let acts: Acts = out;
+    let round = dials(&acts);
+    assert_eq!(round.len(), 1);
+    assert_eq!((round[0].1.clone(), round[0].2), (vec![addr(LAN)], None));
+    assert!(to_hub(&acts).is_empty(), "no hole punching requested");
+}
+
+#[test]
 fn without_an_open_hub_the_public_endpoint_is_dialled_at_once_with_the_long_wait() {
     let mut h = Harness::new().no_hubs();
     let round = dials(&h.tick(0));
