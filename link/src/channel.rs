@@ -20,13 +20,16 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use crate::LinkError;
 use crate::hub_handshake::{self, Purpose};
 use crate::identity::{KEY_LEN, StaticKey};
-use crate::record::{Incoming, RecordReader, RecordWriter};
+use crate::record::{Incoming, MAX_RECORD_PLAINTEXT, RecordReader, RecordWriter};
 
 /// The longest id the device may name (device ids are at most 64 bytes).
 const MAX_ID_BYTES: usize = 64;
 
 /// Read buffer size.
 const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Ciphertext buffer a writer keeps between messages.
+const KEPT_CIPHERTEXT_BYTES: usize = 16 * 1024;
 
 /// An open channel, before it is split for a reading and a writing task.
 pub struct Channel<S> {
@@ -166,21 +169,36 @@ pub struct ChannelWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> ChannelWriter<W> {
-    /// Sends one message.
+    /// Sends one message, sealing and writing a record at a time: a hub
+    /// sending its whole list to thousands of channels holds one record's
+    /// ciphertext per channel, not a copy of the list.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), LinkError> {
         let len = u32::try_from(message.len()).map_err(|_| LinkError::TooLarge {
             size: message.len(),
         })?;
-        let mut plaintext = Vec::with_capacity(4 + message.len());
+        // The length prefix travels in the first record with the start of
+        // the message; records are a segmentation the reader undoes.
+        let first_len = message.len().min(MAX_RECORD_PLAINTEXT - 4);
+        let (first, rest) = message.split_at(first_len);
+        let mut plaintext = Vec::with_capacity(4 + first.len());
         plaintext.extend_from_slice(&len.to_be_bytes());
-        plaintext.extend_from_slice(message);
-        self.ciphertext.clear();
-        self.records.seal(&plaintext, &mut self.ciphertext)?;
-        self.stream.write_all(&self.ciphertext).await?;
+        plaintext.extend_from_slice(first);
+        self.write_records(&plaintext).await?;
+        for chunk in rest.chunks(MAX_RECORD_PLAINTEXT) {
+            self.write_records(chunk).await?;
+        }
         self.stream.flush().await?;
-        if self.ciphertext.capacity() > 1 << 20 {
+        // An idle channel keeps a small buffer, not its largest message's.
+        if self.ciphertext.capacity() > KEPT_CIPHERTEXT_BYTES {
             self.ciphertext = Vec::new();
         }
+        Ok(())
+    }
+
+    async fn write_records(&mut self, plaintext: &[u8]) -> Result<(), LinkError> {
+        self.ciphertext.clear();
+        self.records.seal(plaintext, &mut self.ciphertext)?;
+        self.stream.write_all(&self.ciphertext).await?;
         Ok(())
     }
 

@@ -11,6 +11,10 @@
 //!   device, and N-1 devices) started at once on loopback; the time from the
 //!   last start until every device shows every other as `direct`, and the
 //!   round-trip time meshd itself measures between two of them.
+//! - `hub` (`hub_scale.rs`): one meshd hub and thousands of simulated
+//!   devices (real hub channels, real keys): time until every device holds
+//!   the whole list, the hub's CPU, memory and bytes sent per join, and
+//!   the same under churn.
 //! - `nat` (`nat.rs`): meshd in the NAT lab of network namespaces: time to
 //!   a direct link across two NATs, time to a relayed link through a
 //!   random-port NAT, and relayed throughput beside direct.
@@ -24,6 +28,7 @@
 
 mod control;
 mod full_mesh;
+mod hub_scale;
 mod nat;
 mod stream;
 
@@ -66,6 +71,21 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
+    /// One hub and thousands of simulated devices: lists, deltas, limits.
+    Hub {
+        /// The meshd binary.
+        #[arg(long)]
+        meshd: PathBuf,
+        /// Device counts, one run each.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10_000])]
+        devices: Vec<usize>,
+        /// Percent of devices that leave and join again after the join.
+        #[arg(long, default_value_t = 10)]
+        churn_percent: usize,
+        /// Longest wait for each phase, in seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
     /// Direct and relayed links across NATs in network namespaces (root).
     Nat {
         /// The meshd binary.
@@ -93,6 +113,17 @@ fn main() -> ExitCode {
             devices,
             repeat,
         } => full_mesh::run(&meshd, devices.max(2), repeat.max(1)),
+        Command::Hub {
+            meshd,
+            devices,
+            churn_percent,
+            timeout_secs,
+        } => hub_scale::run(
+            &meshd,
+            &devices,
+            churn_percent.min(100),
+            std::time::Duration::from_secs(timeout_secs),
+        ),
         Command::Nat {
             meshd,
             repeat,

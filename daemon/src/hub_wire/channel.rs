@@ -10,10 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::ListedDevice;
 
-/// `GET /channel` with `Upgrade: meshd-channel/2` opens a channel.
+/// `GET /channel` with `Upgrade: meshd-channel/3` opens a channel.
 pub const CHANNEL_PATH: &str = "/channel";
-/// The upgrade protocol of a channel.
-pub const CHANNEL_UPGRADE: &str = "meshd-channel/2";
+/// The upgrade protocol of a channel: after one whole device list the hub
+/// sends only changes ([`FromHub::Delta`]).
+pub const CHANNEL_UPGRADE: &str = "meshd-channel/3";
+/// The channel of meshd before deltas: the hub pushes the whole list on
+/// every change. Hubs still serve it, so hubs can be upgraded before their
+/// devices.
+pub const CHANNEL_UPGRADE_WHOLE_LISTS: &str = "meshd-channel/2";
 /// `GET /relay` with `Upgrade: meshd-relay/2` joins a relay; the token
 /// travels inside the hub handshake that follows.
 pub const RELAY_PATH: &str = "/relay";
@@ -58,6 +63,10 @@ pub enum ToHub {
     /// This device is stopping: take it off the list now (its key binding
     /// stays), and tell the others it left.
     Leave,
+    /// The device list the device holds does not follow from what it was
+    /// sent (a [`FromHub::Delta`] that does not start at its version):
+    /// send the whole list again.
+    Resync,
 }
 
 /// Hub to device.
@@ -89,13 +98,29 @@ pub enum FromHub {
         /// The ping's nonce.
         nonce: u64,
     },
-    /// The device list, sent when the channel opens and whenever it
-    /// changes (arrivals, departures, moves; not heartbeats).
+    /// The whole device list: when the channel registers, when the device
+    /// asked ([`ToHub::Resync`]) or fell too far behind for a delta, and on
+    /// a `meshd-channel/2` channel whenever the list changes.
     Devices {
         /// The registry version (as in the `meshd-registry-version` header).
         version: u64,
         /// Every live device, as `GET /devices` lists them.
         devices: Vec<ListedDevice>,
+    },
+    /// What changed in the list from version `from` to `version`, merged:
+    /// a device that changed twice appears once, as it is now. Applies
+    /// only to a list at version `from`; a device holding another version
+    /// asks for the whole list ([`ToHub::Resync`]). Arrivals, departures
+    /// and moves make deltas; heartbeats that change nothing do not.
+    Delta {
+        /// The version this delta applies to.
+        from: u64,
+        /// The version the list is at after it.
+        version: u64,
+        /// Devices added or changed, whole.
+        devices: Vec<ListedDevice>,
+        /// Ids no longer listed.
+        removed: Vec<String>,
     },
     /// A signal from device `from`.
     Signal {

@@ -11,7 +11,8 @@ mod http;
 mod url;
 
 pub use channel::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, FromHub, RELAY_PATH, RELAY_UPGRADE, Refusable, Signal, ToHub,
+    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_WHOLE_LISTS, FromHub, RELAY_PATH, RELAY_UPGRADE,
+    Refusable, Signal, ToHub,
 };
 pub use http::{
     DEVICES_PATH, ErrorReply, HEALTH_PATH, ListedDevice, OBSERVED_PATH, ObservedReply,

@@ -11,9 +11,11 @@
 //!
 //! Over the channel the device registers (its endpoints and the join
 //! token) and heartbeats every third of the TTL; the hub answers with the
-//! address it sees the channel come from, pushes the device list whenever
-//! it changes, and passes hole-punching signals and relay offers, which go
-//! to the peer task they concern. The device pings every
+//! address it sees the channel come from, sends the device list once and
+//! then what changes in it (deltas, each saying which version it applies
+//! to: one that does not follow from the list held is answered by asking
+//! for the whole list again), and passes hole-punching signals and relay
+//! offers, which go to the peer task they concern. The device pings every
 //! [`PING_INTERVAL`]; the round-trip time is shown by `meshctl status`.
 //! Because the channel leaves from the mesh port, the address the hub
 //! observes is the NAT mapping that peers dial.
@@ -62,6 +64,10 @@ const OUTGOING_QUEUE: usize = 256;
 
 /// How long a stopping device tries to tell a hub it is leaving.
 const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A device that asked for the whole list and still gets deltas that do
+/// not apply asks again after this long (its request may have been lost).
+const RESYNC_AGAIN: Duration = Duration::from_secs(2);
 
 /// Keeps hub `id`'s channel open until cancelled, reopening it with
 /// backoff when it fails.
@@ -309,10 +315,10 @@ async fn session(
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
     let mut heard = Instant::now();
-    // The hub pushes its list only when it changes; each heartbeat answer
-    // says it still stands, and re-applies it, so the roster counts this
-    // hub as answering and lets the devices it dropped go (roster.rs).
-    let mut last_list: Option<Vec<ListedDevice>> = None;
+    // The hub sends its list once, then only changes; each heartbeat
+    // answer says the list still stands, so the roster counts this hub as
+    // answering and lets the devices it dropped go (roster.rs).
+    let mut list = ListVersion::default();
     let ended = async {
         loop {
             let outgoing = tokio::select! {
@@ -343,12 +349,13 @@ async fn session(
                 read = reader.next() => {
                     let bytes = read?;
                     heard = Instant::now();
+                    let mut answer = None;
                     match decode(&bytes)? {
                         FromHub::Registered { observed, ttl_secs } => {
                             ttl = Duration::from_secs(ttl_secs.max(3));
                             hub.registered(observed, ttl);
-                            if let Some(devices) = &last_list {
-                                mesh.update_roster(id, devices);
+                            if list.held.is_some() {
+                                mesh.confirm_roster(id);
                             }
                         }
                         FromHub::RegisterRefused { status, error } => {
@@ -362,9 +369,18 @@ async fn session(
                                 hub.set_rtt(sent.elapsed());
                             }
                         }
-                        FromHub::Devices { devices, .. } => {
+                        FromHub::Devices { version, devices } => {
+                            list.whole(version);
                             on_devices(mesh, id, &devices);
-                            last_list = Some(devices);
+                        }
+                        FromHub::Delta { from, version, devices, removed } => {
+                            if list.applies(from) {
+                                list.held = Some(version);
+                                on_delta(mesh, id, &devices, &removed);
+                            } else if list.should_ask_again() {
+                                tracing::debug!(hub = %hub.url(), from, version, held = ?list.held, "hub list delta does not apply; asking for the whole list");
+                                answer = Some(ToHub::Resync);
+                            }
                         }
                         FromHub::Signal { from, signal } => {
                             tell(mesh, &from, Command::Signal { hub: id, signal });
@@ -381,7 +397,10 @@ async fn session(
                             }
                         }
                     }
-                    continue;
+                    match answer {
+                        Some(answer) => answer,
+                        None => continue,
+                    }
                 }
             };
             send(&mut writer, &outgoing).await?;
@@ -439,6 +458,56 @@ async fn send<W: tokio::io::AsyncWrite + Unpin>(
 
 fn decode(bytes: &[u8]) -> Result<FromHub, ChannelError> {
     meshd_ipc::strict::from_slice(bytes).map_err(|error| ChannelError::Malformed(error.to_string()))
+}
+
+/// The list version this device holds from one hub, and whether it is
+/// waiting for the whole list.
+#[derive(Default)]
+struct ListVersion {
+    /// The version of the list held; `None` before the first whole list
+    /// and after a delta that did not apply.
+    held: Option<u64>,
+    /// When the whole list was last asked for.
+    asked: Option<Instant>,
+}
+
+impl ListVersion {
+    fn whole(&mut self, version: u64) {
+        self.held = Some(version);
+        self.asked = None;
+    }
+
+    /// A delta from `from` applies to the list held. One that does not
+    /// leaves no list version held: nothing more applies until the whole
+    /// list comes, so the roster is never built from a wrong base.
+    fn applies(&mut self, from: u64) -> bool {
+        let applies = self.held == Some(from);
+        if !applies {
+            self.held = None;
+        }
+        applies
+    }
+
+    /// Whether to ask for the whole list now (not again while an earlier
+    /// request may still be answered).
+    fn should_ask_again(&mut self) -> bool {
+        let now = Instant::now();
+        let ask = self
+            .asked
+            .is_none_or(|asked| now.duration_since(asked) >= RESYNC_AGAIN);
+        if ask {
+            self.asked = Some(now);
+        }
+        ask
+    }
+}
+
+fn on_delta(mesh: &Mesh, hub: HubId, devices: &[ListedDevice], removed: &[String]) {
+    let own = mesh.local.id.as_str();
+    if removed.iter().any(|id| id == own) {
+        mesh.local.hubs.get(hub).register_now();
+    }
+    mesh.apply_roster_delta(hub, devices, removed);
 }
 
 fn on_devices(mesh: &Mesh, hub: HubId, devices: &[ListedDevice]) {

@@ -40,9 +40,34 @@ pub(super) async fn reconcile_periodically(mesh: Arc<Mesh>, cancel: Cancellation
 }
 
 impl Mesh {
+    /// Hub `hub` sent its whole list.
     pub(super) fn update_roster(&self, hub: HubId, devices: &[ListedDevice]) {
         let ttl = self.local.hubs.get(hub).ttl();
         lock(&self.roster).update(hub.index(), devices, ttl, Instant::now());
+        self.roster_changed();
+    }
+
+    /// Hub `hub` sent what changed in its list.
+    pub(super) fn apply_roster_delta(
+        &self,
+        hub: HubId,
+        devices: &[ListedDevice],
+        removed: &[String],
+    ) {
+        let ttl = self.local.hubs.get(hub).ttl();
+        lock(&self.roster).apply_delta(hub.index(), devices, removed, ttl, Instant::now());
+        self.roster_changed();
+    }
+
+    /// Hub `hub` answered a heartbeat: its list stands, and the devices it
+    /// stopped listing a TTL ago may go.
+    pub(super) fn confirm_roster(&self, hub: HubId) {
+        let ttl = self.local.hubs.get(hub).ttl();
+        lock(&self.roster).confirm(hub.index(), ttl, Instant::now());
+        self.reconcile();
+    }
+
+    fn roster_changed(&self) {
         self.reconcile();
         self.roster_updates.send_modify(|version| *version += 1);
     }

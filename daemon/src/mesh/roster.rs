@@ -132,8 +132,12 @@ pub struct Merged {
 }
 
 struct HubView {
-    /// Each device with when this hub last listed it.
-    devices: HashMap<DeviceId, (Listing, Instant)>,
+    /// What the hub lists, as this device last heard it: its last whole
+    /// list with every delta since applied.
+    listed: HashMap<DeviceId, Listing>,
+    /// Devices a whole list left out, with when the hub last listed them:
+    /// kept for one TTL from then (a hub that restarted lists nobody yet).
+    held: HashMap<DeviceId, (Listing, Instant)>,
     /// Devices this hub listed and then stopped listing, with when it
     /// dropped them: they overrule a silent hub's older answer.
     departed: HashMap<DeviceId, Instant>,
@@ -142,9 +146,85 @@ struct HubView {
 }
 
 impl HubView {
+    fn new(ttl: Duration, now: Instant) -> Self {
+        HubView {
+            listed: HashMap::new(),
+            held: HashMap::new(),
+            departed: HashMap::new(),
+            fetched: now,
+            ttl,
+        }
+    }
+
     /// The hub answered within its TTL.
     fn is_fresh(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.fetched) <= self.ttl
+    }
+
+    /// Every device the view holds, listed or held.
+    fn devices(&self) -> impl Iterator<Item = (&DeviceId, &Listing)> {
+        self.listed
+            .iter()
+            .chain(self.held.iter().map(|(id, (listing, _))| (id, listing)))
+    }
+
+    /// The hub answers at `now`, and its list stands. A hub that was
+    /// silent never said it stopped listing anyone: what it held gets its
+    /// grace from now, not from before the outage.
+    fn confirm(&mut self, ttl: Duration, now: Instant) {
+        if !self.is_fresh(now) {
+            for (_, since) in self.held.values_mut() {
+                *since = now;
+            }
+        }
+        self.fetched = now;
+        self.ttl = ttl;
+        self.let_go(now);
+    }
+
+    /// The hub no longer lists `id`.
+    fn depart(&mut self, id: &DeviceId, now: Instant) {
+        let listed = self.listed.remove(id).is_some();
+        if listed || self.held.remove(id).is_some() {
+            self.departed.insert(id.clone(), now);
+        }
+    }
+
+    /// Lets held devices go once their TTL of grace ran out, and gives
+    /// back the memory of a crowd that left.
+    fn let_go(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        let departed = &mut self.departed;
+        self.held.retain(|id, (_, since)| {
+            let keep = now.saturating_duration_since(*since) < ttl;
+            if !keep {
+                departed.insert(id.clone(), now);
+            }
+            keep
+        });
+        // Departures matter only against a silent hub's older list; a day
+        // covers any outage worth keeping a list through.
+        departed.retain(|_, at| now.saturating_duration_since(*at) < DEPARTED_KEPT);
+        // Bounded like the view; the oldest departures matter least.
+        while departed.len() > MAX_DEVICES_PER_LIST {
+            let Some(oldest) = departed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            departed.remove(&oldest);
+        }
+        shrink(&mut self.listed);
+        shrink(&mut self.held);
+        shrink(&mut self.departed);
+    }
+}
+
+fn shrink<V>(map: &mut HashMap<DeviceId, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 
@@ -162,7 +242,7 @@ impl Roster {
         }
     }
 
-    /// Replaces hub `index`'s view with its latest answer.
+    /// Replaces hub `index`'s view with its whole list.
     ///
     /// A device the hub stops listing stays in its view for one more TTL:
     /// a hub that restarted lists nobody until the devices register again,
@@ -172,70 +252,78 @@ impl Roster {
         let Some(slot) = self.hubs.get_mut(index) else {
             return;
         };
-        let (mut view, mut departed) = match slot.take() {
-            // A hub that was silent never said it stopped listing anyone:
-            // its old entries get their grace from now, not from before
-            // the outage.
-            Some(mut old) if !old.is_fresh(now) => {
-                for (_, listed) in old.devices.values_mut() {
-                    *listed = now;
-                }
-                (old.devices, old.departed)
-            }
-            Some(old) => (old.devices, old.departed),
-            None => (HashMap::new(), HashMap::new()),
+        let view = slot.get_or_insert_with(|| HubView::new(ttl, now));
+        // When the hub last said its list stood (from now, if it was
+        // silent since).
+        let last_confirmed = if view.is_fresh(now) {
+            view.fetched
+        } else {
+            now
         };
-        view.retain(|id, (_, listed)| {
-            let keep = now.saturating_duration_since(*listed) < ttl;
-            if !keep {
-                departed.insert(id.clone(), now);
-            }
-            keep
-        });
-        for (id, listing) in devices
+        view.confirm(ttl, now);
+        let mut listed: HashMap<DeviceId, Listing> = devices
             .iter()
             .take(MAX_DEVICES_PER_LIST)
             .filter_map(Listing::from_listed)
-        {
-            departed.remove(&id);
-            view.insert(id, (listing, now));
+            .collect();
+        for id in listed.keys() {
+            view.held.remove(id);
+            view.departed.remove(id);
         }
-        // Memory held for devices that have gone is given back.
-        if view.capacity() > 64 && view.len() < view.capacity() / 4 {
-            view.shrink_to_fit();
+        // What the last list had and this one lacks was last listed when
+        // the hub last confirmed its list.
+        std::mem::swap(&mut view.listed, &mut listed);
+        for (id, listing) in listed {
+            if !view.listed.contains_key(&id) {
+                view.held.insert(id, (listing, last_confirmed));
+            }
         }
-        // Departures matter only against a silent hub's older list; a day
-        // covers any outage worth keeping a list through.
-        departed.retain(|_, at| now.saturating_duration_since(*at) < DEPARTED_KEPT);
-        if departed.capacity() > 64 && departed.len() < departed.capacity() / 4 {
-            departed.shrink_to_fit();
+        view.let_go(now);
+    }
+
+    /// Applies a delta from hub `index` to its view: the devices added or
+    /// changed, and those it no longer lists (gone at once: the hub said
+    /// so, not a list that may be a restarted hub's). Ignored before the
+    /// hub's first whole list.
+    pub fn apply_delta(
+        &mut self,
+        index: usize,
+        devices: &[ListedDevice],
+        removed: &[String],
+        ttl: Duration,
+        now: Instant,
+    ) {
+        let Some(Some(view)) = self.hubs.get_mut(index) else {
+            return;
+        };
+        view.confirm(ttl, now);
+        for (id, listing) in devices.iter().filter_map(Listing::from_listed) {
+            if view.listed.len() >= MAX_DEVICES_PER_LIST && !view.listed.contains_key(&id) {
+                continue;
+            }
+            view.held.remove(&id);
+            view.departed.remove(&id);
+            view.listed.insert(id, listing);
         }
-        // Bounded like the view; the oldest departures matter least.
-        while departed.len() > MAX_DEVICES_PER_LIST {
-            let Some(oldest) = departed
-                .iter()
-                .min_by_key(|(_, at)| **at)
-                .map(|(id, _)| id.clone())
-            else {
-                break;
-            };
-            departed.remove(&oldest);
+        for id in removed.iter().filter_map(|id| DeviceId::parse(id).ok()) {
+            view.depart(&id, now);
         }
-        *slot = Some(HubView {
-            devices: view,
-            departed,
-            fetched: now,
-            ttl,
-        });
+        view.let_go(now);
+    }
+
+    /// Hub `index` answered (a heartbeat): its list stands as this device
+    /// holds it.
+    pub fn confirm(&mut self, index: usize, ttl: Duration, now: Instant) {
+        if let Some(Some(view)) = self.hubs.get_mut(index) {
+            view.confirm(ttl, now);
+        }
     }
 
     /// Drops `id` from hub `index`'s view at once: the device left cleanly
     /// (told its hub so over its own channel), so no grace is owed.
     pub fn forget(&mut self, index: usize, id: &DeviceId, now: Instant) {
-        if let Some(Some(view)) = self.hubs.get_mut(index)
-            && view.devices.remove(id).is_some()
-        {
-            view.departed.insert(id.clone(), now);
+        if let Some(Some(view)) = self.hubs.get_mut(index) {
+            view.depart(id, now);
         }
     }
 
@@ -275,7 +363,7 @@ fn merge<'a>(
 ) -> BTreeMap<DeviceId, Merged> {
     let mut merged: BTreeMap<DeviceId, Merged> = BTreeMap::new();
     for hub in hubs {
-        for (id, (listing, _)) in &hub.devices {
+        for (id, listing) in hub.devices() {
             if !counts(id, hub) {
                 continue;
             }
@@ -469,6 +557,66 @@ mod tests {
         let after = back + TTL + Duration::from_secs(1);
         roster.update(0, &[listed("a", Some(1), "t")], TTL, after);
         assert_eq!(roster.merged(after).len(), 1);
+    }
+
+    #[test]
+    fn deltas_add_change_and_remove_devices_with_no_grace_for_a_removal() {
+        let now = Instant::now();
+        let mut roster = Roster::new(1);
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, now);
+        let mut moved = listed("a", Some(1), "t2");
+        moved.addr = "127.0.0.1:10".into();
+        roster.apply_delta(0, &[listed("b", Some(2), "t"), moved], &[], TTL, now);
+        let merged = roster.merged(now);
+        let a = DeviceId::parse("a").unwrap();
+        let b = DeviceId::parse("b").unwrap();
+        assert_eq!(merged[&a].listing.addr, "127.0.0.1:10".parse().unwrap());
+        assert_eq!(merged[&b].key, KeyStatus::Trusted(PublicKey::from([2; 32])));
+        roster.apply_delta(0, &[], &["a".into(), "not an id!".into()], TTL, now);
+        assert!(!roster.merged(now).contains_key(&a), "gone at once");
+        assert!(roster.merged(now).contains_key(&b));
+        // A removed device does not come back from a silent hub either.
+        assert!(!roster.merged(now + TTL * 10).contains_key(&a));
+    }
+
+    #[test]
+    fn a_delta_before_the_first_whole_list_is_ignored() {
+        let now = Instant::now();
+        let mut roster = Roster::new(1);
+        roster.apply_delta(0, &[listed("a", Some(1), "t")], &[], TTL, now);
+        assert!(roster.merged(now).is_empty());
+    }
+
+    #[test]
+    fn heartbeats_keep_a_hubs_list_fresh_and_let_dropped_devices_go_after_a_ttl() {
+        let t0 = Instant::now();
+        let mut roster = Roster::new(2);
+        let both = [listed("a", Some(1), "t"), listed("b", Some(2), "t")];
+        roster.update(0, &both, TTL, t0);
+        // Hub 1 decides against hub 0's older answer only while fresh.
+        roster.update(1, &[listed("a", Some(1), "t")], TTL, t0);
+        let b = DeviceId::parse("b").unwrap();
+        let mut now = t0;
+        for _ in 0..6 {
+            now += TTL / 3;
+            roster.confirm(1, TTL, now);
+        }
+        // Two TTLs on, hub 1 (confirmed) still decides; hub 0 is silent.
+        assert!(
+            roster
+                .merged(now)
+                .contains_key(&DeviceId::parse("a").unwrap())
+        );
+        // Hub 1 never listed b, so silent hub 0's last answer counts for it.
+        assert!(roster.merged(now).contains_key(&b));
+        // Hub 0 comes back without b: held for one TTL, then let go by a
+        // heartbeat.
+        roster.update(0, &[listed("a", Some(1), "t")], TTL, now);
+        assert!(roster.merged(now).contains_key(&b), "a TTL of grace");
+        roster.confirm(0, TTL, now + TTL / 2);
+        assert!(roster.merged(now + TTL / 2).contains_key(&b));
+        roster.confirm(0, TTL, now + TTL);
+        assert!(!roster.merged(now + TTL).contains_key(&b));
     }
 
     #[test]

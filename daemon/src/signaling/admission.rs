@@ -72,21 +72,26 @@ impl SignalingState {
         let ttl = settings.device_ttl;
         let now = Instant::now();
         let id = registration.id.clone();
-        let is_known = self.registry().live(&id, now, ttl).is_some();
-        if !is_known
-            && !self
-                .source_limits
-                .try_take(peer.ip(), settings.registrations_per_sec, now)
-        {
-            return Err(SignalingError::RateLimited {
-                address: peer.ip(),
-                rate: settings.registrations_per_sec,
-            });
-        }
+        // One lock for the whole admission: the rate limit applies to ids
+        // not live now, decided under the same lock that registers them.
         let (is_new, moved, reply) = self.change_registry(|registry| {
+            // What peers see of it. A channel's new source address is a
+            // new NAT mapping, news to peers as much as new endpoints are;
+            // a `POST /register` comes from a new port each time, and its
+            // source address is not dialled.
             let previous = registry
                 .live(&id, now, ttl)
-                .map(|device| device.registration.clone());
+                .map(|device| (device.registration.clone(), device.observed));
+            if previous.is_none()
+                && !self
+                    .source_limits
+                    .try_take(peer.ip(), settings.registrations_per_sec, now)
+            {
+                return Err(SignalingError::RateLimited {
+                    address: peer.ip(),
+                    rate: settings.registrations_per_sec,
+                });
+            }
             let device = registry
                 .register(registration, proof, peer, now, SystemTime::now(), ttl)
                 .map_err(|error| match error {
@@ -95,9 +100,10 @@ impl SignalingState {
                     RegisterError::Claimed(id) => SignalingError::Claimed(id.to_string()),
                     full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
                 })?;
-            let moved = previous
-                .as_ref()
-                .is_some_and(|previous| *previous != device.registration);
+            let moved = previous.as_ref().is_some_and(|(registration, observed)| {
+                *registration != device.registration
+                    || (proof == Proof::Proven && *observed != device.observed)
+            });
             let reply = RegisterReply {
                 id: device.registration.id.to_string(),
                 addr: device.registration.addr.to_string(),
@@ -107,7 +113,7 @@ impl SignalingState {
             Ok::<_, SignalingError>((previous.is_none(), moved, reply))
         })?;
         if is_new || moved {
-            self.changed();
+            self.changed([id]);
         }
         if is_new {
             tracing::info!(device_id = %reply.id, peer_addr = %peer, addr = %reply.addr, proven = (proof == Proof::Proven), "device registered");

@@ -12,6 +12,7 @@ pub(crate) mod api;
 pub(crate) mod bindings;
 mod channels;
 mod error;
+mod list_history;
 mod registry;
 mod relay;
 mod routes;
@@ -68,9 +69,12 @@ pub struct SignalingState {
     bindings_changed: Notify,
     /// The registry's version: changes whenever the list `GET /devices`
     /// answers changes in membership or addresses (not on a heartbeat), so
-    /// long-polling devices and a mesh role in the same process learn of
-    /// changes at once.
+    /// long-polling devices and channel writers learn of changes at once.
+    /// Always [`list_history::ListHistory::version`], sent while its lock is held.
     changes: watch::Sender<u64>,
+    /// The list's recent changes, for the channels' deltas. Locked before
+    /// the registry when both are.
+    history: Mutex<list_history::ListHistory>,
     /// Ends long-polls when meshd stops.
     stopping: CancellationToken,
     /// Long-polls waiting now, and the most allowed: half the connection
@@ -94,9 +98,66 @@ pub struct SignalingState {
 }
 
 impl SignalingState {
-    /// Marks the device list as changed.
-    fn changed(&self) {
-        self.changes.send_modify(|version| *version += 1);
+    fn new(
+        config: &SignalingConfig,
+        registry: Registry,
+        hub_key: StaticKey,
+        stopping: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> SignalingState {
+        SignalingState {
+            registry: Mutex::new(registry),
+            settings: RwLock::new(Settings::from(config)),
+            bindings_changed: Notify::new(),
+            changes: watch::Sender::new(0),
+            history: Mutex::new(list_history::ListHistory::default()),
+            stopping,
+            polls: std::sync::atomic::AtomicUsize::new(0),
+            max_polls: config.max_connections / 2,
+            channels: channels::Channels::default(),
+            channel_handshakes: Arc::new(tokio::sync::Semaphore::new(channels::MAX_HANDSHAKES)),
+            relays: relay::Relays::new(config.max_connections),
+            tracker: tracker.clone(),
+            hub_key,
+            source_limits: admission::SourceLimits::default(),
+        }
+    }
+
+    /// Records that the listing of `ids` changed (registered, moved, left,
+    /// expired, removed), as the registry has them now, and bumps the
+    /// version. Called after the registry's lock is released.
+    fn changed(&self, ids: impl IntoIterator<Item = DeviceId>) {
+        let mut history = lock(&self.history);
+        let ttl = self.settings().device_ttl;
+        let now = Instant::now();
+        let devices = {
+            let registry = self.registry();
+            ids.into_iter()
+                .map(|id| {
+                    let listed = registry.live(&id, now, ttl).map(api::listed);
+                    (id, listed)
+                })
+                .collect()
+        };
+        let version = history.record(devices);
+        self.changes.send_replace(version);
+    }
+
+    /// What a channel whose device holds list version `held` sends next:
+    /// the version it brings the device to and the message, or `None` when
+    /// the device is up to date. `deltas: false` for `meshd-channel/2`
+    /// channels, which get the whole list every time.
+    fn list_update(&self, held: Option<u64>, deltas: bool) -> Option<(u64, bytes::Bytes)> {
+        let mut history = lock(&self.history);
+        let listed = || self.live_devices().iter().map(api::listed).collect();
+        if !deltas {
+            return (held != Some(history.version())).then(|| history.current_whole(listed));
+        }
+        match history.update(held) {
+            list_history::Update::Current => None,
+            list_history::Update::Delta { version, message } => Some((version, message)),
+            list_history::Update::Whole => Some(history.whole(listed)),
+        }
     }
 }
 
@@ -175,21 +236,13 @@ pub fn start(
     let mut registry = Registry::new(config.max_devices);
     let restored = saved.len();
     registry.restore_bindings(saved);
-    let state = Arc::new(SignalingState {
-        registry: Mutex::new(registry),
-        settings: RwLock::new(Settings::from(config)),
-        bindings_changed: Notify::new(),
-        changes: watch::Sender::new(0),
-        stopping: cancel.clone(),
-        polls: std::sync::atomic::AtomicUsize::new(0),
-        max_polls: config.max_connections / 2,
-        channels: channels::Channels::default(),
-        channel_handshakes: Arc::new(tokio::sync::Semaphore::new(channels::MAX_HANDSHAKES)),
-        relays: relay::Relays::new(config.max_connections),
-        tracker: tracker.clone(),
+    let state = Arc::new(SignalingState::new(
+        config,
+        registry,
         hub_key,
-        source_limits: admission::SourceLimits::default(),
-    });
+        cancel.clone(),
+        tracker,
+    ));
     if restored > 0 {
         tracing::info!(bindings = restored, "key bindings restored");
     }
@@ -249,7 +302,7 @@ impl SignalingHandle {
     pub fn remove(&self, id: &DeviceId) -> Option<RemovedReply> {
         let removed = self.state.change_registry(|registry| registry.remove(id));
         if removed.was_registered {
-            self.state.changed();
+            self.state.changed([id.clone()]);
         }
         // The channel spoke for the binding just released.
         self.state.channels.close_device(id);
@@ -307,11 +360,9 @@ async fn sweep_expired(state: Arc<SignalingState>, cancel: CancellationToken) {
             () = tokio::time::sleep(period) => {}
         }
         let expired = state.registry().sweep(Instant::now(), ttl);
-        if !expired.is_empty() {
-            state.changed();
-        }
-        for id in expired {
+        for id in &expired {
             tracing::info!(device_id = %id, "device expired");
         }
+        state.changed(expired);
     }
 }

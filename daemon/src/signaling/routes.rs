@@ -21,8 +21,9 @@ use super::channels;
 use super::error::{SignalingError, json_response};
 use super::registry::Proof;
 use crate::hub_wire::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, DEVICES_PATH, HEALTH_PATH, MAX_BODY_BYTES, MAX_HEAD_BYTES,
-    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH, RELAY_UPGRADE, RegisterRequest,
+    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_WHOLE_LISTS, DEVICES_PATH, HEALTH_PATH,
+    MAX_BODY_BYTES, MAX_HEAD_BYTES, OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH,
+    RELAY_UPGRADE, RegisterRequest,
 };
 
 /// The size of a request's line and headers on the wire.
@@ -180,19 +181,27 @@ fn channel(
     peer: SocketAddr,
     state: &Arc<SignalingState>,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
-    require_upgrade(&request, CHANNEL_UPGRADE)?;
+    // Devices of this version take deltas; older ones (channel/2) are
+    // still served whole lists, so hubs can be upgraded first.
+    let (protocol, deltas) = match require_upgrade(&request, CHANNEL_UPGRADE) {
+        Ok(()) => (CHANNEL_UPGRADE, true),
+        Err(error) => match require_upgrade(&request, CHANNEL_UPGRADE_WHOLE_LISTS) {
+            Ok(()) => (CHANNEL_UPGRADE_WHOLE_LISTS, false),
+            Err(_) => return Err(error),
+        },
+    };
     let slot = handshake_slot(state)?;
     let upgrade = hyper::upgrade::on(&mut request);
     let task_state = state.clone();
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                channels::serve(task_state, TokioIo::new(upgraded), peer, slot).await;
+                channels::serve(task_state, TokioIo::new(upgraded), peer, slot, deltas).await;
             }
             Err(error) => tracing::debug!(peer_addr = %peer, %error, "hub channel upgrade failed"),
         }
     });
-    Ok(switching_protocols(CHANNEL_UPGRADE))
+    Ok(switching_protocols(protocol))
 }
 
 /// `GET /relay`: joins one side of a relay offered over a channel

@@ -40,14 +40,36 @@ pub async fn upgrade(addr: SocketAddr, path: &str, protocol: &str) -> std::io::R
 
 impl HubChannel {
     /// Opens a channel as `id` with `key`, trusting whatever key the hub
-    /// proves unless `expected` is given.
+    /// proves unless `expected` is given: the current protocol, with
+    /// deltas after the first whole list.
     pub async fn open(
         addr: SocketAddr,
         id: &str,
         key: &StaticKey,
         expected: Option<[u8; 32]>,
     ) -> Result<HubChannel, LinkError> {
-        let stream = upgrade(addr, "/channel", "meshd-channel/2").await?;
+        HubChannel::open_as(addr, id, key, expected, "meshd-channel/3").await
+    }
+
+    /// Opens a channel with the given upgrade `protocol`
+    /// (`meshd-channel/2`: an older device, sent whole lists only).
+    pub async fn open_as(
+        addr: SocketAddr,
+        id: &str,
+        key: &StaticKey,
+        expected: Option<[u8; 32]>,
+        protocol: &str,
+    ) -> Result<HubChannel, LinkError> {
+        let stream = upgrade(addr, "/channel", protocol).await?;
+        HubChannel::handshake(stream, id, key, expected).await
+    }
+
+    async fn handshake(
+        stream: TcpStream,
+        id: &str,
+        key: &StaticKey,
+        expected: Option<[u8; 32]>,
+    ) -> Result<HubChannel, LinkError> {
         let (channel, hub_key) =
             meshd_link::channel::open(stream, key, id, expected.as_ref()).await?;
         let (reader, writer) = channel.split(64 << 20);
@@ -73,10 +95,15 @@ impl HubChannel {
 
     /// The next message, within 10 s.
     pub async fn next(&mut self) -> Result<Value, LinkError> {
-        let bytes = tokio::time::timeout(Duration::from_secs(10), self.reader.next())
-            .await
-            .map_err(|_| LinkError::Timeout)??;
+        let bytes = self.next_bytes().await?;
         Ok(serde_json::from_slice(&bytes).expect("JSON from the hub"))
+    }
+
+    /// The next message as the bytes the hub sent, within 10 s.
+    pub async fn next_bytes(&mut self) -> Result<bytes::Bytes, LinkError> {
+        tokio::time::timeout(Duration::from_secs(10), self.reader.next())
+            .await
+            .map_err(|_| LinkError::Timeout)?
     }
 
     /// Registers at `device_addr` with `join_token`; the hub's answer.

@@ -10,6 +10,7 @@ mod chat_abuse;
 mod chat_tls;
 mod config;
 mod control;
+mod deltas;
 mod hostile_input;
 mod hub_client;
 mod lifecycle;

@@ -143,7 +143,8 @@ impl<S, P> PeerState<S, P> {
             | ToHub::Ping { .. }
             | ToHub::Leave
             | ToHub::Register { .. }
-            | ToHub::Observe => {}
+            | ToHub::Observe
+            | ToHub::Resync => {}
         }
     }
 

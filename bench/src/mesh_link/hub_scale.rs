@@ -1,0 +1,619 @@
+//! One meshd hub and N simulated devices on loopback (issue 15): real hub
+//! channels from `meshd-link`, real keys, one task per device, no meshd
+//! process per device.
+//!
+//! 1. **Join**: every device opens its channel and registers, as fast as
+//!    the hub's handshake cap lets them. Measured: the time from the first
+//!    registration until every device holds the whole list; the hub's CPU
+//!    seconds and peak RSS; the list bytes devices received, per (join,
+//!    channel already open) pair.
+//! 2. **Churn**: a tenth of the devices leave and join again (from another
+//!    address, so every device can tell it saw the change). Measured: the
+//!    time until every device holds the list with every rejoined device at
+//!    its new address; the list bytes each staying device received per
+//!    leave or join.
+//!
+//! Each device keeps its list as bits, one per device of the run (ids are
+//! `d<index>`), so that 10,000 lists of 10,000 devices fit in memory. It
+//! asks for `meshd-channel/3` and falls back to `meshd-channel/2` (whole
+//! lists only) when the hub is an older meshd, so one build measures both.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::pin::Pin;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use meshd_link::StaticKey;
+use meshd_link::channel::{ChannelReader, ChannelWriter};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::control::{Error, Nodes, wait_for};
+
+/// Channel handshakes the simulated devices run at once (the hub takes 64).
+const HANDSHAKES_AT_ONCE: usize = 48;
+
+/// Heartbeats, well within the hub's default TTL of 60 s.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+
+/// What one run measured.
+struct Run {
+    devices: usize,
+    protocol: &'static str,
+    join_secs: f64,
+    join_cpu_secs: f64,
+    join_peak_rss: u64,
+    join_bytes: u64,
+    churned: usize,
+    churn_secs: f64,
+    churn_bytes: u64,
+    peak_rss: u64,
+}
+
+/// Runs once per device count and prints the Markdown table.
+pub fn run(
+    meshd: &Path,
+    counts: &[usize],
+    churn_percent: usize,
+    timeout: Duration,
+) -> Result<(), Error> {
+    raise_fd_limit()?;
+    let mut runs = Vec::new();
+    for &devices in counts {
+        eprintln!("==> {devices} devices");
+        runs.push(once(meshd, devices, churn_percent, timeout)?);
+    }
+    println!(
+        "| devices | channel | join: all hold the whole list | hub CPU | hub peak RSS | list bytes per join per channel | churn ({churn_percent}%): all hold the list | list bytes per leave or join per channel | hub peak RSS after churn |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for run in &runs {
+        let pairs = (run.devices * (run.devices - 1) / 2) as f64;
+        let stayers = (run.devices - run.churned) as f64;
+        let churn_events = (2 * run.churned) as f64;
+        println!(
+            "| {} | {} | {:.1} s | {:.1} s | {} MiB | {:.0} B | {:.1} s | {:.0} B | {} MiB |",
+            run.devices,
+            run.protocol,
+            run.join_secs,
+            run.join_cpu_secs,
+            run.join_peak_rss >> 20,
+            run.join_bytes as f64 / pairs,
+            run.churn_secs,
+            run.churn_bytes as f64 / (stayers * churn_events),
+            run.peak_rss >> 20,
+        );
+    }
+    Ok(())
+}
+
+/// The hub's file descriptors and ours: one per channel.
+fn raise_fd_limit() -> Result<(), Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    Ok(())
+}
+
+fn once(
+    meshd: &Path,
+    devices: usize,
+    churn_percent: usize,
+    timeout: Duration,
+) -> Result<Run, Error> {
+    let dir = tempfile::Builder::new().prefix("hub-scale-").tempdir()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let hub: SocketAddr = ([127, 0, 0, 1], port).into();
+    let socket = dir.path().join("hub.sock");
+    // The defaults but two: new ids from one address are not limited (every
+    // device here is 127.0.0.1), and max_devices only if over its default.
+    let max_devices = devices.max(10_000);
+    let config = format!(
+        "[node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
+         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
+         [signaling]\nenabled = true\nlisten = \"{hub}\"\nregistrations_per_sec = 0\nmax_devices = {max_devices}\n\
+         [chat]\nenabled = false\n[mesh]\nenabled = false\n",
+        state = dir.path().join("state").display(),
+        socket = socket.display(),
+    );
+    let mut nodes = Nodes(Vec::new());
+    nodes.start(Command::new(meshd), dir.path(), "hub", &config)?;
+    let pid = nodes.0[0].id();
+    wait_for(
+        || std::net::TcpStream::connect(hub).ok(),
+        Duration::from_secs(10),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(simulate(hub, pid, devices, churn_percent, timeout))
+}
+
+/// Shared by the simulated devices and the run.
+struct Fleet {
+    hub: SocketAddr,
+    devices: usize,
+    handshakes: Semaphore,
+    /// Ciphertext bytes devices received from the hub.
+    received: AtomicU64,
+    /// Devices that hold what the current phase expects.
+    settled: AtomicUsize,
+    settled_changed: Notify,
+    /// Devices that rejoin in the churn phase (every `churn_every`th).
+    churn_every: usize,
+    /// The phase: 0 join, 1 churn.
+    phase: AtomicUsize,
+    /// The protocol the hub took.
+    whole_lists_only: std::sync::atomic::AtomicBool,
+}
+
+impl Fleet {
+    fn churned(&self) -> usize {
+        if self.churn_every == 0 {
+            0
+        } else {
+            self.devices.div_ceil(self.churn_every)
+        }
+    }
+
+    fn churns(&self, index: usize) -> bool {
+        self.churn_every != 0 && index.is_multiple_of(self.churn_every)
+    }
+}
+
+async fn simulate(
+    hub: SocketAddr,
+    pid: u32,
+    devices: usize,
+    churn_percent: usize,
+    timeout: Duration,
+) -> Result<Run, Error> {
+    let fleet = Arc::new(Fleet {
+        hub,
+        devices,
+        handshakes: Semaphore::new(HANDSHAKES_AT_ONCE),
+        received: AtomicU64::new(0),
+        settled: AtomicUsize::new(0),
+        settled_changed: Notify::new(),
+        churn_every: 100usize
+            .checked_div(churn_percent)
+            .map_or(0, |every| every.max(1)),
+        phase: AtomicUsize::new(0),
+        whole_lists_only: std::sync::atomic::AtomicBool::new(false),
+    });
+    let keys: Vec<StaticKey> = (0..devices)
+        .map(|_| StaticKey::generate())
+        .collect::<Result<_, _>>()?;
+    let cpu_before = cpu_seconds(pid)?;
+    let started = Instant::now();
+    let churn = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+    for (index, key) in keys.into_iter().enumerate() {
+        tasks.push(tokio::spawn(device(
+            fleet.clone(),
+            index,
+            key,
+            churn.clone(),
+        )));
+    }
+    wait_settled(&fleet, devices, timeout, "join").await?;
+    let join_secs = started.elapsed().as_secs_f64();
+    let join_cpu_secs = cpu_seconds(pid)? - cpu_before;
+    let join_peak_rss = peak_rss(pid)?;
+    let join_bytes = fleet.received.swap(0, Ordering::SeqCst);
+    eprintln!("    joined in {join_secs:.1} s");
+
+    let mut churn_secs = 0.0;
+    if fleet.churned() > 0 {
+        fleet.settled.store(0, Ordering::SeqCst);
+        fleet.phase.store(1, Ordering::SeqCst);
+        let churn_started = Instant::now();
+        churn.notify_waiters();
+        wait_settled(&fleet, devices, timeout, "churn").await?;
+        churn_secs = churn_started.elapsed().as_secs_f64();
+    }
+    let churn_bytes = fleet.received.swap(0, Ordering::SeqCst);
+    let peak = peak_rss(pid)?;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(Run {
+        devices,
+        protocol: if fleet.whole_lists_only.load(Ordering::SeqCst) {
+            "whole lists (channel/2)"
+        } else {
+            "deltas (channel/3)"
+        },
+        join_secs,
+        join_cpu_secs,
+        join_peak_rss,
+        join_bytes,
+        churned: fleet.churned(),
+        churn_secs,
+        churn_bytes,
+        peak_rss: peak,
+    })
+}
+
+async fn wait_settled(
+    fleet: &Fleet,
+    devices: usize,
+    timeout: Duration,
+    phase: &str,
+) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = fleet.settled_changed.notified();
+        let settled = fleet.settled.load(Ordering::SeqCst);
+        if settled >= devices {
+            return Ok(());
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Err(format!(
+                "{phase}: only {settled} of {devices} devices hold the whole list after {timeout:?}"
+            )
+            .into());
+        }
+    }
+}
+
+/// One simulated device: joins, keeps its list, heartbeats; in the churn
+/// phase, if it is one of the churned, leaves and joins again.
+async fn device(fleet: Arc<Fleet>, index: usize, key: StaticKey, churn: Arc<Notify>) {
+    let churn_wait = churn.notified();
+    let result = async {
+        let mut session = Session::open(&fleet, index, &key, "127.0.0.1").await?;
+        let mut list = List::new(fleet.devices);
+        if fleet.churns(index) {
+            tokio::select! {
+                outcome = session.follow(&fleet, &mut list) => outcome?,
+                () = churn_wait => {}
+            }
+            session.leave().await;
+            let mut session = Session::open(&fleet, index, &key, "127.0.0.2").await?;
+            let mut list = List::new(fleet.devices);
+            session.follow(&fleet, &mut list).await
+        } else {
+            session.follow(&fleet, &mut list).await
+        }
+    }
+    .await;
+    if let Err(error) = result {
+        eprintln!("    device d{index}: {error}");
+    }
+}
+
+/// A device's view of the list: who is listed, and who is listed at a
+/// rejoined address.
+struct List {
+    listed: Vec<u64>,
+    rejoined: Vec<u64>,
+    listed_count: usize,
+    rejoined_count: usize,
+    version: Option<u64>,
+    /// The phase whose expectation this list met, and was counted for.
+    settled: Option<usize>,
+}
+
+impl List {
+    fn new(devices: usize) -> List {
+        let words = devices.div_ceil(64);
+        List {
+            listed: vec![0; words],
+            rejoined: vec![0; words],
+            listed_count: 0,
+            rejoined_count: 0,
+            version: None,
+            settled: None,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.listed.fill(0);
+        self.rejoined.fill(0);
+        self.listed_count = 0;
+        self.rejoined_count = 0;
+    }
+
+    fn set(bits: &mut [u64], count: &mut usize, index: usize, on: bool) {
+        let (word, bit) = (index / 64, 1u64 << (index % 64));
+        let Some(word) = bits.get_mut(word) else {
+            return;
+        };
+        if (*word & bit != 0) != on {
+            *word ^= bit;
+            if on {
+                *count += 1;
+            } else {
+                *count -= 1;
+            }
+        }
+    }
+
+    fn upsert(&mut self, entry: &Entry<'_>) {
+        if let Some(index) = index_of(entry.id) {
+            Self::set(&mut self.listed, &mut self.listed_count, index, true);
+            let rejoined = entry.addr.starts_with("127.0.0.2:");
+            Self::set(
+                &mut self.rejoined,
+                &mut self.rejoined_count,
+                index,
+                rejoined,
+            );
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(index) = index_of(id) {
+            Self::set(&mut self.listed, &mut self.listed_count, index, false);
+            Self::set(&mut self.rejoined, &mut self.rejoined_count, index, false);
+        }
+    }
+}
+
+fn index_of(id: &str) -> Option<usize> {
+    id.strip_prefix('d')?.parse().ok()
+}
+
+/// The parts of a hub message the simulation reads; serde skips the rest.
+#[derive(Deserialize)]
+struct Message<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: &'a str,
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    from: u64,
+    #[serde(default, borrow)]
+    devices: Vec<Entry<'a>>,
+    #[serde(default, borrow)]
+    removed: Vec<&'a str>,
+    /// `left` (channel/2): who.
+    #[serde(default, borrow)]
+    id: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Entry<'a> {
+    #[serde(borrow)]
+    id: &'a str,
+    #[serde(borrow)]
+    addr: &'a str,
+}
+
+type Reader = ChannelReader<tokio::io::ReadHalf<Counted>>;
+type Writer = ChannelWriter<tokio::io::WriteHalf<Counted>>;
+
+struct Session {
+    reader: Reader,
+    writer: Writer,
+    register: Vec<u8>,
+}
+
+impl Session {
+    /// Opens a channel (retrying while the hub's handshake cap is full)
+    /// and registers from `ip`.
+    async fn open(
+        fleet: &Arc<Fleet>,
+        index: usize,
+        key: &StaticKey,
+        ip: &str,
+    ) -> Result<Session, Error> {
+        let id = format!("d{index}");
+        let port = 10_000 + index % 50_000;
+        let register = serde_json::to_vec(&serde_json::json!({
+            "type": "register",
+            "addr": format!("{ip}:{port}"),
+            "endpoints": [],
+            "join_token": "",
+        }))?;
+        loop {
+            let permit = fleet.handshakes.acquire().await?;
+            let stream = match upgrade(fleet).await {
+                Ok(stream) => stream,
+                Err(error) if error.to_string().contains(" 503 ") => {
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let counted = Counted {
+                stream,
+                fleet: fleet.clone(),
+            };
+            let (channel, _) = meshd_link::channel::open(counted, key, &id, None).await?;
+            drop(permit);
+            let (reader, mut writer) = channel.split(64 << 20);
+            writer.send(&register).await?;
+            return Ok(Session {
+                reader,
+                writer,
+                register,
+            });
+        }
+    }
+
+    /// Reads the hub's messages into `list` and heartbeats, until the
+    /// channel ends.
+    async fn follow(&mut self, fleet: &Fleet, list: &mut List) -> Result<(), Error> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.tick().await;
+        loop {
+            let bytes = tokio::select! {
+                _ = heartbeat.tick() => {
+                    self.writer.send(&self.register).await?;
+                    continue;
+                }
+                bytes = self.reader.next() => bytes?,
+            };
+            let message: Message<'_> = serde_json::from_slice(&bytes)?;
+            match message.kind {
+                "devices" => {
+                    list.clear();
+                    for entry in &message.devices {
+                        list.upsert(entry);
+                    }
+                    list.version = Some(message.version);
+                }
+                "delta" => {
+                    if list.version != Some(message.from) {
+                        return Err(format!(
+                            "a delta from {} to a list at {:?}",
+                            message.from, list.version
+                        )
+                        .into());
+                    }
+                    for entry in &message.devices {
+                        list.upsert(entry);
+                    }
+                    for id in &message.removed {
+                        list.remove(id);
+                    }
+                    list.version = Some(message.version);
+                }
+                "left" => {
+                    if let Some(id) = message.id {
+                        list.remove(id);
+                    }
+                }
+                "register_refused" => {
+                    return Err(String::from_utf8_lossy(&bytes).into_owned().into());
+                }
+                _ => continue,
+            }
+            let phase = fleet.phase.load(Ordering::SeqCst);
+            let expected = match phase {
+                0 => list.listed_count == fleet.devices,
+                _ => list.listed_count == fleet.devices && list.rejoined_count == fleet.churned(),
+            };
+            if expected && list.settled != Some(phase) {
+                list.settled = Some(phase);
+                fleet.settled.fetch_add(1, Ordering::SeqCst);
+                fleet.settled_changed.notify_waiters();
+            } else if !expected && list.settled == Some(phase) {
+                list.settled = None;
+                fleet.settled.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Says `leave` and waits for the hub to close the channel.
+    async fn leave(mut self) {
+        let _ = self.writer.send(br#"{"type":"leave"}"#).await;
+        while self.reader.next().await.is_ok() {}
+    }
+}
+
+/// The channel's HTTP upgrade, reading the answer's head byte by byte.
+async fn upgrade(fleet: &Fleet) -> Result<TcpStream, Error> {
+    let protocols: &[&str] = if fleet.whole_lists_only.load(Ordering::SeqCst) {
+        &["meshd-channel/2"]
+    } else {
+        &["meshd-channel/3", "meshd-channel/2"]
+    };
+    let mut refused = String::new();
+    for protocol in protocols {
+        let mut stream = TcpStream::connect(fleet.hub).await?;
+        stream.set_nodelay(true)?;
+        let request = format!(
+            "GET /channel HTTP/1.1\r\nHost: hub\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await?);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if head.starts_with("HTTP/1.1 101") {
+            if *protocol == "meshd-channel/2" {
+                fleet.whole_lists_only.store(true, Ordering::SeqCst);
+            }
+            return Ok(stream);
+        }
+        if head.contains(" 503 ") {
+            return Err(head.into());
+        }
+        refused = head;
+    }
+    Err(format!("the hub refused the channel: {refused}").into())
+}
+
+/// A stream that counts the bytes read from it into the fleet's total.
+struct Counted {
+    stream: TcpStream,
+    fleet: Arc<Fleet>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.fleet
+            .received
+            .fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// User and system CPU seconds of process `pid` so far.
+fn cpu_seconds(pid: u32) -> Result<f64, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("a /proc stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .ok_or("utime and stime in /proc stat")?
+        .iter()
+        .map(|field| field.parse::<f64>().unwrap_or(0.0))
+        .sum();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok(ticks / per_second)
+}
+
+/// The peak resident set size of process `pid` (`VmHWM`).
+fn peak_rss(pid: u32) -> Result<u64, Error> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| "no VmHWM in /proc status".into())
+}
