@@ -132,7 +132,11 @@ impl MeshdTls {
         fingerprint: &str,
     ) -> Result<MeshdTls, BenchError> {
         let mut meshd = Meshd::new(addr, user, password);
-        meshd.tls = Some(crate::tls::client_config(fingerprint)?);
+        let pinned = meshd_ipc::fingerprint::parse(fingerprint)
+            .map_err(|error| BenchError::Usage(format!("--meshd-tls-fingerprint: {error}")))?;
+        let config = meshd_ipc::tls::pinned_client_config(pinned)
+            .map_err(|error| BenchError::Usage(format!("TLS 1.3 with ring: {error}")))?;
+        meshd.tls = Some(config);
         Ok(MeshdTls(meshd))
     }
 }

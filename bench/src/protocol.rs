@@ -307,9 +307,18 @@ impl Connection {
             what: format!("{target}: TLS handshake with {addr}"),
             limit: HANDSHAKE_WAIT,
         })?
-        .map_err(BenchError::io(format!(
-            "{target}: TLS handshake with {addr}"
-        )))?;
+        .map_err(|error| {
+            // A wrong fingerprint in the verifier's words, not in rustls'
+            // Debug form of them.
+            let error = match meshd_ipc::tls::FingerprintMismatch::in_io(&error) {
+                Some(mismatch) => std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("--meshd-tls-fingerprint: {mismatch}"),
+                ),
+                None => error,
+            };
+            BenchError::io(format!("{target}: TLS handshake with {addr}"))(error)
+        })?;
         Ok(Connection {
             stream: Stream::Tls(Box::new(tls)),
             buf,

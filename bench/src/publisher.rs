@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use meshd_ipc::tls::{TlsReader, TlsWriter};
+
 use crate::clock;
 use crate::error::{BenchError, excerpt};
 use crate::protocol::{Connection, Frame, FrameBuf, Protocol, Stream};
 use crate::subscriber::Progress;
-use crate::tls::{BlockingReader, BlockingWriter};
 
 /// Messages per write at full rate: one write of ~5 KiB.
 const BATCH: usize = 64;
@@ -278,7 +279,7 @@ fn blocking(stream: Stream) -> std::io::Result<(Source, Sink)> {
 /// Where the drain thread reads.
 enum Source {
     Plain(TcpStream),
-    Tls(BlockingReader),
+    Tls(TlsReader),
 }
 
 impl Read for Source {
@@ -293,7 +294,7 @@ impl Read for Source {
 /// Where the publisher writes.
 enum Sink {
     Plain(TcpStream),
-    Tls(BlockingWriter),
+    Tls(TlsWriter),
 }
 
 impl Sink {

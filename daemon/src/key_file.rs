@@ -9,15 +9,14 @@
 //! stops the start too, as OpenSSH refuses a loose private key: whoever read
 //! it can be this node.
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use meshd_link::{KEY_LEN, StaticKey};
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{create_private_dir, write_atomically};
 
 /// Which key a file holds, and what replacing it would cost.
 #[derive(Debug, Clone, Copy)]
@@ -158,14 +157,10 @@ pub fn render(kind: KeyKind, key: &StaticKey) -> String {
 }
 
 fn create(state_dir: &Path, path: &Path, kind: KeyKind) -> Result<StaticKey, KeyError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|source| KeyError::Io {
-            path: state_dir.to_owned(),
-            source,
-        })?;
+    create_private_dir(state_dir).map_err(|source| KeyError::Io {
+        path: state_dir.to_owned(),
+        source,
+    })?;
     let key = StaticKey::generate().map_err(KeyError::Generate)?;
     let contents = render(kind, &key);
     write_atomically(path, contents.as_bytes(), 0o600).map_err(|source| KeyError::Io {

@@ -2,9 +2,9 @@
 //! `meshctl chat --fingerprint` takes it: `sha256:` and 64 lower-case hex
 //! digits of the SHA-256 of the DER certificate (docs/chat-protocol.md#tls).
 //!
-//! Only the text form lives here, so that the daemon and meshctl agree on it
-//! without this crate hashing anything: each side hashes with the crypto it
-//! already links.
+//! Only the text form lives here, so that the daemon and meshctl agree on it;
+//! the hashing is each side's, with the crypto it already links (for TLS
+//! clients, `tls::sha256` behind the `tls` feature).
 
 use std::fmt::Write;
 

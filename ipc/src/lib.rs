@@ -4,7 +4,8 @@
 //! in each direction (see `docs/control-protocol.md`). A client sends a
 //! [`RequestFrame`]; the daemon answers with one or more [`ReplyFrame`]s carrying
 //! the same request id, the last one with `more` unset, so follow-mode commands
-//! can stream. This crate holds only types and framing: it must never pull in an
+//! can stream. This crate holds only types and framing, and behind the `tls`
+//! feature the chat's blocking TLS client (`tls`): it must never pull in an
 //! async runtime, because meshctl stays small and synchronous.
 
 pub mod fingerprint;
@@ -13,6 +14,8 @@ mod paths;
 mod reply;
 mod request;
 pub mod strict;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES, decode, decode_strict, encode, read_frame};
 pub use paths::default_socket_path;

@@ -1,29 +1,21 @@
-//! A chat client over TLS for tests (docs/chat-protocol.md#tls): rustls'
-//! blocking API, TLS 1.3 only, trusting exactly the certificate whose
-//! SHA-256 it is given, as `meshctl chat --fingerprint` does. Written here
-//! rather than borrowed from meshctl, so the tests check meshd against a
-//! second, independent client.
+//! A chat client over TLS for tests (docs/chat-protocol.md#tls): TLS 1.3
+//! only, trusting exactly the certificate whose SHA-256 it is given, as
+//! `meshctl chat --fingerprint` does. The verifier and the configuration are
+//! meshctl's (`meshd_ipc::tls`, unit-tested there); the connection is rustls'
+//! own blocking `StreamOwned` rather than meshctl's reader/writer split.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use meshd_ipc::tls::FingerprintMismatch;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConnection, StreamOwned};
 
 use crate::chat::LINE_WAIT;
 
 /// `sha256:<lower-case hex>` of DER bytes, as meshd prints fingerprints.
 pub fn fingerprint(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: String = digest
-        .as_ref()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    meshd_ipc::fingerprint::format(&meshd_ipc::tls::sha256(der))
 }
 
 /// The DER of the first certificate in a PEM file.
@@ -32,57 +24,6 @@ pub fn der_of_pem(pem: &str) -> Vec<u8> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .expect("a PEM certificate")
         .to_vec()
-}
-
-/// Trusts the one certificate with this fingerprint; still checks the
-/// handshake signatures.
-#[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let actual = fingerprint(end_entity);
-        if actual == self.fingerprint {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "fingerprint mismatch: the server has {actual}, the test pinned {}",
-                self.fingerprint
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// One TLS connection to the chat server.
@@ -94,26 +35,21 @@ impl TlsChatClient {
     /// Connects and completes the handshake, trusting only `fingerprint`;
     /// `Err` carries the handshake's error.
     pub fn try_connect_raw(addr: SocketAddr, fingerprint: &str) -> Result<TlsChatClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Pinned {
-            fingerprint: fingerprint.to_owned(),
-            algorithms: provider.signature_verification_algorithms,
-        };
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3 with ring")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+        let pinned = meshd_ipc::fingerprint::parse(fingerprint).map_err(|e| e.to_string())?;
+        let config = meshd_ipc::tls::pinned_client_config(pinned).expect("TLS 1.3 with ring");
         let name = ServerName::try_from("localhost").expect("a server name");
-        let mut conn = ClientConnection::new(Arc::new(config), name).expect("a client");
+        let mut conn = ClientConnection::new(config, name).expect("a client");
         let mut socket = TcpStream::connect(addr).expect("connecting to the chat server");
         socket.set_nodelay(true).expect("nodelay");
         socket
             .set_read_timeout(Some(LINE_WAIT))
             .expect("read timeout");
         while conn.is_handshaking() {
-            conn.complete_io(&mut socket).map_err(|e| e.to_string())?;
+            conn.complete_io(&mut socket)
+                .map_err(|e| match FingerprintMismatch::in_io(&e) {
+                    Some(mismatch) => mismatch.to_string(),
+                    None => e.to_string(),
+                })?;
         }
         Ok(TlsChatClient {
             stream: BufReader::new(StreamOwned::new(conn, socket)),

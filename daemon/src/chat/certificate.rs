@@ -9,14 +9,13 @@
 //! new certificate would lock them out. A damaged or missing file, or a key
 //! that others can read, stops the start with the path and the fix.
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{create_private_dir, write_atomically};
 use crate::config::ChatTls;
 use crate::state_file::{self, StateFileError};
 
@@ -191,14 +190,10 @@ fn create(
     pair: rcgen::KeyPair,
     write_key: bool,
 ) -> Result<CertifiedKey, CertificateError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|source| CertificateError::Io {
-            path: state_dir.to_owned(),
-            source,
-        })?;
+    create_private_dir(state_dir).map_err(|source| CertificateError::Io {
+        path: state_dir.to_owned(),
+        source,
+    })?;
     let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
     params
         .distinguished_name

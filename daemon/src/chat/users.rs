@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::write_private;
 use crate::sync::{read_lock, write_lock};
 
 /// The file name inside `state_dir`.
@@ -227,19 +227,10 @@ impl UserStore {
         change(&mut set)?;
         let path = self.path.clone();
         let text = set.render();
-        tokio::task::spawn_blocking(move || {
-            if let Some(dir) = path.parent() {
-                std::os::unix::fs::DirBuilderExt::mode(
-                    std::fs::DirBuilder::new().recursive(true),
-                    0o700,
-                )
-                .create(dir)?;
-            }
-            write_atomically(&path, text.as_bytes(), 0o600)
-        })
-        .await
-        .map_err(|e| self.io_error(e.to_string()))?
-        .map_err(|e| self.io_error(e.to_string()))?;
+        tokio::task::spawn_blocking(move || write_private(&path, text.as_bytes()))
+            .await
+            .map_err(|e| self.io_error(e.to_string()))?
+            .map_err(|e| self.io_error(e.to_string()))?;
         self.install(set);
         Ok(())
     }

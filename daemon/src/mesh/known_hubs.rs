@@ -9,12 +9,10 @@
 //! file that cannot be parsed stops the start with its line: trusting any
 //! key instead would undo the pins it holds.
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::write_private;
 use crate::public_key::PublicKey;
 use crate::state_file::StateFileError;
 use crate::sync::lock;
@@ -124,18 +122,10 @@ impl KnownHubs {
     }
 
     fn save(&self, hubs: &[KnownHub]) -> Result<(), KnownHubsError> {
-        let io = |source| KnownHubsError::Io {
+        write_private(&self.path, render(hubs).as_bytes()).map_err(|source| KnownHubsError::Io {
             path: self.path.clone(),
             source,
-        };
-        if let Some(dir) = self.path.parent() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
-        write_atomically(&self.path, render(hubs).as_bytes(), 0o600).map_err(io)
+        })
     }
 }
 

@@ -8,11 +8,9 @@
 //! heartbeat. A file that cannot be parsed stops the start with its line: an
 //! operator decides, because deleting it releases every id.
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::write_private;
 use crate::device_id::DeviceId;
 use crate::public_key::PublicKey;
 
@@ -80,18 +78,7 @@ impl BindingsFile {
     /// Blocking: call it from `spawn_blocking`.
     pub fn save(&self, bindings: &[Binding]) -> Result<(), BindingsError> {
         let text = render(bindings);
-        let io = |source| BindingsError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        if let Some(dir) = self.path.parent() {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
-        }
-        write_atomically(&self.path, text.as_bytes(), 0o600).map_err(|source| BindingsError::Io {
+        write_private(&self.path, text.as_bytes()).map_err(|source| BindingsError::Io {
             path: self.path.clone(),
             source,
         })
