@@ -15,6 +15,8 @@
 //!   devices (real hub channels, real keys): time until every device holds
 //!   the whole list, the hub's CPU, memory and bytes sent per join, and
 //!   the same under churn.
+//! - `idle` (`idle_peers.rs`): one meshd device linked to hundreds of
+//!   simulated peers, idle: its CPU, memory and keepalive traffic.
 //! - `nat` (`nat.rs`): meshd in the NAT lab of network namespaces: time to
 //!   a direct link across two NATs, time to a relayed link through a
 //!   random-port NAT, and relayed throughput beside direct.
@@ -29,6 +31,7 @@
 mod control;
 mod full_mesh;
 mod hub_scale;
+mod idle_peers;
 mod nat;
 mod stream;
 
@@ -86,6 +89,18 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout_secs: u64,
     },
+    /// What an idle device with many links costs: CPU, RSS, keepalives.
+    Idle {
+        /// The meshd binary.
+        #[arg(long)]
+        meshd: PathBuf,
+        /// Simulated peers, each linked to the device.
+        #[arg(long, default_value_t = 500)]
+        peers: usize,
+        /// Seconds of idleness measured.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Direct and relayed links across NATs in network namespaces (root).
     Nat {
         /// The meshd binary.
@@ -124,6 +139,11 @@ fn main() -> ExitCode {
             churn_percent.min(100),
             std::time::Duration::from_secs(timeout_secs),
         ),
+        Command::Idle {
+            meshd,
+            peers,
+            seconds,
+        } => idle_peers::run(&meshd, peers.max(1), seconds.max(1)),
         Command::Nat {
             meshd,
             repeat,

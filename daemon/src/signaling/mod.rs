@@ -324,15 +324,29 @@ impl SignalingHandle {
     }
 }
 
-/// Writes the key bindings whenever they change, off the async workers; a
-/// last time on shutdown if a change is still unsaved.
+/// Saves of the bindings are at least this far apart: a change right after
+/// a save waits out the rest, then everything that changed meanwhile is
+/// saved at once. A storm of 10,000 new devices rewrites the file a few
+/// dozen times, not once per device.
+const BINDINGS_SAVE_PACE: Duration = Duration::from_secs(1);
+
+/// Writes the key bindings whenever they change, off the async workers and
+/// at most once per [`BINDINGS_SAVE_PACE`]; a last time on shutdown if a
+/// change is still unsaved.
 async fn save_bindings(state: Arc<SignalingState>, file: BindingsFile, cancel: CancellationToken) {
     let mut saved = state.registry().bindings_generation();
+    let mut next_save = tokio::time::Instant::now();
     loop {
         let stopping = tokio::select! {
             () = cancel.cancelled() => true,
-            () = state.bindings_changed.notified() => false,
+            () = state.bindings_changed.notified() => {
+                tokio::select! {
+                    () = cancel.cancelled() => true,
+                    () = tokio::time::sleep_until(next_save) => false,
+                }
+            }
         };
+        next_save = tokio::time::Instant::now() + BINDINGS_SAVE_PACE;
         let (generation, bindings) = state.registry().bindings();
         if generation != saved {
             let writer = file.clone();
