@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::control::{Error, Nodes, wait_for};
+use crate::process::{cpu_seconds, own_cpu_seconds, peak_rss};
 
 /// Channel handshakes the simulated devices run at once (the hub takes 64).
 const HANDSHAKES_AT_ONCE: usize = 48;
@@ -706,43 +707,6 @@ impl AsyncWrite for Counted {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
-}
-
-/// User and system CPU seconds of process `pid` so far.
-pub fn cpu_seconds(pid: u32) -> Result<f64, Error> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name, which may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .ok_or("a /proc stat line")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .ok_or("utime and stime in /proc stat")?
-        .iter()
-        .map(|field| field.parse::<f64>().unwrap_or(0.0))
-        .sum();
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    Ok(ticks / per_second)
-}
-
-/// User and system CPU seconds of this process (the simulated devices).
-fn own_cpu_seconds() -> Result<f64, Error> {
-    cpu_seconds(std::process::id())
-}
-
-/// The peak resident set size of process `pid` (`VmHWM`).
-fn peak_rss(pid: u32) -> Result<u64, Error> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| "no VmHWM in /proc status".into())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use meshd_link::{Frame, Hello, StaticKey};
 use serde_json::json;
 
 use crate::control::{Error, Nodes, call, wait_for};
+use crate::process::{cpu_seconds, rss};
 
 /// Longest wait for every link to come up.
 const LINKS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -113,14 +114,14 @@ pub fn run(meshd: &Path, peers: usize, seconds: u64) -> Result<(), Error> {
             traffic.bytes_out.load(Ordering::Relaxed),
         ]
     };
-    let cpu_before = crate::hub_scale::cpu_seconds(device_pid)?;
+    let cpu_before = cpu_seconds(device_pid)?;
     let before = snapshot(&traffic);
     let window = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let elapsed = window.elapsed().as_secs_f64();
-    let cpu = crate::hub_scale::cpu_seconds(device_pid)? - cpu_before;
+    let cpu = cpu_seconds(device_pid)? - cpu_before;
     let after = snapshot(&traffic);
-    let rss = rss_bytes(device_pid)?;
+    let rss = rss(device_pid)?;
     let rate = |index: usize| (after[index] - before[index]) as f64 / elapsed;
     println!(
         "| peers | device CPU (% of one core) | device RSS | frames/s device to peers | frames/s peers to device | link bytes/s both ways |"
@@ -220,15 +221,4 @@ async fn answer_pings(link: meshd_link::Link<tokio::net::TcpStream>, traffic: Ar
 /// A frame's bytes on the wire: encoded, in one record (length and tag).
 fn wire_bytes(frame: &Frame) -> u64 {
     (frame.encoded_len() + 2 + 16) as u64
-}
-
-fn rss_bytes(pid: u32) -> Result<u64, Error> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().strip_suffix("kB"))
-        .and_then(|kib| kib.trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .ok_or_else(|| "no VmRSS in /proc status".into())
 }

@@ -33,6 +33,7 @@ mod full_mesh;
 mod hub_scale;
 mod idle_peers;
 mod nat;
+mod process;
 mod stream;
 
 use std::path::PathBuf;
