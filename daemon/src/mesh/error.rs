@@ -11,7 +11,7 @@ use std::sync::Arc;
 use meshd_link::LinkError;
 
 use super::hub_client::HubError;
-use super::link_io::{SILENCE_LIMIT, WRITE_STALL_LIMIT};
+use super::link_io::{KEEPALIVE, READ_SILENCE_LIMIT, SILENCE_LIMIT, WRITE_STALL_LIMIT};
 use crate::device_id::DeviceId;
 use crate::hub_wire::HubUrl;
 
@@ -126,9 +126,17 @@ pub enum JoinRelayError {
 /// Why a link ended.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LinkDown {
-    /// No frame at all for the silence limit: the path is dead.
+    /// In use, and no answer (pong or ack) for the silence limit: the path
+    /// is dead.
     #[error("silent for {}s", SILENCE_LIMIT.as_secs())]
     Silent,
+    /// The peer joined a relay, so it has no direct link, and this one did
+    /// not answer a check ping within a keepalive.
+    #[error("no answer within {}s after the peer moved to a relay", KEEPALIVE.as_secs())]
+    Unanswered,
+    /// Nothing at all read for the reader's limit, in use or not.
+    #[error("nothing heard for {}s", READ_SILENCE_LIMIT.as_secs())]
+    Quiet,
     /// The peer closed the stream between frames.
     #[error("closed by the peer")]
     ClosedByPeer,

@@ -17,19 +17,40 @@ use super::inbox::MessageKey;
 use super::path::{Established, Stream};
 use crate::device_id::DeviceId;
 
-/// A link that carried nothing for this long is dead. Keepalives go out
-/// every [`KEEPALIVE`], so three in a row were lost: the path is cut, and a
-/// relayed link (or a new direct one) takes over well within 10 s.
+/// A link in use that brought no answer (pong or ack) for this long is
+/// dead: keepalives go out every [`KEEPALIVE`] while a peer is in use, so
+/// three in a row were lost; the path is cut, and a relayed link (or a new
+/// direct one) takes over well within 10 s. The peer state machine decides
+/// it (`peer/state.rs`).
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(6);
 
-/// Keepalive pings go out this often on every link; they also measure the
-/// round-trip time.
+/// Keepalive pings go out this often on the links of a peer in use; they
+/// also measure the round-trip time.
 pub const KEEPALIVE: Duration = Duration::from_secs(2);
+
+/// Keepalives on the links of a peer not in use, as Tailscale stops
+/// pinging idle peers: often enough to keep NAT mappings and the hub's
+/// relay (closed after 60 s without bytes) open, and to let a peer that
+/// vanished go within a minute and a half, at a twelfth of the traffic.
+pub const IDLE_KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// A peer is in use for this long after a message last went to it or came
+/// from it (or a user pinged it).
+pub const IN_USE_FOR: Duration = Duration::from_secs(30);
+
+/// A link on which nothing at all was read for this long is dead, in use
+/// or not: three idle keepalives and their answers lost.
+pub const READ_SILENCE_LIMIT: Duration = Duration::from_secs(80);
 
 /// A write that makes no progress for this long ends the link. Longer than
 /// the silence limit: a large batch through a rate-limited relay is slow,
 /// not dead.
 pub const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The reader tells the peer task that messages arrive at most this often:
+/// enough to keep the peer in use ([`IN_USE_FOR`]), and no event per
+/// message.
+pub const RECEIVED_EVERY: Duration = Duration::from_secs(1);
 
 /// Frames and bytes the writer puts in one write.
 const WRITE_BATCH_FRAMES: usize = 64;
@@ -50,6 +71,12 @@ pub enum LinkEvent {
         link: u64,
         /// The ping.
         nonce: u64,
+    },
+    /// Messages came on link `link` (said at most once a
+    /// [`RECEIVED_EVERY`]).
+    Received {
+        /// The link.
+        link: u64,
     },
     /// Link `link` ended.
     Closed {
@@ -90,13 +117,14 @@ pub struct ReadContext {
 /// are stored and acknowledged here; pings answered here; the rest goes to
 /// the peer task.
 pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Stream>>) {
+    let mut told_received: Option<tokio::time::Instant> = None;
     let reason = loop {
         let frame = tokio::select! {
             () = context.stop.cancelled() => return,
-            frame = tokio::time::timeout(SILENCE_LIMIT, reader.next()) => frame,
+            frame = tokio::time::timeout(READ_SILENCE_LIMIT, reader.next()) => frame,
         };
         let frame = match frame {
-            Err(_elapsed) => break LinkDown::Silent,
+            Err(_elapsed) => break LinkDown::Quiet,
             Ok(Err(LinkError::Closed)) => break LinkDown::ClosedByPeer,
             Ok(Err(error)) => break LinkDown::Read(Arc::new(error)),
             Ok(Ok(frame)) => frame,
@@ -111,6 +139,14 @@ pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Str
                 let text = String::from_utf8_lossy(&text);
                 if context.local.inbox.store(&context.peer, key, &text) {
                     tracing::info!(from = %context.peer, bytes = text.len(), text = %preview(&text), "message received");
+                }
+                let now = tokio::time::Instant::now();
+                if told_received.is_none_or(|told| now.duration_since(told) >= RECEIVED_EVERY) {
+                    told_received = Some(now);
+                    let event = LinkEvent::Received { link: context.link };
+                    if context.events.send(event).await.is_err() {
+                        return;
+                    }
                 }
                 Frame::Ack { id }
             }

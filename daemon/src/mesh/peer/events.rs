@@ -94,6 +94,12 @@ pub enum Input<S, P> {
         /// The ping.
         nonce: u64,
     },
+    /// Messages from the peer arrive on `link` (said at most once a second):
+    /// the link works, and the peer is in use.
+    Received {
+        /// The link they came over.
+        link: LinkId,
+    },
     /// `link` ended (its reader or writer says why, or its queue was full).
     LinkDown {
         /// The link.

@@ -69,6 +69,14 @@ impl<S, P> PeerState<S, P> {
                 reason: CloseReason::Replaced,
             });
         }
+        // A second path coming up puts the peer in use until one goes.
+        let second = match path {
+            Path::Direct => self.relayed.is_some(),
+            Path::Relayed => self.direct.is_some(),
+        };
+        if second {
+            self.begin_use(now);
+        }
         let previous = self.current().map(|link| link.id);
         step.out.push(Action::StartLink { link });
         step.out.push(Action::Log(PeerEvent::LinkUp {
@@ -84,6 +92,7 @@ impl<S, P> PeerState<S, P> {
             endpoint,
             path,
             heard: now,
+            check: None,
         };
         match path {
             Path::Direct => {
@@ -108,6 +117,16 @@ impl<S, P> PeerState<S, P> {
         }
         // A first measurement right away, for `meshctl devices`.
         self.ping_on(step, link, None);
+        // The peer joined a relay, so it has no direct link: this side's
+        // is likely dead (its path cut while idle here). It must answer a
+        // ping within a keepalive, or it goes.
+        if path == Path::Relayed
+            && let Some(direct) = &mut self.direct
+        {
+            direct.check = Some((now, now + KEEPALIVE));
+            let direct = direct.id;
+            self.ping_on(step, direct, None);
+        }
     }
 
     /// `link` ended: a lost direct link is redialled after the backoff and

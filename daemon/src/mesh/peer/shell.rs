@@ -233,6 +233,7 @@ impl PeerTask {
                 link: LinkId(link),
                 nonce,
             },
+            LinkEvent::Received { link } => Input::Received { link: LinkId(link) },
             LinkEvent::Closed { link, reason } => Input::LinkDown {
                 link: LinkId(link),
                 reason,

@@ -20,9 +20,9 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::super::backoff::{Backoff, JITTER};
-use super::super::error::{NoLinkReason, StopReason};
+use super::super::error::{LinkDown, NoLinkReason, StopReason};
 use super::super::hubs::{HubId, OpenHubs};
-use super::super::link_io::KEEPALIVE;
+use super::super::link_io::{IDLE_KEEPALIVE, IN_USE_FOR, KEEPALIVE, SILENCE_LIMIT};
 use super::super::path::Path;
 use super::super::roster::Listing;
 use super::events::{Action, CloseReason, DialId, Input, LinkId, PeerEvent};
@@ -105,8 +105,12 @@ pub(super) struct LinkRecord {
     pub since: Instant,
     pub endpoint: SocketAddr,
     pub path: Path,
-    /// When an ack or pong last came over it.
+    /// When an ack, a pong or a message last came over it.
     pub heard: Instant,
+    /// A check ping went at the first instant, and an answer must come by
+    /// the second: the peer joined a relay, so it has no direct link, and
+    /// this one is likely dead.
+    pub check: Option<(Instant, Instant)>,
 }
 
 /// A round of direct dials in flight.
@@ -188,6 +192,12 @@ pub struct PeerState<S, P> {
     pings: HashMap<u64, PendingPing<P>>,
     next_nonce: u64,
     entropy: Entropy,
+    /// When a message last went to or came from the peer, or this side
+    /// last pinged it on a user's behalf.
+    last_use: Option<Instant>,
+    /// When the peer's current spell of use began: a link in use must be
+    /// heard within [`SILENCE_LIMIT`] of it, not of a quiet time before.
+    in_use_since: Option<Instant>,
 }
 
 /// One call's context: the time, the hubs that can take a message, and
@@ -221,6 +231,8 @@ impl<S, P> PeerState<S, P> {
             pings: HashMap::new(),
             next_nonce: 0,
             entropy: setup.entropy,
+            last_use: None,
+            in_use_since: None,
         };
         state.timers.set(Timer::Redial, now);
         state
@@ -249,6 +261,7 @@ impl<S, P> PeerState<S, P> {
             Input::Relayed { outcome } => self.relayed_outcome(&mut step, outcome),
             Input::Ack { link, id } => self.on_ack(&mut step, link, id),
             Input::Pong { link, nonce } => self.on_pong(&mut step, link, nonce),
+            Input::Received { link } => self.on_received(&mut step, link),
             Input::LinkDown { link, reason } => self.link_lost(&mut step, link, reason),
             Input::Signal { hub, signal } => self.on_signal(&mut step, hub, signal),
             Input::RelayOffer { hub, token, dial } => self.join_relay(&mut step, hub, token, dial),
@@ -270,7 +283,83 @@ impl<S, P> PeerState<S, P> {
             .filter_map(|timer| self.timer_live(timer));
         let sends = self.pending.values().map(|pending| pending.deadline);
         let pings = self.pings.values().map(|ping| ping.deadline);
-        timers.chain(sends).chain(pings).min()
+        let silence = self.silence_deadline();
+        timers.chain(sends).chain(pings).chain(silence).min()
+    }
+
+    /// The peer is in use: a message went to it or came from it, or a user
+    /// pinged it, within [`IN_USE_FOR`]; something is still unanswered; or a
+    /// direct link and a relayed one both stand (one is about to go). Its
+    /// links are pinged every [`KEEPALIVE`] and a dead one is noticed within
+    /// [`SILENCE_LIMIT`]; otherwise every [`IDLE_KEEPALIVE`].
+    pub(super) fn in_use(&self, now: Instant) -> bool {
+        !self.pending.is_empty()
+            || self.pings.values().any(|ping| ping.reply.is_some())
+            || (self.direct.is_some() && self.relayed.is_some())
+            || self
+                .last_use
+                .is_some_and(|last| now.saturating_duration_since(last) < IN_USE_FOR)
+    }
+
+    /// Call before what puts the peer in use: a spell of use that begins
+    /// now pings within [`KEEPALIVE`] and counts silence from now.
+    pub(super) fn begin_use(&mut self, now: Instant) {
+        if !self.in_use(now) {
+            self.in_use_since = Some(now);
+            self.timers.set_no_later(Timer::Keepalive, now + KEEPALIVE);
+        }
+    }
+
+    /// When the first link is due to be judged silent: a link whose check
+    /// is unanswered at its deadline, and, while in use, one not heard for
+    /// [`SILENCE_LIMIT`] (counted from the start of the spell of use at the
+    /// earliest).
+    fn silence_deadline(&self) -> Option<Instant> {
+        let links = [&self.direct, &self.relayed].into_iter().flatten();
+        let checks = links
+            .clone()
+            .filter_map(|link| link.check.filter(|(asked, _)| link.heard < *asked))
+            .map(|(_, by)| by);
+        // Only while in use then: an idle peer's links are not judged here.
+        let silences = self
+            .in_use_since
+            .into_iter()
+            .flat_map(|since| {
+                links
+                    .clone()
+                    .map(move |link| link.heard.max(since) + SILENCE_LIMIT)
+            })
+            .filter(|deadline| self.in_use(*deadline));
+        checks.chain(silences).min()
+    }
+
+    /// Closes, as dead, every link whose check went unanswered, and every
+    /// link of a peer in use that was not heard within [`SILENCE_LIMIT`].
+    fn close_silent_links(&mut self, step: &mut Step<'_, S, P>) {
+        let now = step.now;
+        // Judged as poll_timeout does: silent if the peer was still in use
+        // when its time ran out, however late this runs.
+        let since = self.in_use_since;
+        let silent: Vec<(LinkId, LinkDown)> = [&self.direct, &self.relayed]
+            .into_iter()
+            .flatten()
+            .filter_map(|link| {
+                let unanswered = link
+                    .check
+                    .is_some_and(|(asked, by)| link.heard < asked && by <= now);
+                if unanswered {
+                    return Some((link.id, LinkDown::Unanswered));
+                }
+                let silent = since.is_some_and(|since| {
+                    let deadline = link.heard.max(since) + SILENCE_LIMIT;
+                    deadline <= now && self.in_use(deadline)
+                });
+                silent.then_some((link.id, LinkDown::Silent))
+            })
+            .collect();
+        for (link, reason) in silent {
+            self.link_lost(step, link, reason);
+        }
     }
 
     /// What `meshctl devices` shows.
@@ -314,6 +403,8 @@ impl<S, P> PeerState<S, P> {
     /// the task always had.
     fn on_timeout(&mut self, step: &mut Step<'_, S, P>) {
         let now = step.now;
+        // First: losing a link sets timers (the relay request) due now.
+        self.close_silent_links(step);
         let due = |state: &Self, timer| state.timer_live(timer).is_some_and(|at| at <= now);
         for timer in Timer::ALL {
             if timer == Timer::Keepalive || !due(self, timer) {
@@ -394,6 +485,8 @@ impl<S, P> PeerState<S, P> {
     }
 
     fn send(&mut self, step: &mut Step<'_, S, P>, id: u64, text: Bytes, reply: S) {
+        self.begin_use(step.now);
+        self.last_use = Some(step.now);
         if self.pending.len() >= MAX_IN_FLIGHT {
             let outcome = Err(SendError::Busy {
                 device: self.peer.clone(),
@@ -475,6 +568,8 @@ impl<S, P> PeerState<S, P> {
     }
 
     fn ping(&mut self, step: &mut Step<'_, S, P>, reply: P) {
+        self.begin_use(step.now);
+        self.last_use = Some(step.now);
         match self.current().map(|link| link.id) {
             Some(link) => self.ping_on(step, link, Some(reply)),
             None => step.out.push(Action::PingDone {
@@ -526,13 +621,18 @@ impl<S, P> PeerState<S, P> {
     }
 
     /// Pings every link: keeps NAT mappings and the relay open, measures
-    /// the RTT, and lets a silent link be noticed by its reader. Every
-    /// [`KEEPALIVE`] from the task's start; after a late firing, a
-    /// [`KEEPALIVE`] from then.
+    /// the RTT, and lets a dead link be noticed. Every [`KEEPALIVE`] while
+    /// the peer is in use, every [`IDLE_KEEPALIVE`] while not; after a late
+    /// firing, that long from then.
     fn keepalive(&mut self, step: &mut Step<'_, S, P>) {
-        let next = self.timers.at(Timer::Keepalive).unwrap_or(step.now) + KEEPALIVE;
+        let every = if self.in_use(step.now) {
+            KEEPALIVE
+        } else {
+            IDLE_KEEPALIVE
+        };
+        let next = self.timers.at(Timer::Keepalive).unwrap_or(step.now) + every;
         let next = if next <= step.now {
-            step.now + KEEPALIVE
+            step.now + every
         } else {
             next
         };
@@ -558,6 +658,18 @@ impl<S, P> PeerState<S, P> {
                 reply: pending.reply,
                 outcome: Ok(now - pending.sent),
             });
+        }
+    }
+
+    /// Messages from the peer arrive on `link`: it works, and the peer is in
+    /// use (traffic either way counts, as the receiving end must notice a
+    /// dead path as soon as the sending end).
+    fn on_received(&mut self, step: &mut Step<'_, S, P>, link: LinkId) {
+        let now = step.now;
+        self.begin_use(now);
+        self.last_use = Some(now);
+        if let Some(record) = self.link_mut(link) {
+            record.heard = now;
         }
     }
 

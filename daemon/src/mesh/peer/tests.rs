@@ -492,9 +492,10 @@ fn a_direct_link_stops_dialling_punching_and_the_relay_request() {
     )));
     // A first ping at once, for the RTT.
     assert_eq!(pings_on(&acts, 1), 1);
-    // Only the keepalive and the first ping's deadline are left.
-    assert_eq!(h.wake(), Some(2000));
-    let acts = h.tick(2000);
+    // Only the first ping's deadline and the idle keepalive are left.
+    assert_eq!(h.wake(), Some(5100));
+    assert_eq!(h.timer(Timer::Keepalive), Some(25_000));
+    let acts = h.tick(5100);
     assert!(dials(&acts).is_empty() && to_hub(&acts).is_empty());
     assert_eq!(h.state.view().state, LinkState::Direct);
 }
@@ -769,16 +770,24 @@ fn a_direct_link_not_heard_keeps_the_relay_and_is_looked_at_every_2s() {
     h.tick(0);
     h.relayed_up(500, 2);
     h.direct_up(1000, 1);
-    // Nothing heard on the direct link since it came up at 1 s.
-    assert!(closed(&h.tick(6000)).is_empty());
-    assert!(closed(&h.tick(7999)).is_empty());
+    // The relay answers; nothing heard on the direct link since it came up
+    // at 1 s, so the relay stays.
     h.at(
-        7500,
+        5000,
+        Input::Pong {
+            link: LinkId(2),
+            nonce: 99,
+        },
+    );
+    assert!(closed(&h.tick(6000)).is_empty());
+    h.at(
+        6500,
         Input::Ack {
             link: LinkId(1),
             id: 0,
         },
     );
+    assert!(closed(&h.tick(7999)).is_empty());
     assert_eq!(
         closed(&h.tick(8000)),
         [(2, "moved to a direct path".to_owned())]
@@ -997,15 +1006,17 @@ fn a_ping_without_a_link_fails_at_once() {
 }
 
 #[test]
-fn every_link_is_pinged_every_2s_from_the_start() {
+fn every_link_of_a_peer_in_use_is_pinged_every_2s() {
     let mut h = Harness::new();
     h.tick(0);
     h.relayed_up(500, 2);
+    // Two paths at once put the peer in use: pings every 2 s from then.
     h.direct_up(900, 1);
-    let acts = h.tick(2000);
+    assert_eq!(h.timer(Timer::Keepalive), Some(2900));
+    let acts = h.tick(2900);
     assert_eq!((pings_on(&acts, 1), pings_on(&acts, 2)), (1, 1));
-    assert_eq!(h.wake(), Some(4000).min(h.wake()));
-    let acts = h.tick(4000);
+    assert_eq!(h.timer(Timer::Keepalive), Some(4900));
+    let acts = h.tick(4900);
     assert_eq!((pings_on(&acts, 1), pings_on(&acts, 2)), (1, 1));
 }
 
@@ -1044,4 +1055,204 @@ fn the_view_says_connecting_while_trying_and_down_when_idle() {
         (view.state, view.endpoint),
         (LinkState::Direct, Some(addr(LAN)))
     );
+}
+
+#[test]
+fn an_idle_peer_is_pinged_every_25s_and_every_2s_for_30s_after_a_send() {
+    let mut h = Harness::new();
+    h.tick(0);
+    // A new link is pinged at once (its RTT), then at the idle pace of
+    // the peer's keepalive, due every 25 s from the task's start.
+    let acts = h.direct_up(100, 1);
+    assert_eq!(pings_on(&acts, 1) + pings_on(&h.tick(100), 1), 1);
+    h.at(
+        101,
+        Input::Pong {
+            link: LinkId(1),
+            nonce: 0,
+        },
+    );
+    for ms in [25_000, 50_000] {
+        assert_eq!(pings_on(&h.tick(ms - 1), 1), 0);
+        assert_eq!(pings_on(&h.tick(ms), 1), 1, "at {ms} ms");
+        h.at(
+            ms + 1,
+            Input::Pong {
+                link: LinkId(1),
+                nonce: 0,
+            },
+        );
+    }
+    // A send puts the peer in use: a ping 2 s later, then every 2 s, each
+    // answered, until 30 s after the send.
+    let acts = h.send(60_000, 7, 1);
+    assert_eq!(messages_on(&acts, 1), [7]);
+    assert_eq!(pings_on(&h.tick(60_000), 1), 0);
+    h.at(
+        60_005,
+        Input::Ack {
+            link: LinkId(1),
+            id: 7,
+        },
+    );
+    let mut ms = 62_000;
+    while ms <= 88_000 {
+        assert_eq!(pings_on(&h.tick(ms), 1), 1, "at {ms} ms");
+        h.at(
+            ms + 1,
+            Input::Pong {
+                link: LinkId(1),
+                nonce: 0,
+            },
+        );
+        ms += 2000;
+    }
+    // 30 s after the send the peer is idle again: the next ping is the
+    // last in-use one's 25 s later.
+    assert_eq!(pings_on(&h.tick(90_000), 1), 1);
+    assert_eq!(pings_on(&h.tick(114_999), 1), 0);
+    assert_eq!(pings_on(&h.tick(115_000), 1), 1);
+    assert!(
+        closed(&h.tick(115_000)).is_empty(),
+        "an idle link is never judged silent here"
+    );
+}
+
+#[test]
+fn a_dead_link_is_noticed_6s_into_its_use_however_long_it_was_quiet() {
+    let mut h = Harness::new();
+    h.tick(0);
+    h.direct_up(100, 1);
+    // Quiet for a minute, nothing heard: an idle link is not judged.
+    for ms in [25_000, 50_000] {
+        assert!(closed(&h.tick(ms)).is_empty());
+    }
+    // Used at 60 s over a path that died meanwhile: no ack, no pong.
+    h.send(60_000, 7, 1);
+    for ms in [62_000, 64_000] {
+        let acts = h.tick(ms);
+        assert_eq!(pings_on(&acts, 1), 1, "at {ms} ms");
+        assert!(closed(&acts).is_empty(), "at {ms} ms");
+    }
+    assert!(closed(&h.tick(65_999)).is_empty());
+    let acts = h.tick(66_000);
+    assert_eq!(closed(&acts), [(1, "silent for 6s".to_owned())]);
+    // The relay is asked for at once, and the message waits for it.
+    assert_eq!(relay_requests(&acts), [hub(0)]);
+    assert!(sends_done(&acts).is_empty());
+}
+
+#[test]
+fn a_link_in_use_that_answers_is_never_silent_and_one_that_stops_goes_6s_after_its_last_answer() {
+    let mut h = Harness::new();
+    h.tick(0);
+    h.direct_up(100, 1);
+    h.send(1000, 7, 1);
+    let mut ms = 1000;
+    // Answers every 2 s for 20 s; a message every 10 s keeps it in use.
+    while ms <= 21_000 {
+        assert!(closed(&h.tick(ms)).is_empty(), "at {ms} ms");
+        h.at(
+            ms + 3,
+            Input::Pong {
+                link: LinkId(1),
+                nonce: 0,
+            },
+        );
+        if ms % 10_000 == 1000 {
+            h.send(ms + 4, ms + 4, 1);
+        }
+        ms += 2000;
+    }
+    // The last answer came at 21,003 ms.
+    assert!(closed(&h.tick(27_002)).is_empty());
+    assert_eq!(closed(&h.tick(27_003)), [(1, "silent for 6s".to_owned())]);
+}
+
+#[test]
+fn messages_that_arrive_put_the_peer_in_use_so_the_receiving_end_notices_a_dead_path_too() {
+    let mut h = Harness::new();
+    h.tick(0);
+    h.direct_up(100, 1);
+    h.tick(100);
+    // The peer sends every second until 10 s; this side only receives.
+    let mut pinged = 0;
+    for ms in (1000..=10_000).step_by(1000) {
+        h.at(ms, Input::Received { link: LinkId(1) });
+        let acts = h.tick(ms);
+        assert!(closed(&acts).is_empty(), "at {ms} ms");
+        pinged += pings_on(&acts, 1);
+    }
+    assert_eq!(pinged, 4, "pinged every 2 s while in use, from 3 s");
+    // Then the path dies: closed 6 s after the last message.
+    assert!(closed(&h.tick(15_999)).is_empty());
+    assert_eq!(closed(&h.tick(16_000)), [(1, "silent for 6s".to_owned())]);
+}
+
+#[test]
+fn a_direct_link_must_answer_within_2s_when_the_peer_moves_to_a_relay() {
+    let mut h = Harness::new();
+    h.tick(0);
+    h.direct_up(100, 1);
+    h.tick(100);
+    // Idle here; the peer lost the path (it asked for a relay, so it has no
+    // direct link): the relay it joined arrives, and the direct link is
+    // checked at once.
+    let acts = h.relayed_up(10_000, 2);
+    assert_eq!((pings_on(&acts, 1), pings_on(&acts, 2)), (1, 1));
+    assert!(closed(&h.tick(11_999)).is_empty());
+    let acts = h.tick(12_000);
+    assert_eq!(
+        closed(&acts),
+        [(
+            1,
+            "no answer within 2s after the peer moved to a relay".to_owned()
+        )]
+    );
+    assert_eq!(h.state.view().state, LinkState::Relayed);
+}
+
+#[test]
+fn a_direct_link_that_answers_the_check_stays() {
+    let mut h = Harness::new();
+    h.tick(0);
+    h.direct_up(100, 1);
+    h.relayed_up(10_000, 2);
+    h.at(
+        10_003,
+        Input::Pong {
+            link: LinkId(1),
+            nonce: 0,
+        },
+    );
+    h.at(
+        10_004,
+        Input::Pong {
+            link: LinkId(2),
+            nonce: 0,
+        },
+    );
+    assert!(closed(&h.tick(12_000)).is_empty());
+    assert_eq!(h.state.view().state, LinkState::Direct);
+}
+
+#[test]
+fn an_idle_peer_whose_silence_was_due_while_in_use_is_judged_however_late_the_wake() {
+    let mut h = Harness::new();
+    h.tick(0);
+    h.direct_up(100, 1);
+    h.send(1000, 7, 1);
+    h.at(
+        1001,
+        Input::Ack {
+            link: LinkId(1),
+            id: 7,
+        },
+    );
+    // Nothing heard after the ack: due at 7,001 ms, while still in use.
+    assert_eq!(h.wake(), Some(3000).min(h.wake()));
+    let acts = h.tick(40_000);
+    assert_eq!(closed(&acts), [(1, "silent for 6s".to_owned())]);
+    // And nothing is due in the past any more: no busy wake-up.
+    assert!(h.wake().is_none_or(|wake| wake > 40_000), "{:?}", h.wake());
 }
