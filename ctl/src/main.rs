@@ -4,11 +4,16 @@
 //! in meshd-ipc. The one crypto it links is rustls' blocking client, for
 //! `meshctl chat --tls`.
 
+// Everything on stdout goes through `stdout::out!` and `outln!`, which end
+// meshctl quietly when the reader goes away; `println!` would panic then.
+#![deny(clippy::print_stdout)]
+
 mod cli;
 mod client;
 mod commands;
 mod error;
 mod output;
+mod stdout;
 mod tls;
 
 use std::process::ExitCode;

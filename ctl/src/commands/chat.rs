@@ -17,6 +17,7 @@ use meshd_ipc::{Request, Response};
 
 use crate::client::Client;
 use crate::error::CtlError;
+use crate::stdout::{out, outln};
 use crate::tls::{self, Trust};
 
 /// Where to connect when neither an address nor a running meshd says.
@@ -76,7 +77,7 @@ pub fn run(server: Option<String>, tls: Option<Trust>, socket: &Path) -> Result<
         let reason = render(&answer).unwrap_or(answer);
         return Err(chat_error(format!("login failed: {reason}")));
     }
-    println!("logged in as {user}; type a message and press Enter, /who lists users, exit leaves");
+    outln!("logged in as {user}; type a message and press Enter, /who lists users, exit leaves");
 
     let printer = std::thread::spawn(move || print_incoming(reader, &QUITTING));
     let stdin = std::io::stdin();
@@ -125,8 +126,8 @@ fn host_of(server: &str) -> &str {
 }
 
 fn prompt(text: &str) -> std::io::Result<String> {
-    print!("{text}");
-    std::io::stdout().flush()?;
+    out!("{text}");
+    crate::stdout::flush();
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
@@ -154,7 +155,7 @@ fn print_incoming(mut reader: Incoming, quitting: &AtomicBool) {
     loop {
         let line = match read_server_line(&mut reader) {
             Ok(line) if line == "BYE" => {
-                println!("* bye");
+                outln!("* bye");
                 if quitting.load(Ordering::SeqCst) {
                     return;
                 }
@@ -169,7 +170,7 @@ fn print_incoming(mut reader: Incoming, quitting: &AtomicBool) {
             }
         };
         if let Some(text) = render(&line) {
-            println!("{text}");
+            outln!("{text}");
         }
     }
 }

@@ -5,6 +5,7 @@ use meshd_ipc::{DeviceEntry, LinkState, Request, Response};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::{print_json, print_table};
+use crate::stdout::outln;
 
 /// Lists every known device.
 pub fn list(client: &mut Client, json: bool) -> Result<(), CtlError> {
@@ -26,7 +27,7 @@ pub fn list(client: &mut Client, json: bool) -> Result<(), CtlError> {
         return Ok(());
     }
     if devices.is_empty() {
-        println!("no devices registered");
+        outln!("no devices registered");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = devices.iter().map(row).collect();
@@ -84,6 +85,6 @@ pub fn remove(client: &mut Client, id: String, json: bool) -> Result<(), CtlErro
         (true, false) => "device",
         (false, _) => "key binding",
     };
-    println!("removed {} {what}", removed.device);
+    outln!("removed {} {what}", removed.device);
     Ok(())
 }

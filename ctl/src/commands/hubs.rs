@@ -5,6 +5,7 @@ use meshd_ipc::{Request, Response};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::print_json;
+use crate::stdout::outln;
 
 /// Forgets the key pinned for a hub on first contact.
 pub fn forget(client: &mut Client, url: String, json: bool) -> Result<(), CtlError> {
@@ -17,11 +18,11 @@ pub fn forget(client: &mut Client, url: String, json: bool) -> Result<(), CtlErr
         return Ok(());
     }
     match forgotten.forgotten_key {
-        Some(key) => println!(
+        Some(key) => outln!(
             "forgot key {key} of {}; the key it proves next is pinned",
             forgotten.url
         ),
-        None => println!(
+        None => outln!(
             "no key was pinned for {}; the key it proves next is pinned",
             forgotten.url
         ),

@@ -1,12 +1,11 @@
 //! `meshctl messages [--follow]`
 
-use std::io::Write;
-
 use meshd_ipc::{InboxMessage, Request, Response};
 
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::print_json;
+use crate::stdout::outln;
 
 /// Prints the inbox; with `follow`, keeps printing as messages arrive.
 pub fn run(client: &mut Client, follow: bool, json: bool) -> Result<(), CtlError> {
@@ -27,7 +26,7 @@ pub fn run(client: &mut Client, follow: bool, json: bool) -> Result<(), CtlError
         if json {
             print_json(&messages);
         } else if messages.is_empty() {
-            println!("no messages received");
+            outln!("no messages received");
         } else {
             messages.iter().for_each(print_line);
         }
@@ -40,12 +39,12 @@ pub fn run(client: &mut Client, follow: bool, json: bool) -> Result<(), CtlError
             Response::Message(message) if json => {
                 let line = serde_json::to_string(&message)
                     .map_err(|error| CtlError::Input(error.to_string()))?;
-                println!("{line}");
+                outln!("{line}");
             }
             Response::Message(message) => print_line(&message),
             other => unexpected = Some(other),
         }
-        let _ = std::io::stdout().flush();
+        crate::stdout::flush();
         Ok(())
     })?;
     match unexpected {
@@ -55,8 +54,10 @@ pub fn run(client: &mut Client, follow: bool, json: bool) -> Result<(), CtlError
 }
 
 fn print_line(message: &InboxMessage) {
-    println!(
+    outln!(
         "{}  {}: {}",
-        message.received_at, message.from, message.text
+        message.received_at,
+        message.from,
+        message.text
     );
 }

@@ -6,6 +6,7 @@ use meshd_ipc::{Request, Response};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::print_json;
+use crate::stdout::outln;
 
 /// Asks meshd to re-read its config and prints what changed.
 pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
@@ -19,18 +20,18 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
     }
     let source = reloaded.config.as_deref().unwrap_or("built-in defaults");
     if reloaded.applied.is_empty() && reloaded.restart_required.is_empty() {
-        println!("reloaded {source}: nothing changed");
+        outln!("reloaded {source}: nothing changed");
     } else {
-        println!("reloaded {source}");
+        outln!("reloaded {source}");
     }
     if !reloaded.applied.is_empty() {
-        println!("applied: {}", reloaded.applied.join(", "));
+        outln!("applied: {}", reloaded.applied.join(", "));
     }
     for warning in &reloaded.warnings {
         eprintln!("meshctl: warning: {warning}");
     }
     if !reloaded.restart_required.is_empty() {
-        println!(
+        outln!(
             "changed but needs a restart (systemctl restart meshd): {}",
             reloaded.restart_required.join(", ")
         );

@@ -5,6 +5,7 @@ use meshd_ipc::{Request, Response};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::print_json;
+use crate::stdout::{self, outln};
 
 /// What `send DEVICE` without text is told.
 pub const NO_TEXT: &str =
@@ -28,7 +29,7 @@ pub fn run(client: &mut Client, all: bool, words: Vec<String>, json: bool) -> Re
         text: text.join(" "),
     })? {
         Response::Sent(sent) if json => print_json(&sent),
-        Response::Sent(sent) => println!(
+        Response::Sent(sent) => outln!(
             "delivered to {} ({})",
             sent.device,
             sent.rtt_ms
@@ -44,28 +45,34 @@ fn send_all(client: &mut Client, text: String, json: bool) -> Result<(), CtlErro
         Response::SentAll(results) => results,
         other => return Err(client.unexpected(&other)),
     };
+    // The outcome is known before anything is printed; a reader that stops
+    // early must not turn a failure into status 0.
+    let failed = results.iter().filter(|result| !result.delivered).count();
+    let outcome = if results.is_empty() {
+        Err(CtlError::Failed(
+            "nothing delivered: this node knows no other device; `meshctl devices` shows what the signaling servers list".to_owned(),
+        ))
+    } else if failed > 0 {
+        Err(CtlError::Failed(format!(
+            "{failed} of {} devices did not acknowledge the message",
+            results.len()
+        )))
+    } else {
+        Ok(())
+    };
+    if let Err(error) = &outcome {
+        stdout::fail_if_closed(error);
+    }
     if json {
         print_json(&results);
     } else {
         for result in &results {
             match (&result.error, result.rtt_ms) {
-                (None, Some(rtt)) => println!("{}: delivered ({rtt:.1}ms)", result.device),
-                (None, None) => println!("{}: delivered", result.device),
-                (Some(error), _) => println!("{}: failed: {error}", result.device),
+                (None, Some(rtt)) => outln!("{}: delivered ({rtt:.1}ms)", result.device),
+                (None, None) => outln!("{}: delivered", result.device),
+                (Some(error), _) => outln!("{}: failed: {error}", result.device),
             }
         }
     }
-    let failed = results.iter().filter(|result| !result.delivered).count();
-    if results.is_empty() {
-        return Err(CtlError::Failed(
-            "nothing delivered: this node knows no other device; `meshctl devices` shows what the signaling servers list".to_owned(),
-        ));
-    }
-    if failed > 0 {
-        return Err(CtlError::Failed(format!(
-            "{failed} of {} devices did not acknowledge the message",
-            results.len()
-        )));
-    }
-    Ok(())
+    outcome
 }

@@ -5,6 +5,7 @@ use meshd_ipc::{Request, Response};
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::{print_json, short_duration};
+use crate::stdout::outln;
 
 /// Prints version, node, roles and uptime.
 pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
@@ -16,20 +17,20 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
         print_json(&status);
         return Ok(());
     }
-    println!(
+    outln!(
         "meshd {} on node {} (pid {}, up {})",
         status.version,
         status.node_id,
         status.pid,
         short_duration(status.uptime_secs)
     );
-    println!(
+    outln!(
         "config:    {}",
         status.config.as_deref().unwrap_or("built-in defaults")
     );
     let roles = &status.roles;
     if let Some(signaling) = &roles.signaling {
-        println!(
+        outln!(
             "signaling: listening on {}, {} device{}, {} channel{}, {} relay{}",
             signaling.listen,
             signaling.devices,
@@ -40,15 +41,15 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             if signaling.relays == 1 { "" } else { "s" }
         );
         if let Some(key) = &signaling.hub_key {
-            println!("           hub key {key}");
-            println!(
+            outln!("           hub key {key}");
+            outln!(
                 "           devices pin it with: signaling = [\"{}\"]",
                 pin_line(&signaling.listen, key)
             );
         }
     }
     if let Some(chat) = &roles.chat {
-        println!(
+        outln!(
             "chat:      listening on {}, {} client{} logged in, {} message{} relayed",
             chat.listen,
             chat.clients,
@@ -57,21 +58,21 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             if chat.messages_relayed == 1 { "" } else { "s" }
         );
         if let Some(fingerprint) = &chat.tls_fingerprint {
-            println!("           tls {fingerprint}");
-            println!(
+            outln!("           tls {fingerprint}");
+            outln!(
                 "           connect with: meshctl chat --tls --fingerprint {fingerprint} HOST:PORT"
             );
         }
     }
     if let Some(mesh) = &roles.mesh {
-        println!(
+        outln!(
             "mesh:      listening on {}, {} link{} up",
             mesh.listen,
             mesh.links,
             if mesh.links == 1 { "" } else { "s" }
         );
-        println!("           public key {}", mesh.pubkey);
-        println!(
+        outln!("           public key {}", mesh.pubkey);
+        outln!(
             "           observed {}",
             mesh.observed
                 .as_deref()
@@ -90,18 +91,18 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
                         .as_deref()
                         .map(|key| format!(", hub key {key}"))
                         .unwrap_or_default();
-                    println!(
+                    outln!(
                         "           signaling {}: registered, {channel}{key}",
                         hub.url
                     );
                 }
-                (Some(error), false) => println!("           signaling {}: {error}", hub.url),
-                (None, false) => println!("           signaling {}: not contacted yet", hub.url),
+                (Some(error), false) => outln!("           signaling {}: {error}", hub.url),
+                (None, false) => outln!("           signaling {}: not contacted yet", hub.url),
             }
         }
     }
     if roles.signaling.is_none() && roles.chat.is_none() && roles.mesh.is_none() {
-        println!("roles:     none enabled");
+        outln!("roles:     none enabled");
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ use crate::cli::UsersAction;
 use crate::client::Client;
 use crate::error::CtlError;
 use crate::output::print_json;
+use crate::stdout::outln;
 
 /// Reads a new password: one line from stdin, or twice from the terminal
 /// without echo.
@@ -60,14 +61,14 @@ pub fn run(
     };
     match client.call(request)? {
         Response::Users(users) if json => print_json(&users),
-        Response::Users(users) if users.is_empty() => println!("no chat users"),
+        Response::Users(users) if users.is_empty() => outln!("no chat users"),
         Response::Users(users) => {
             for user in users {
-                println!("{}", user.name);
+                outln!("{}", user.name);
             }
         }
         Response::UserChanged(change) if json => print_json(&change),
-        Response::UserChanged(change) => println!("chat user {} {}", change.name, change.action),
+        Response::UserChanged(change) => outln!("chat user {} {}", change.name, change.action),
         other => return Err(client.unexpected(&other)),
     }
     Ok(())

@@ -17,4 +17,5 @@ mod lifecycle;
 mod mesh;
 mod nat;
 mod signaling;
+mod stdout_closed;
 mod trust;
