@@ -438,7 +438,8 @@ async fn write_channel<W: AsyncWrite + Unpin>(
     // No list update before this: the hub's budget of updates, shared out.
     let mut next_update = tokio::time::Instant::now();
     loop {
-        // A change made before a message was queued goes out before it.
+        // A change made before a message was queued goes out before it,
+        // unless paced (docs/mesh.md, "The list").
         let now = tokio::time::Instant::now();
         let update = if list.following && list.behind && now >= next_update {
             changes.borrow_and_update();

@@ -139,8 +139,12 @@ impl SignalingState {
                 })
                 .collect()
         };
+        let before = history.version();
         let version = history.record(devices);
-        self.changes.send_replace(version);
+        // A sweep that expired nobody changes nothing: no writer is woken.
+        if version != before {
+            self.changes.send_replace(version);
+        }
     }
 
     /// What a channel whose device holds list version `held` sends next:
