@@ -48,6 +48,35 @@ impl Drop for Nodes {
     }
 }
 
+/// Starts a meshd that is a hub only (no mesh, no chat) on a free loopback
+/// port, with `signaling` added to its `[signaling]` table, and waits until
+/// it accepts connections; its address.
+pub fn start_hub(
+    nodes: &mut Nodes,
+    meshd: &Path,
+    dir: &Path,
+    signaling: &str,
+) -> Result<std::net::SocketAddr, Error> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let hub = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let config = format!(
+        "[node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
+         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
+         [signaling]\nenabled = true\nlisten = \"{hub}\"\n{signaling}\n\
+         [chat]\nenabled = false\n[mesh]\nenabled = false\n",
+        state = dir.join("hub-state").display(),
+        socket = dir.join("hub.sock").display(),
+    );
+    nodes.start(Command::new(meshd), dir, "hub", &config)?;
+    wait_for(
+        || std::net::TcpStream::connect(hub).ok(),
+        Duration::from_secs(10),
+    )?;
+    Ok(hub)
+}
+
 /// Polls `check` every 5 ms until it gives a value or `timeout` passes.
 pub fn wait_for<T>(mut check: impl FnMut() -> Option<T>, timeout: Duration) -> Result<T, Error> {
     let deadline = Instant::now() + timeout;

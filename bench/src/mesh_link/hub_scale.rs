@@ -19,10 +19,9 @@
 //! asks for `meshd-channel/3` and falls back to `meshd-channel/2` (whole
 //! lists only) when the hub is an older meshd, so one build measures both.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -35,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::control::{Error, Nodes, wait_for};
+use crate::control::{Error, Nodes, start_hub};
 use crate::process::{cpu_seconds, own_cpu_seconds, peak_rss};
 
 /// Channel handshakes the simulated devices run at once (the hub takes 64).
@@ -136,27 +135,17 @@ fn once(
     timeout: Duration,
 ) -> Result<Run, Error> {
     let dir = tempfile::Builder::new().prefix("hub-scale-").tempdir()?;
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let hub: SocketAddr = ([127, 0, 0, 1], port).into();
-    let socket = dir.path().join("hub.sock");
     // The defaults but two: new ids from one address are not limited (every
     // device here is 127.0.0.1), and max_devices only if over its default.
     let max_devices = devices.max(10_000);
-    let config = format!(
-        "[node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
-         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
-         [signaling]\nenabled = true\nlisten = \"{hub}\"\nregistrations_per_sec = 0\nmax_devices = {max_devices}\n\
-         [chat]\nenabled = false\n[mesh]\nenabled = false\n",
-        state = dir.path().join("state").display(),
-        socket = socket.display(),
-    );
     let mut nodes = Nodes(Vec::new());
-    nodes.start(Command::new(meshd), dir.path(), "hub", &config)?;
-    let pid = nodes.0[0].id();
-    wait_for(
-        || std::net::TcpStream::connect(hub).ok(),
-        Duration::from_secs(10),
+    let hub = start_hub(
+        &mut nodes,
+        meshd,
+        dir.path(),
+        &format!("registrations_per_sec = 0\nmax_devices = {max_devices}"),
     )?;
+    let pid = nodes.0[0].id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -9,7 +9,7 @@
 //! second, all keepalives). The simulated peers send no pings of their own,
 //! so the figures are the device's own keepalives and their answers.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use meshd_ipc::{Request, Response};
 use meshd_link::{Frame, Hello, StaticKey};
 use serde_json::json;
 
-use crate::control::{Error, Nodes, call, wait_for};
+use crate::control::{Error, Nodes, call, start_hub, wait_for};
 use crate::process::{cpu_seconds, rss};
 
 /// Longest wait for every link to come up.
@@ -38,23 +38,14 @@ struct Traffic {
 /// Runs once and prints the Markdown table.
 pub fn run(meshd: &Path, peers: usize, seconds: u64) -> Result<(), Error> {
     let dir = tempfile::Builder::new().prefix("idle-peers-").tempdir()?;
-    let hub_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let hub: SocketAddr = ([127, 0, 0, 1], hub_port).into();
-    let hub_socket = dir.path().join("hub.sock");
     let device_socket = dir.path().join("device.sock");
     let mut nodes = Nodes(Vec::new());
-    let hub_config = format!(
-        "[node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
-         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
-         [signaling]\nenabled = true\nlisten = \"{hub}\"\nregistrations_per_sec = 0\ndevice_ttl = \"1h\"\n\
-         [chat]\nenabled = false\n[mesh]\nenabled = false\n",
-        state = dir.path().join("hub-state").display(),
-        socket = hub_socket.display(),
-    );
-    nodes.start(Command::new(meshd), dir.path(), "hub", &hub_config)?;
-    wait_for(
-        || std::net::TcpStream::connect(hub).ok(),
-        Duration::from_secs(10),
+    // Simulated peers register once over HTTP: a TTL longer than the run.
+    let hub = start_hub(
+        &mut nodes,
+        meshd,
+        dir.path(),
+        "registrations_per_sec = 0\ndevice_ttl = \"1h\"",
     )?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
