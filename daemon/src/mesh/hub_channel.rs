@@ -220,7 +220,7 @@ fn explain(error: &ChannelError, id: &str) -> String {
             if status.as_u16() == 404 || status.as_u16() == 426 =>
         {
             format!(
-                "{error}; the server does not speak meshd's hub channel ({CHANNEL_UPGRADE}): is it a meshd hub of this version?"
+                "{error}; the server does not speak meshd's hub channel ({CHANNEL_UPGRADE}): is it a meshd hub, of this version or newer? Upgrade hubs before their devices"
             )
         }
         ChannelError::Link(LinkError::Handshake(_) | LinkError::Decrypt | LinkError::Io(_)) => format!(

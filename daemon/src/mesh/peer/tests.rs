@@ -169,6 +169,17 @@ impl Harness {
         )
     }
 
+    /// An answer (to any ping) came on `link` at `ms`.
+    fn pong(&mut self, ms: u64, link: u64) -> Acts {
+        self.at(
+            ms,
+            Input::Pong {
+                link: LinkId(link),
+                nonce: 0,
+            },
+        )
+    }
+
     fn send(&mut self, ms: u64, message: u64, tag: u32) -> Acts {
         self.at(
             ms,
@@ -772,13 +783,7 @@ fn a_direct_link_not_heard_keeps_the_relay_and_is_looked_at_every_2s() {
     h.direct_up(1000, 1);
     // The relay answers; nothing heard on the direct link since it came up
     // at 1 s, so the relay stays.
-    h.at(
-        5000,
-        Input::Pong {
-            link: LinkId(2),
-            nonce: 99,
-        },
-    );
+    h.pong(5000, 2);
     assert!(closed(&h.tick(6000)).is_empty());
     h.at(
         6500,
@@ -1065,23 +1070,11 @@ fn an_idle_peer_is_pinged_every_25s_and_every_2s_for_30s_after_a_send() {
     // the peer's keepalive, due every 25 s from the task's start.
     let acts = h.direct_up(100, 1);
     assert_eq!(pings_on(&acts, 1) + pings_on(&h.tick(100), 1), 1);
-    h.at(
-        101,
-        Input::Pong {
-            link: LinkId(1),
-            nonce: 0,
-        },
-    );
+    h.pong(101, 1);
     for ms in [25_000, 50_000] {
         assert_eq!(pings_on(&h.tick(ms - 1), 1), 0);
         assert_eq!(pings_on(&h.tick(ms), 1), 1, "at {ms} ms");
-        h.at(
-            ms + 1,
-            Input::Pong {
-                link: LinkId(1),
-                nonce: 0,
-            },
-        );
+        h.pong(ms + 1, 1);
     }
     // A send puts the peer in use: a ping 2 s later, then every 2 s, each
     // answered, until 30 s after the send.
@@ -1098,13 +1091,7 @@ fn an_idle_peer_is_pinged_every_25s_and_every_2s_for_30s_after_a_send() {
     let mut ms = 62_000;
     while ms <= 88_000 {
         assert_eq!(pings_on(&h.tick(ms), 1), 1, "at {ms} ms");
-        h.at(
-            ms + 1,
-            Input::Pong {
-                link: LinkId(1),
-                nonce: 0,
-            },
-        );
+        h.pong(ms + 1, 1);
         ms += 2000;
     }
     // 30 s after the send the peer is idle again: the next ping is the
@@ -1152,13 +1139,7 @@ fn a_link_in_use_that_answers_is_never_silent_and_one_that_stops_goes_6s_after_i
     // Answers every 2 s for 20 s; a message every 10 s keeps it in use.
     while ms <= 21_000 {
         assert!(closed(&h.tick(ms)).is_empty(), "at {ms} ms");
-        h.at(
-            ms + 3,
-            Input::Pong {
-                link: LinkId(1),
-                nonce: 0,
-            },
-        );
+        h.pong(ms + 3, 1);
         if ms % 10_000 == 1000 {
             h.send(ms + 4, ms + 4, 1);
         }
@@ -1218,20 +1199,8 @@ fn a_direct_link_that_answers_the_check_stays() {
     h.tick(0);
     h.direct_up(100, 1);
     h.relayed_up(10_000, 2);
-    h.at(
-        10_003,
-        Input::Pong {
-            link: LinkId(1),
-            nonce: 0,
-        },
-    );
-    h.at(
-        10_004,
-        Input::Pong {
-            link: LinkId(2),
-            nonce: 0,
-        },
-    );
+    h.pong(10_003, 1);
+    h.pong(10_004, 2);
     assert!(closed(&h.tick(12_000)).is_empty());
     assert_eq!(h.state.view().state, LinkState::Direct);
 }
