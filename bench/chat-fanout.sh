@@ -112,6 +112,8 @@ rate_per_user = 0
 
 [mesh]
 enabled = false
+[web]
+enabled = false
 EOF
 ctl() { "$bin/meshctl" --socket "$work/meshd.sock" "$@"; }
 

@@ -66,6 +66,8 @@ group = ""
 enabled = false
 [mesh]
 enabled = false
+[web]
+enabled = false
 [chat]
 listen = "127.0.0.1:0"
 TOML

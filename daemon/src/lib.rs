@@ -15,12 +15,14 @@ mod device_id;
 mod faults;
 #[doc(hidden)]
 pub mod fuzzing;
+mod http_head;
 mod hub_wire;
 mod key_file;
 mod limits;
 mod log_limit;
 mod logging;
 mod mesh;
+mod metrics;
 mod paths;
 mod public_key;
 mod signaling;
@@ -30,6 +32,7 @@ mod supervisor;
 mod sync;
 mod systemd;
 mod token_bucket;
+mod web;
 
 use std::process::ExitCode;
 

@@ -25,6 +25,7 @@ use crate::mesh::{self, MeshError};
 use crate::signaling;
 use crate::signals::{Intent, Signals};
 use crate::systemd;
+use crate::web;
 
 /// How long tasks get to finish after SIGTERM; systemd's stop timeout and the
 /// contract's 5 s leave room for the rest of the exit.
@@ -124,6 +125,14 @@ pub async fn run(
         )),
         false => None,
     };
+    let web_listener = match config.web.enabled {
+        true => Some(
+            web::bind(&config.web)
+                .await
+                .map_err(bind_failed("web", config.web.listen))?,
+        ),
+        false => None,
+    };
     let control_listener = control::bind(&config.control.socket, &config.control.group)?;
 
     let signaling = match signaling_listener {
@@ -179,10 +188,26 @@ pub async fn run(
         ),
         None => None,
     };
-    let roles = Roles {
+    let mut roles = Roles {
         signaling,
         chat,
         mesh,
+        web: None,
+    };
+    // The console shows the other roles, so it starts last, with them.
+    roles.web = match web_listener {
+        Some(listener) => Some(
+            web::start(
+                &config.web,
+                listener,
+                config.node.id.to_string(),
+                roles.clone(),
+                cancel.child_token(),
+                &tracker,
+            )
+            .map_err(bind_failed("web", config.web.listen))?,
+        ),
+        None => None,
     };
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
@@ -264,6 +289,9 @@ async fn reload(
             if let Some(chat) = &roles.chat {
                 chat.apply(&running.chat);
             }
+            if let Some(web) = &roles.web {
+                web.apply(&running.web);
+            }
             tracing::info!(
                 applied = ?plan.applied,
                 restart_required = ?plan.restart_required,
@@ -326,6 +354,9 @@ fn status_line(roles: &Roles) -> String {
             "mesh on {} ({} links)",
             status.listen, status.links
         ));
+    }
+    if let Some(web) = &roles.web {
+        parts.push(format!("web console on {}", web.status().listen));
     }
     if parts.is_empty() {
         "running; no roles enabled".to_owned()

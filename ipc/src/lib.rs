@@ -23,7 +23,7 @@ pub use reply::{
     BroadcastReply, ChatStatus, DeviceEntry, ErrorCode, ErrorReply, HubForgottenReply, HubStatus,
     InboxMessage, LinkState, MeshStatus, NetcheckProbe, NetcheckReply, PingReply, ReloadReply,
     RemovedReply, Reply, ReplyFrame, Response, RoleStatus, SendResult, SignalingStatus,
-    StatusReply, UserChange, UserEntry,
+    StatusReply, UserChange, UserEntry, WebStatus,
 };
 pub use request::{Access, Request, RequestFrame, RequestHeader};
 

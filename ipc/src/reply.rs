@@ -143,6 +143,18 @@ pub struct RoleStatus {
     /// This node as a device of the mesh, when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshStatus>,
+    /// The web console, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<WebStatus>,
+}
+
+/// The web console in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebStatus {
+    /// Where it listens, `ip:port`.
+    pub listen: String,
+    /// Requests need `[web] token`.
+    pub token_required: bool,
 }
 
 /// The mesh role in `status`.

@@ -30,6 +30,11 @@ pub struct NodeOptions {
     pub chat_enabled: bool,
     /// Extra TOML appended inside `[chat]`.
     pub chat: String,
+    /// Run the web console (on a free loopback port unless `web` says
+    /// otherwise).
+    pub web_enabled: bool,
+    /// Extra TOML appended inside `[web]`.
+    pub web: String,
     /// Extra TOML appended at the end of the file (own sections).
     pub extra: String,
     /// Extra environment for meshd.
@@ -79,6 +84,8 @@ impl Default for NodeOptions {
             signaling_enabled: true,
             chat_enabled: false,
             chat: String::new(),
+            web_enabled: true,
+            web: String::new(),
             extra: String::new(),
             env: Vec::new(),
             group: String::new(),
@@ -259,6 +266,7 @@ impl Node {
              [control]\nsocket = \"{socket}\"\ngroup = \"{group}\"\n\n\
              [signaling]\nenabled = {sig}\nlisten = \"{signaling_listen}\"\n{signaling}\n\n\
              [chat]\nenabled = {chat_enabled}\nlisten = \"127.0.0.1:0\"\n{chat}\n\n\
+             [web]\nenabled = {web_enabled}\n{web_listen}{web}\n\n\
              {mesh}\n{extra}\n",
             id = self.options.id,
             socket = self.socket().display(),
@@ -268,6 +276,14 @@ impl Node {
             chat = self.options.chat,
             signaling = self.options.signaling,
             signaling_listen = self.options.signaling_listen,
+            web_enabled = self.options.web_enabled,
+            // A listen line of the test's own replaces the free port.
+            web_listen = if self.options.web.contains("listen") {
+                ""
+            } else {
+                "listen = \"127.0.0.1:0\"\n"
+            },
+            web = self.options.web,
             extra = self.options.extra,
         )
     }
@@ -446,6 +462,16 @@ impl Node {
         status["roles"]["signaling"]["listen"]
             .as_str()
             .unwrap_or_else(|| panic!("no signaling listen address in {status}"))
+            .parse()
+            .expect("listen address parses")
+    }
+
+    /// The web console's bound address, from `meshctl status --json`.
+    pub fn web_addr(&self) -> SocketAddr {
+        let status = self.ctl_json(&["status"]);
+        status["roles"]["web"]["listen"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no web listen address in {status}"))
             .parse()
             .expect("listen address parses")
     }

@@ -65,7 +65,7 @@ pub fn start_hub(
         "[node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
          [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
          [signaling]\nenabled = true\nlisten = \"{hub}\"\n{signaling}\n\
-         [chat]\nenabled = false\n[mesh]\nenabled = false\n",
+         [chat]\nenabled = false\n[mesh]\nenabled = false\n[web]\nenabled = false\n",
         state = dir.join("hub-state").display(),
         socket = dir.join("hub.sock").display(),
     );

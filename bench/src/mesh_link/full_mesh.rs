@@ -64,7 +64,7 @@ fn once(meshd: &Path, devices: usize, round: usize) -> Result<(f64, f64), Error>
         let config = format!(
             "[node]\nid = \"{id}\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
              [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
-             [signaling]\n{signaling}\n[chat]\nenabled = false\n\
+             [signaling]\n{signaling}\n[chat]\nenabled = false\n[web]\nenabled = false\n\
              [mesh]\nlisten = \"127.0.0.1:0\"\nsignaling = [\"{hub_url}\"]\n",
             state = dir.path().join(id).display(),
             socket = sockets[index].display(),

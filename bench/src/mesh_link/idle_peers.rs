@@ -69,7 +69,7 @@ pub fn run(meshd: &Path, peers: usize, seconds: u64) -> Result<(), Error> {
     let device_config = format!(
         "[node]\nid = \"device\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
          [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
-         [signaling]\nenabled = false\n[chat]\nenabled = false\n\
+         [signaling]\nenabled = false\n[chat]\nenabled = false\n[web]\nenabled = false\n\
          [mesh]\nlisten = \"127.0.0.1:0\"\nsignaling = [\"http://{hub}\"]\n",
         state = dir.path().join("device-state").display(),
         socket = device_socket.display(),

@@ -167,7 +167,7 @@ fn start(
     };
     let config = format!(
         "[node]\nid = \"{id}\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
-         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n[chat]\nenabled = false\n{roles}",
+         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n[chat]\nenabled = false\n[web]\nenabled = false\n{roles}",
         state = dir.join(id).display(),
         socket = socket.display(),
     );

@@ -168,7 +168,7 @@ impl Node {
              [node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"info\"\n\n\
              [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\n\
              [signaling]\nenabled = true\nlisten = \"127.0.0.1:{HUB_PORT}\"\ndevice_ttl = \"10s\"\n\n\
-             [chat]\nenabled = true\nlisten = \"127.0.0.1:{CHAT_PORT}\"\n\n\
+             [chat]\nenabled = true\nlisten = \"127.0.0.1:{CHAT_PORT}\"\n\n[web]\nenabled = false\n\n\
              [mesh]\nenabled = false\n",
             state = node.dir.join("state").display(),
             socket = node.socket.display(),
@@ -190,7 +190,7 @@ impl Node {
             "# a soak device: mesh only, registered with the soak's hub\n\
              [node]\nid = \"{name}\"\nstate_dir = \"{state}\"\nlog_level = \"info\"\n\n\
              [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\n\
-             [signaling]\nenabled = false\n\n[chat]\nenabled = false\n\n\
+             [signaling]\nenabled = false\n\n[chat]\nenabled = false\n\n[web]\nenabled = false\n\n\
              [mesh]\nenabled = true\nlisten = \"{ip}:{port}\"\nsignaling = [\"http://127.0.0.1:{HUB_PORT}\"]\n",
             state = node.dir.join("state").display(),
             socket = node.socket.display(),

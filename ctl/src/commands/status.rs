@@ -101,7 +101,21 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             }
         }
     }
-    if roles.signaling.is_none() && roles.chat.is_none() && roles.mesh.is_none() {
+    if let Some(web) = &roles.web {
+        let access = match web.token_required {
+            true => "token required",
+            false => "no token: this machine only",
+        };
+        outln!(
+            "web:       console on http://{}/ ({access}); metrics at /metrics",
+            web.listen
+        );
+    }
+    if roles.signaling.is_none()
+        && roles.chat.is_none()
+        && roles.mesh.is_none()
+        && roles.web.is_none()
+    {
         outln!("roles:     none enabled");
     }
     Ok(())

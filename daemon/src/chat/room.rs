@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::protocol;
+use crate::metrics::metrics;
 use crate::sync::lock;
 
 /// Identifies one logged-in session; 0 is the system.
@@ -32,6 +33,8 @@ pub struct Outgoing {
     pub from: ClientId,
     /// The formatted line, shared by all receivers.
     pub line: Bytes,
+    /// When it entered the room, for the fan-out delay metric.
+    pub at: std::time::Instant,
 }
 
 /// Ends a session whose user was removed or got a new password.
@@ -152,6 +155,7 @@ impl Room {
     /// Sends a message from `id` to everyone else.
     pub fn publish(&self, id: ClientId, user: &str, text: &str) {
         self.relayed.fetch_add(1, Ordering::Relaxed);
+        metrics().chat_messages.inc();
         self.send(id, protocol::msg(user, text));
     }
 
@@ -185,7 +189,11 @@ impl Room {
 
     fn send(&self, from: ClientId, line: Bytes) {
         // An error only means nobody is listening.
-        let _ = self.ring.send(Outgoing { from, line });
+        let _ = self.ring.send(Outgoing {
+            from,
+            line,
+            at: std::time::Instant::now(),
+        });
     }
 }
 

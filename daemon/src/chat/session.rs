@@ -33,6 +33,7 @@ use super::line_reader::{Line, read_line};
 use super::protocol::{self, ClientLine, ErrCode};
 use super::room::{ClientId, Membership, Outgoing, Revocation};
 use super::tls::{self, ChatTlsServer};
+use crate::metrics::{LoginResult, Metrics, metrics};
 
 /// Time a client has to log in after connecting.
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -188,6 +189,7 @@ async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                             return None;
                         }
                         Ok(Admission::Refused(retry)) => {
+                            metrics().chat_login(LoginResult::Throttled);
                             shared.throttled_logins.log(|suppressed| {
                                 tracing::warn!(peer_addr = %peer, suppressed, "chat login throttled");
                             });
@@ -217,9 +219,11 @@ async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                             shared.room.leave(membership.id);
                             return None;
                         }
+                        metrics().chat_login(LoginResult::Ok);
                         return Some((user.to_owned(), membership));
                     }
                     drop(attempt);
+                    metrics().chat_login(LoginResult::Failed);
                     failures += 1;
                     tracing::info!(peer_addr = %peer, user = %escape(user), failures, "chat login failed");
                     if failures >= MAX_AUTH_ATTEMPTS {
@@ -400,7 +404,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: Writer<W>) {
         };
         match first {
             Ok(line) => batch.push_back(line),
-            Err(out) if out.from != writer.me => batch.push_back(out.line),
+            Err(out) if out.from != writer.me => {
+                // Sampled once per batch: the first line waited longest.
+                Metrics::observe(&metrics().chat_fanout_seconds, out.at.elapsed());
+                batch.push_back(out.line);
+            }
             Err(_own) => {}
         }
         if let Err(stop) = drain_ready(&mut writer, &mut batch) {
@@ -436,6 +444,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(mut writer: Writer<W>) {
             .await;
         }
         Stop::Slow(why) => {
+            metrics().chat_slow_consumers.inc();
             tracing::warn!(user = %escape(&writer.user), peer_addr = %writer.peer, reason = why, "slow chat client disconnected");
             // Best effort: its buffers may be full, and it is not waited
             // for. A zero timeout still polls the write once.

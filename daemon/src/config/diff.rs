@@ -70,6 +70,11 @@ const LIVE_KEYS: &[LiveKey] = &[
         differs: |a, b| a.chat.burst_per_user != b.chat.burst_per_user,
         apply: |to, from| to.chat.burst_per_user = from.chat.burst_per_user,
     },
+    LiveKey {
+        name: "web.token",
+        differs: |a, b| a.web.token != b.web.token,
+        apply: |to, from| to.web.token.clone_from(&from.web.token),
+    },
 ];
 
 /// Tells whether a key differs between two configs.
@@ -118,6 +123,8 @@ const RESTART_KEYS: &[(&str, Differs)] = &[
         a.chat.allow_plaintext != b.chat.allow_plaintext
     }),
     ("mesh", |a, b| a.mesh != b.mesh),
+    ("web.enabled", |a, b| a.web.enabled != b.web.enabled),
+    ("web.listen", |a, b| a.web.listen != b.web.listen),
 ];
 
 fn cert_file(tls: &Option<ChatTls>) -> Option<&Path> {
@@ -229,10 +236,20 @@ mod tests {
     }
 
     #[test]
+    fn the_web_token_is_live_and_the_listener_is_not() {
+        let old = Config::from_toml("", None).unwrap();
+        let new =
+            Config::from_toml("[web]\ntoken = \"t\"\nlisten = \"127.0.0.1:9\"\n", None).unwrap();
+        let plan = ReloadPlan::between(&old, &new);
+        assert_eq!(plan.applied, vec!["web.token"]);
+        assert_eq!(plan.restart_required, vec!["web.listen"]);
+    }
+
+    #[test]
     fn every_live_key_is_applied() {
         let old = Config::from_toml("", None).unwrap();
         let new = Config::from_toml(
-            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\nregistrations_per_sec = 3\n[chat]\nrate_per_user = 5\nburst_per_user = 7\n",
+            "[node]\nlog_level = \"trace\"\n[signaling]\ndevice_ttl = \"5s\"\njoin_token = \"t\"\nrequest_timeout = \"1s\"\nmax_devices = 3\nrelay_bytes_per_sec = 1000\nregistrations_per_sec = 3\n[chat]\nrate_per_user = 5\nburst_per_user = 7\n[web]\ntoken = \"x\"\n",
             None,
         )
         .unwrap();

@@ -48,6 +48,8 @@ pub struct Config {
     pub chat: ChatConfig,
     /// `[mesh]`
     pub mesh: MeshConfig,
+    /// `[web]`
+    pub web: WebConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.
@@ -148,6 +150,19 @@ pub struct MeshConfig {
     /// Endpoints to advertise instead of the learnt ones (a port forward, a
     /// known public address); empty: learn them.
     pub advertise: Vec<SocketAddr>,
+}
+
+/// `[web]`: the local console: metrics, the live page and its JSON
+/// (docs/web.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    /// Role switch.
+    pub enabled: bool,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Non-empty: every request needs this bearer token (or the page's
+    /// login); required when `listen` is not loopback.
+    pub token: String,
 }
 
 /// `[node] log_level`.

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub signaling: Option<RawSignaling>,
     pub chat: Option<RawChat>,
     pub mesh: Option<RawMesh>,
+    pub web: Option<RawWeb>,
 }
 
 /// `[node]`
@@ -74,4 +75,13 @@ pub struct RawMesh {
     pub signaling: Option<Vec<String>>,
     pub join_token: Option<String>,
     pub advertise: Option<Vec<String>>,
+}
+
+/// `[web]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub token: Option<String>,
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use super::error::Problem;
 use super::parse::KeyLines;
-use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling};
+use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling, RawWeb};
 use super::{
     ChatConfig, ChatTls, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig,
+    WebConfig,
 };
 use crate::device_id::DeviceId;
 use crate::hub_wire::{HubUrl, MAX_ENDPOINTS};
@@ -120,6 +121,30 @@ pub fn validate(
         signaling: signaling(&mut check, raw.signaling.unwrap_or_default()),
         chat: chat(&mut check, raw.chat.unwrap_or_default()),
         mesh: mesh(&mut check, raw.mesh.unwrap_or_default()),
+        web: web(&mut check, raw.web.unwrap_or_default()),
+    }
+}
+
+fn web(check: &mut Checker<'_>, raw: RawWeb) -> WebConfig {
+    let enabled = raw.enabled.unwrap_or(true);
+    let listen = check.addr("web.listen", raw.listen, "127.0.0.1:8083");
+    let token = raw.token.unwrap_or_default();
+    // The console shows every device and its addresses; beyond loopback
+    // only with a token (docs/config.md).
+    if enabled && token.is_empty() && !listen.ip().to_canonical().is_loopback() {
+        check.problems.push(Problem {
+            line: check.lines.of("web.token").or_else(|| check.lines.of("web.listen")),
+            key: "web.token".to_owned(),
+            message: format!(
+                "web.listen {listen} is not a loopback address, so anyone who can reach it would see every device: \
+                 set token = \"<a long random string>\" (e.g. from: openssl rand -hex 32), or listen on 127.0.0.1"
+            ),
+        });
+    }
+    WebConfig {
+        enabled,
+        listen,
+        token,
     }
 }
 
@@ -438,6 +463,11 @@ pub fn to_raw(config: &Config) -> RawConfig {
                     .collect(),
             ),
         }),
+        web: Some(RawWeb {
+            enabled: Some(config.web.enabled),
+            listen: Some(config.web.listen.to_string()),
+            token: Some(redact(&config.web.token)),
+        }),
     }
 }
 
@@ -538,6 +568,41 @@ mod tests {
         assert!(problems("[chat]\nlisten = \"[::1]:8081\"\n").is_empty());
         assert!(problems("[chat]\nlisten = \"[::ffff:127.0.0.1]:8081\"\n").is_empty());
         assert!(problems("[chat]\nenabled = false\nlisten = \"0.0.0.0:8081\"\n").is_empty());
+    }
+
+    #[test]
+    fn a_web_console_off_loopback_needs_a_token_naming_web_token() {
+        let config = Config::builtin().unwrap();
+        assert!(config.web.enabled);
+        assert_eq!(config.web.listen.to_string(), "127.0.0.1:8083");
+        assert_eq!(config.web.token, "");
+        let lines = problems("[web]\nlisten = \"0.0.0.0:8083\"\n");
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].starts_with("/etc/meshd/meshd.toml:2: web.token: web.listen 0.0.0.0:8083 is not a loopback address"),
+            "{lines:#?}"
+        );
+        let lines = problems("[web]\ntoken = \"\"\nlisten = \"[::]:8083\"\n");
+        assert!(
+            lines[0].starts_with("/etc/meshd/meshd.toml:2: web.token: "),
+            "{lines:#?}"
+        );
+        assert!(problems("[web]\nlisten = \"0.0.0.0:8083\"\ntoken = \"s3cret\"\n").is_empty());
+        assert!(problems("[web]\nlisten = \"[::1]:8083\"\n").is_empty());
+        assert!(problems("[web]\nenabled = false\nlisten = \"0.0.0.0:8083\"\n").is_empty());
+        let lines = problems("[web]\nlisten = \"localhost:8083\"\n");
+        assert!(
+            lines[0].contains("web.listen: \"localhost:8083\" is not an address"),
+            "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn the_web_token_is_redacted_in_the_effective_config() {
+        let config = Config::from_toml("[web]\ntoken = \"s3cret\"\n", None).unwrap();
+        let text = config.to_toml();
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains(&format!("token = \"{REDACTED}\"")), "{text}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::config::ConfigError;
 use crate::device_id::DeviceId;
 use crate::mesh::{MeshHandle, RequestError, SendError};
 use crate::signaling::SignalingHandle;
+use crate::web::WebHandle;
 
 /// Facts about this process that `status` reports.
 #[derive(Debug, Clone)]
@@ -48,6 +49,8 @@ pub struct Roles {
     pub chat: Option<ChatHandle>,
     /// This node as a mesh device.
     pub mesh: Option<MeshHandle>,
+    /// The web console.
+    pub web: Option<WebHandle>,
 }
 
 /// How a request is answered: a fixed list of frames, or frames and then a
@@ -272,6 +275,7 @@ impl Dispatcher {
                 signaling: self.roles.signaling.as_ref().map(SignalingHandle::status),
                 chat: self.roles.chat.as_ref().map(ChatHandle::status),
                 mesh: self.roles.mesh.as_ref().map(MeshHandle::status),
+                web: self.roles.web.as_ref().map(WebHandle::status),
             },
         }
     }

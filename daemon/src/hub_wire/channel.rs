@@ -10,11 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use super::ListedDevice;
 
-/// `GET /channel` with `Upgrade: meshd-channel/3` opens a channel.
+/// `GET /channel` with `Upgrade: meshd-channel/4` opens a channel.
 pub const CHANNEL_PATH: &str = "/channel";
 /// The upgrade protocol of a channel: after one whole device list the hub
-/// sends only changes ([`FromHub::Delta`]).
-pub const CHANNEL_UPGRADE: &str = "meshd-channel/3";
+/// sends only changes ([`FromHub::Delta`]), and the device reports its
+/// links ([`ToHub::Links`]).
+pub const CHANNEL_UPGRADE: &str = "meshd-channel/4";
+/// The channel before link reports: deltas, and no [`ToHub::Links`]. Hubs
+/// still serve it, so hubs can be upgraded before their devices.
+pub const CHANNEL_UPGRADE_NO_REPORTS: &str = "meshd-channel/3";
 /// The channel of meshd before deltas: the hub pushes the whole list on
 /// every change. Hubs still serve it, so hubs can be upgraded before their
 /// devices.
@@ -67,6 +71,46 @@ pub enum ToHub {
     /// sent (a [`FromHub::Delta`] that does not start at its version):
     /// send the whole list again.
     Resync,
+    /// This device's links, for the hub's web console: sent when they
+    /// change, paced (docs/web.md, "Link reports"). Replaces the last
+    /// report; the hub forgets it when the channel closes.
+    Links {
+        /// Peers with a direct link, all of them.
+        direct: u32,
+        /// Peers with only a relayed link.
+        relayed: u32,
+        /// Peers with no link (connecting or down).
+        down: u32,
+        /// The links themselves, sorted by peer; at most
+        /// [`super::MAX_REPORTED_LINKS`], and fewer when long ids would
+        /// pass [`super::MAX_TO_HUB_BYTES`].
+        links: Vec<ReportedLink>,
+    },
+}
+
+/// One link in a [`ToHub::Links`] report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportedLink {
+    /// The device at the other end.
+    pub peer: String,
+    /// How the link goes now.
+    pub path: ReportedPath,
+    /// Last measured round-trip time, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Seconds the link has been on this path (none when down).
+    pub up_secs: Option<u64>,
+}
+
+/// A reported link's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportedPath {
+    /// A direct TCP connection.
+    Direct,
+    /// Through a hub's relay.
+    Relayed,
+    /// No link now (connecting or down).
+    Down,
 }
 
 /// Hub to device.
@@ -268,5 +312,19 @@ mod tests {
         assert!(from_slice::<FromHub>(devices).is_ok());
         let as_array = br#"{"type":"devices","version":1,"devices":[["a","192.0.2.7:1"]]}"#;
         assert!(from_slice::<FromHub>(as_array).is_err());
+        let links = br#"{"type":"links","direct":1,"relayed":0,"down":0,"links":[{"peer":"b","path":"direct","rtt_us":900,"up_secs":3}]}"#;
+        assert!(from_slice::<ToHub>(links).is_ok());
+        for wrong in [
+            &br#"{"type":"links","direct":1,"relayed":0,"down":0,"links":[{"peer":"b","path":2,"rtt_us":900,"up_secs":3}]}"#[..],
+            br#"{"type":"links","direct":-1,"relayed":0,"down":0,"links":[]}"#,
+            br#"{"type":"links","direct":1,"relayed":0,"down":0,"links":{"b":"direct"}}"#,
+            br#"{"type":"links","direct":1,"relayed":0,"down":0,"links":[{"peer":"b","path":"sideways","rtt_us":null,"up_secs":null}]}"#,
+        ] {
+            assert!(
+                from_slice::<ToHub>(wrong).is_err(),
+                "{}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
     }
 }

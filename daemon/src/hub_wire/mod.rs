@@ -11,8 +11,8 @@ mod http;
 mod url;
 
 pub use channel::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_WHOLE_LISTS, FromHub, RELAY_PATH, RELAY_UPGRADE,
-    Refusable, Signal, ToHub,
+    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_NO_REPORTS, CHANNEL_UPGRADE_WHOLE_LISTS,
+    FromHub, RELAY_PATH, RELAY_UPGRADE, Refusable, ReportedLink, ReportedPath, Signal, ToHub,
 };
 pub use http::{
     DEVICES_PATH, ErrorReply, HEALTH_PATH, ListedDevice, OBSERVED_PATH, ObservedReply,
@@ -32,6 +32,11 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The largest message a device may send a hub over its channel.
 pub const MAX_TO_HUB_BYTES: usize = 16 * 1024;
+
+/// Links one [`ToHub::Links`] report lists at most: every pair of a mesh
+/// of 200 devices, the size the web console's page is made for. Beyond
+/// it a report gives counts, and the first links by id.
+pub const MAX_REPORTED_LINKS: usize = 200;
 
 /// The largest message a hub may send a device: a whole device list, over
 /// the channel or as a `GET /devices` answer. Ample for

@@ -3,7 +3,7 @@
 //! through its command queue; the task answers by its own deadlines.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use meshd_ipc::{
@@ -84,6 +84,32 @@ impl ForgetError {
     }
 }
 
+/// This device's view for the web console (docs/web.md): the devices its
+/// hubs list, with the hubs that list each, and its own links.
+#[derive(Debug, Clone)]
+pub struct MeshConsole {
+    /// This device.
+    pub local: DeviceId,
+    /// Every listed device (this one included, its link `self`), sorted by
+    /// id, with the URLs of the hubs that list it.
+    pub devices: Vec<(DeviceEntry, Vec<String>)>,
+    /// This device's links, sorted by peer.
+    pub links: Vec<OwnLink>,
+}
+
+/// One of this device's links.
+#[derive(Debug, Clone)]
+pub struct OwnLink {
+    /// The device at the other end.
+    pub peer: DeviceId,
+    /// How it goes.
+    pub state: LinkState,
+    /// Round-trip time, when measured.
+    pub rtt: Option<Duration>,
+    /// When it came up on this path.
+    pub since: Option<SystemTime>,
+}
+
 /// The mesh role as the control socket sees it.
 #[derive(Clone)]
 pub struct MeshHandle {
@@ -111,6 +137,67 @@ impl MeshHandle {
             endpoints: mesh.endpoints().iter().map(ToString::to_string).collect(),
             signaling,
         }
+    }
+
+    /// For the web console.
+    pub fn console(&self) -> MeshConsole {
+        let mesh = &self.mesh;
+        let devices = self.devices();
+        let roster = lock(&mesh.roster);
+        let devices = devices
+            .into_iter()
+            .map(|entry| {
+                let hubs = DeviceId::parse(&entry.id)
+                    .map(|id| roster.listed_by(&id))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|index| {
+                        mesh.local
+                            .hubs
+                            .iter()
+                            .nth(index)
+                            .map(|hub| hub.url().to_string())
+                    })
+                    .collect::<Option<Vec<String>>>()
+                    .unwrap_or_default();
+                (entry, hubs)
+            })
+            .collect();
+        drop(roster);
+        let (now, wall) = (tokio::time::Instant::now(), SystemTime::now());
+        let mut links: Vec<OwnLink> = lock(&mesh.peers)
+            .iter()
+            .map(|(id, handle)| {
+                let view = handle.view();
+                OwnLink {
+                    peer: id.clone(),
+                    state: view.state,
+                    rtt: view.rtt,
+                    since: view
+                        .since
+                        .and_then(|since| wall.checked_sub(now.saturating_duration_since(since))),
+                }
+            })
+            .collect();
+        links.sort_by(|a, b| a.peer.cmp(&b.peer));
+        MeshConsole {
+            local: mesh.local.id.clone(),
+            devices,
+            links,
+        }
+    }
+
+    /// Links up, by path: (direct, relayed).
+    pub fn links_by_path(&self) -> (usize, usize) {
+        lock(&self.mesh.peers)
+            .values()
+            .fold((0, 0), |(direct, relayed), handle| {
+                match handle.view().state {
+                    LinkState::Direct => (direct + 1, relayed),
+                    LinkState::Relayed => (direct, relayed + 1),
+                    _ => (direct, relayed),
+                }
+            })
     }
 
     /// For `meshctl devices`: every device the hubs list, with the link.

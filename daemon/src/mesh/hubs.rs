@@ -120,6 +120,9 @@ pub struct Hub {
     url: HubUrl,
     /// The open channel's queue; `None` while it is closed.
     outgoing: Mutex<Option<mpsc::Sender<ToHub>>>,
+    /// Channels opened so far: tells one registered channel from the next
+    /// (a link report must be sent again on a new one).
+    channels_opened: std::sync::atomic::AtomicU64,
     /// The channel's last measured round trip.
     rtt: Mutex<Option<Duration>>,
     registration: Mutex<Registration>,
@@ -143,6 +146,7 @@ impl Hub {
             trust: Mutex::new(trust),
             url,
             outgoing: Mutex::new(None),
+            channels_opened: std::sync::atomic::AtomicU64::new(0),
             rtt: Mutex::new(None),
             registration: Mutex::new(Registration {
                 reachable: false,
@@ -202,12 +206,31 @@ impl Hub {
             .is_some_and(|outgoing| !outgoing.is_closed())
     }
 
-    /// The channel opened (`Some`, with its queue) or closed.
+    /// The channel opened and registered (`Some`, with its queue) or
+    /// closed.
     pub fn set_channel(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
-        if outgoing.is_none() {
-            lock(&self.registration).connection = None;
+        let mut current = lock(&self.outgoing);
+        match outgoing {
+            None => lock(&self.registration).connection = None,
+            Some(_) => {
+                self.channels_opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
-        *lock(&self.outgoing) = outgoing;
+        *current = outgoing;
+    }
+
+    /// The number of the open, registered channel (it changes with every
+    /// channel); `None` while there is none.
+    pub fn open_channel(&self) -> Option<u64> {
+        let current = lock(&self.outgoing);
+        let open = current
+            .as_ref()
+            .is_some_and(|outgoing| !outgoing.is_closed());
+        open.then(|| {
+            self.channels_opened
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
     }
 
     /// The open channel's local and remote addresses.

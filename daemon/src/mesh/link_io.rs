@@ -16,6 +16,8 @@ use super::error::{DialError, JoinRelayError, LinkDown};
 use super::inbox::MessageKey;
 use super::path::{Established, Stream};
 use crate::device_id::DeviceId;
+use crate::metrics::metrics;
+use prometheus_client::metrics::counter::Counter;
 
 /// A link in use that brought no answer (pong or ack) for this long is
 /// dead: keepalives go out every [`KEEPALIVE`] while a peer is in use, so
@@ -111,6 +113,20 @@ pub struct ReadContext {
     pub events: mpsc::Sender<LinkEvent>,
     /// Ends the reader.
     pub stop: CancellationToken,
+    /// Counts the bytes of the frames read.
+    pub bytes_in: Counter,
+}
+
+/// What a link's writer needs besides its stream and queue.
+pub struct WriteContext {
+    /// The peer task's number for this link.
+    pub link: u64,
+    /// The peer task's events.
+    pub events: mpsc::Sender<LinkEvent>,
+    /// meshd is stopping: say Close and end.
+    pub shutdown: CancellationToken,
+    /// Counts the bytes of the frames written.
+    pub bytes_out: Counter,
 }
 
 /// Reads frames until the link fails, goes silent or is stopped. Messages
@@ -129,6 +145,7 @@ pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Str
             Ok(Err(error)) => break LinkDown::Read(Arc::new(error)),
             Ok(Ok(frame)) => frame,
         };
+        context.bytes_in.inc_by(frame.encoded_len() as u64);
         let reply = match frame {
             Frame::Message { id, text } => {
                 let key = MessageKey {
@@ -138,6 +155,7 @@ pub async fn read_link(context: ReadContext, mut reader: LinkReader<ReadHalf<Str
                 // The frame layer checked the text is UTF-8.
                 let text = String::from_utf8_lossy(&text);
                 if context.local.inbox.store(&context.peer, key, &text) {
+                    metrics().messages_received.inc();
                     tracing::info!(from = %context.peer, bytes = text.len(), text = %preview(&text), "message received");
                 }
                 let now = tokio::time::Instant::now();
@@ -202,12 +220,16 @@ fn preview(text: &str) -> &str {
 /// Writes queued frames in batches until the queue closes, a write fails or
 /// stalls for [`WRITE_STALL_LIMIT`], or meshd stops.
 pub async fn write_link(
+    context: WriteContext,
     mut writer: LinkWriter<WriteHalf<Stream>>,
     mut queue: mpsc::Receiver<Frame>,
-    link: u64,
-    events: mpsc::Sender<LinkEvent>,
-    shutdown: CancellationToken,
 ) {
+    let WriteContext {
+        link,
+        events,
+        shutdown,
+        bytes_out,
+    } = context;
     let mut batch = Vec::with_capacity(WRITE_BATCH_FRAMES);
     loop {
         let first = tokio::select! {
@@ -240,7 +262,10 @@ pub async fn write_link(
         batch.clear();
         let reason = match written {
             Ok(Ok(())) if closing => return,
-            Ok(Ok(())) => continue,
+            Ok(Ok(())) => {
+                bytes_out.inc_by(bytes as u64);
+                continue;
+            }
             Ok(Err(error)) => LinkDown::Write(Arc::new(error)),
             Err(_elapsed) => LinkDown::WriteStalled,
         };

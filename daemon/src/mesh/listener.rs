@@ -20,6 +20,7 @@ use super::Mesh;
 use super::path::{Established, Path, Stream};
 use super::roster::KeyStatus;
 use crate::device_id::DeviceId;
+use crate::metrics::{HandshakeFailure, Metrics, metrics};
 use crate::public_key::PublicKey;
 
 /// Handshakes in progress at once; connections beyond it are closed at once,
@@ -50,9 +51,11 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let local = &mesh.local;
     let stream: Stream = Box::new(stream);
+    let started = std::time::Instant::now();
     let pending = match meshd_link::accept(stream, &local.key).await {
         Ok(pending) => pending,
         Err(error) => {
+            metrics().handshake_failed(HandshakeFailure::Protocol);
             tracing::debug!(%remote, %error, "inbound handshake failed");
             return;
         }
@@ -60,6 +63,7 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     let hello = pending.hello().clone();
     let key = PublicKey::from(*pending.remote_key());
     let refuse = |reason: String| {
+        metrics().handshake_failed(HandshakeFailure::WrongPeer);
         tracing::warn!(%remote, claimed = %hello.from, key = %key, %reason, "link refused");
     };
     let Ok(peer) = DeviceId::parse(&hello.from) else {
@@ -78,18 +82,26 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
         Ok(()) => {}
         // Usual while a device joins; not a security event.
         Err(Refusal::Unknown(reason)) => {
+            metrics().handshake_failed(HandshakeFailure::UnknownPeer);
             tracing::info!(%remote, claimed = %hello.from, %reason, "link refused");
             return;
         }
-        Err(Refusal::WrongKey(reason)) => return refuse(reason),
+        Err(Refusal::WrongKey(reason)) => {
+            metrics().handshake_failed(HandshakeFailure::WrongKey);
+            tracing::warn!(%remote, claimed = %hello.from, key = %key, %reason, "link refused");
+            return;
+        }
     }
     let link = match pending.complete(&local.hello_to(&peer)).await {
         Ok(link) => link,
         Err(error) => {
+            metrics().handshake_failed(HandshakeFailure::Protocol);
             tracing::debug!(%remote, %peer, %error, "inbound handshake failed");
             return;
         }
     };
+    // Includes the wait for the hubs to list a device that just joined.
+    Metrics::observe(&metrics().handshake_seconds, started.elapsed());
     mesh.deliver(
         &peer,
         key,

@@ -33,6 +33,7 @@ mod inbox;
 mod interfaces;
 pub(crate) mod known_hubs;
 mod link_io;
+mod link_report;
 mod listener;
 mod netcheck;
 mod path;
@@ -57,7 +58,7 @@ use crate::device_id::DeviceId;
 use crate::hub_wire::MAX_ENDPOINTS;
 use crate::key_file::{self, KeyError};
 use crate::public_key::PublicKey;
-pub use handle::{MeshHandle, RequestError, millis};
+pub use handle::{MeshConsole, MeshHandle, RequestError, millis};
 use hubs::{Hub, HubId, Hubs};
 use inbox::Inbox;
 pub use known_hubs::KnownHubs;
@@ -264,6 +265,7 @@ pub async fn start(
     for hub in &mesh.local.hubs {
         tracker.spawn(hub_channel::run(mesh.clone(), hub.id(), cancel.clone()));
     }
+    tracker.spawn(link_report::report_links(mesh.clone(), cancel.clone()));
     tracker.spawn(reconcile::reconcile_periodically(mesh.clone(), cancel));
     tracing::info!(
         role = "mesh",

@@ -20,6 +20,7 @@ use super::hub_client::HubConnection;
 use super::hubs::HubId;
 use crate::device_id::DeviceId;
 use crate::hub_wire::{RELAY_PATH, RELAY_UPGRADE};
+use crate::metrics::{HandshakeFailure, Metrics, PathLabel, metrics};
 use crate::public_key::PublicKey;
 
 /// Time allowed to open a TCP connection to a local or advertised endpoint.
@@ -69,6 +70,14 @@ impl Path {
             Path::Relayed => LinkState::Relayed,
         }
     }
+
+    /// As a metrics label.
+    pub fn label(self) -> PathLabel {
+        match self {
+            Path::Direct => PathLabel::Direct,
+            Path::Relayed => PathLabel::Relayed,
+        }
+    }
 }
 
 /// An open link, handed to the peer task by a dial, the listener or a
@@ -112,6 +121,9 @@ pub async fn dial(
         .map(|endpoint| (*endpoint, CONNECT_TIMEOUT))
         .chain(public.map(|endpoint| (endpoint, punch_timeout)))
         .collect();
+    if public.is_some() {
+        metrics().holepunch_attempts.inc();
+    }
     let mut attempts = JoinSet::new();
     // Which endpoint each attempt dials, for an attempt that dies.
     let mut dialling = HashMap::new();
@@ -133,7 +145,12 @@ pub async fn dial(
         // Until the next one is due: the stagger, or a failure.
         tokio::select! {
             joined = attempts.join_next() => match joined {
-                Some(Ok(Ok(established))) => return Ok(established),
+                Some(Ok(Ok(established))) => {
+                    if public == Some(established.endpoint) {
+                        metrics().holepunch_successes.inc();
+                    }
+                    return Ok(established);
+                }
                 Some(Ok(Err(error))) => errors.push(error),
                 Some(Err(died)) => {
                     if let Some(endpoint) = dialling.get(&died.id()) {
@@ -179,8 +196,10 @@ async fn handshake(
     path: Path,
 ) -> Result<Established, AttemptKind> {
     let hello = local.hello_to(&target.peer);
+    let started = std::time::Instant::now();
     match meshd_link::connect(stream, &local.key, target.key.as_bytes(), &hello).await {
         Ok((link, remote)) if remote.from == target.peer.to_string() && remote.to == hello.from => {
+            Metrics::observe(&metrics().handshake_seconds, started.elapsed());
             Ok(Established {
                 link,
                 hello: remote,
@@ -189,11 +208,17 @@ async fn handshake(
                 path,
             })
         }
-        Ok((_, remote)) => Err(AttemptKind::WrongPeer {
-            from: remote.from,
-            to: remote.to,
-        }),
-        Err(error) => Err(AttemptKind::from(error)),
+        Ok((_, remote)) => {
+            metrics().handshake_failed(HandshakeFailure::WrongPeer);
+            Err(AttemptKind::WrongPeer {
+                from: remote.from,
+                to: remote.to,
+            })
+        }
+        Err(error) => {
+            metrics().handshake_failed(HandshakeFailure::Protocol);
+            Err(AttemptKind::from(error))
+        }
     }
 }
 
@@ -266,14 +291,24 @@ pub async fn relay(
             .await
             .map_err(handshake_error);
     }
+    let started = std::time::Instant::now();
+    let protocol_error = |error| {
+        metrics().handshake_failed(HandshakeFailure::Protocol);
+        handshake_error(AttemptKind::from(error))
+    };
     let inbound = meshd_link::accept(stream, &local.key)
         .await
-        .map_err(|error| handshake_error(AttemptKind::from(error)))?;
+        .map_err(protocol_error)?;
     let hello = inbound.hello().clone();
-    if hello.from != target.peer.to_string()
-        || hello.to != local.id.to_string()
-        || inbound.remote_key() != target.key.as_bytes()
-    {
+    if inbound.remote_key() != target.key.as_bytes() {
+        metrics().handshake_failed(HandshakeFailure::WrongKey);
+        return Err(JoinRelayError::WrongPeer {
+            url: url.clone(),
+            peer: target.peer.clone(),
+        });
+    }
+    if hello.from != target.peer.to_string() || hello.to != local.id.to_string() {
+        metrics().handshake_failed(HandshakeFailure::WrongPeer);
         return Err(JoinRelayError::WrongPeer {
             url: url.clone(),
             peer: target.peer.clone(),
@@ -282,7 +317,8 @@ pub async fn relay(
     let link = inbound
         .complete(&local.hello_to(&target.peer))
         .await
-        .map_err(|error| handshake_error(AttemptKind::from(error)))?;
+        .map_err(protocol_error)?;
+    Metrics::observe(&metrics().handshake_seconds, started.elapsed());
     Ok(Established {
         link,
         hello,

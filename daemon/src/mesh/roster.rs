@@ -350,6 +350,19 @@ impl Roster {
         merged
     }
 
+    /// The hubs (by index) whose list holds `id` now, held ones included.
+    pub fn listed_by(&self, id: &DeviceId) -> Vec<usize> {
+        self.hubs
+            .iter()
+            .enumerate()
+            .filter(|(_, hub)| {
+                hub.as_ref()
+                    .is_some_and(|hub| hub.listed.contains_key(id) || hub.held.contains_key(id))
+            })
+            .map(|(index, _)| index)
+            .collect()
+    }
+
     /// The key verdict for one device, or `None` when no hub lists it.
     pub fn key_of(&self, id: &DeviceId, now: Instant) -> Option<KeyStatus> {
         self.merged(now).get(id).map(|merged| merged.key)

@@ -14,6 +14,7 @@ use super::SignalingState;
 use super::error::SignalingError;
 use super::registry::{Proof, RegisterError, Registration};
 use crate::hub_wire::RegisterReply;
+use crate::metrics::metrics;
 use crate::sync::lock;
 use crate::token_bucket::TokenBucket;
 
@@ -100,6 +101,7 @@ impl SignalingState {
                     RegisterError::Claimed(id) => SignalingError::Claimed(id.to_string()),
                     full @ RegisterError::Full(_) => SignalingError::Full(full.to_string()),
                 })?;
+            metrics().hub_registrations.inc();
             let moved = previous.as_ref().is_some_and(|(registration, observed)| {
                 *registration != device.registration
                     || (proof == Proof::Proven && *observed != device.observed)

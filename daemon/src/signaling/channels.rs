@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use meshd_link::channel::{ChannelReader, ChannelWriter};
@@ -28,10 +28,12 @@ use super::SignalingState;
 use super::admission::token_matches;
 use super::api;
 use super::error::SignalingError;
+use super::link_reports::LinkCounts;
 use super::registry::Proof;
 use super::relay::Asker;
 use crate::device_id::DeviceId;
 use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, Refusable, RegisterRequest, ToHub};
+use crate::metrics::metrics;
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 
@@ -107,7 +109,7 @@ impl Channels {
     }
 
     /// `id` has a channel open.
-    fn is_open(&self, id: &DeviceId) -> bool {
+    pub fn is_open(&self, id: &DeviceId) -> bool {
         lock(&self.sessions).contains_key(id)
     }
 
@@ -204,6 +206,7 @@ pub async fn serve<S>(
     } = channel;
     if let Some(serial) = serial {
         state.channels.close(&device.device, serial);
+        lock(&state.link_reports).forget(&device.device, serial);
     }
     // What is queued (a refusal, say) still goes out, then the writer ends
     // (or is stopped, if the device does not read it).
@@ -309,6 +312,26 @@ async fn read_channel<R: AsyncRead + Unpin>(
                 })
             }
             ToHub::Relay { to } => relay(state, &channel.device, to),
+            // Reports describe a registered device; before that there is
+            // nothing to show them beside.
+            ToHub::Links { .. } if !registered => None,
+            ToHub::Links {
+                direct,
+                relayed,
+                down,
+                links,
+            } => {
+                if let Some(serial) = channel.serial {
+                    let counts = LinkCounts {
+                        direct,
+                        relayed,
+                        down,
+                    };
+                    lock(&state.link_reports).put(id, serial, counts, links, SystemTime::now());
+                    metrics().hub_link_reports.inc();
+                }
+                None
+            }
             ToHub::Leave if !registered => return "the device left".to_owned(),
             // Asked again at the device's next mismatch if the queue is
             // full now.

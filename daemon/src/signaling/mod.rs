@@ -12,6 +12,7 @@ pub(crate) mod api;
 pub(crate) mod bindings;
 mod channels;
 mod error;
+mod link_reports;
 mod list_history;
 mod registry;
 mod relay;
@@ -19,11 +20,12 @@ mod routes;
 mod server;
 
 pub use bindings::{BindingsError, BindingsFile};
+pub use link_reports::{LinkCounts, Pair};
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use meshd_ipc::{DeviceEntry, RemovedReply, SignalingStatus};
 use tokio::net::TcpListener;
@@ -37,7 +39,7 @@ use crate::config::SignalingConfig;
 use crate::device_id::DeviceId;
 use crate::public_key::PublicKey;
 use crate::sync::{lock, read_lock, write_lock};
-use registry::{Device, Registry};
+use registry::{Device, Proof, Registry};
 
 /// The settings a reload may change while connections are open.
 #[derive(Debug, Clone)]
@@ -95,6 +97,8 @@ pub struct SignalingState {
     hub_key: StaticKey,
     /// New ids per source address.
     source_limits: admission::SourceLimits,
+    /// The devices' latest link reports, for the web console.
+    link_reports: Mutex<link_reports::LinkReports>,
 }
 
 impl SignalingState {
@@ -120,6 +124,7 @@ impl SignalingState {
             tracker: tracker.clone(),
             hub_key,
             source_limits: admission::SourceLimits::default(),
+            link_reports: Mutex::new(link_reports::LinkReports::default()),
         }
     }
 
@@ -192,6 +197,33 @@ impl SignalingState {
         let ttl = self.settings().device_ttl;
         self.registry().list(Instant::now(), ttl)
     }
+}
+
+/// How long the web console shows a device that left or expired.
+const DEPARTED_SHOWN: Duration = Duration::from_secs(3600);
+
+/// What the hub's web console shows (docs/web.md): every device it lists or
+/// listed within the last hour, and every pair its devices reported.
+#[derive(Debug, Clone)]
+pub struct ConsoleView {
+    /// Devices, sorted by id: listed ones first, then departed ones.
+    pub devices: Vec<ConsoleDevice>,
+    /// Reported pairs, sorted.
+    pub pairs: Vec<Pair>,
+    /// More pairs were reported than asked for.
+    pub pairs_truncated: bool,
+}
+
+/// One device on the hub's console.
+#[derive(Debug, Clone)]
+pub struct ConsoleDevice {
+    /// As `GET /devices` lists it (or last listed it).
+    pub listed: crate::hub_wire::ListedDevice,
+    /// Listed, and with its channel open (or registered without one, over
+    /// plain HTTP).
+    pub online: bool,
+    /// Its links as it last reported them.
+    pub counts: Option<LinkCounts>,
 }
 
 /// The signaling role as the rest of meshd sees it.
@@ -300,6 +332,44 @@ impl SignalingHandle {
                 }
             })
             .collect()
+    }
+
+    /// The address it listens on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// For the web console: devices, online or recently gone, and the
+    /// pairs their reports describe (at most `max_pairs`).
+    pub fn console(&self, max_pairs: usize) -> ConsoleView {
+        let live = self.state.live_devices();
+        let departed = self
+            .state
+            .registry()
+            .departed(SystemTime::now() - DEPARTED_SHOWN);
+        let reports = lock(&self.state.link_reports);
+        let (pairs, pairs_truncated) = reports.pairs(max_pairs);
+        let mut devices: Vec<ConsoleDevice> = live
+            .iter()
+            .map(|device| {
+                let id = &device.registration.id;
+                ConsoleDevice {
+                    listed: api::listed(device),
+                    online: device.proof == Proof::Claimed || self.state.channels.is_open(id),
+                    counts: reports.counts(id),
+                }
+            })
+            .collect();
+        devices.extend(departed.iter().map(|device| ConsoleDevice {
+            listed: api::listed(device),
+            online: false,
+            counts: None,
+        }));
+        ConsoleView {
+            devices,
+            pairs,
+            pairs_truncated,
+        }
     }
 
     /// For `meshctl devices remove`; `None` when the id is not known at all.

@@ -93,7 +93,15 @@ pub struct Registry {
     /// Counts changes to `bindings`, so the persister knows when to write.
     bindings_generation: u64,
     max_devices: usize,
+    /// Devices that left or expired, as they were last listed, so the web
+    /// console can show them offline (at most [`MAX_DEPARTED`]; an id that
+    /// registers again leaves it).
+    departed: HashMap<DeviceId, Device>,
 }
+
+/// Departed devices remembered at most; the longest gone are forgotten
+/// first.
+pub const MAX_DEPARTED: usize = 1024;
 
 impl Registry {
     /// An empty registry holding at most `max_devices` ids.
@@ -103,6 +111,7 @@ impl Registry {
             bindings: HashMap::new(),
             bindings_generation: 0,
             max_devices,
+            departed: HashMap::new(),
         }
     }
 
@@ -187,6 +196,9 @@ impl Registry {
             last_seen: wall,
             last_seen_at: now,
         };
+        if is_new {
+            self.departed.remove(&id);
+        }
         Ok(self.devices.entry(id).insert_entry(device).into_mut())
     }
 
@@ -228,6 +240,8 @@ impl Registry {
         if had_binding {
             self.bindings_generation += 1;
         }
+        // An operator's removal is meant to forget the device entirely.
+        self.departed.remove(id);
         Removed {
             was_registered: self.devices.remove(id).is_some(),
             had_binding,
@@ -237,7 +251,39 @@ impl Registry {
     /// Takes a device off the list, keeping its key binding (it left, and
     /// will be back with the same key); whether it was listed.
     pub fn deregister(&mut self, id: &DeviceId) -> bool {
-        self.devices.remove(id).is_some()
+        match self.devices.remove(id) {
+            Some(device) => {
+                self.remember_departed(device);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Devices that left or expired and were last seen after `since`,
+    /// sorted by id.
+    pub fn departed(&self, since: SystemTime) -> Vec<Device> {
+        let mut departed: Vec<Device> = self
+            .departed
+            .values()
+            .filter(|device| device.last_seen >= since)
+            .cloned()
+            .collect();
+        departed.sort_by(|a, b| a.registration.id.cmp(&b.registration.id));
+        departed
+    }
+
+    fn remember_departed(&mut self, device: Device) {
+        if self.departed.len() >= MAX_DEPARTED
+            && let Some(oldest) = self
+                .departed
+                .values()
+                .min_by_key(|device| device.last_seen_at)
+                .map(|device| device.registration.id.clone())
+        {
+            self.departed.remove(&oldest);
+        }
+        self.departed.insert(device.registration.id.clone(), device);
     }
 
     /// Drops expired devices (bindings stay) and returns their ids.
@@ -249,7 +295,9 @@ impl Registry {
             .map(|device| device.registration.id.clone())
             .collect();
         for id in &expired {
-            self.devices.remove(id);
+            if let Some(device) = self.devices.remove(id) {
+                self.remember_departed(device);
+            }
         }
         expired
     }
@@ -333,6 +381,45 @@ mod tests {
         assert_eq!(registry.live_count(at_70, TTL), 1);
         let swept = registry.sweep(at_70, TTL);
         assert_eq!(swept, vec![DeviceId::parse("b").unwrap()]);
+    }
+
+    #[test]
+    fn departed_devices_are_remembered_bounded_until_they_return() {
+        let mut registry = Registry::new(MAX_DEPARTED * 2);
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        for n in 0..MAX_DEPARTED + 5 {
+            let at = t0 + Duration::from_millis(n as u64);
+            registry
+                .register_claim(reg(&format!("d{n}"), None), observed(), at, wall, TTL)
+                .unwrap();
+        }
+        assert!(registry.deregister(&DeviceId::parse("d0").unwrap()));
+        assert_eq!(registry.departed(wall).len(), 1);
+        // Everyone else expires: the longest gone (d0) is forgotten first.
+        registry.sweep(t0 + TTL * 2, TTL);
+        let departed = registry.departed(wall);
+        assert_eq!(departed.len(), MAX_DEPARTED);
+        let ids: Vec<String> = departed
+            .iter()
+            .map(|d| d.registration.id.to_string())
+            .collect();
+        assert!(!ids.contains(&"d0".to_owned()) && ids.contains(&"d1028".to_owned()));
+        // Only those seen after `since` are shown.
+        assert!(registry.departed(wall + Duration::from_secs(1)).is_empty());
+        // Back again: listed, not departed; removed: forgotten entirely.
+        let back = t0 + TTL * 3;
+        registry
+            .register_claim(reg("d1028", None), observed(), back, wall, TTL)
+            .unwrap();
+        registry.remove(&DeviceId::parse("d1027").unwrap());
+        let ids: Vec<String> = registry
+            .departed(wall)
+            .iter()
+            .map(|d| d.registration.id.to_string())
+            .collect();
+        assert!(!ids.contains(&"d1028".to_owned()) && !ids.contains(&"d1027".to_owned()));
+        assert_eq!(ids.len(), MAX_DEPARTED - 2);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_id::DeviceId;
+use crate::metrics::metrics;
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 use crate::token_bucket::TokenBucket;
@@ -509,6 +510,7 @@ where
             break;
         }
         copied += read as u64;
+        metrics().hub_relay_bytes.inc_by(read as u64);
     }
     let _ = to.shutdown().await;
     copied

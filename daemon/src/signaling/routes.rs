@@ -20,19 +20,12 @@ use super::api;
 use super::channels;
 use super::error::{SignalingError, json_response};
 use super::registry::Proof;
+use crate::http_head::head_bytes;
 use crate::hub_wire::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_WHOLE_LISTS, DEVICES_PATH, HEALTH_PATH,
-    MAX_BODY_BYTES, MAX_HEAD_BYTES, OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH,
-    RELAY_UPGRADE, RegisterRequest,
+    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_NO_REPORTS, CHANNEL_UPGRADE_WHOLE_LISTS,
+    DEVICES_PATH, HEALTH_PATH, MAX_BODY_BYTES, MAX_HEAD_BYTES, OBSERVED_PATH, ObservedReply,
+    REGISTER_PATH, RELAY_PATH, RELAY_UPGRADE, RegisterRequest,
 };
-
-/// The size of a request's line and headers on the wire.
-fn head_bytes<B>(request: &Request<B>) -> usize {
-    let line = request.method().as_str().len() + request.uri().to_string().len() + 11;
-    request.headers().iter().fold(line, |sum, (name, value)| {
-        sum + name.as_str().len() + value.len() + 4
-    }) + 2
-}
 
 /// Dispatches one request. Never fails: every error becomes a JSON response.
 pub async fn route(
@@ -181,14 +174,21 @@ fn channel(
     peer: SocketAddr,
     state: &Arc<SignalingState>,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
-    // Devices of this version take deltas; older ones (channel/2) are
-    // still served whole lists, so hubs can be upgraded first.
+    // Devices of this version take deltas and report links; older ones
+    // are still served (channel/3: deltas, no reports; channel/2: whole
+    // lists), so hubs can be upgraded first. A channel/3 device simply
+    // never reports.
     let (protocol, deltas) = match require_upgrade(&request, CHANNEL_UPGRADE) {
         Ok(()) => (CHANNEL_UPGRADE, true),
-        Err(error) => match require_upgrade(&request, CHANNEL_UPGRADE_WHOLE_LISTS) {
-            Ok(()) => (CHANNEL_UPGRADE_WHOLE_LISTS, false),
-            Err(_) => return Err(error),
-        },
+        Err(error) => {
+            if require_upgrade(&request, CHANNEL_UPGRADE_NO_REPORTS).is_ok() {
+                (CHANNEL_UPGRADE_NO_REPORTS, true)
+            } else if require_upgrade(&request, CHANNEL_UPGRADE_WHOLE_LISTS).is_ok() {
+                (CHANNEL_UPGRADE_WHOLE_LISTS, false)
+            } else {
+                return Err(error);
+            }
+        }
     };
     let slot = handshake_slot(state)?;
     let upgrade = hyper::upgrade::on(&mut request);

@@ -19,3 +19,4 @@ mod nat;
 mod signaling;
 mod stdout_closed;
 mod trust;
+mod web;

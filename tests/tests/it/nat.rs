@@ -351,7 +351,7 @@ fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
     // The capture works: it holds the channels' HTTP upgrades (the one
     // plain part), and the relayed messages' bytes.
     assert!(
-        contains(&captured, b"meshd-channel/3") && captured.len() > 4 * 48 * 1024,
+        contains(&captured, b"meshd-channel/4") && captured.len() > 4 * 48 * 1024,
         "the capture lacks the hub's traffic ({} bytes)",
         captured.len()
     );

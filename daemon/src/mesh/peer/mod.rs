@@ -146,7 +146,7 @@ pub enum SendError {
     },
 }
 
-/// What `meshctl devices` shows about the link.
+/// What `meshctl devices` and the web console show about the link.
 #[derive(Debug, Clone)]
 pub struct PeerView {
     /// Link state.
@@ -155,6 +155,8 @@ pub struct PeerView {
     pub endpoint: Option<SocketAddr>,
     /// Last measured round-trip time.
     pub rtt: Option<Duration>,
+    /// When the link in use was adopted.
+    pub since: Option<tokio::time::Instant>,
 }
 
 /// The rest of meshd's hold on a peer task.
@@ -177,6 +179,7 @@ impl PeerHandle {
             state: LinkState::Connecting,
             endpoint: None,
             rtt: None,
+            since: None,
         }));
         let stop = local.cancel.child_token();
         let task = shell::PeerTask::new(

@@ -138,13 +138,15 @@ impl<S, P> PeerState<S, P> {
             ToHub::Relay { .. } => self.relay_request_not_sent(step, hub),
             // Answers to the peer's signals are not retried: it times out
             // and dials anyway.
-            // The rest is the channel task's own, never a peer's.
+            // The rest is the channel task's or the link reporter's, never
+            // a peer's.
             ToHub::Signal { .. }
             | ToHub::Ping { .. }
             | ToHub::Leave
             | ToHub::Register { .. }
             | ToHub::Observe
-            | ToHub::Resync => {}
+            | ToHub::Resync
+            | ToHub::Links { .. } => {}
         }
     }
 

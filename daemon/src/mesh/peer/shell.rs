@@ -6,6 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meshd_ipc::LinkState;
 use meshd_link::{Frame, Link};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -14,13 +15,14 @@ use tokio_util::sync::CancellationToken;
 use super::super::Local;
 use super::super::error::{LinkDown, StopReason};
 use super::super::hubs::OpenHubs;
-use super::super::link_io::{self, LinkEvent, ReadContext};
-use super::super::path::{self, Established, Stream, Target};
+use super::super::link_io::{self, LinkEvent, ReadContext, WriteContext};
+use super::super::path::{self, Established, Path, Stream, Target};
 use super::super::roster::Listing;
 use super::events::{Action, DialId, Input, LinkFacts, LinkId, PeerEvent};
 use super::state::{Entropy, MAX_PINGS, PeerState, Setup};
 use super::{Command, ExitWatch, MAX_IN_FLIGHT, PeerView, PingOutcome, SendError};
 use crate::device_id::DeviceId;
+use crate::metrics::{Direction, Metrics, metrics};
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 
@@ -47,6 +49,7 @@ struct LinkIo {
 struct Arriving {
     link: Link<Stream>,
     instance: u64,
+    path: Path,
 }
 
 pub(super) struct PeerTask {
@@ -114,8 +117,21 @@ impl PeerTask {
             local: self.local.clone(),
         };
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        // Since when a direct link is wanted and missing: from the start,
+        // and again whenever the direct path is lost.
+        let mut wanting_direct = Some(Instant::now());
         loop {
-            *lock(&self.view) = self.state.view();
+            let view = self.state.view();
+            let direct = view.state == LinkState::Direct;
+            match wanting_direct {
+                Some(since) if direct => {
+                    Metrics::observe(&metrics().time_to_direct_seconds, since.elapsed());
+                    wanting_direct = None;
+                }
+                None if !direct => wanting_direct = Some(Instant::now()),
+                _ => {}
+            }
+            *lock(&self.view) = view;
             let wake = self.state.poll_timeout().unwrap_or(far);
             let input = tokio::select! {
                 biased;
@@ -186,6 +202,7 @@ impl PeerTask {
             Arriving {
                 link: established.link,
                 instance: established.hello.instance,
+                path: established.path,
             },
         );
         (id, facts)
@@ -310,6 +327,9 @@ impl PeerTask {
                 }
             }
             Action::SendDone { reply, outcome } => {
+                if outcome.is_ok() {
+                    metrics().messages_sent.inc();
+                }
                 let _ = reply.send(outcome);
             }
             Action::PingDone { reply, outcome } => {
@@ -322,9 +342,15 @@ impl PeerTask {
 
     /// Starts an adopted link's reader and writer.
     fn start_link(&mut self, link: LinkId) {
-        let Some(Arriving { link: io, instance }) = self.arriving.remove(&link) else {
+        let Some(Arriving {
+            link: io,
+            instance,
+            path,
+        }) = self.arriving.remove(&link)
+        else {
             return;
         };
+        let label = path.label();
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let stop = self.stop.child_token();
         let (reader, writer) = io.split();
@@ -337,15 +363,19 @@ impl PeerTask {
                 frames: frames.clone(),
                 events: self.events_tx.clone(),
                 stop: stop.clone(),
+                bytes_in: metrics().link_bytes(label, Direction::In),
             },
             reader,
         ));
         self.local.tracker.spawn(link_io::write_link(
+            WriteContext {
+                link: link.0,
+                events: self.events_tx.clone(),
+                shutdown: self.local.cancel.clone(),
+                bytes_out: metrics().link_bytes(label, Direction::Out),
+            },
             writer,
             queue,
-            link.0,
-            self.events_tx.clone(),
-            self.local.cancel.clone(),
         ));
         self.links.insert(
             link,

@@ -369,6 +369,7 @@ impl<S, P> PeerState<S, P> {
                 state: link.path.state(),
                 endpoint: Some(link.endpoint),
                 rtt: self.rtt,
+                since: Some(link.since),
             },
             None => PeerView {
                 state: if !self.rounds.is_empty() || self.relay != RelayAttempt::Idle {
@@ -378,6 +379,7 @@ impl<S, P> PeerState<S, P> {
                 },
                 endpoint: None,
                 rtt: None,
+                since: None,
             },
         }
     }

@@ -1,0 +1,255 @@
+//! `GET /api/v1/mesh` (docs/web.md, "The JSON"): what the live page shows,
+//! from the roles at the moment of the request, and the counts the metrics
+//! take from them.
+//!
+//! On a hub the view is the hub's: every device it lists or listed within
+//! the hour, and every pair its devices reported. On a device that is not a
+//! hub it is the device's own: the devices its hubs list, and its links.
+
+use std::time::{Duration, SystemTime};
+
+use meshd_ipc::LinkState;
+use serde::Serialize;
+
+use crate::control::Roles;
+use crate::hub_wire::ReportedPath;
+use crate::mesh::MeshConsole;
+use crate::metrics::Snapshot;
+use crate::signaling::ConsoleView;
+
+/// Pairs served at most: every pair of a full mesh of about 450 devices,
+/// a few MB of JSON.
+pub const MAX_PAIRS: usize = 100_000;
+
+/// The whole answer.
+#[derive(Debug, Serialize)]
+pub struct MeshView {
+    /// This node's id.
+    node: String,
+    /// meshd's version.
+    version: &'static str,
+    /// `hub`: the hub's view of every device; `device`: this device's own.
+    view: &'static str,
+    /// When this was put together, RFC 3339.
+    generated_at: String,
+    devices: Vec<DeviceView>,
+    links: Vec<LinkView>,
+    /// More pairs were reported than [`MAX_PAIRS`].
+    links_truncated: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct DeviceView {
+    id: String,
+    online: bool,
+    is_self: bool,
+    addr: String,
+    endpoints: Vec<String>,
+    observed: String,
+    last_seen: String,
+    hubs: Vec<String>,
+    direct: u32,
+    relayed: u32,
+    down: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct LinkView {
+    a: String,
+    b: String,
+    path: &'static str,
+    rtt_ms: Option<f64>,
+    since: Option<String>,
+}
+
+/// The answer for this node's roles.
+pub fn mesh(node: &str, roles: &Roles) -> MeshView {
+    let generated_at = rfc3339(SystemTime::now());
+    let (view, devices, links, links_truncated) = match (&roles.signaling, &roles.mesh) {
+        (Some(signaling), mesh) => {
+            let hub_url = format!("http://{}", signaling.listen());
+            let (devices, links, truncated) = hub_view(
+                signaling.console(MAX_PAIRS),
+                node,
+                &hub_url,
+                mesh.as_ref().map(|mesh| mesh.console()),
+            );
+            ("hub", devices, links, truncated)
+        }
+        (None, Some(mesh)) => {
+            let (devices, links) = device_view(mesh.console());
+            ("device", devices, links, false)
+        }
+        (None, None) => ("device", Vec::new(), Vec::new(), false),
+    };
+    MeshView {
+        node: node.to_owned(),
+        version: env!("CARGO_PKG_VERSION"),
+        view,
+        generated_at,
+        devices,
+        links,
+        links_truncated,
+    }
+}
+
+/// The hub's view; this node's own links (when it is also a device) stand
+/// in for its report, so they show before the first report arrives.
+fn hub_view(
+    console: ConsoleView,
+    node: &str,
+    hub_url: &str,
+    own: Option<MeshConsole>,
+) -> (Vec<DeviceView>, Vec<LinkView>, bool) {
+    let devices = console
+        .devices
+        .into_iter()
+        .map(|device| {
+            let counts = device.counts.unwrap_or_default();
+            DeviceView {
+                is_self: device.listed.id == node,
+                id: device.listed.id,
+                online: device.online,
+                addr: device.listed.addr,
+                endpoints: device.listed.endpoints,
+                observed: device.listed.observed,
+                last_seen: device.listed.last_seen,
+                hubs: if device.online {
+                    vec![hub_url.to_owned()]
+                } else {
+                    Vec::new()
+                },
+                direct: counts.direct,
+                relayed: counts.relayed,
+                down: counts.down,
+            }
+        })
+        .collect();
+    let links = console
+        .pairs
+        .into_iter()
+        .map(|pair| LinkView {
+            a: pair.a.to_string(),
+            b: pair.b.to_string(),
+            path: reported_path(pair.path),
+            rtt_ms: pair.rtt.map(millis),
+            since: pair.since.map(rfc3339),
+        })
+        .collect();
+    let mut links: Vec<LinkView> = links;
+    if let Some(own) = own {
+        // Pairs of this node's own that no report covers yet.
+        let reported: std::collections::HashSet<(String, String)> = links
+            .iter()
+            .map(|link| (link.a.clone(), link.b.clone()))
+            .collect();
+        let (_, mine) = device_view(own);
+        links.extend(
+            mine.into_iter()
+                .filter(|link| !reported.contains(&(link.a.clone(), link.b.clone()))),
+        );
+        links.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
+    }
+    (devices, links, console.pairs_truncated)
+}
+
+/// A device's own view: its roster, and its links.
+fn device_view(console: MeshConsole) -> (Vec<DeviceView>, Vec<LinkView>) {
+    let me = console.local.to_string();
+    let mut counts = (0u32, 0u32, 0u32);
+    let links: Vec<LinkView> = console
+        .links
+        .iter()
+        .map(|link| {
+            let path = match link.state {
+                LinkState::Direct => {
+                    counts.0 += 1;
+                    "direct"
+                }
+                LinkState::Relayed => {
+                    counts.1 += 1;
+                    "relayed"
+                }
+                _ => {
+                    counts.2 += 1;
+                    "down"
+                }
+            };
+            let peer = link.peer.to_string();
+            let (a, b) = if me < peer {
+                (me.clone(), peer)
+            } else {
+                (peer, me.clone())
+            };
+            let up = path != "down";
+            LinkView {
+                a,
+                b,
+                path,
+                rtt_ms: link.rtt.filter(|_| up).map(millis),
+                since: link.since.filter(|_| up).map(rfc3339),
+            }
+        })
+        .collect();
+    let devices = console
+        .devices
+        .into_iter()
+        .map(|(entry, hubs)| {
+            let is_self = entry.id == me;
+            let (direct, relayed, down) = if is_self { counts } else { (0, 0, 0) };
+            DeviceView {
+                online: true,
+                is_self,
+                id: entry.id,
+                addr: entry.addr,
+                endpoints: entry.endpoints,
+                observed: entry.observed,
+                last_seen: entry.last_seen,
+                hubs,
+                direct,
+                relayed,
+                down,
+            }
+        })
+        .collect();
+    let mut links = links;
+    links.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
+    (devices, links)
+}
+
+/// The counts `/metrics` takes from the roles.
+pub fn snapshot(roles: &Roles) -> Snapshot {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut snapshot = Snapshot::default();
+    if let Some(mesh) = &roles.mesh {
+        let (direct, relayed) = mesh.links_by_path();
+        snapshot.direct_links = count(direct);
+        snapshot.relayed_links = count(relayed);
+    }
+    if let Some(signaling) = &roles.signaling {
+        let status = signaling.status();
+        snapshot.hub_devices = count(status.devices);
+        snapshot.hub_channels = count(status.channels);
+        snapshot.hub_relays = count(status.relays);
+    }
+    if let Some(chat) = &roles.chat {
+        snapshot.chat_clients = count(chat.status().clients);
+    }
+    snapshot
+}
+
+fn reported_path(path: ReportedPath) -> &'static str {
+    match path {
+        ReportedPath::Direct => "direct",
+        ReportedPath::Relayed => "relayed",
+        ReportedPath::Down => "down",
+    }
+}
+
+fn millis(rtt: Duration) -> f64 {
+    (rtt.as_secs_f64() * 1_000_000.0).round() / 1_000.0
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}

@@ -1,0 +1,584 @@
+//! The web console: `/metrics` counting real events and passing promtool,
+//! `/api/v1/mesh` with every device and every pair from the devices' link
+//! reports, the token and the page's login, and requests a browser or an
+//! attacker might send.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use meshd_tests::chat::ChatClient;
+use meshd_tests::http::{self, HttpResponse};
+use meshd_tests::{Node, NodeOptions, wait_until};
+use serde_json::Value;
+
+use crate::mesh::{device, hub_device, wait_full_mesh};
+
+/// The value of one series (with its labels written as in the text), or
+/// `None` when absent.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn scrape(node: &Node) -> String {
+    let answer = http::get(node.web_addr(), "/metrics");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    answer.body
+}
+
+/// `promtool check metrics` on `text`: the format and the naming rules.
+/// promtool comes with Debian's `prometheus`, which `.ci/run` installs; a
+/// machine without it fails under CI and says so elsewhere.
+fn promtool_check(text: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("NOT CHECKED: promtool is missing ({error}); apt-get install prometheus");
+            return;
+        }
+        Err(error) => panic!("promtool is needed under CI (apt-get install prometheus): {error}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}\n--- the metrics:\n{text}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn mesh_json(addr: SocketAddr) -> Value {
+    let answer = http::get(addr, "/api/v1/mesh");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.json()
+}
+
+/// The pairs of `/api/v1/mesh` as (a, b, path).
+fn pairs(view: &Value) -> Vec<(String, String, String)> {
+    view["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|link| {
+            (
+                link["a"].as_str().unwrap().to_owned(),
+                link["b"].as_str().unwrap().to_owned(),
+                link["path"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn online(view: &Value, id: &str) -> Option<bool> {
+    view["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|device| device["id"] == id)
+        .map(|device| device["online"].as_bool().unwrap())
+}
+
+#[test]
+fn metrics_count_what_happened_and_pass_promtool() {
+    let hub = Node::start(NodeOptions {
+        id: "hub".into(),
+        chat_enabled: true,
+        ..NodeOptions::default()
+    });
+    let url = hub.hub_url();
+    let a = device("a", std::slice::from_ref(&url));
+    let b = device("b", std::slice::from_ref(&url));
+    wait_full_mesh(&[&a, &b], Duration::from_secs(20));
+    for n in 0..3 {
+        a.ctl_ok(&["send", "b", &format!("hello {n}")]);
+    }
+    hub.add_user("alice", "s3cret-pw");
+    let chat = hub.chat_addr();
+    let mut alice = ChatClient::login(chat, "alice", "s3cret-pw");
+    let mut guess = ChatClient::connect(chat);
+    guess.send("AUTH alice wrong");
+    assert!(guess.line().starts_with("ERR auth"));
+    alice.send("hi room");
+    let mut bob = ChatClient::login(chat, "alice", "s3cret-pw");
+    alice.send("second");
+    bob.expect("MSG alice second");
+
+    let sent = scrape(&a);
+    promtool_check(&sent);
+    assert_eq!(
+        series(&sent, "meshd_messages_sent_total"),
+        Some(3.0),
+        "{sent}"
+    );
+    assert_eq!(
+        series(&sent, "meshd_links{path=\"direct\"}"),
+        Some(1.0),
+        "{sent}"
+    );
+    assert_eq!(
+        series(&sent, "meshd_links{path=\"relayed\"}"),
+        Some(0.0),
+        "{sent}"
+    );
+    let out = series(
+        &sent,
+        "meshd_link_bytes_total{path=\"direct\",direction=\"out\"}",
+    );
+    assert!(out.is_some_and(|bytes| bytes > 30.0), "{sent}");
+    assert!(series(&sent, "meshd_handshake_duration_seconds_count").is_some());
+    assert!(
+        series(&sent, "process_resident_memory_bytes").is_some_and(|rss| rss > 1e6),
+        "{sent}"
+    );
+    assert!(
+        series(&sent, "process_open_fds").is_some_and(|fds| fds >= 5.0),
+        "{sent}"
+    );
+    assert!(sent.contains("meshd_build_info{version=\""), "{sent}");
+    // A direct link has been made, so its time was measured once.
+    assert_eq!(
+        series(&sent, "meshd_time_to_direct_seconds_count"),
+        Some(1.0),
+        "{sent}"
+    );
+
+    let received = scrape(&b);
+    assert_eq!(
+        series(&received, "meshd_messages_received_total"),
+        Some(3.0),
+        "{received}"
+    );
+    // a's link shows in b's bytes in.
+    let bytes_in = series(
+        &received,
+        "meshd_link_bytes_total{path=\"direct\",direction=\"in\"}",
+    );
+    assert!(bytes_in.is_some_and(|bytes| bytes > 30.0), "{received}");
+
+    let on_hub = scrape(&hub);
+    promtool_check(&on_hub);
+    assert_eq!(series(&on_hub, "meshd_hub_devices"), Some(2.0), "{on_hub}");
+    assert_eq!(series(&on_hub, "meshd_hub_channels"), Some(2.0), "{on_hub}");
+    assert_eq!(series(&on_hub, "meshd_hub_relays"), Some(0.0), "{on_hub}");
+    assert!(series(&on_hub, "meshd_hub_registrations_total").is_some_and(|n| n >= 2.0));
+    assert_eq!(series(&on_hub, "meshd_chat_clients"), Some(2.0), "{on_hub}");
+    assert_eq!(
+        series(&on_hub, "meshd_chat_messages_total"),
+        Some(2.0),
+        "{on_hub}"
+    );
+    assert_eq!(
+        series(&on_hub, "meshd_chat_logins_total{result=\"ok\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        series(&on_hub, "meshd_chat_logins_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(&on_hub, "meshd_chat_slow_consumers_total"),
+        Some(0.0)
+    );
+    // bob read alice's second line: one fan-out delay measured at least.
+    assert!(
+        series(&on_hub, "meshd_chat_fanout_delay_seconds_count").is_some_and(|n| n >= 1.0),
+        "{on_hub}"
+    );
+
+    // Prometheus asks for OpenMetrics, and gets it.
+    let open = http::request(
+        hub.web_addr(),
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+        )],
+        b"",
+    );
+    assert_eq!(
+        open.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(open.body.ends_with("# EOF\n"), "{}", open.body);
+    assert!(open.body.contains("# TYPE meshd_chat_messages counter"));
+}
+
+#[test]
+fn the_hub_shows_every_pair_from_the_devices_reports_and_a_killed_device_goes_offline() {
+    let hub = hub_device("hub", "");
+    let url = hub.hub_url();
+    let a = device("a", std::slice::from_ref(&url));
+    let mut b = device("b", std::slice::from_ref(&url));
+    wait_full_mesh(&[&hub, &a, &b], Duration::from_secs(20));
+    let web = hub.web_addr();
+    let expected = [("a", "b"), ("a", "hub"), ("b", "hub")];
+    let view = wait_until(
+        "every pair reported direct",
+        Duration::from_secs(10),
+        || {
+            let view = mesh_json(web);
+            let pairs = pairs(&view);
+            expected
+                .iter()
+                .all(|(x, y)| {
+                    pairs
+                        .iter()
+                        .any(|p| p.0 == *x && p.1 == *y && p.2 == "direct")
+                })
+                .then_some(view)
+        },
+    );
+    assert_eq!(view["view"], "hub");
+    assert_eq!(view["node"], "hub");
+    assert_eq!(pairs(&view).len(), 3, "each pair once: {view}");
+    let a_entry = view["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|device| device["id"] == "a")
+        .unwrap()
+        .clone();
+    assert_eq!(a_entry["online"], true);
+    assert_eq!(a_entry["is_self"], false);
+    assert_eq!(a_entry["direct"], 2, "a's own count: {a_entry}");
+    assert_eq!(a_entry["hubs"][0], url.as_str());
+    assert!(!a_entry["last_seen"].as_str().unwrap().is_empty());
+    assert!(
+        a_entry["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+    let rtt = view["links"][0]["rtt_ms"].as_f64();
+    assert!(rtt.is_some_and(|rtt| rtt > 0.0 && rtt < 1000.0), "{view}");
+    assert!(view["links"][0]["since"].as_str().is_some(), "{view}");
+
+    // kill -9: its channel closes at once, so the hub shows it offline at
+    // once; its peers report the pairs down within a report or two.
+    b.kill9();
+    let view = wait_until("b offline", Duration::from_secs(5), || {
+        let view = mesh_json(web);
+        (online(&view, "b") == Some(false)).then_some(view)
+    });
+    assert_eq!(online(&view, "a"), Some(true));
+    wait_until("a-b reported down", Duration::from_secs(10), || {
+        let pairs = pairs(&mesh_json(web));
+        pairs
+            .iter()
+            .any(|p| p.0 == "a" && p.1 == "b" && p.2 == "down")
+            .then_some(())
+    });
+}
+
+#[test]
+fn a_device_that_is_not_a_hub_shows_its_own_view() {
+    let hub = hub_device("hub", "");
+    let a = device("a", &[hub.hub_url()]);
+    wait_full_mesh(&[&hub, &a], Duration::from_secs(20));
+    let view = wait_until("a's link in its view", Duration::from_secs(10), || {
+        let view = mesh_json(a.web_addr());
+        (pairs(&view) == [("a".into(), "hub".into(), "direct".into())]).then_some(view)
+    });
+    assert_eq!(view["view"], "device");
+    let me = view["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|device| device["id"] == "a")
+        .unwrap();
+    assert_eq!(me["is_self"], true);
+    assert_eq!(me["direct"], 1);
+    assert_eq!(me["hubs"][0], hub.hub_url().as_str());
+    // The page itself is served, whole and self-contained.
+    let page = http::get(a.web_addr(), "/");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(page.body.contains("api/v1/mesh"), "the page polls the API");
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+}
+
+fn tokened(token: &str) -> Node {
+    Node::start(NodeOptions {
+        id: "hub".into(),
+        web: format!("token = \"{token}\"\n"),
+        ..NodeOptions::default()
+    })
+}
+
+fn cookie_of(answer: &HttpResponse) -> String {
+    let set = answer
+        .header("set-cookie")
+        .unwrap_or_else(|| panic!("no cookie: {answer:?}"));
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    set.split(';').next().unwrap().to_owned()
+}
+
+#[test]
+fn with_a_token_every_request_needs_it_or_the_pages_login() {
+    let mut node = tokened("tok-7a1b9c");
+    let web = node.web_addr();
+    let status = node.ctl_json(&["status"]);
+    assert_eq!(status["roles"]["web"]["token_required"], true, "{status}");
+    assert!(node.ctl_ok(&["status"]).contains(&format!(
+        "web:       console on http://{web}/ (token required)"
+    )));
+
+    for path in ["/api/v1/mesh", "/metrics"] {
+        let refused = http::get(web, path);
+        assert_eq!(refused.status, 401, "{path}: {refused:?}");
+        assert_eq!(
+            refused.header("www-authenticate"),
+            Some("Bearer realm=\"meshd\"")
+        );
+        assert!(
+            refused.body.contains("Authorization: Bearer"),
+            "{refused:?}"
+        );
+        let wrong = http::request(
+            web,
+            "GET",
+            path,
+            &[("Authorization", "Bearer tok-7a1b9")],
+            b"",
+        );
+        assert_eq!(wrong.status, 401, "{path}");
+        let right = http::request(
+            web,
+            "GET",
+            path,
+            &[("Authorization", "Bearer tok-7a1b9c")],
+            b"",
+        );
+        assert_eq!(right.status, 200, "{path}: {right:?}");
+    }
+    // The page asks for the token; a wrong one is said so, a right one
+    // gives a session.
+    let page = http::get(web, "/");
+    assert_eq!(page.status, 401);
+    assert!(page.body.contains("name=\"token\""), "{}", page.body);
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let wrong = http::request(web, "POST", "/login", &form, b"token=nope");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("Wrong token."), "{}", wrong.body);
+    assert!(wrong.header("set-cookie").is_none());
+    let right = http::request(web, "POST", "/login", &form, b"token=tok-7a1b9c");
+    assert_eq!(right.status, 303, "{right:?}");
+    assert_eq!(right.header("location"), Some("/"));
+    let cookie = cookie_of(&right);
+    for path in ["/", "/api/v1/mesh", "/metrics"] {
+        let with = http::request(web, "GET", path, &[("Cookie", &cookie)], b"");
+        assert_eq!(with.status, 200, "{path} with the session: {with:?}");
+    }
+    // A percent-encoded token is decoded like a browser sends it.
+    let encoded = http::request(web, "POST", "/login", &form, b"token=tok%2D7a1b9c");
+    assert_eq!(encoded.status, 303);
+
+    // A new token on reload ends the old sessions and the old token.
+    let config = node.config_text().replace("tok-7a1b9c", "tok-new-2");
+    node.write_config(&config);
+    let reload = node.ctl_json(&["reload"]);
+    assert!(
+        reload["applied"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|key| key == "web.token"),
+        "{reload}"
+    );
+    let stale = http::request(web, "GET", "/api/v1/mesh", &[("Cookie", &cookie)], b"");
+    assert_eq!(stale.status, 401, "the old session ended");
+    let old = http::request(
+        web,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer tok-7a1b9c")],
+        b"",
+    );
+    assert_eq!(old.status, 401);
+    let new = http::request(
+        web,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer tok-new-2")],
+        b"",
+    );
+    assert_eq!(new.status, 200);
+    node.stop();
+}
+
+#[test]
+fn guessing_the_token_through_the_login_is_slowed() {
+    let node = tokened("tok-guess-me");
+    let web = node.web_addr();
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let statuses: Vec<u16> = (0..30)
+        .map(|n| {
+            http::request(
+                web,
+                "POST",
+                "/login",
+                &form,
+                format!("token=g{n}").as_bytes(),
+            )
+            .status
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 10,
+        "{statuses:?}"
+    );
+    // The bearer header is not slowed by the login's guesses.
+    let bearer = http::request(
+        web,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer tok-guess-me")],
+        b"",
+    );
+    assert_eq!(bearer.status, 200);
+}
+
+#[test]
+fn a_console_beyond_loopback_without_a_token_is_refused_naming_web_token() {
+    let mut node = Node::prepare(NodeOptions {
+        web: "listen = \"0.0.0.0:0\"\n".into(),
+        ..NodeOptions::default()
+    });
+    node.launch();
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1), "{}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains("web.token: web.listen 0.0.0.0:0 is not a loopback address"),
+        "{log}"
+    );
+    assert!(log.contains("set token ="), "{log}");
+    assert_eq!(node.notify().count("READY=1"), 0);
+    // With a token it starts, and says so.
+    let node = Node::start(NodeOptions {
+        web: "listen = \"0.0.0.0:0\"\ntoken = \"t0k\"\n".into(),
+        ..NodeOptions::default()
+    });
+    let web = node.web_addr();
+    let local: SocketAddr = format!("127.0.0.1:{}", web.port()).parse().unwrap();
+    assert_eq!(http::get(local, "/metrics").status, 401);
+}
+
+#[test]
+fn without_a_token_a_foreign_host_name_is_refused() {
+    let node = Node::start_default();
+    let web = node.web_addr();
+    // A page on evil.example whose name now resolves to 127.0.0.1 (DNS
+    // rebinding) sends its own name.
+    let raw = |host: &str| {
+        http::raw(
+            web,
+            format!("GET /api/v1/mesh HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let foreign = raw("evil.example:8083");
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    assert!(foreign.body.contains("Host header"), "{foreign:?}");
+    assert_eq!(raw(&format!("localhost:{}", web.port())).status, 200);
+    assert_eq!(raw(&web.to_string()).status, 200);
+}
+
+#[test]
+fn malformed_and_oversized_requests_get_clear_answers() {
+    let node = tokened("tok-h");
+    let web = node.web_addr();
+    let auth = [("Authorization", "Bearer tok-h")];
+    assert_eq!(http::request(web, "GET", "/nope", &auth, b"").status, 404);
+    let post = http::request(web, "POST", "/metrics", &auth, b"x");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = http::request(web, "HEAD", "/api/v1/mesh", &auth, b"");
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    let big = "a".repeat(20 * 1024);
+    let huge = http::request(web, "GET", "/metrics", &[("X-Filler", &big)], b"");
+    assert!(matches!(huge.status, 431 | 400), "{huge:?}");
+    let body = format!("token={}", "b".repeat(8 * 1024));
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let long = http::request(web, "POST", "/login", &form, body.as_bytes());
+    assert_eq!(long.status, 413, "{long:?}");
+    // A JSON body, a form without the field, a token in the query string:
+    // wrong token, nothing more.
+    for (headers, body) in [
+        (
+            &[("Content-Type", "application/json")][..],
+            &br#"{"token":"tok-h"}"#[..],
+        ),
+        (&form[..], b"password=tok-h"),
+        (&form[..], b"\xff\xfe=\xff"),
+    ] {
+        let answer = http::request(web, "POST", "/login", headers, body);
+        assert_eq!(answer.status, 401, "{answer:?}");
+    }
+    // Still serving.
+    assert_eq!(
+        http::request(web, "GET", "/metrics", &auth, b"").status,
+        200
+    );
+}
+
+#[test]
+fn the_web_console_can_be_switched_off() {
+    let node = Node::start(NodeOptions {
+        web_enabled: false,
+        ..NodeOptions::default()
+    });
+    let status = node.ctl_json(&["status"]);
+    assert!(status["roles"].get("web").is_none(), "{status}");
+    assert!(!node.ctl_ok(&["status"]).contains("web:"));
+}
+
+#[test]
+fn a_port_in_use_stops_the_start_naming_the_web_role() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut node = Node::prepare(NodeOptions {
+        web: format!("listen = \"127.0.0.1:{port}\"\n"),
+        ..NodeOptions::default()
+    });
+    node.launch();
+    assert_eq!(node.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let log = node.log();
+    assert!(
+        log.contains(&format!("binding web listener on 127.0.0.1:{port}"))
+            && log.contains("another process holds that port"),
+        "{log}"
+    );
+}
