@@ -209,7 +209,8 @@ impl Hub {
     /// The channel opened and registered (`Some`, with its queue) or
     /// closed.
     pub fn set_channel(&self, outgoing: Option<mpsc::Sender<ToHub>>) {
-        let mut current = lock(&self.outgoing);
+        // Not under the queue's lock: `status` takes the registration's
+        // lock, then the queue's.
         match outgoing {
             None => lock(&self.registration).connection = None,
             Some(_) => {
@@ -217,7 +218,7 @@ impl Hub {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        *current = outgoing;
+        *lock(&self.outgoing) = outgoing;
     }
 
     /// The number of the open, registered channel (it changes with every

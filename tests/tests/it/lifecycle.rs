@@ -106,8 +106,8 @@ fn reload_applies_live_keys_and_reports_restart_keys() {
     let config = node
         .config_text()
         .replace(
-            "enabled = true\nlisten = \"127.0.0.1:0\"\n",
-            "enabled = true\nlisten = \"127.0.0.1:0\"\ndevice_ttl = \"1s\"\n",
+            "[signaling]\nenabled = true\nlisten = \"127.0.0.1:0\"\n",
+            "[signaling]\nenabled = true\nlisten = \"127.0.0.1:0\"\ndevice_ttl = \"1s\"\n",
         )
         .replace("log_level = \"debug\"", "log_level = \"info\"")
         .replace(

@@ -5,6 +5,7 @@
 // Tests and their helpers fail by panicking with a message.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod browser;
 mod chat;
 mod chat_abuse;
 mod chat_tls;

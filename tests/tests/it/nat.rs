@@ -468,13 +468,18 @@ fn netcheck_tells_a_port_preserving_nat_from_a_random_one() {
     let kept = start_device_with("kept", &kept_host, &[&hub1, &hub2]);
     let random = start_device_with("random", &random_host, &[&hub1, &hub2]);
     // A probe collides with a registration from the mesh port now and
-    // then; it is then not counted, and netcheck says so.
+    // then; it is then not counted, and netcheck says so. Asked before
+    // the channels are open, netcheck fails saying so: asked again.
     let netcheck = |node: &Node| {
         wait_until(
             "a netcheck from the mesh port",
             Duration::from_secs(20),
             || {
-                let reply = node.ctl_json(&["netcheck"]);
+                let output = node.ctl(&["--json", "netcheck"]);
+                let reply: serde_json::Value = match output.status.success() {
+                    true => serde_json::from_slice(&output.stdout).ok()?,
+                    false => return None,
+                };
                 let probes = reply["probes"].as_array()?;
                 let all_from_mesh_port = probes.len() == 2
                     && probes.iter().all(|probe| {

@@ -153,10 +153,10 @@ fn metrics_count_what_happened_and_pass_promtool() {
         "{sent}"
     );
     assert!(sent.contains("meshd_build_info{version=\""), "{sent}");
-    // A direct link has been made, so its time was measured once.
-    assert_eq!(
-        series(&sent, "meshd_time_to_direct_seconds_count"),
-        Some(1.0),
+    // A direct link has been made, so its time was measured (again if a
+    // simultaneous dial's tie-break closed the first one).
+    assert!(
+        series(&sent, "meshd_time_to_direct_seconds_count").is_some_and(|n| n >= 1.0),
         "{sent}"
     );
 
