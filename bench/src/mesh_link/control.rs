@@ -49,13 +49,15 @@ impl Drop for Nodes {
 }
 
 /// Starts a meshd that is a hub only (no mesh, no chat) on a free loopback
-/// port, with `signaling` added to its `[signaling]` table, and waits until
-/// it accepts connections; its address.
+/// port, with `signaling` added to its `[signaling]` table and its web
+/// console on `web` (off without), and waits until it accepts connections;
+/// its address.
 pub fn start_hub(
     nodes: &mut Nodes,
     meshd: &Path,
     dir: &Path,
     signaling: &str,
+    web: Option<std::net::SocketAddr>,
 ) -> Result<std::net::SocketAddr, Error> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -65,9 +67,13 @@ pub fn start_hub(
         "[node]\nid = \"hub\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
          [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
          [signaling]\nenabled = true\nlisten = \"{hub}\"\n{signaling}\n\
-         [chat]\nenabled = false\n[mesh]\nenabled = false\n[web]\nenabled = false\n",
+         [chat]\nenabled = false\n[mesh]\nenabled = false\n{web}",
         state = dir.join("hub-state").display(),
         socket = dir.join("hub.sock").display(),
+        web = match web {
+            Some(addr) => format!("[web]\nenabled = true\nlisten = \"{addr}\"\n"),
+            None => "[web]\nenabled = false\n".to_owned(),
+        },
     );
     nodes.start(Command::new(meshd), dir, "hub", &config)?;
     wait_for(

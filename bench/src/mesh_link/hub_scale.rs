@@ -36,6 +36,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::control::{Error, Nodes, start_hub};
 use crate::process::{cpu_seconds, own_cpu_seconds, peak_rss};
+use crate::scrape;
 
 /// Channel handshakes the simulated devices run at once (the hub takes 64).
 const HANDSHAKES_AT_ONCE: usize = 48;
@@ -57,6 +58,8 @@ struct Run {
     churn: Phase,
     churn_bytes: u64,
     peak_rss: u64,
+    /// The web console's cost, when asked for.
+    scrape: Option<(scrape::Steady, Vec<scrape::Cost>)>,
 }
 
 /// How a phase ended: the seconds until every device held the list, or
@@ -86,13 +89,21 @@ pub fn run(
     counts: &[usize],
     churn_percent: usize,
     timeout: Duration,
+    scrape_seconds: u64,
 ) -> Result<(), Error> {
     raise_fd_limit()?;
     let mut runs = Vec::new();
     for &devices in counts {
         eprintln!("==> {devices} devices");
-        runs.push(once(meshd, devices, churn_percent, timeout)?);
+        runs.push(once(
+            meshd,
+            devices,
+            churn_percent,
+            timeout,
+            scrape_seconds,
+        )?);
     }
+    print_scrapes(&runs);
     println!(
         "| devices | channel | all registered | join: all hold the whole list | hub CPU | simulated devices' CPU | hub peak RSS | list bytes per device held | churn ({churn_percent}%): all hold the list | list bytes per leave or join per channel | hub peak RSS after churn |"
     );
@@ -128,29 +139,75 @@ fn raise_fd_limit() -> Result<(), Error> {
     Ok(())
 }
 
+/// The web console's table, for the runs that measured it.
+fn print_scrapes(runs: &[Run]) {
+    if runs.iter().all(|run| run.scrape.is_none()) {
+        return;
+    }
+    println!(
+        "| devices | hub CPU, idle (reference) | hub CPU, scraped every second | difference | hub CPU per /metrics (burst) | /metrics bytes | hub CPU per /api/v1/mesh (burst) | /api/v1/mesh bytes | the page's poll every 2 s |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for run in runs {
+        let Some((steady, costs)) = &run.scrape else {
+            continue;
+        };
+        let cost = |path: &str| costs.iter().find(|cost| cost.path == path);
+        let (Some(metrics), Some(mesh)) = (cost("/metrics"), cost("/api/v1/mesh")) else {
+            continue;
+        };
+        println!(
+            "| {} | {:.2}% | {:.2}% | {:+.2} points | {:.2} ms | {} | {:.2} ms | {} | {:.2}% of a core |",
+            run.devices,
+            steady.idle_share * 100.0,
+            steady.scraped_share * 100.0,
+            (steady.scraped_share - steady.idle_share) * 100.0,
+            metrics.cpu_per_request * 1e3,
+            metrics.bytes,
+            mesh.cpu_per_request * 1e3,
+            mesh.bytes,
+            mesh.cpu_per_request / 2.0 * 100.0,
+        );
+        eprintln!("    steady windows: {} s each", steady.seconds);
+    }
+}
+
 fn once(
     meshd: &Path,
     devices: usize,
     churn_percent: usize,
     timeout: Duration,
+    scrape_seconds: u64,
 ) -> Result<Run, Error> {
     let dir = tempfile::Builder::new().prefix("hub-scale-").tempdir()?;
     // The defaults but two: new ids from one address are not limited (every
     // device here is 127.0.0.1), and max_devices only if over its default.
     let max_devices = devices.max(10_000);
     let mut nodes = Nodes(Vec::new());
+    let web = match scrape_seconds {
+        0 => None,
+        _ => Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?),
+    };
     let hub = start_hub(
         &mut nodes,
         meshd,
         dir.path(),
         &format!("registrations_per_sec = 0\nmax_devices = {max_devices}"),
+        web,
     )?;
     let pid = nodes.0[0].id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(simulate(hub, pid, devices, churn_percent, timeout))
+    runtime.block_on(simulate(
+        hub,
+        pid,
+        devices,
+        churn_percent,
+        timeout,
+        web.map(|web| (web, scrape_seconds)),
+    ))
 }
 
 /// Shared by the simulated devices and the run.
@@ -196,6 +253,7 @@ async fn simulate(
     devices: usize,
     churn_percent: usize,
     timeout: Duration,
+    web: Option<(SocketAddr, u64)>,
 ) -> Result<Run, Error> {
     let fleet = Arc::new(Fleet {
         hub,
@@ -237,6 +295,27 @@ async fn simulate(
     let join_bytes = fleet.received.swap(0, Ordering::SeqCst);
     eprintln!("    join: {join}");
 
+    // The console's cost, with every device joined and heartbeating.
+    let mut scraped = None;
+    if let (Some((web, seconds)), Phase::Settled(_)) = (web, join) {
+        let measured = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let steady = scrape::steady(web, pid, seconds)?;
+            let costs = vec![
+                scrape::burst(web, pid, "/metrics")?,
+                scrape::burst(web, pid, "/api/v1/mesh")?,
+            ];
+            Ok((steady, costs))
+        })
+        .await
+        .map_err(|error| error.to_string())??;
+        eprintln!(
+            "    scrape: idle {:.2}%, scraped {:.2}%",
+            measured.0.idle_share * 100.0,
+            measured.0.scraped_share * 100.0
+        );
+        scraped = Some(measured);
+    }
+
     let mut churn_phase = Phase::Skipped;
     if fleet.churned() > 0 && matches!(join, Phase::Settled(_)) {
         fleet.settled.store(0, Ordering::SeqCst);
@@ -268,6 +347,7 @@ async fn simulate(
         churn: churn_phase,
         churn_bytes,
         peak_rss: peak,
+        scrape: scraped,
     })
 }
 

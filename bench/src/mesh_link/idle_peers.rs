@@ -46,6 +46,7 @@ pub fn run(meshd: &Path, peers: usize, seconds: u64) -> Result<(), Error> {
         meshd,
         dir.path(),
         "registrations_per_sec = 0\ndevice_ttl = \"1h\"",
+        None,
     )?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

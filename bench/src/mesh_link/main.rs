@@ -14,7 +14,9 @@
 //! - `hub` (`hub_scale.rs`): one meshd hub and thousands of simulated
 //!   devices (real hub channels, real keys): time until every device holds
 //!   the whole list, the hub's CPU, memory and bytes sent per join, and
-//!   the same under churn.
+//!   the same under churn; with `--scrape-secs`, what the hub's web console
+//!   costs it (`scrape.rs`): /metrics scraped every second against the hub
+//!   left alone, and the CPU of one /metrics and one /api/v1/mesh.
 //! - `idle` (`idle_peers.rs`): one meshd device linked to hundreds of
 //!   simulated peers, idle: its CPU, memory and keepalive traffic.
 //! - `nat` (`nat.rs`): meshd in the NAT lab of network namespaces: time to
@@ -34,6 +36,7 @@ mod hub_scale;
 mod idle_peers;
 mod nat;
 mod process;
+mod scrape;
 mod stream;
 
 use std::path::PathBuf;
@@ -89,6 +92,11 @@ enum Command {
         /// Longest wait for each phase, in seconds.
         #[arg(long, default_value_t = 180)]
         timeout_secs: u64,
+        /// With the hub's web console on: after the join, seconds of the
+        /// hub left alone and as many scraped every second, then bursts of
+        /// /metrics and /api/v1/mesh (0: the console is off, not measured).
+        #[arg(long, default_value_t = 0)]
+        scrape_secs: u64,
     },
     /// What an idle device with many links costs: CPU, RSS, keepalives.
     Idle {
@@ -134,11 +142,13 @@ fn main() -> ExitCode {
             devices,
             churn_percent,
             timeout_secs,
+            scrape_secs,
         } => hub_scale::run(
             &meshd,
             &devices,
             churn_percent.min(100),
             std::time::Duration::from_secs(timeout_secs),
+            scrape_secs,
         ),
         Command::Idle {
             meshd,

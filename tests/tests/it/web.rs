@@ -582,3 +582,49 @@ fn a_port_in_use_stops_the_start_naming_the_web_role() {
         "{log}"
     );
 }
+
+/// The first fenced block of `lang` after `heading` in a doc.
+fn doc_block(doc: &str, heading: &str, lang: &str) -> String {
+    let path = format!("{}/../docs/{doc}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let after = text
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("{heading} not in {path}"))
+        .1;
+    let block = after
+        .split_once(&format!("```{lang}\n"))
+        .unwrap_or_else(|| panic!("no {lang} block after {heading} in {path}"))
+        .1;
+    block.split_once("```").unwrap().0.to_owned()
+}
+
+#[test]
+fn the_documented_alerts_and_scrape_config_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    for (doc, heading, check) in [
+        ("metrics.md", "## Example alerts", "rules"),
+        ("web.md", "Prometheus with a token:", "config"),
+    ] {
+        let file = dir.path().join(format!("{check}.yml"));
+        std::fs::write(&file, doc_block(doc, heading, "yaml")).unwrap();
+        let output = match Command::new("promtool")
+            .arg("check")
+            .arg(check)
+            .arg(&file)
+            .output()
+        {
+            Ok(output) => output,
+            Err(error) if std::env::var("CI").as_deref() != Ok("true") => {
+                eprintln!("NOT CHECKED: promtool is missing ({error})");
+                return;
+            }
+            Err(error) => panic!("promtool is needed under CI: {error}"),
+        };
+        assert!(
+            output.status.success(),
+            "promtool check {check} on the block in docs/{doc}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
