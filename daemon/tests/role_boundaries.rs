@@ -1,14 +1,15 @@
 //! The roles stay apart (docs/architecture.md, "Module map"): no role's code
 //! names another role, and config names none, so each can change without the
 //! others. What two roles share (the hub wire, ids, keys) lives outside them.
-//! The composition root (`supervisor.rs`) and the control dispatcher are the
-//! only places that name roles.
+//! The composition root (`supervisor.rs`), the control dispatcher and the
+//! web console (a read-only view of the others) are the only places that
+//! name roles; no role names the console.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
-const ROLES: &[&str] = &["signaling", "mesh", "chat"];
+const ROLES: &[&str] = &["signaling", "mesh", "chat", "web"];
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("a source directory") {

@@ -48,6 +48,40 @@ impl Drop for Nodes {
     }
 }
 
+/// `[web] enabled = false` for a meshd that has the web console, and nothing
+/// for an older one (a baseline), which would refuse the section. Asked of
+/// the binary once per path: `--check-config` on a file with the section.
+pub fn web_off(meshd: &Path) -> String {
+    static KNOWN: std::sync::Mutex<Vec<(std::path::PathBuf, bool)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let has_web = match known.iter().find(|(path, _)| path == meshd) {
+        Some((_, has_web)) => *has_web,
+        None => {
+            let has_web = tempfile::NamedTempFile::new()
+                .and_then(|file| {
+                    std::fs::write(file.path(), "[web]\nenabled = false\n")?;
+                    Command::new(meshd)
+                        .arg("--check-config")
+                        .arg("--config")
+                        .arg(file.path())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                })
+                .is_ok_and(|status| status.success());
+            known.push((meshd.to_path_buf(), has_web));
+            has_web
+        }
+    };
+    match has_web {
+        true => "[web]\nenabled = false\n".to_owned(),
+        false => String::new(),
+    }
+}
+
 /// Starts a meshd that is a hub only (no mesh, no chat) on a free loopback
 /// port, with `signaling` added to its `[signaling]` table and its web
 /// console on `web` (off without), and waits until it accepts connections;
@@ -72,7 +106,7 @@ pub fn start_hub(
         socket = dir.join("hub.sock").display(),
         web = match web {
             Some(addr) => format!("[web]\nenabled = true\nlisten = \"{addr}\"\n"),
-            None => "[web]\nenabled = false\n".to_owned(),
+            None => web_off(meshd),
         },
     );
     nodes.start(Command::new(meshd), dir, "hub", &config)?;

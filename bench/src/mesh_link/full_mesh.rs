@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use meshd_ipc::{LinkState, Request, Response};
 
-use crate::control::{Error, Nodes, call, call_devices, wait_for};
+use crate::control::{Error, Nodes, call, call_devices, wait_for, web_off};
 use crate::median;
 
 /// Longest wait for a mesh to form before the run counts as failed.
@@ -64,10 +64,11 @@ fn once(meshd: &Path, devices: usize, round: usize) -> Result<(f64, f64), Error>
         let config = format!(
             "[node]\nid = \"{id}\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
              [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
-             [signaling]\n{signaling}\n[chat]\nenabled = false\n[web]\nenabled = false\n\
+             [signaling]\n{signaling}\n[chat]\nenabled = false\n{web}\
              [mesh]\nlisten = \"127.0.0.1:0\"\nsignaling = [\"{hub_url}\"]\n",
             state = dir.path().join(id).display(),
             socket = sockets[index].display(),
+            web = web_off(meshd),
         );
         nodes.start(Command::new(meshd), dir.path(), id, &config)
     };

@@ -114,7 +114,7 @@ pub fn run(
         let stayers = (run.devices - run.churned) as f64;
         let churn_events = (2 * run.churned) as f64;
         println!(
-            "| {} | {} | {:.1} s | {} | {:.1} s | {:.1} s | {} MiB | {:.0} B | {} | {:.0} B | {} MiB |",
+            "| {} | {} | {:.1} s | {} | {:.1} s | {:.1} s | {} MiB | {:.0} B | {} | {} | {} MiB |",
             run.devices,
             run.protocol,
             run.registered_secs,
@@ -124,7 +124,10 @@ pub fn run(
             run.join_peak_rss >> 20,
             run.join_bytes as f64 / held,
             run.churn,
-            run.churn_bytes as f64 / (stayers * churn_events),
+            match run.churned {
+                0 => "-".to_owned(),
+                _ => format!("{:.0} B", run.churn_bytes as f64 / (stayers * churn_events)),
+            },
             run.peak_rss >> 20,
         );
     }
@@ -168,7 +171,10 @@ fn print_scrapes(runs: &[Run]) {
             mesh.bytes,
             mesh.cpu_per_request / 2.0 * 100.0,
         );
-        eprintln!("    steady windows: {} s each", steady.seconds);
+        eprintln!(
+            "    steady: {} s idle and {} s scraped, alternating",
+            steady.seconds, steady.seconds
+        );
     }
 }
 
@@ -299,7 +305,7 @@ async fn simulate(
     let mut scraped = None;
     if let (Some((web, seconds)), Phase::Settled(_)) = (web, join) {
         let measured = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-            let steady = scrape::steady(web, pid, seconds)?;
+            let steady = scrape::steady(web, pid, seconds, HEARTBEAT)?;
             let costs = vec![
                 scrape::burst(web, pid, "/metrics")?,
                 scrape::burst(web, pid, "/api/v1/mesh")?,

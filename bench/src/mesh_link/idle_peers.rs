@@ -20,7 +20,7 @@ use meshd_ipc::{Request, Response};
 use meshd_link::{Frame, Hello, StaticKey};
 use serde_json::json;
 
-use crate::control::{Error, Nodes, call, start_hub, wait_for};
+use crate::control::{Error, Nodes, call, start_hub, wait_for, web_off};
 use crate::process::{cpu_seconds, rss};
 
 /// Longest wait for every link to come up.
@@ -70,10 +70,11 @@ pub fn run(meshd: &Path, peers: usize, seconds: u64) -> Result<(), Error> {
     let device_config = format!(
         "[node]\nid = \"device\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
          [control]\nsocket = \"{socket}\"\ngroup = \"\"\n\
-         [signaling]\nenabled = false\n[chat]\nenabled = false\n[web]\nenabled = false\n\
+         [signaling]\nenabled = false\n[chat]\nenabled = false\n{web}\
          [mesh]\nlisten = \"127.0.0.1:0\"\nsignaling = [\"http://{hub}\"]\n",
         state = dir.path().join("device-state").display(),
         socket = device_socket.display(),
+        web = web_off(meshd),
     );
     nodes.start(Command::new(meshd), dir.path(), "device", &device_config)?;
     let device_pid = nodes.0[1].id();

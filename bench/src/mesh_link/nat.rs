@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use meshd_ipc::{LinkState, Request, Response};
 use meshd_tests::netlab::{Host, Lab, Nat, TwoHomes};
 
-use crate::control::{Error, Nodes, call, wait_for};
+use crate::control::{Error, Nodes, call, wait_for, web_off};
 use crate::median;
 
 /// Longest wait for a link before the run counts as failed.
@@ -167,9 +167,10 @@ fn start(
     };
     let config = format!(
         "[node]\nid = \"{id}\"\nstate_dir = \"{state}\"\nlog_level = \"warn\"\n\
-         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n[chat]\nenabled = false\n[web]\nenabled = false\n{roles}",
+         [control]\nsocket = \"{socket}\"\ngroup = \"\"\n[chat]\nenabled = false\n{web}{roles}",
         state = dir.join(id).display(),
         socket = socket.display(),
+        web = web_off(meshd),
     );
     let mut command = Command::new("ip");
     command.args(["netns", "exec", &host.netns]).arg(meshd);

@@ -4,9 +4,11 @@
 //! the same run.
 //!
 //! Two measures, after the simulated devices have joined:
-//! 1. **Steady**: the hub's CPU over `seconds` with nothing asked, then over
-//!    `seconds` with one scrape a second (the reference and the cost side by
-//!    side; heartbeats make the idle hub's own load).
+//! 1. **Steady**: the hub's CPU in windows with nothing asked and windows
+//!    with one scrape a second, alternating, `seconds` of each in all (the
+//!    reference and the cost side by side). Each window is one heartbeat
+//!    period long, so every window holds the same round of heartbeats, the
+//!    idle hub's own load, which comes in bursts.
 //! 2. **Burst**: 500 requests back to back; the hub's CPU per request, which
 //!    the tick-granular steady figure cannot resolve below about 0.03%.
 //!
@@ -79,24 +81,29 @@ pub fn burst(web: SocketAddr, pid: u32, path: &'static str) -> Result<Cost, Erro
     })
 }
 
-/// The steady measure: `seconds` idle, then `seconds` scraped once a second.
-pub fn steady(web: SocketAddr, pid: u32, seconds: u64) -> Result<Steady, Error> {
-    let window = Duration::from_secs(seconds);
-    let before = cpu_seconds(pid)?;
-    std::thread::sleep(window);
-    let idle = cpu_seconds(pid)? - before;
-    let before = cpu_seconds(pid)?;
-    let started = Instant::now();
-    for tick in 0..seconds {
-        get(web, "/metrics")?;
-        let next = started + Duration::from_secs(tick + 1);
-        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+/// The steady measure: windows of `window` idle and scraped once a second,
+/// alternating, until each side had `seconds`.
+pub fn steady(web: SocketAddr, pid: u32, seconds: u64, window: Duration) -> Result<Steady, Error> {
+    let rounds = seconds.div_ceil(window.as_secs().max(1)).max(1);
+    let (mut idle, mut idle_time) = (0.0, 0.0);
+    let (mut scraped, mut scraped_time) = (0.0, 0.0);
+    for _ in 0..rounds {
+        let (before, started) = (cpu_seconds(pid)?, Instant::now());
+        std::thread::sleep(window);
+        idle += cpu_seconds(pid)? - before;
+        idle_time += started.elapsed().as_secs_f64();
+        let (before, started) = (cpu_seconds(pid)?, Instant::now());
+        for tick in 0..window.as_secs() {
+            get(web, "/metrics")?;
+            let next = started + Duration::from_secs(tick + 1);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
+        scraped += cpu_seconds(pid)? - before;
+        scraped_time += started.elapsed().as_secs_f64();
     }
-    let scraped = cpu_seconds(pid)? - before;
-    let elapsed = started.elapsed().as_secs_f64();
     Ok(Steady {
-        idle_share: idle / window.as_secs_f64(),
-        scraped_share: scraped / elapsed,
-        seconds,
+        idle_share: idle / idle_time,
+        scraped_share: scraped / scraped_time,
+        seconds: rounds * window.as_secs(),
     })
 }

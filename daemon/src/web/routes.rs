@@ -188,12 +188,14 @@ async fn login(
     }
 }
 
+/// Back to the page, relative, so a console behind a proxy under a path
+/// prefix lands on its own page.
 fn redirect_home() -> Answer {
     let mut answer = Response::new(Full::new(Bytes::new()));
     *answer.status_mut() = StatusCode::SEE_OTHER;
     answer
         .headers_mut()
-        .insert(LOCATION, HeaderValue::from_static("/"));
+        .insert(LOCATION, HeaderValue::from_static("./"));
     answer
 }
 

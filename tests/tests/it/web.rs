@@ -391,7 +391,7 @@ fn with_a_token_every_request_needs_it_or_the_pages_login() {
     assert!(wrong.header("set-cookie").is_none());
     let right = http::request(web, "POST", "/login", &form, b"token=tok-7a1b9c");
     assert_eq!(right.status, 303, "{right:?}");
-    assert_eq!(right.header("location"), Some("/"));
+    assert_eq!(right.header("location"), Some("./"));
     let cookie = cookie_of(&right);
     for path in ["/", "/api/v1/mesh", "/metrics"] {
         let with = http::request(web, "GET", path, &[("Cookie", &cookie)], b"");
