@@ -39,3 +39,39 @@ where
         }
     }
 }
+
+/// Accepts `role`'s TCP connections until `cancel` fires, at most
+/// `max_connections` served at once: at the cap the loop stops accepting,
+/// and new clients wait in the kernel's backlog. Each connection is served
+/// by `serve` in a task on `tracker`.
+pub async fn bounded<F, Fut>(
+    role: &'static str,
+    listener: tokio::net::TcpListener,
+    max_connections: usize,
+    cancel: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let permit = tokio::select! {
+            () = cancel.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => break,
+            },
+        };
+        let Some((stream, peer)) = next(role, &cancel, || listener.accept()).await else {
+            break;
+        };
+        let connection = serve(stream, peer);
+        tracker.spawn(async move {
+            connection.await;
+            drop(permit);
+        });
+    }
+    tracing::debug!("{role} listener closed");
+}

@@ -17,7 +17,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,27 +40,19 @@ pub async fn accept_loop(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let permit = tokio::select! {
-            () = cancel.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
-        let Some((stream, peer)) = accept::next("signaling", &cancel, || listener.accept()).await
-        else {
-            break;
-        };
-        let state = state.clone();
+    let serve = {
         let cancel = cancel.clone();
-        tracker.spawn(async move {
-            serve_connection(stream, peer, state, cancel).await;
-            drop(permit);
-        });
-    }
-    tracing::debug!("signaling listener closed");
+        move |stream, peer| serve_connection(stream, peer, state.clone(), cancel.clone())
+    };
+    accept::bounded(
+        "signaling",
+        listener,
+        max_connections,
+        cancel,
+        tracker,
+        serve,
+    )
+    .await;
 }
 
 async fn serve_connection(

@@ -124,14 +124,7 @@ async fn mesh_json(state: &Arc<WebState>) -> Answer {
     })
     .await;
     match rendered {
-        Ok(Ok(mut body)) => {
-            body.push(b'\n');
-            let mut answer = Response::new(Full::new(Bytes::from(body)));
-            answer
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            answer
-        }
+        Ok(Ok(body)) => json(StatusCode::OK, body),
         Ok(Err(error)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
         Err(error) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }
@@ -247,8 +240,13 @@ fn text(status: StatusCode, body: &str) -> Answer {
 }
 
 fn json_error(status: StatusCode, message: &str) -> Answer {
-    let mut body = serde_json::to_vec(&serde_json::json!({ "error": message }))
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message }))
         .unwrap_or_else(|_| b"{}".to_vec());
+    json(status, body)
+}
+
+/// A JSON document, one line.
+fn json(status: StatusCode, mut body: Vec<u8>) -> Answer {
     body.push(b'\n');
     let mut answer = Response::new(Full::new(Bytes::from(body)));
     *answer.status_mut() = status;

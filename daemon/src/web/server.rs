@@ -11,7 +11,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,26 +42,11 @@ pub async fn accept_loop(
     cancel: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            () = cancel.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => break,
-            },
-        };
-        let Some((stream, peer)) = accept::next("web", &cancel, || listener.accept()).await else {
-            break;
-        };
-        let state = state.clone();
+    let serve = {
         let cancel = cancel.clone();
-        tracker.spawn(async move {
-            serve_connection(stream, peer, state, cancel).await;
-            drop(permit);
-        });
-    }
-    tracing::debug!("web listener closed");
+        move |stream, peer| serve_connection(stream, peer, state.clone(), cancel.clone())
+    };
+    accept::bounded("web", listener, MAX_CONNECTIONS, cancel, tracker, serve).await;
 }
 
 async fn serve_connection(

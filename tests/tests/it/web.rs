@@ -628,3 +628,85 @@ fn the_documented_alerts_and_scrape_config_pass_promtool() {
         );
     }
 }
+
+#[test]
+fn link_reports_too_early_or_of_the_wrong_shape_are_not_taken() {
+    use crate::hub_client::{HubChannel, runtime};
+    use serde_json::json;
+    let (hub, addr) = Node::start_hub("");
+    let web = hub.web_addr();
+    let pairs_now = || pairs(&mesh_json(web));
+    let report = |links: Value| json!({"type": "links", "direct": 1, "relayed": 0, "down": 0, "links": links});
+    runtime().block_on(async {
+        let key = meshd_link::StaticKey::generate().unwrap();
+        let mut x = HubChannel::open(addr, "x", &key, None).await.unwrap();
+        // Before the channel registered: nothing to show it beside.
+        x.send(&report(json!([{"peer": "y", "path": "direct", "rtt_us": 1, "up_secs": 1}])))
+            .await;
+        let registered = x.register("192.0.2.9:1", "").await;
+        assert_eq!(registered["type"], "registered", "{registered}");
+        assert!(pairs_now().is_empty(), "an early report was taken");
+
+        // Itself, an invalid id and a repeated peer are dropped; the rest is
+        // taken, in order with the ping after it.
+        x.send(&report(json!([
+            {"peer": "y", "path": "direct", "rtt_us": 1500, "up_secs": 7},
+            {"peer": "x", "path": "direct", "rtt_us": 1, "up_secs": 1},
+            {"peer": "not an id!", "path": "direct", "rtt_us": 1, "up_secs": 1},
+            {"peer": "y", "path": "relayed", "rtt_us": 9, "up_secs": 1},
+        ])))
+        .await;
+        x.send(&json!({"type": "ping", "nonce": 7})).await;
+        loop {
+            let message = x.next().await.unwrap();
+            if message["type"] == "pong" {
+                break;
+            }
+        }
+        let view = mesh_json(web);
+        assert_eq!(pairs(&view), [("x".into(), "y".into(), "direct".into())], "{view}");
+        assert_eq!(view["links"][0]["rtt_ms"], 1.5, "{view}");
+        let device_x = &view["devices"].as_array().unwrap()[0];
+        assert_eq!((device_x["id"].as_str(), device_x["direct"].as_u64()), (Some("x"), Some(1)));
+
+        // A report of another shape closes that channel, and only that one.
+        let other = meshd_link::StaticKey::generate().unwrap();
+        let mut z = HubChannel::open(addr, "z", &other, None).await.unwrap();
+        z.register("192.0.2.9:2", "").await;
+        for wrong in [
+            json!({"type": "links", "direct": "1", "relayed": 0, "down": 0, "links": []}),
+            json!({"type": "links", "direct": 1, "relayed": 0, "down": 0, "links": {"y": "direct"}}),
+            json!({"type": "links", "direct": 1, "relayed": 0, "down": 0, "links": [{"peer": "y", "path": "sideways", "rtt_us": null, "up_secs": null}]}),
+        ] {
+            let mut z2 = HubChannel::open(addr, "z", &other, None).await.unwrap();
+            z2.register("192.0.2.9:2", "").await;
+            z2.send(&wrong).await;
+            let closed = loop {
+                match z2.next().await {
+                    Ok(_) => continue,
+                    Err(error) => break error,
+                }
+            };
+            assert!(
+                !matches!(closed, meshd_link::LinkError::Timeout),
+                "{wrong}: the hub did not close the channel"
+            );
+        }
+        drop(z);
+        x.send(&json!({"type": "ping", "nonce": 8})).await;
+        loop {
+            if x.next().await.unwrap()["type"] == "pong" {
+                break;
+            }
+        }
+        assert_eq!(pairs_now().len(), 1, "x's report stands");
+
+        // Its channel gone, the report goes with it.
+        drop(x);
+    });
+    wait_until("x's report forgotten", Duration::from_secs(10), || {
+        pairs_now().is_empty().then_some(())
+    });
+    let view = mesh_json(web);
+    assert_eq!(online(&view, "x"), Some(false), "{view}");
+}
