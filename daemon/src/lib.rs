@@ -9,6 +9,7 @@ mod accept;
 mod atomic_file;
 mod chat;
 mod cli;
+mod cluster;
 mod config;
 mod control;
 mod device_id;

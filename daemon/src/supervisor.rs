@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::chat;
+use crate::cluster;
 use crate::config::{Config, ConfigLocation, ReloadPlan};
 use crate::control::{
     self, ControlError, Dispatcher, NodeFacts, ReloadError, ReloadRequest, Roles,
@@ -188,11 +189,26 @@ pub async fn run(
         ),
         None => None,
     };
+    // The cluster needs the hub (the config ensures there is one).
+    let cluster = signaling.as_ref().and_then(|hub| {
+        let me = cluster::Identity {
+            id: config.node.id.to_string(),
+            url: config
+                .cluster
+                .advertise
+                .as_ref()
+                .map(|url| url.as_written())
+                .unwrap_or_default(),
+            hub_key: hub.status().hub_key.unwrap_or_default(),
+        };
+        cluster::start(&config.cluster, me, cancel.child_token(), &tracker)
+    });
     let mut roles = Roles {
         signaling,
         chat,
         mesh,
         web: None,
+        cluster,
     };
     // The console shows the other roles, so it starts last, with them.
     roles.web = match web_listener {

@@ -20,10 +20,10 @@ pub mod tls;
 pub use frame::{FrameError, MAX_FRAME_BYTES, decode, decode_strict, encode, read_frame};
 pub use paths::default_socket_path;
 pub use reply::{
-    BroadcastReply, ChatStatus, DeviceEntry, ErrorCode, ErrorReply, HubForgottenReply, HubStatus,
-    InboxMessage, LinkState, MeshStatus, NetcheckProbe, NetcheckReply, PingReply, ReloadReply,
-    RemovedReply, Reply, ReplyFrame, Response, RoleStatus, SendResult, SignalingStatus,
-    StatusReply, UserChange, UserEntry, WebStatus,
+    BroadcastReply, ChatStatus, ClusterHub, ClusterStatus, DeviceEntry, ErrorCode, ErrorReply,
+    HubForgottenReply, HubStatus, InboxMessage, LinkState, MeshStatus, NetcheckProbe,
+    NetcheckReply, PingReply, ReloadReply, RemovedReply, Reply, ReplyFrame, Response, RoleStatus,
+    SendResult, SignalingStatus, StatusReply, UserChange, UserEntry, WebStatus,
 };
 pub use request::{Access, Request, RequestFrame, RequestHeader};
 

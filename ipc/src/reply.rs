@@ -146,6 +146,35 @@ pub struct RoleStatus {
     /// The web console, when enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<WebStatus>,
+    /// The cluster, when `[cluster] nats` names servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The cluster in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// `[cluster] nats`.
+    pub nats: Vec<String>,
+    /// This hub's URL as the cluster hands it to devices.
+    pub advertise: String,
+    /// NATS and JetStream answer: the hub shares the mesh.
+    pub connected: bool,
+    /// Why not, while not connected.
+    pub error: Option<String>,
+    /// The hubs of the cluster heard of lately, this one included.
+    pub hubs: Vec<ClusterHub>,
+}
+
+/// One hub of the cluster in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHub {
+    /// Its node id.
+    pub id: String,
+    /// Its URL, as devices dial it.
+    pub url: String,
+    /// Its hub key, base64.
+    pub hub_key: String,
 }
 
 /// The web console in `status`.

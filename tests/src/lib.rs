@@ -15,6 +15,7 @@
 pub mod binaries;
 pub mod chat;
 pub mod http;
+pub mod nats;
 pub mod netlab;
 pub mod node;
 pub mod notify;

@@ -101,6 +101,28 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
             }
         }
     }
+    if let Some(cluster) = &roles.cluster {
+        let state = match (&cluster.error, cluster.connected) {
+            (_, true) => "connected".to_owned(),
+            (Some(error), false) => format!("degraded: {error}"),
+            (None, false) => "degraded".to_owned(),
+        };
+        outln!(
+            "cluster:   {} hub{} through NATS {}, {state}",
+            cluster.hubs.len(),
+            if cluster.hubs.len() == 1 { "" } else { "s" },
+            cluster.nats.join(", ")
+        );
+        outln!("           this hub advertised as {}", cluster.advertise);
+        for hub in &cluster.hubs {
+            outln!(
+                "           hub {} at {}, hub key {}",
+                hub.id,
+                hub.url,
+                hub.hub_key
+            );
+        }
+    }
     if let Some(web) = &roles.web {
         let access = match web.token_required {
             true => "token required",

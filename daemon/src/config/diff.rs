@@ -124,6 +124,8 @@ const RESTART_KEYS: &[(&str, Differs)] = &[
     }),
     ("mesh", |a, b| a.mesh != b.mesh),
     ("web.enabled", |a, b| a.web.enabled != b.web.enabled),
+    // The NATS connection and what this hub announces are set up once.
+    ("cluster", |a, b| a.cluster != b.cluster),
     ("web.listen", |a, b| a.web.listen != b.web.listen),
 ];
 

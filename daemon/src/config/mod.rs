@@ -50,6 +50,8 @@ pub struct Config {
     pub mesh: MeshConfig,
     /// `[web]`
     pub web: WebConfig,
+    /// `[cluster]`
+    pub cluster: ClusterConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.
@@ -163,6 +165,62 @@ pub struct WebConfig {
     /// Non-empty: every request needs this bearer token (or the page's
     /// login); required when `listen` is not loopback.
     pub token: String,
+}
+
+/// `[cluster]`: hubs that share one mesh through NATS JetStream
+/// (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// NATS servers, `nats://HOST:PORT`; empty: no cluster.
+    pub nats: Vec<NatsUrl>,
+    /// This hub's URL as the cluster hands it to devices; `None` without a
+    /// cluster.
+    pub advertise: Option<HubUrl>,
+}
+
+impl ClusterConfig {
+    /// The hub is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.nats.is_empty()
+    }
+}
+
+/// A NATS server of `[cluster] nats`, `nats://HOST:PORT`, checked at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsUrl(String);
+
+impl NatsUrl {
+    /// Accepts `nats://HOST:PORT` (a host name or an IP, no path).
+    pub fn parse(text: &str) -> Result<NatsUrl, String> {
+        let hint = "write e.g. \"nats://127.0.0.1:4222\"";
+        let Some(rest) = text.strip_prefix("nats://") else {
+            return Err(format!("{text:?} is not a nats:// URL: {hint}"));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(format!("{text:?} must be just nats://HOST:PORT: {hint}"));
+        }
+        let port = authority
+            .rsplit_once(':')
+            .and_then(|(host, port)| (!host.is_empty()).then_some(port))
+            .and_then(|port| port.parse::<u16>().ok())
+            .filter(|port| *port != 0);
+        if port.is_none() {
+            return Err(format!("{text:?} needs a host and a port: {hint}"));
+        }
+        Ok(NatsUrl(format!("nats://{authority}")))
+    }
+
+    /// As the NATS client takes it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NatsUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// `[node] log_level`.

@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub chat: Option<RawChat>,
     pub mesh: Option<RawMesh>,
     pub web: Option<RawWeb>,
+    pub cluster: Option<RawCluster>,
 }
 
 /// `[node]`
@@ -84,4 +85,12 @@ pub struct RawWeb {
     pub enabled: Option<bool>,
     pub listen: Option<String>,
     pub token: Option<String>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub nats: Option<Vec<String>>,
+    pub advertise: Option<String>,
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use super::error::Problem;
 use super::parse::KeyLines;
-use super::raw::{RawChat, RawConfig, RawControl, RawMesh, RawNode, RawSignaling, RawWeb};
+use super::raw::{
+    RawChat, RawCluster, RawConfig, RawControl, RawMesh, RawNode, RawSignaling, RawWeb,
+};
 use super::{
-    ChatConfig, ChatTls, Config, ControlConfig, LogLevel, MeshConfig, NodeConfig, SignalingConfig,
-    WebConfig,
+    ChatConfig, ChatTls, ClusterConfig, Config, ControlConfig, LogLevel, MeshConfig, NatsUrl,
+    NodeConfig, SignalingConfig, WebConfig,
 };
 use crate::device_id::DeviceId;
 use crate::hub_wire::{HubUrl, MAX_ENDPOINTS};
@@ -114,15 +116,92 @@ pub fn validate(
     problems: &mut Vec<Problem>,
 ) -> Config {
     let mut check = Checker { lines, problems };
+    let signaling = signaling(&mut check, raw.signaling.unwrap_or_default());
+    let cluster = cluster(&mut check, raw.cluster.unwrap_or_default(), &signaling);
     Config {
         file: file.map(Path::to_path_buf),
         node: node(&mut check, raw.node.unwrap_or_default()),
         control: control(&mut check, raw.control.unwrap_or_default()),
-        signaling: signaling(&mut check, raw.signaling.unwrap_or_default()),
+        signaling,
         chat: chat(&mut check, raw.chat.unwrap_or_default()),
         mesh: mesh(&mut check, raw.mesh.unwrap_or_default()),
         web: web(&mut check, raw.web.unwrap_or_default()),
+        cluster,
     }
+}
+
+fn cluster(check: &mut Checker<'_>, raw: RawCluster, signaling: &SignalingConfig) -> ClusterConfig {
+    let nats: Vec<NatsUrl> = raw
+        .nats
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|url| match NatsUrl::parse(url) {
+            Ok(url) => Some(url),
+            Err(problem) => {
+                check.problem("cluster.nats", problem);
+                None
+            }
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for url in &nats {
+        if !seen.insert(url.as_str()) {
+            check.problem(
+                "cluster.nats",
+                format!("{url} is listed twice; list each NATS server once"),
+            );
+        }
+    }
+    let written = raw.advertise.unwrap_or_default();
+    if nats.is_empty() {
+        if !written.is_empty() {
+            check.problem(
+                "cluster.advertise",
+                "is set but cluster.nats is empty, so there is no cluster to advertise to: set nats, or remove advertise",
+            );
+        }
+        return ClusterConfig {
+            nats,
+            advertise: None,
+        };
+    }
+    if !signaling.enabled {
+        check.problem(
+            "cluster.nats",
+            "a cluster joins hubs, and [signaling] is not enabled on this node: enable it, or leave nats empty",
+        );
+    }
+    let advertise = if written.is_empty() {
+        if signaling.listen.ip().is_unspecified() {
+            check.problem(
+                "cluster.advertise",
+                format!(
+                    "signaling.listen {} is a wildcard address, which devices cannot dial: \
+                     set advertise = \"http://HOST:{}\" with the name or address devices reach this hub at",
+                    signaling.listen,
+                    signaling.listen.port()
+                ),
+            );
+            None
+        } else {
+            HubUrl::parse(&format!("http://{}", signaling.listen)).ok()
+        }
+    } else if written.contains('#') {
+        check.problem(
+            "cluster.advertise",
+            format!("{written:?}: write the URL without #KEY; the cluster hands devices this hub's own key"),
+        );
+        None
+    } else {
+        match HubUrl::parse(&written) {
+            Ok(url) => Some(url),
+            Err(error) => {
+                check.problem("cluster.advertise", error.to_string());
+                None
+            }
+        }
+    };
+    ClusterConfig { nats, advertise }
 }
 
 fn web(check: &mut Checker<'_>, raw: RawWeb) -> WebConfig {
@@ -468,6 +547,24 @@ pub fn to_raw(config: &Config) -> RawConfig {
             listen: Some(config.web.listen.to_string()),
             token: Some(redact(&config.web.token)),
         }),
+        cluster: Some(RawCluster {
+            nats: Some(
+                config
+                    .cluster
+                    .nats
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            ),
+            advertise: Some(
+                config
+                    .cluster
+                    .advertise
+                    .as_ref()
+                    .map(HubUrl::as_written)
+                    .unwrap_or_default(),
+            ),
+        }),
     }
 }
 
@@ -594,6 +691,77 @@ mod tests {
         assert!(
             lines[0].contains("web.listen: \"localhost:8083\" is not an address"),
             "{lines:#?}"
+        );
+    }
+
+    #[test]
+    fn a_cluster_names_nats_servers_and_a_url_devices_can_dial() {
+        let none = Config::builtin().unwrap();
+        assert!(!none.cluster.enabled() && none.cluster.advertise.is_none());
+        let config = Config::from_toml(
+            "[signaling]\nlisten = \"10.0.0.1:8080\"\n[cluster]\nnats = [\"nats://10.0.0.9:4222\", \"nats://nats.example:4222/\"]\n",
+            None,
+        )
+        .unwrap();
+        assert!(config.cluster.enabled());
+        let urls: Vec<&str> = config.cluster.nats.iter().map(|url| url.as_str()).collect();
+        assert_eq!(urls, ["nats://10.0.0.9:4222", "nats://nats.example:4222"]);
+        assert_eq!(
+            config
+                .cluster
+                .advertise
+                .map(|url| url.as_written())
+                .as_deref(),
+            Some("http://10.0.0.1:8080"),
+            "the signaling listen address, when it is one"
+        );
+        // Every problem names its key and what to write.
+        for (text, expected) in [
+            (
+                "[cluster]\nnats = [\"http://10.0.0.9:4222\"]\n",
+                ":2: cluster.nats: \"http://10.0.0.9:4222\" is not a nats:// URL",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://10.0.0.9\"]\n",
+                ":2: cluster.nats: \"nats://10.0.0.9\" needs a host and a port",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\", \"nats://a:1\"]\n",
+                "cluster.nats: nats://a:1 is listed twice",
+            ),
+            (
+                "[signaling]\nlisten = \"0.0.0.0:8080\"\n[cluster]\nnats = [\"nats://a:1\"]\n",
+                "cluster.advertise: signaling.listen 0.0.0.0:8080 is a wildcard address",
+            ),
+            (
+                "[signaling]\nenabled = false\n[cluster]\nnats = [\"nats://a:1\"]\n",
+                "cluster.nats: a cluster joins hubs",
+            ),
+            (
+                "[cluster]\nadvertise = \"http://hub:8080\"\n",
+                "cluster.advertise: is set but cluster.nats is empty",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nadvertise = \"http://hub:8080#AAAA\"\n",
+                "cluster.advertise: \"http://hub:8080#AAAA\": write the URL without #KEY",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nadvertise = \"hub:8080\"\n",
+                "cluster.advertise: ",
+            ),
+        ] {
+            let lines = problems(text);
+            assert_eq!(lines.len(), 1, "{text}: {lines:#?}");
+            assert!(lines[0].contains(expected), "{text}: {lines:#?}");
+        }
+        let set = Config::from_toml(
+            "[signaling]\nlisten = \"0.0.0.0:8080\"\n[cluster]\nnats = [\"nats://a:1\"]\nadvertise = \"http://hub.example:8080\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            set.cluster.advertise.map(|url| url.as_written()).as_deref(),
+            Some("http://hub.example:8080")
         );
     }
 

@@ -11,6 +11,7 @@ use meshd_ipc::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::chat::{ChatHandle, UsersError};
+use crate::cluster::ClusterHandle;
 use crate::config::ConfigError;
 use crate::device_id::DeviceId;
 use crate::mesh::{MeshHandle, RequestError, SendError};
@@ -51,6 +52,8 @@ pub struct Roles {
     pub mesh: Option<MeshHandle>,
     /// The web console.
     pub web: Option<WebHandle>,
+    /// The hubs' cluster.
+    pub cluster: Option<ClusterHandle>,
 }
 
 /// How a request is answered: a fixed list of frames, or frames and then a
@@ -276,6 +279,7 @@ impl Dispatcher {
                 chat: self.roles.chat.as_ref().map(ChatHandle::status),
                 mesh: self.roles.mesh.as_ref().map(MeshHandle::status),
                 web: self.roles.web.as_ref().map(WebHandle::status),
+                cluster: self.roles.cluster.as_ref().map(ClusterHandle::status),
             },
         }
     }

@@ -9,6 +9,7 @@ mod browser;
 mod chat;
 mod chat_abuse;
 mod chat_tls;
+mod cluster;
 mod config;
 mod control;
 mod deltas;

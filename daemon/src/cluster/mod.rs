@@ -1,0 +1,313 @@
+//! The cluster role (docs/cluster.md): hubs that name the same NATS servers
+//! in `[cluster] nats` share one mesh through NATS JetStream.
+//!
+//! This part is the ground the sharing stands on: one NATS connection per
+//! hub, its health, and the cluster's membership. Health is *degraded, not
+//! down*: when NATS cannot be reached, or JetStream does not answer, the hub
+//! goes on serving its own devices and chat clients, says so once per
+//! outage in the log and in `meshctl status`, and sets everything up again
+//! when NATS is back.
+//!
+//! Task: one, on the supervisor's tracker. It waits for the connection
+//! (async-nats reconnects by itself, with backoff), makes the buckets,
+//! watches the hubs' bucket into a mirror, and announces this hub every
+//! [`hubs::ANNOUNCE_EVERY`]; any failure ends that session as degraded, and
+//! the next starts when the connection is back. On shutdown the hub takes
+//! its announcement back, so the others drop it at once.
+
+mod buckets;
+mod hubs;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{Operation, Store};
+use async_nats::{ConnectOptions, connection::State};
+use futures_util::StreamExt;
+use meshd_ipc::{ClusterHub, ClusterStatus};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ClusterConfig;
+use crate::sync::lock;
+use hubs::{HubAnnouncement, HubMirror};
+
+/// Pings on the NATS connection: a server that vanished without closing is
+/// noticed within two or three of these (async-nats' default is a minute).
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+/// One attempt to connect to one server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Every JetStream request (bucket setup, announcements) must be answered
+/// within this, or the cluster counts as degraded.
+const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a degraded hub looks at the connection again.
+const RECHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// A session that failed on a working connection is retried after this.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A hub that has not reached NATS this long after its start says so; the
+/// first connection gets this long before that counts as an outage.
+const FIRST_CONNECT_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the cluster cannot be used now.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClusterError {
+    /// No NATS server answers.
+    #[error("no NATS server answers at {urls}")]
+    Unreachable {
+        /// The servers tried.
+        urls: String,
+    },
+    /// A bucket could not be made or opened.
+    #[error(
+        "JetStream bucket {bucket}: {reason}; is JetStream enabled on the NATS servers (nats-server -js)?"
+    )]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The server's or the client's words.
+        reason: String,
+    },
+    /// JetStream did not take a write or a watch.
+    #[error("JetStream: {0}")]
+    JetStream(String),
+}
+
+/// Whether the cluster can be used, and since when it cannot.
+#[derive(Debug, Clone)]
+enum Health {
+    /// Not connected yet since start.
+    Starting,
+    /// Connected, buckets made, announcing.
+    Connected,
+    /// Cannot be used; why.
+    Degraded(ClusterError),
+}
+
+struct ClusterState {
+    /// `[cluster] nats`, as written.
+    urls: Vec<String>,
+    /// What this hub announces.
+    me: HubAnnouncement,
+    health: Mutex<Health>,
+    mirror: Mutex<HubMirror>,
+}
+
+impl ClusterState {
+    /// Marks the cluster usable; says so when it was not.
+    fn connected(&self) {
+        let mut health = lock(&self.health);
+        match &*health {
+            Health::Connected => {}
+            Health::Starting => {
+                tracing::info!(role = "cluster", nats = %self.urls.join(","), "joined the cluster");
+            }
+            Health::Degraded(reason) => {
+                tracing::info!(role = "cluster", was = %reason, "cluster reachable again; this hub shares the mesh again");
+            }
+        }
+        *health = Health::Connected;
+    }
+
+    /// Marks the cluster unusable; says so once per outage.
+    fn degraded(&self, reason: ClusterError) {
+        let mut health = lock(&self.health);
+        if !matches!(&*health, Health::Degraded(_)) {
+            tracing::warn!(
+                role = "cluster",
+                %reason,
+                "cluster unreachable: this hub keeps serving its own devices and chat clients, and retries"
+            );
+        }
+        *health = Health::Degraded(reason);
+    }
+}
+
+/// The cluster role as the rest of meshd sees it.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    state: Arc<ClusterState>,
+}
+
+/// This hub as the cluster should know it.
+pub struct Identity {
+    /// `[node] id`.
+    pub id: String,
+    /// `[cluster] advertise`, or the signaling listen address.
+    pub url: String,
+    /// The hub key's public half, base64.
+    pub hub_key: String,
+}
+
+/// Starts the role; `None` without `[cluster] nats`.
+pub fn start(
+    config: &ClusterConfig,
+    me: Identity,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Option<ClusterHandle> {
+    if !config.enabled() {
+        return None;
+    }
+    let state = Arc::new(ClusterState {
+        urls: config.nats.iter().map(ToString::to_string).collect(),
+        me: HubAnnouncement {
+            id: me.id,
+            url: me.url,
+            hub_key: me.hub_key,
+        },
+        health: Mutex::new(Health::Starting),
+        mirror: Mutex::new(HubMirror::default()),
+    });
+    tracker.spawn(run(state.clone(), cancel));
+    Some(ClusterHandle { state })
+}
+
+impl ClusterHandle {
+    /// For `meshctl status`.
+    pub fn status(&self) -> ClusterStatus {
+        let state = &self.state;
+        let (connected, error) = match &*lock(&state.health) {
+            Health::Connected => (true, None),
+            Health::Starting => (false, Some("connecting to NATS".to_owned())),
+            Health::Degraded(reason) => (false, Some(reason.to_string())),
+        };
+        let hubs = lock(&state.mirror)
+            .live(Instant::now())
+            .into_iter()
+            .map(|hub| ClusterHub {
+                id: hub.id,
+                url: hub.url,
+                hub_key: hub.hub_key,
+            })
+            .collect();
+        ClusterStatus {
+            nats: state.urls.clone(),
+            advertise: state.me.url.clone(),
+            connected,
+            error,
+            hubs,
+        }
+    }
+}
+
+/// The role's task: sessions on the connection until meshd stops.
+async fn run(state: Arc<ClusterState>, cancel: CancellationToken) {
+    let name = format!("meshd {}", state.me.id);
+    let connecting = ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .ping_interval(PING_EVERY)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(state.urls.clone());
+    let client = tokio::select! {
+        () = cancel.cancelled() => return,
+        client = connecting => match client {
+            Ok(client) => client,
+            Err(error) => {
+                // Only a malformed URL fails here; the config checked them.
+                state.degraded(ClusterError::JetStream(error.to_string()));
+                return;
+            }
+        },
+    };
+    let js = async_nats::jetstream::ContextBuilder::new()
+        .timeout(JETSTREAM_TIMEOUT)
+        .build(client.clone());
+    let mut hubs: Option<Store> = None;
+    let started = Instant::now();
+    loop {
+        if client.connection_state() != State::Connected {
+            let starting = matches!(&*lock(&state.health), Health::Starting);
+            if !starting || started.elapsed() >= FIRST_CONNECT_GRACE {
+                state.degraded(ClusterError::Unreachable {
+                    urls: state.urls.join(", "),
+                });
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(RECHECK_EVERY) => continue,
+            }
+        }
+        let outcome = tokio::select! {
+            () = cancel.cancelled() => break,
+            outcome = session(&state, &js, &mut hubs) => outcome,
+        };
+        if let Err(reason) = outcome {
+            state.degraded(reason);
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(RETRY_AFTER) => {}
+            }
+        }
+    }
+    // Leave at once rather than after the others' TTL; best effort.
+    if let Some(store) = hubs {
+        let key = buckets::key_of(&state.me.id);
+        let _ = tokio::time::timeout(Duration::from_secs(1), store.delete(key)).await;
+    }
+}
+
+/// Puts this hub's announcement under `key`.
+async fn announce(store: &Store, key: &str, announcement: &[u8]) -> Result<(), ClusterError> {
+    store
+        .put(key, bytes::Bytes::copy_from_slice(announcement))
+        .await
+        .map(|_revision| ())
+        .map_err(|error| ClusterError::JetStream(format!("announcing this hub: {error}")))
+}
+
+/// One healthy stretch: the buckets, the watch, the announcements; returns
+/// why it ended.
+async fn session(
+    state: &ClusterState,
+    js: &async_nats::jetstream::Context,
+    kept: &mut Option<Store>,
+) -> Result<(), ClusterError> {
+    // Made again each time: a NATS server that restarted without its
+    // storage has lost them.
+    let store = buckets::ensure(js, buckets::HUBS, 1, hubs::HUB_TTL).await?;
+    *kept = Some(store.clone());
+    let announcement = serde_json::to_vec(&state.me)
+        .map_err(|error| ClusterError::JetStream(error.to_string()))?;
+    let key = buckets::key_of(&state.me.id);
+    announce(&store, &key, &announcement).await?;
+    // A watch is made anew each session: one resumed after a restart of a
+    // server that lost the bucket would skip what the new one holds.
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|error| ClusterError::JetStream(format!("watching the hubs: {error}")))?;
+    lock(&state.mirror).clear();
+    state.connected();
+    let mut tick = tokio::time::interval(hubs::ANNOUNCE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                announce(&store, &key, &announcement).await?;
+                lock(&state.mirror).expire(Instant::now());
+            }
+            entry = watch.next() => match entry {
+                Some(Ok(entry)) => {
+                    let mut mirror = lock(&state.mirror);
+                    match entry.operation {
+                        Operation::Put => match serde_json::from_slice::<HubAnnouncement>(&entry.value) {
+                            Ok(hub) => mirror.heard(hub, Instant::now()),
+                            Err(error) => tracing::debug!(key = %entry.key, %error, "cluster: a hub announcement that does not parse; ignored"),
+                        },
+                        Operation::Delete | Operation::Purge => mirror.left(&buckets::id_of(&entry.key)),
+                    }
+                }
+                Some(Err(error)) => {
+                    return Err(ClusterError::JetStream(format!("watching the hubs: {error}")));
+                }
+                None => return Err(ClusterError::JetStream("the hubs' watch ended".to_owned())),
+            },
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The cluster (docs/cluster.md) against a real nats-server with JetStream:
+//! hubs that name the same NATS know each other, a hub that stops or dies
+//! leaves the others' view, and a hub whose NATS goes away keeps serving
+//! its own devices, says so once, and joins again when NATS is back.
+
+use std::time::Duration;
+
+use meshd_tests::http;
+use meshd_tests::nats::NatsServer;
+use meshd_tests::{Node, NodeOptions, wait_until};
+use serde_json::{Value, json};
+
+use crate::mesh::free_port;
+
+/// A hub of the cluster on `nats`, on a fixed loopback port (its
+/// advertised URL is its listen address).
+fn cluster_hub(id: &str, nats: &NatsServer) -> Node {
+    Node::start(NodeOptions {
+        id: id.to_owned(),
+        signaling_listen: format!("127.0.0.1:{}", free_port()),
+        extra: format!("[cluster]\nnats = [\"{}\"]\n", nats.url()),
+        ..NodeOptions::default()
+    })
+}
+
+fn cluster_status(node: &Node) -> Value {
+    node.ctl_json(&["status"])["roles"]["cluster"].clone()
+}
+
+/// The ids of the hubs `node` knows, once it is connected.
+fn hub_ids(node: &Node) -> Option<Vec<String>> {
+    let status = cluster_status(node);
+    (status["connected"] == true).then(|| {
+        status["hubs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hub| hub["id"].as_str().unwrap().to_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn hubs_on_one_nats_know_each_other_and_one_that_leaves_or_dies_goes() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let a = cluster_hub("hub-a", &nats);
+    let mut b = cluster_hub("hub-b", &nats);
+    let mut c = cluster_hub("hub.c", &nats);
+    for node in [&a, &b, &c] {
+        wait_until("three hubs known", Duration::from_secs(10), || {
+            (hub_ids(node)? == ["hub-a", "hub-b", "hub.c"]).then_some(())
+        });
+    }
+    // What a hub announces is what its own status says of it.
+    let status = cluster_status(&a);
+    let b_entry = status["hubs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|hub| hub["id"] == "hub-b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_entry["url"], b.hub_url().as_str(), "{status}");
+    let b_key = b.ctl_json(&["status"])["roles"]["signaling"]["hub_key"].clone();
+    assert_eq!(b_entry["hub_key"], b_key, "{status}");
+    assert_eq!(status["advertise"], a.hub_url().as_str());
+    assert_eq!(status["nats"], json!([nats.url()]));
+    let text = a.ctl_ok(&["status"]);
+    assert!(
+        text.contains(&format!(
+            "cluster:   3 hubs through NATS {}, connected",
+            nats.url()
+        )),
+        "{text}"
+    );
+
+    // A hub that stops takes its announcement back: gone at once.
+    b.stop();
+    wait_until(
+        "b gone after its clean stop",
+        Duration::from_secs(3),
+        || (hub_ids(&a)? == ["hub-a", "hub.c"]).then_some(()),
+    );
+    // One that dies is gone when its announcements stop (8 s).
+    c.kill9();
+    wait_until("c gone after kill -9", Duration::from_secs(15), || {
+        (hub_ids(&a)? == ["hub-a"]).then_some(())
+    });
+}
+
+#[test]
+fn without_nats_a_hub_keeps_serving_says_so_once_and_joins_again() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let hub = cluster_hub("hub-a", &nats);
+    wait_until("connected", Duration::from_secs(10), || {
+        (hub_ids(&hub)? == ["hub-a"]).then_some(())
+    });
+    nats.stop();
+    let status = wait_until("degraded", Duration::from_secs(10), || {
+        let status = cluster_status(&hub);
+        (status["connected"] == false).then_some(status)
+    });
+    assert!(
+        status["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
+    let text = hub.ctl_ok(&["status"]);
+    assert!(text.contains("degraded: "), "{text}");
+    // The hub's own work goes on: registrations and lists.
+    let registered = http::post_json(
+        hub.signaling_addr(),
+        "/register",
+        &json!({"id": "laptop", "addr": "192.0.2.7:8082"}),
+    );
+    assert_eq!(registered.status, 200, "{registered:?}");
+    let listed = http::get(hub.signaling_addr(), "/devices").json();
+    assert_eq!(listed[0]["id"], "laptop", "{listed}");
+    // Several seconds of outage, one warning.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        hub.log().matches("cluster unreachable").count(),
+        1,
+        "{}",
+        hub.log()
+    );
+
+    nats.launch();
+    wait_until("connected again", Duration::from_secs(20), || {
+        (hub_ids(&hub)? == ["hub-a"]).then_some(())
+    });
+    assert_eq!(hub.log().matches("cluster reachable again").count(), 1);
+}
+
+#[test]
+fn a_cluster_without_a_hub_or_a_dialable_url_is_refused() {
+    // Checked at load, before anything starts; the config tests cover the
+    // messages, this the exit status of a real start.
+    let mut node = Node::prepare(NodeOptions {
+        signaling_listen: "0.0.0.0:0".into(),
+        extra: "[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\n".into(),
+        ..NodeOptions::default()
+    });
+    node.launch();
+    assert_eq!(node.wait_exit(Duration::from_secs(10)).code(), Some(1));
+    let log = node.log();
+    assert!(
+        log.contains("cluster.advertise: signaling.listen 0.0.0.0:0 is a wildcard address"),
+        "{log}"
+    );
+}
