@@ -26,6 +26,7 @@ mod mesh;
 mod metrics;
 mod paths;
 mod public_key;
+mod shared_list;
 mod signaling;
 mod signals;
 mod state_file;

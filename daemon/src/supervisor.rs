@@ -189,8 +189,10 @@ pub async fn run(
         ),
         None => None,
     };
-    // The cluster needs the hub (the config ensures there is one).
-    let cluster = signaling.as_ref().and_then(|hub| {
+    // The cluster needs the hub (the config ensures there is one); the hub
+    // keeps its changes for the cluster only when there is one.
+    let cluster_hub = signaling.as_ref().filter(|_| config.cluster.enabled());
+    let cluster = cluster_hub.and_then(|hub| {
         let me = cluster::Identity {
             id: config.node.id.to_string(),
             url: config
@@ -201,7 +203,13 @@ pub async fn run(
                 .unwrap_or_default(),
             hub_key: hub.status().hub_key.unwrap_or_default(),
         };
-        cluster::start(&config.cluster, me, cancel.child_token(), &tracker)
+        cluster::start(
+            &config.cluster,
+            me,
+            hub.share(),
+            cancel.child_token(),
+            &tracker,
+        )
     });
     let mut roles = Roles {
         signaling,

@@ -17,6 +17,22 @@ use super::ClusterError;
 /// The hubs of the cluster (docs/cluster.md, "Membership").
 pub const HUBS: &str = "meshd_hubs";
 
+/// The devices each hub lists (docs/cluster.md, "The shared list"), keyed
+/// `<hub>.<device>`.
+pub const DEVICES: &str = "meshd_devices";
+
+/// The key of `device` as `hub` lists it.
+pub fn device_key(hub: &str, device: &str) -> String {
+    format!("{}.{}", key_of(hub), key_of(device))
+}
+
+/// The hub and device ids of a [`device_key`].
+pub fn parse_device_key(key: &str) -> Option<(String, String)> {
+    let (hub, device) = key.split_once('.')?;
+    (!hub.is_empty() && !device.is_empty() && !device.contains('.'))
+        .then(|| (id_of(hub), id_of(device)))
+}
+
 /// A bucket's key for a device or hub id. Ids are `[A-Za-z0-9._-]`; in a
 /// key every `.` would start a new subject token, so it becomes `=`, which
 /// no id holds: the mapping is one to one.
@@ -75,6 +91,15 @@ mod tests {
             let key = key_of(id);
             assert!(!key.contains('.'), "{key}");
             assert_eq!(id_of(&key), id);
+        }
+        let key = device_key("hub.1", "lap.top");
+        assert_eq!(key, "hub=1.lap=top");
+        assert_eq!(
+            parse_device_key(&key),
+            Some(("hub.1".to_owned(), "lap.top".to_owned()))
+        );
+        for bad in ["nodot", ".x", "x.", "a.b.c"] {
+            assert_eq!(parse_device_key(bad), None, "{bad}");
         }
     }
 }

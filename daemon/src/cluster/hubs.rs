@@ -44,15 +44,23 @@ impl HubMirror {
             .insert(announcement.id.clone(), (announcement, now));
     }
 
-    /// A hub said it left (its entry was deleted).
-    pub fn left(&mut self, id: &str) {
-        self.hubs.remove(id);
+    /// A hub said it left (its entry was deleted); whether it was here.
+    pub fn left(&mut self, id: &str) -> bool {
+        self.hubs.remove(id).is_some()
     }
 
-    /// Forgets the hubs not heard of within [`HUB_TTL`] of `now`.
-    pub fn expire(&mut self, now: Instant) {
-        self.hubs
-            .retain(|_, (_, heard)| now.saturating_duration_since(*heard) < HUB_TTL);
+    /// Forgets the hubs not heard of within [`HUB_TTL`] of `now`; their ids.
+    pub fn expire(&mut self, now: Instant) -> Vec<String> {
+        let gone: Vec<String> = self
+            .hubs
+            .iter()
+            .filter(|(_, (_, heard))| now.saturating_duration_since(*heard) >= HUB_TTL)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.hubs.remove(id);
+        }
+        gone
     }
 
     /// Every hub heard of within [`HUB_TTL`] of `now`, sorted by id.
@@ -101,9 +109,10 @@ mod tests {
         moved.url = "http://b2.example:8080".into();
         mirror.heard(moved, t0 + HUB_TTL);
         assert_eq!(mirror.live(t0 + HUB_TTL)[1].url, "http://b2.example:8080");
-        mirror.left("a");
+        assert!(mirror.left("a"));
+        assert!(!mirror.left("a"));
         assert_eq!(ids(&mirror, t0 + HUB_TTL), ["b"]);
-        mirror.expire(t0 + HUB_TTL * 3);
+        assert_eq!(mirror.expire(t0 + HUB_TTL * 3), ["b"]);
         assert!(mirror.hubs.is_empty());
     }
 }

@@ -16,6 +16,7 @@
 //! its announcement back, so the others drop it at once.
 
 mod buckets;
+mod devices;
 mod hubs;
 
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
+use crate::shared_list::SharedList;
 use crate::sync::lock;
+use devices::{DeviceSync, SyncEvent};
 use hubs::{HubAnnouncement, HubMirror};
 
 /// Pings on the NATS connection: a server that vanished without closing is
@@ -95,9 +98,26 @@ struct ClusterState {
     me: HubAnnouncement,
     health: Mutex<Health>,
     mirror: Mutex<HubMirror>,
+    /// The hub's device list, shared.
+    shared: Arc<dyn SharedList>,
 }
 
 impl ClusterState {
+    /// Forgets the hubs not heard of lately, and the devices they listed.
+    fn expire_hubs(&self) {
+        let gone = lock(&self.mirror).expire(Instant::now());
+        for hub in gone {
+            self.hub_left(&hub);
+        }
+    }
+
+    /// Hub `hub` is no longer in the cluster.
+    fn hub_left(&self, hub: &str) {
+        if hub != self.me.id {
+            self.shared.remote_drop_hub(hub);
+        }
+    }
+
     /// Marks the cluster usable; says so when it was not.
     fn connected(&self) {
         let mut health = lock(&self.health);
@@ -143,10 +163,12 @@ pub struct Identity {
     pub hub_key: String,
 }
 
-/// Starts the role; `None` without `[cluster] nats`.
+/// Starts the role, sharing the hub's list `shared`; `None` without
+/// `[cluster] nats`.
 pub fn start(
     config: &ClusterConfig,
     me: Identity,
+    shared: Arc<dyn SharedList>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Option<ClusterHandle> {
@@ -162,6 +184,7 @@ pub fn start(
         },
         health: Mutex::new(Health::Starting),
         mirror: Mutex::new(HubMirror::default()),
+        shared,
     });
     tracker.spawn(run(state.clone(), cancel));
     Some(ClusterHandle { state })
@@ -222,6 +245,9 @@ async fn run(state: Arc<ClusterState>, cancel: CancellationToken) {
     let started = Instant::now();
     loop {
         if client.connection_state() != State::Connected {
+            // What cannot be confirmed goes: the other hubs, and their
+            // devices, once not heard of for their TTL.
+            state.expire_hubs();
             let starting = matches!(&*lock(&state.health), Health::Starting);
             if !starting || started.elapsed() >= FIRST_CONNECT_GRACE {
                 state.degraded(ClusterError::Unreachable {
@@ -238,6 +264,7 @@ async fn run(state: Arc<ClusterState>, cancel: CancellationToken) {
             outcome = session(&state, &js, &mut hubs) => outcome,
         };
         if let Err(reason) = outcome {
+            state.expire_hubs();
             state.degraded(reason);
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -283,6 +310,7 @@ async fn session(
         .await
         .map_err(|error| ClusterError::JetStream(format!("watching the hubs: {error}")))?;
     lock(&state.mirror).clear();
+    let mut sync = DeviceSync::start(js, state.shared.clone(), &state.me.id).await?;
     state.connected();
     let mut tick = tokio::time::interval(hubs::ANNOUNCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -290,8 +318,18 @@ async fn session(
         tokio::select! {
             _ = tick.tick() => {
                 announce(&store, &key, &announcement).await?;
-                lock(&state.mirror).expire(Instant::now());
+                state.expire_hubs();
             }
+            event = sync.next() => match event {
+                SyncEvent::LocalChanged => sync.publish_local_changes().await?,
+                SyncEvent::Entry(Some(Ok(entry))) => sync.apply(entry),
+                SyncEvent::Entry(Some(Err(error))) => {
+                    return Err(ClusterError::JetStream(format!("watching devices: {error}")));
+                }
+                SyncEvent::Entry(None) => {
+                    return Err(ClusterError::JetStream("the devices' watch ended".to_owned()));
+                }
+            },
             entry = watch.next() => match entry {
                 Some(Ok(entry)) => {
                     let mut mirror = lock(&state.mirror);
@@ -300,7 +338,13 @@ async fn session(
                             Ok(hub) => mirror.heard(hub, Instant::now()),
                             Err(error) => tracing::debug!(key = %entry.key, %error, "cluster: a hub announcement that does not parse; ignored"),
                         },
-                        Operation::Delete | Operation::Purge => mirror.left(&buckets::id_of(&entry.key)),
+                        Operation::Delete | Operation::Purge => {
+                            let hub = buckets::id_of(&entry.key);
+                            if mirror.left(&hub) {
+                                drop(mirror);
+                                state.hub_left(&hub);
+                            }
+                        }
                     }
                 }
                 Some(Err(error)) => {

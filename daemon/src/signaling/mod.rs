@@ -16,6 +16,7 @@ mod link_reports;
 mod list_history;
 mod registry;
 mod relay;
+mod remote;
 mod routes;
 mod server;
 
@@ -99,6 +100,14 @@ pub struct SignalingState {
     source_limits: admission::SourceLimits,
     /// The devices' latest link reports, for the web console.
     link_reports: Mutex<link_reports::LinkReports>,
+    /// The devices the cluster's other hubs list (docs/cluster.md). Locked
+    /// after the registry when both are.
+    remote: Mutex<remote::RemoteDevices>,
+    /// With a cluster: this hub's own devices that changed since the
+    /// cluster last looked, and its wake-up. Without one nothing is kept.
+    sharing: std::sync::atomic::AtomicBool,
+    local_dirty: Mutex<std::collections::HashSet<DeviceId>>,
+    local_changes: Arc<Notify>,
 }
 
 impl SignalingState {
@@ -125,21 +134,46 @@ impl SignalingState {
             hub_key,
             source_limits: admission::SourceLimits::default(),
             link_reports: Mutex::new(link_reports::LinkReports::default()),
+            remote: Mutex::new(remote::RemoteDevices::default()),
+            sharing: std::sync::atomic::AtomicBool::new(false),
+            local_dirty: Mutex::new(std::collections::HashSet::new()),
+            local_changes: Arc::new(Notify::new()),
         }
     }
 
-    /// Records that the listing of `ids` changed (registered, moved, left,
-    /// expired, removed), as the registry has them now, and bumps the
-    /// version. Called after the registry's lock is released.
+    /// Records that this hub's listing of `ids` changed (registered,
+    /// moved, left, expired, removed), as the registry has them now, and
+    /// bumps the version; with a cluster, tells it too. Called after the
+    /// registry's lock is released.
     fn changed(&self, ids: impl IntoIterator<Item = DeviceId>) {
+        let ids: Vec<DeviceId> = ids.into_iter().collect();
+        if self.sharing.load(std::sync::atomic::Ordering::Relaxed) && !ids.is_empty() {
+            lock(&self.local_dirty).extend(ids.iter().cloned());
+            self.local_changes.notify_one();
+        }
+        self.record(ids);
+    }
+
+    /// Records that another hub's listing of `ids` changed.
+    fn changed_remotely(&self, ids: Vec<DeviceId>) {
+        self.record(ids);
+    }
+
+    /// Puts the listing of `ids` as the list shows them now (this hub's
+    /// own, or else another hub's) into the history.
+    fn record(&self, ids: Vec<DeviceId>) {
         let mut history = lock(&self.history);
         let ttl = self.settings().device_ttl;
         let now = Instant::now();
         let devices = {
             let registry = self.registry();
+            let remote = lock(&self.remote);
             ids.into_iter()
                 .map(|id| {
-                    let listed = registry.live(&id, now, ttl).map(api::listed);
+                    let listed = registry
+                        .live(&id, now, ttl)
+                        .map(api::listed)
+                        .or_else(|| remote.listed(&id).cloned());
                     (id, listed)
                 })
                 .collect()
@@ -158,7 +192,7 @@ impl SignalingState {
     /// channels, which get the whole list every time.
     fn list_update(&self, held: Option<u64>, deltas: bool) -> Option<(u64, bytes::Bytes)> {
         let mut history = lock(&self.history);
-        let listed = || self.live_devices().iter().map(api::listed).collect();
+        let listed = || self.listed_devices();
         if !deltas {
             return (held != Some(history.version())).then(|| history.current_whole(listed));
         }
@@ -196,6 +230,93 @@ impl SignalingState {
     fn live_devices(&self) -> Vec<Device> {
         let ttl = self.settings().device_ttl;
         self.registry().list(Instant::now(), ttl)
+    }
+
+    /// How many devices the list holds (this hub's own, and those only the
+    /// other hubs list), without making the list.
+    fn listed_count(&self, ttl: Duration) -> usize {
+        let now = Instant::now();
+        let registry = self.registry();
+        let remote = lock(&self.remote);
+        let only_remote = remote
+            .all()
+            .iter()
+            .filter(|(id, _)| registry.live(id, now, ttl).is_none())
+            .count();
+        registry.live_count(now, ttl) + only_remote
+    }
+
+    /// The list every client gets: this hub's own devices, and those only
+    /// the cluster's other hubs list, sorted by id.
+    fn listed_devices(&self) -> Vec<crate::hub_wire::ListedDevice> {
+        let ttl = self.settings().device_ttl;
+        let registry = self.registry();
+        let own = registry.list(Instant::now(), ttl);
+        let remote = lock(&self.remote);
+        let mut listed: Vec<(DeviceId, crate::hub_wire::ListedDevice)> = own
+            .iter()
+            .map(|device| (device.registration.id.clone(), api::listed(device)))
+            .collect();
+        let own_count = listed.len();
+        for (id, device) in remote.all() {
+            if listed[..own_count]
+                .binary_search_by(|(own, _)| own.cmp(&id))
+                .is_err()
+            {
+                listed.push((id, device));
+            }
+        }
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        listed.into_iter().map(|(_, device)| device).collect()
+    }
+}
+
+/// The hub's side of the cluster's shared list.
+struct Shared(Arc<SignalingState>);
+
+impl crate::shared_list::SharedList for Shared {
+    fn local_changes(&self) -> Arc<Notify> {
+        self.0.local_changes.clone()
+    }
+
+    fn take_local_changes(&self) -> Vec<DeviceId> {
+        lock(&self.0.local_dirty).drain().collect()
+    }
+
+    fn local_listing(&self, id: &DeviceId) -> Option<crate::hub_wire::ListedDevice> {
+        let ttl = self.0.settings().device_ttl;
+        self.0
+            .registry()
+            .live(id, Instant::now(), ttl)
+            .map(api::listed)
+    }
+
+    fn local_devices(&self) -> Vec<crate::hub_wire::ListedDevice> {
+        self.0.live_devices().iter().map(api::listed).collect()
+    }
+
+    fn remote_upsert(&self, hub: &str, id: DeviceId, device: crate::hub_wire::ListedDevice) {
+        let changed = lock(&self.0.remote).upsert(hub, id.clone(), device);
+        if changed {
+            self.0.changed_remotely(vec![id]);
+        }
+    }
+
+    fn remote_remove(&self, hub: &str, id: &DeviceId) {
+        let changed = lock(&self.0.remote).remove(hub, id);
+        if changed {
+            self.0.changed_remotely(vec![id.clone()]);
+        }
+    }
+
+    fn remote_drop_hub(&self, hub: &str) {
+        let changed = lock(&self.0.remote).drop_hub(hub);
+        self.0.changed_remotely(changed);
+    }
+
+    fn remote_retain(&self, keep: &std::collections::HashSet<(String, DeviceId)>) {
+        let changed = lock(&self.0.remote).retain(keep);
+        self.0.changed_remotely(changed);
     }
 }
 
@@ -305,7 +426,7 @@ impl SignalingHandle {
         let ttl = self.state.settings().device_ttl;
         SignalingStatus {
             listen: self.listen.to_string(),
-            devices: self.state.registry().live_count(Instant::now(), ttl),
+            devices: self.state.listed_count(ttl),
             channels: self.state.channels.count(),
             relays: self.state.relays.active(),
             hub_key: Some(self.hub_key.to_base64()),
@@ -315,21 +436,18 @@ impl SignalingHandle {
     /// For `meshctl devices`: every live device, sorted by id, no link data.
     pub fn devices(&self) -> Vec<DeviceEntry> {
         self.state
-            .live_devices()
-            .iter()
-            .map(|device| {
-                let view = api::listed(device);
-                DeviceEntry {
-                    id: view.id,
-                    addr: view.addr,
-                    observed: view.observed,
-                    last_seen: view.last_seen,
-                    pubkey: view.pubkey,
-                    link: None,
-                    endpoint: None,
-                    rtt_ms: None,
-                    endpoints: view.endpoints,
-                }
+            .listed_devices()
+            .into_iter()
+            .map(|view| DeviceEntry {
+                id: view.id,
+                addr: view.addr,
+                observed: view.observed,
+                last_seen: view.last_seen,
+                pubkey: view.pubkey,
+                link: None,
+                endpoint: None,
+                rtt_ms: None,
+                endpoints: view.endpoints,
             })
             .collect()
     }
@@ -337,6 +455,15 @@ impl SignalingHandle {
     /// The address it listens on.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The hub's list for the cluster to share; from now on this hub's own
+    /// changes are kept for it.
+    pub fn share(&self) -> Arc<dyn crate::shared_list::SharedList> {
+        self.state
+            .sharing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(Shared(self.state.clone()))
     }
 
     /// For the web console: devices, online or recently gone, and the
@@ -360,7 +487,23 @@ impl SignalingHandle {
                 }
             })
             .collect();
-        devices.extend(departed.iter().map(|device| ConsoleDevice {
+        // Devices only the cluster's other hubs list: online while listed.
+        let own: std::collections::HashSet<&DeviceId> =
+            live.iter().map(|device| &device.registration.id).collect();
+        let remote = lock(&self.state.remote).all();
+        let listed_elsewhere: std::collections::HashSet<DeviceId> =
+            remote.iter().map(|(id, _)| id.clone()).collect();
+        devices.extend(remote.into_iter().filter(|(id, _)| !own.contains(id)).map(
+            |(_, listed)| ConsoleDevice {
+                listed,
+                online: true,
+                counts: None,
+            },
+        ));
+        let departed = departed
+            .iter()
+            .filter(|device| !listed_elsewhere.contains(&device.registration.id));
+        devices.extend(departed.map(|device| ConsoleDevice {
             listed: api::listed(device),
             online: false,
             counts: None,

@@ -139,7 +139,7 @@ async fn devices(request: &Request<Incoming>, state: &SignalingState) -> Respons
         }
     }
     let version = *changes.borrow();
-    let views: Vec<_> = state.live_devices().iter().map(api::listed).collect();
+    let views = state.listed_devices();
     let mut response = json_response(StatusCode::OK, &views);
     if let Ok(value) = hyper::header::HeaderValue::from_str(&version.to_string()) {
         response.headers_mut().insert(VERSION_HEADER, value);

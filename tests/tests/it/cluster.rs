@@ -10,7 +10,7 @@ use meshd_tests::nats::NatsServer;
 use meshd_tests::{Node, NodeOptions, wait_until};
 use serde_json::{Value, json};
 
-use crate::mesh::free_port;
+use crate::mesh::{device, free_port, wait_full_mesh};
 
 /// A hub of the cluster on `nats`, on a fixed loopback port (its
 /// advertised URL is its listen address).
@@ -151,4 +151,58 @@ fn a_cluster_without_a_hub_or_a_dialable_url_is_refused() {
         log.contains("cluster.advertise: signaling.listen 0.0.0.0:0 is a wildcard address"),
         "{log}"
     );
+}
+
+fn listed_ids(hub: &Node) -> Vec<String> {
+    http::get(hub.signaling_addr(), "/devices")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|device| device["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn every_hub_lists_every_device_and_devices_on_two_hubs_link() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let a = cluster_hub("hub-a", &nats);
+    let mut b = cluster_hub("hub-b", &nats);
+    for hub in [&a, &b] {
+        wait_until("both hubs joined", Duration::from_secs(10), || {
+            (hub_ids(hub)?.len() == 2).then_some(())
+        });
+    }
+    // A registration at one hub is listed at the other, and its removal.
+    let registered = http::post_json(
+        a.signaling_addr(),
+        "/register",
+        &json!({"id": "laptop.1", "addr": "192.0.2.7:8082"}),
+    );
+    assert_eq!(registered.status, 200);
+    wait_until("laptop.1 listed at hub-b", Duration::from_secs(5), || {
+        (listed_ids(&b) == ["laptop.1"]).then_some(())
+    });
+    a.ctl_ok(&["devices", "remove", "laptop.1"]);
+    wait_until("laptop.1 gone from hub-b", Duration::from_secs(5), || {
+        listed_ids(&b).is_empty().then_some(())
+    });
+
+    // Devices that each know one hub find each other through the cluster,
+    // link, and talk.
+    let one = device("one", &[a.hub_url()]);
+    let two = device("two", &[b.hub_url()]);
+    wait_full_mesh(&[&one, &two], Duration::from_secs(20));
+    one.ctl_ok(&["send", "two", "across the cluster"]);
+    let inbox = crate::mesh::inbox(&two);
+    assert_eq!(inbox, [("one".to_owned(), "across the cluster".to_owned())]);
+    assert_eq!(b.ctl_json(&["status"])["roles"]["signaling"]["devices"], 2);
+
+    // A hub that dies takes its devices out of the others' lists.
+    b.kill9();
+    wait_until("two gone from hub-a", Duration::from_secs(20), || {
+        (listed_ids(&a) == ["one"]).then_some(())
+    });
 }
