@@ -211,6 +211,9 @@ pub async fn run(
             &tracker,
         )
     });
+    if let (Some(hub), Some(cluster)) = (&signaling, &cluster) {
+        hub.bind_through(std::sync::Arc::new(cluster.clone()));
+    }
     let mut roles = Roles {
         signaling,
         chat,

@@ -17,6 +17,10 @@ use super::ClusterError;
 /// The hubs of the cluster (docs/cluster.md, "Membership").
 pub const HUBS: &str = "meshd_hubs";
 
+/// Device ids bound to keys across the cluster (docs/cluster.md, "Key
+/// bindings"): kept for ever, like a hub's `signaling-keys`.
+pub const BINDINGS: &str = "meshd_bindings";
+
 /// The devices each hub lists (docs/cluster.md, "The shared list"), keyed
 /// `<hub>.<device>`.
 pub const DEVICES: &str = "meshd_devices";

@@ -15,6 +15,7 @@
 //! the next starts when the connection is back. On shutdown the hub takes
 //! its announcement back, so the others drop it at once.
 
+mod bindings;
 mod buckets;
 mod devices;
 mod hubs;
@@ -100,6 +101,11 @@ struct ClusterState {
     mirror: Mutex<HubMirror>,
     /// The hub's device list, shared.
     shared: Arc<dyn SharedList>,
+    /// The key bindings' bucket while a session runs; `None` while
+    /// degraded.
+    bindings: Mutex<Option<Store>>,
+    /// Background work (releasing a binding) runs here.
+    tracker: TaskTracker,
 }
 
 impl ClusterState {
@@ -185,6 +191,8 @@ pub fn start(
         health: Mutex::new(Health::Starting),
         mirror: Mutex::new(HubMirror::default()),
         shared,
+        bindings: Mutex::new(None),
+        tracker: tracker.clone(),
     });
     tracker.spawn(run(state.clone(), cancel));
     Some(ClusterHandle { state })
@@ -263,6 +271,7 @@ async fn run(state: Arc<ClusterState>, cancel: CancellationToken) {
             () = cancel.cancelled() => break,
             outcome = session(&state, &js, &mut hubs) => outcome,
         };
+        *lock(&state.bindings) = None;
         if let Err(reason) = outcome {
             state.expire_hubs();
             state.degraded(reason);
@@ -311,6 +320,14 @@ async fn session(
         .map_err(|error| ClusterError::JetStream(format!("watching the hubs: {error}")))?;
     lock(&state.mirror).clear();
     let mut sync = DeviceSync::start(js, state.shared.clone(), &state.me.id).await?;
+    let bindings = buckets::ensure(js, buckets::BINDINGS, 1, Duration::ZERO).await?;
+    bindings::publish_local(&bindings, state.shared.as_ref()).await?;
+    // Changes from now on: a release anywhere is a release here.
+    let mut releases = bindings
+        .watch_all()
+        .await
+        .map_err(|error| ClusterError::JetStream(format!("watching the bindings: {error}")))?;
+    *lock(&state.bindings) = Some(bindings);
     state.connected();
     let mut tick = tokio::time::interval(hubs::ANNOUNCE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -320,6 +337,19 @@ async fn session(
                 announce(&store, &key, &announcement).await?;
                 state.expire_hubs();
             }
+            release = releases.next() => match release {
+                Some(Ok(entry)) => {
+                    if matches!(entry.operation, Operation::Delete | Operation::Purge)
+                        && let Ok(id) = crate::device_id::DeviceId::parse(&buckets::id_of(&entry.key))
+                    {
+                        state.shared.binding_released(&id);
+                    }
+                }
+                Some(Err(error)) => {
+                    return Err(ClusterError::JetStream(format!("watching the bindings: {error}")));
+                }
+                None => return Err(ClusterError::JetStream("the bindings' watch ended".to_owned())),
+            },
             event = sync.next() => match event {
                 SyncEvent::LocalChanged => sync.publish_local_changes().await?,
                 SyncEvent::Entry(Some(Ok(entry))) => sync.apply(entry),

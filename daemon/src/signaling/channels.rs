@@ -35,6 +35,7 @@ use crate::device_id::DeviceId;
 use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, Refusable, RegisterRequest, ToHub};
 use crate::metrics::metrics;
 use crate::public_key::PublicKey;
+use crate::shared_list::BindRefusal;
 use crate::sync::lock;
 
 /// Hub handshakes (channels and relay joins) in progress at once.
@@ -273,7 +274,10 @@ async fn read_channel<R: AsyncRead + Unpin>(
                 addr,
                 endpoints,
                 join_token,
-            } => match register(state, channel, addr, endpoints, &join_token) {
+            } => match bound_in_cluster(state, &channel.device)
+                .await
+                .and_then(|()| register(state, channel, addr, endpoints, &join_token))
+            {
                 Ok(reply) => Some(reply),
                 Err(error) => {
                     let device = &channel.device;
@@ -363,6 +367,30 @@ fn not_registered(to: String, request: Refusable) -> FromHub {
         reason: "this device has not registered on this channel yet".to_owned(),
         request,
         to,
+    }
+}
+
+/// With a cluster, an id this hub has not bound yet is bound through it
+/// first (docs/cluster.md, "Key bindings"): the same id with another key at
+/// any hub of the cluster is a conflict, as it is at one hub.
+async fn bound_in_cluster(state: &SignalingState, device: &Asker) -> Result<(), SignalingError> {
+    let Some(cluster) = state.cluster_bindings.get() else {
+        return Ok(());
+    };
+    if state.registry().binding(&device.device).is_some() {
+        // Bound here, so bound in the cluster (or the registry refuses).
+        return Ok(());
+    }
+    let key = device.key.to_base64();
+    match cluster.bind(&device.device, &key).await {
+        Ok(()) => Ok(()),
+        Err(BindRefusal::Conflict(_)) => {
+            Err(SignalingError::KeyConflict(device.device.to_string()))
+        }
+        Err(BindRefusal::Unavailable(reason)) => Err(SignalingError::ClusterUnavailable {
+            id: device.device.to_string(),
+            reason,
+        }),
     }
 }
 

@@ -69,6 +69,16 @@ pub enum SignalingError {
     /// The registry is at `signaling.max_devices`.
     #[error("{0}; try again later or raise signaling.max_devices")]
     Full(String),
+    /// A new id needs the cluster's word, and the cluster cannot be asked.
+    #[error(
+        "device id {id:?} is new to this hub, and the cluster that binds ids to keys cannot be asked now ({reason}); devices already known keep working; try again when the cluster is back"
+    )]
+    ClusterUnavailable {
+        /// The id.
+        id: String,
+        /// Why the cluster cannot be asked.
+        reason: String,
+    },
 }
 
 impl SignalingError {
@@ -89,7 +99,9 @@ impl SignalingError {
             SignalingError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             SignalingError::NotFound => StatusCode::NOT_FOUND,
             SignalingError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
-            SignalingError::Full(_) | SignalingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SignalingError::Full(_)
+            | SignalingError::Busy(_)
+            | SignalingError::ClusterUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

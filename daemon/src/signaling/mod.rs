@@ -108,6 +108,8 @@ pub struct SignalingState {
     sharing: std::sync::atomic::AtomicBool,
     local_dirty: Mutex<std::collections::HashSet<DeviceId>>,
     local_changes: Arc<Notify>,
+    /// With a cluster: its key bindings, asked before this hub binds an id.
+    cluster_bindings: std::sync::OnceLock<Arc<dyn crate::shared_list::ClusterBindings>>,
 }
 
 impl SignalingState {
@@ -138,6 +140,7 @@ impl SignalingState {
             sharing: std::sync::atomic::AtomicBool::new(false),
             local_dirty: Mutex::new(std::collections::HashSet::new()),
             local_changes: Arc::new(Notify::new()),
+            cluster_bindings: std::sync::OnceLock::new(),
         }
     }
 
@@ -318,6 +321,24 @@ impl crate::shared_list::SharedList for Shared {
         let changed = lock(&self.0.remote).retain(keep);
         self.0.changed_remotely(changed);
     }
+
+    fn local_bindings(&self) -> Vec<(DeviceId, String)> {
+        let (_, bindings) = self.0.registry().bindings();
+        bindings
+            .into_iter()
+            .map(|(id, key)| (id, key.to_base64()))
+            .collect()
+    }
+
+    fn binding_released(&self, id: &DeviceId) {
+        let released = self
+            .0
+            .change_registry(|registry| registry.release_binding(id));
+        if released {
+            self.0.channels.close_device(id);
+            tracing::info!(device_id = %id, "binding released by another hub of the cluster");
+        }
+    }
 }
 
 /// How long the web console shows a device that left or expired.
@@ -457,6 +478,11 @@ impl SignalingHandle {
         self.listen
     }
 
+    /// From now on ids new to this hub are bound through the cluster.
+    pub fn bind_through(&self, bindings: Arc<dyn crate::shared_list::ClusterBindings>) {
+        let _ = self.state.cluster_bindings.set(bindings);
+    }
+
     /// The hub's list for the cluster to share; from now on this hub's own
     /// changes are kept for it.
     pub fn share(&self) -> Arc<dyn crate::shared_list::SharedList> {
@@ -523,6 +549,11 @@ impl SignalingHandle {
         }
         // The channel spoke for the binding just released.
         self.state.channels.close_device(id);
+        if removed.had_binding
+            && let Some(cluster) = self.state.cluster_bindings.get()
+        {
+            cluster.release(id);
+        }
         if !removed.was_registered && !removed.had_binding {
             return None;
         }

@@ -248,6 +248,16 @@ impl Registry {
         }
     }
 
+    /// Forgets the key binding of `id` only (another hub released it);
+    /// whether there was one.
+    pub fn release_binding(&mut self, id: &DeviceId) -> bool {
+        let had = self.bindings.remove(id).is_some();
+        if had {
+            self.bindings_generation += 1;
+        }
+        had
+    }
+
     /// Takes a device off the list, keeping its key binding (it left, and
     /// will be back with the same key); whether it was listed.
     pub fn deregister(&mut self, id: &DeviceId) -> bool {

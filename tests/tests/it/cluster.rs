@@ -206,3 +206,53 @@ fn every_hub_lists_every_device_and_devices_on_two_hubs_link() {
         (listed_ids(&a) == ["one"]).then_some(())
     });
 }
+
+#[test]
+fn an_id_bound_at_one_hub_is_refused_with_another_key_at_another_until_released() {
+    use crate::hub_client::{HubChannel, runtime};
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let a = cluster_hub("hub-a", &nats);
+    let b = cluster_hub("hub-b", &nats);
+    for hub in [&a, &b] {
+        wait_until("both hubs joined", Duration::from_secs(10), || {
+            (hub_ids(hub)?.len() == 2).then_some(())
+        });
+    }
+    let (hub_a, hub_b) = (a.signaling_addr(), b.signaling_addr());
+    let first = meshd_link::StaticKey::generate().unwrap();
+    let second = meshd_link::StaticKey::generate().unwrap();
+    let register = |addr, key: &meshd_link::StaticKey| {
+        runtime().block_on(async {
+            let mut channel = HubChannel::open(addr, "dup", key, None).await.unwrap();
+            channel.register("192.0.2.9:1", "").await
+        })
+    };
+    assert_eq!(register(hub_a, &first)["type"], "registered");
+    // The other hub knows the id's key at once: another key is refused,
+    // the same key is welcome.
+    let refused = register(hub_b, &second);
+    assert_eq!(refused["type"], "register_refused", "{refused}");
+    assert_eq!(refused["status"], 409, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("bound to another public key"),
+        "{refused}"
+    );
+    assert_eq!(register(hub_b, &first)["type"], "registered");
+    // Released at one hub: released at every hub.
+    a.ctl_ok(&["devices", "remove", "dup"]);
+    wait_until(
+        "dup released across the cluster",
+        Duration::from_secs(10),
+        || (register(hub_b, &second)["type"] == "registered").then_some(()),
+    );
+    let refused = register(hub_a, &first);
+    assert_eq!(
+        refused["status"], 409,
+        "now bound to the second key: {refused}"
+    );
+}
