@@ -242,9 +242,8 @@ impl SignalingState {
         let registry = self.registry();
         let remote = lock(&self.remote);
         let only_remote = remote
-            .all()
-            .iter()
-            .filter(|(id, _)| registry.live(id, now, ttl).is_none())
+            .ids()
+            .filter(|id| registry.live(id, now, ttl).is_none())
             .count();
         registry.live_count(now, ttl) + only_remote
     }

@@ -98,6 +98,11 @@ impl RemoteDevices {
         changed
     }
 
+    /// The ids listed, unordered, without copying the listings.
+    pub fn ids(&self) -> impl Iterator<Item = &DeviceId> {
+        self.by_device.keys()
+    }
+
     /// Every device, sorted by id.
     pub fn all(&self) -> Vec<(DeviceId, ListedDevice)> {
         let mut all: Vec<(DeviceId, ListedDevice)> = self
