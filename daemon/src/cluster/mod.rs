@@ -61,7 +61,9 @@ const FIRST_CONNECT_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// No NATS server answers.
-    #[error("no NATS server answers at {urls}")]
+    #[error(
+        "no NATS server answers at {urls}: check that nats-server runs there with JetStream (-js) and that this host reaches it"
+    )]
     Unreachable {
         /// The servers tried.
         urls: String,

@@ -26,6 +26,10 @@ const PAGE: &str = include_str!("page/index.html");
 /// The login form, with `<!--MESSAGE-->` where a refusal is said.
 const LOGIN_PAGE: &str = include_str!("page/login.html");
 
+/// The refusal of a request whose Host names the machine otherwise than by
+/// address (auth.rs: DNS rebinding), with what to do.
+const FOREIGN_HOST: &str = "the Host header does not name this machine by address: open the console at http://127.0.0.1:PORT/, or set [web] token\n";
+
 /// The login form's body is one short field.
 const MAX_LOGIN_BODY: usize = 4096;
 
@@ -74,10 +78,7 @@ pub async fn route(request: Request<Incoming>, state: Arc<WebState>) -> Result<A
         answer
     } else {
         match (access, path.as_str()) {
-            (Access::ForeignHost, _) => text(
-                StatusCode::FORBIDDEN,
-                "the Host header does not name this machine by address: open the console at http://127.0.0.1:PORT/, or set [web] token\n",
-            ),
+            (Access::ForeignHost, _) => text(StatusCode::FORBIDDEN, FOREIGN_HOST),
             (Access::NeedsToken, "/") => login_page(StatusCode::UNAUTHORIZED, ""),
             (Access::NeedsToken, _) => needs_token(&path),
             (Access::Granted, "/") => html(StatusCode::OK, PAGE.to_owned()),
@@ -138,10 +139,7 @@ async fn login(
     access: Access,
 ) -> Answer {
     if access == Access::ForeignHost {
-        return text(
-            StatusCode::FORBIDDEN,
-            "the Host header does not name this machine\n",
-        );
+        return text(StatusCode::FORBIDDEN, FOREIGN_HOST);
     }
     if token.is_empty() {
         // Nothing to log in to.
