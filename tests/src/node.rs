@@ -356,6 +356,22 @@ impl Node {
         kill(self.pid(), signal).expect("signalling meshd");
     }
 
+    /// Stops meshd (SIGSTOP) and returns once every one of its threads is
+    /// stopped. `kill` only queues the signal: a thread already running on
+    /// another core can still answer a frame or two, which a test about
+    /// silence must not see.
+    pub fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        wait_until("every meshd thread stopped", Duration::from_secs(5), || {
+            let entries = fs::read_dir(&tasks).ok()?;
+            entries
+                .flatten()
+                .all(|task| thread_is_stopped(&task.path().join("stat")))
+                .then_some(())
+        });
+    }
+
     /// Exit status, if meshd has exited.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
         self.child
@@ -589,4 +605,17 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// Whether `/proc/PID/task/TID/stat` says the thread is stopped (`T`), or
+/// it has gone (nothing left to run).
+fn thread_is_stopped(stat: &Path) -> bool {
+    let Ok(stat) = fs::read_to_string(stat) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // itself contain them.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "T" || state == "t")
 }

@@ -351,7 +351,7 @@ fn a_frozen_device_is_declared_dead_after_6s_of_silence() {
     let mut frozen = device("frozen", &hubs);
     wait_full_mesh(&[&hub, &a, &frozen], Duration::from_secs(10));
     // Its sockets stay open but nothing answers: only keepalives can tell.
-    frozen.signal(Signal::SIGSTOP);
+    frozen.freeze();
     let stopped = Instant::now();
     // Meanwhile the link still looks up, so a send waits and gives up with
     // the reason: no acknowledgement, or (if the silence was found first and
@@ -574,7 +574,7 @@ fn a_device_that_leaves_every_registry_loses_its_link() {
     wait_full_mesh(&[&hub, &a, &gone], Duration::from_secs(10));
     // Frozen, it stops heartbeating and expires from the hub; whatever its
     // link does meanwhile, a must then drop it from its list.
-    gone.signal(Signal::SIGSTOP);
+    gone.freeze();
     let stopped = Instant::now();
     wait_until(
         "gone dropped from a's devices",
