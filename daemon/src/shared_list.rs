@@ -1,14 +1,18 @@
-//! What the hub and the cluster say to each other about the device list
-//! (docs/cluster.md, "The shared list"), so that neither names the other:
-//! the hub implements [`SharedList`], and the cluster uses it.
+//! What the hub and the cluster ask of each other (docs/cluster.md), so
+//! that neither names the other: the hub implements [`SharedList`] (its
+//! device list, its bindings, and what it does for other hubs' devices),
+//! and the cluster implements [`Cluster`] (bindings, and signals and relays
+//! carried to other hubs).
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
 use crate::device_id::DeviceId;
-use crate::hub_wire::ListedDevice;
+use crate::hub_wire::{ListedDevice, PeerHub, Signal};
+use crate::public_key::PublicKey;
 
 /// The hub's device list as the cluster shares it.
 pub trait SharedList: Send + Sync {
@@ -34,6 +38,46 @@ pub trait SharedList: Send + Sync {
     /// An operator released `id` at some hub of the cluster: this hub
     /// forgets its binding too, and closes the id's channel.
     fn binding_released(&self, id: &DeviceId);
+    /// Another hub passes on `signal` from its device `from` to `to`,
+    /// whose channel should be open here; why not, if it could not be
+    /// queued.
+    fn deliver_signal(&self, from: &DeviceId, to: &DeviceId, signal: Signal) -> Result<(), String>;
+    /// Another hub's device asks for a relay to `to`, whose channel should
+    /// be open here: the relay runs on this hub, and the asker gets its
+    /// half back through the cluster.
+    fn offer_relay(&self, asker: &RemoteAsker, to: &DeviceId) -> Result<RelayHalf, String>;
+    /// Another hub, `at`, runs a relay between its device `peer` and `to`,
+    /// whose channel should be open here: `to` gets its half.
+    fn deliver_relay_half(
+        &self,
+        to: &DeviceId,
+        peer: &DeviceId,
+        half: RelayHalf,
+        at: PeerHub,
+    ) -> Result<(), String>;
+    /// The other hubs of the cluster, whole, whenever they change: handed
+    /// to this hub's devices so they can move when it dies.
+    fn other_hubs(&self, hubs: Vec<PeerHub>);
+}
+
+/// A device of another hub that asks this hub for a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteAsker {
+    /// The device.
+    pub device: DeviceId,
+    /// The key its channel proved to its own hub.
+    pub key: PublicKey,
+    /// Where its channel connects from, for the relay's fair shares.
+    pub source: IpAddr,
+}
+
+/// One end's half of a relay: its token, and whether it dials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayHalf {
+    /// One-time token for `GET /relay`.
+    pub token: String,
+    /// This end opens the link through the relay.
+    pub dial: bool,
 }
 
 /// Why the cluster did not bind an id to a key.
@@ -48,13 +92,41 @@ pub enum BindRefusal {
 /// A future the cluster answers, boxed so the trait stays object-safe.
 pub type Answer<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// The cluster's key bindings (docs/cluster.md, "Key bindings"), as the hub
-/// asks for them: one id, one key, across every hub.
-pub trait ClusterBindings: Send + Sync {
+/// The cluster as the hub asks things of it: key bindings (docs/cluster.md,
+/// "Key bindings": one id, one key, across every hub), and signals and
+/// relays for devices whose channels are on other hubs ("Signals and
+/// relays").
+pub trait Cluster: Send + Sync {
     /// Binds `id` to `key` (base64) unless the cluster binds it to another
     /// key; the same key again is fine.
     fn bind<'a>(&'a self, id: &'a DeviceId, key: &'a str) -> Answer<'a, Result<(), BindRefusal>>;
     /// An operator released `id` on this hub: the cluster forgets its
     /// binding too (in the background).
     fn release(&self, id: &DeviceId);
+    /// Passes `signal` from this hub's device `from` to `to`, whose channel
+    /// is on hub `hub`; why not, if that hub did not take it.
+    fn signal<'a>(
+        &'a self,
+        hub: &'a str,
+        from: &'a DeviceId,
+        to: &'a DeviceId,
+        signal: Signal,
+    ) -> Answer<'a, Result<(), String>>;
+    /// Asks hub `hub`, which holds `to`'s channel, for a relay between
+    /// `asker` and `to`: the asker's half, and the hub to join it at.
+    fn relay<'a>(
+        &'a self,
+        hub: &'a str,
+        asker: &'a RemoteAsker,
+        to: &'a DeviceId,
+    ) -> Answer<'a, Result<(RelayHalf, PeerHub), String>>;
+    /// This hub runs a relay between its device `peer` and `to`, whose
+    /// channel is on hub `hub`: hands `to` its half there.
+    fn relay_half<'a>(
+        &'a self,
+        hub: &'a str,
+        to: &'a DeviceId,
+        peer: &'a DeviceId,
+        half: RelayHalf,
+    ) -> Answer<'a, Result<(), String>>;
 }

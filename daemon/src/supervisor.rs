@@ -212,7 +212,7 @@ pub async fn run(
         )
     });
     if let (Some(hub), Some(cluster)) = (&signaling, &cluster) {
-        hub.bind_through(std::sync::Arc::new(cluster.clone()));
+        hub.join(std::sync::Arc::new(cluster.clone()));
     }
     let mut roles = Roles {
         signaling,

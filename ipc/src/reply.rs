@@ -226,6 +226,15 @@ pub struct HubStatus {
     /// contact; null before first contact.
     #[serde(default)]
     pub hub_key: Option<String>,
+    /// While the hub is down and no other hub of this device answers: the
+    /// hub of its cluster the device moved to (its URL), whose state the
+    /// other fields describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// The other hubs of its cluster it named (their URLs): where the
+    /// device goes if every hub of its own stops answering.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cluster_hubs: Vec<String>,
 }
 
 /// `meshctl netcheck`: what the NAT in front of this device does, probed

@@ -16,16 +16,35 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+/// What nats-server logs once it accepts clients.
+const READY: &str = "Server is ready";
+
 /// One nats-server.
 pub struct NatsServer {
     dir: TempDir,
     addr: SocketAddr,
+    /// The network namespace it runs in (the NAT lab), if not this one.
+    netns: Option<String>,
     child: Option<Child>,
 }
 
 impl NatsServer {
     /// Starts one; `None` outside CI when nats-server is not installed.
     pub fn start() -> Option<NatsServer> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("a free port");
+        NatsServer::start_at(SocketAddr::from(([127, 0, 0, 1], port)), None)
+    }
+
+    /// Starts one on `addr` in network namespace `netns` (a host of the
+    /// NAT lab); `None` outside CI when nats-server is not installed.
+    pub fn start_in(netns: &str, addr: SocketAddr) -> Option<NatsServer> {
+        NatsServer::start_at(addr, Some(netns.to_owned()))
+    }
+
+    fn start_at(addr: SocketAddr, netns: Option<String>) -> Option<NatsServer> {
         if Command::new("nats-server")
             .arg("--version")
             .output()
@@ -37,23 +56,20 @@ impl NatsServer {
             eprintln!("NOT RUN: nats-server is missing; apt-get install nats-server");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|addr| addr.port())
-            .expect("a free port");
         let mut server = NatsServer {
             dir: tempfile::Builder::new()
                 .prefix("meshd-nats-")
                 .tempdir()
                 .expect("a directory for nats-server"),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr,
+            netns,
             child: None,
         };
         server.launch();
         Some(server)
     }
 
-    /// `nats://127.0.0.1:PORT`.
+    /// `nats://IP:PORT`.
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
     }
@@ -71,8 +87,20 @@ impl NatsServer {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("the nats-server log");
-        let child = Command::new("nats-server")
-            .args(["-js", "-a", "127.0.0.1", "-p"])
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns, "nats-server"]);
+                command
+            }
+            None => Command::new("nats-server"),
+        };
+        // Ready is logged once per start; a relaunch appends to the log.
+        let ready_before = self.log().matches(READY).count();
+        let child = command
+            .args(["-js", "-a"])
+            .arg(self.addr.ip().to_string())
+            .arg("-p")
             .arg(self.addr.port().to_string())
             .arg("-sd")
             .arg(self.store())
@@ -83,7 +111,12 @@ impl NatsServer {
             .expect("starting nats-server");
         self.child = Some(child);
         let started = Instant::now();
-        while TcpStream::connect(self.addr).is_err() {
+        let ready = |server: &NatsServer| match server.netns {
+            // Its address is not reachable from here.
+            Some(_) => server.log().matches(READY).count() > ready_before,
+            None => TcpStream::connect(server.addr).is_ok(),
+        };
+        while !ready(self) {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "nats-server did not listen on {} within 10 s:\n{}",

@@ -79,6 +79,10 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
                 .unwrap_or("- (no signaling server answered yet)")
         );
         for hub in &mesh.signaling {
+            let url = match &hub.via {
+                Some(via) => format!("{} (down; moved to {via}, a hub of its cluster)", hub.url),
+                None => hub.url.clone(),
+            };
             match (&hub.error, hub.reachable) {
                 (_, true) => {
                     let channel = match (hub.channel, hub.rtt_ms) {
@@ -91,13 +95,18 @@ pub fn run(client: &mut Client, json: bool) -> Result<(), CtlError> {
                         .as_deref()
                         .map(|key| format!(", hub key {key}"))
                         .unwrap_or_default();
-                    outln!(
-                        "           signaling {}: registered, {channel}{key}",
-                        hub.url
-                    );
+                    let others = match hub.cluster_hubs.len() {
+                        0 => String::new(),
+                        1 => format!("; 1 other hub of its cluster: {}", hub.cluster_hubs[0]),
+                        n => format!(
+                            "; {n} other hubs of its cluster: {}",
+                            hub.cluster_hubs.join(", ")
+                        ),
+                    };
+                    outln!("           signaling {url}: registered, {channel}{key}{others}");
                 }
-                (Some(error), false) => outln!("           signaling {}: {error}", hub.url),
-                (None, false) => outln!("           signaling {}: not contacted yet", hub.url),
+                (Some(error), false) => outln!("           signaling {url}: {error}"),
+                (None, false) => outln!("           signaling {url}: not contacted yet"),
             }
         }
     }

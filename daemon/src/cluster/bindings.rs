@@ -10,10 +10,9 @@ use async_nats::jetstream::kv::CreateErrorKind;
 
 use async_nats::jetstream::kv::Store;
 
-use super::{ClusterError, ClusterHandle, buckets};
+use super::{ClusterError, ClusterState, buckets};
 use crate::device_id::DeviceId;
-use crate::shared_list::SharedList;
-use crate::shared_list::{Answer, BindRefusal, ClusterBindings};
+use crate::shared_list::{BindRefusal, SharedList};
 use crate::sync::lock;
 
 /// An operator's release gets this long to reach the cluster.
@@ -48,47 +47,45 @@ pub async fn publish_local(store: &Store, shared: &dyn SharedList) -> Result<(),
     Ok(())
 }
 
-impl ClusterBindings for ClusterHandle {
-    fn bind<'a>(&'a self, id: &'a DeviceId, key: &'a str) -> Answer<'a, Result<(), BindRefusal>> {
-        Box::pin(async move {
-            let Some(store) = lock(&self.state.bindings).clone() else {
-                return Err(BindRefusal::Unavailable(
-                    "the cluster is unreachable".to_owned(),
-                ));
-            };
-            let entry = buckets::key_of(id.as_str());
-            match store.create(&entry, key.to_owned().into()).await {
-                Ok(_revision) => return Ok(()),
-                Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {}
-                Err(error) => return Err(BindRefusal::Unavailable(error.to_string())),
-            }
-            match store.get(&entry).await {
-                Ok(Some(bound)) if bound.as_ref() == key.as_bytes() => Ok(()),
-                Ok(Some(bound)) => Err(BindRefusal::Conflict(
-                    String::from_utf8_lossy(&bound).into_owned(),
-                )),
-                // Released between the two calls: the next try creates it.
-                Ok(None) => Err(BindRefusal::Unavailable(
-                    "the binding changed while it was read; try again".to_owned(),
-                )),
-                Err(error) => Err(BindRefusal::Unavailable(error.to_string())),
-            }
-        })
+/// Binds `id` to `key` unless the cluster binds it to another key.
+pub async fn bind(state: &ClusterState, id: &DeviceId, key: &str) -> Result<(), BindRefusal> {
+    let Some(store) = lock(&state.bindings).clone() else {
+        return Err(BindRefusal::Unavailable(
+            "the cluster is unreachable".to_owned(),
+        ));
+    };
+    let entry = buckets::key_of(id.as_str());
+    match store.create(&entry, key.to_owned().into()).await {
+        Ok(_revision) => return Ok(()),
+        Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {}
+        Err(error) => return Err(BindRefusal::Unavailable(error.to_string())),
     }
+    match store.get(&entry).await {
+        Ok(Some(bound)) if bound.as_ref() == key.as_bytes() => Ok(()),
+        Ok(Some(bound)) => Err(BindRefusal::Conflict(
+            String::from_utf8_lossy(&bound).into_owned(),
+        )),
+        // Released between the two calls: the next try creates it.
+        Ok(None) => Err(BindRefusal::Unavailable(
+            "the binding changed while it was read; try again".to_owned(),
+        )),
+        Err(error) => Err(BindRefusal::Unavailable(error.to_string())),
+    }
+}
 
-    fn release(&self, id: &DeviceId) {
-        let Some(store) = lock(&self.state.bindings).clone() else {
-            tracing::warn!(device_id = %id, "cluster unreachable: the binding was released on this hub only; run the removal again when the cluster is back");
-            return;
-        };
-        let entry = buckets::key_of(id.as_str());
-        let id = id.clone();
-        self.state.tracker.spawn(async move {
+/// Releases `id` across the cluster, in the background.
+pub fn release(state: &ClusterState, id: &DeviceId) {
+    let Some(store) = lock(&state.bindings).clone() else {
+        tracing::warn!(device_id = %id, "cluster unreachable: the binding was released on this hub only; run the removal again when the cluster is back");
+        return;
+    };
+    let entry = buckets::key_of(id.as_str());
+    let id = id.clone();
+    state.tracker.spawn(async move {
             match tokio::time::timeout(RELEASE_TIMEOUT, store.delete(&entry)).await {
                 Ok(Ok(())) => tracing::info!(device_id = %id, "binding released across the cluster"),
                 Ok(Err(error)) => tracing::warn!(device_id = %id, %error, "the binding was released on this hub, but not across the cluster; run the removal again"),
                 Err(_) => tracing::warn!(device_id = %id, "the binding was released on this hub, but the cluster did not answer; run the removal again"),
             }
         });
-    }
 }

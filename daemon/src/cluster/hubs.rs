@@ -10,7 +10,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+/// What a hub announces is what its devices are handed: its id, the URL
+/// devices dial it at (`[cluster] advertise`) and its hub key, so a device
+/// that trusts one hub of the cluster learns the others' keys from it.
+pub use crate::hub_wire::PeerHub;
+
+/// Hubs a hub hands its devices at most (beyond it, the first by id).
+pub const MAX_HANDED_OUT: usize = 32;
 
 /// How often a hub announces itself.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
@@ -19,29 +25,31 @@ pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// announcements and a margin.
 pub const HUB_TTL: Duration = Duration::from_secs(8);
 
-/// What a hub announces: enough for a device to move to it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HubAnnouncement {
-    /// The hub's node id.
-    pub id: String,
-    /// Its URL, as devices dial it (`[cluster] advertise`).
-    pub url: String,
-    /// Its hub key, base64: a device that trusts one hub of the cluster
-    /// learns the others' keys from it.
-    pub hub_key: String,
-}
+/// Hubs mirrored at most: announcements beyond it are ignored, so a flood
+/// on the bus cannot grow a hub's memory without end.
+pub const MAX_HUBS: usize = 256;
 
 /// The hubs heard of lately.
 #[derive(Debug, Default)]
 pub struct HubMirror {
-    hubs: HashMap<String, (HubAnnouncement, Instant)>,
+    hubs: HashMap<String, (PeerHub, Instant)>,
 }
 
 impl HubMirror {
     /// Takes an announcement heard at `now`.
-    pub fn heard(&mut self, announcement: HubAnnouncement, now: Instant) {
+    pub fn heard(&mut self, announcement: PeerHub, now: Instant) {
+        if self.hubs.len() >= MAX_HUBS && !self.hubs.contains_key(&announcement.id) {
+            return;
+        }
         self.hubs
             .insert(announcement.id.clone(), (announcement, now));
+    }
+
+    /// Whether `hub` is mirrored, exactly as it announces itself now.
+    pub fn knows(&self, hub: &PeerHub) -> bool {
+        self.hubs
+            .get(&hub.id)
+            .is_some_and(|(known, _)| known == hub)
     }
 
     /// A hub said it left (its entry was deleted); whether it was here.
@@ -64,8 +72,8 @@ impl HubMirror {
     }
 
     /// Every hub heard of within [`HUB_TTL`] of `now`, sorted by id.
-    pub fn live(&self, now: Instant) -> Vec<HubAnnouncement> {
-        let mut live: Vec<HubAnnouncement> = self
+    pub fn live(&self, now: Instant) -> Vec<PeerHub> {
+        let mut live: Vec<PeerHub> = self
             .hubs
             .values()
             .filter(|(_, heard)| now.saturating_duration_since(*heard) < HUB_TTL)
@@ -85,8 +93,8 @@ impl HubMirror {
 mod tests {
     use super::*;
 
-    fn hub(id: &str) -> HubAnnouncement {
-        HubAnnouncement {
+    fn hub(id: &str) -> PeerHub {
+        PeerHub {
             id: id.to_owned(),
             url: format!("http://{id}.example:8080"),
             hub_key: "AAAA".to_owned(),

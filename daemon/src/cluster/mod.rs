@@ -18,6 +18,7 @@
 mod bindings;
 mod buckets;
 mod devices;
+mod forward;
 mod hubs;
 
 use std::sync::{Arc, Mutex};
@@ -31,10 +32,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ClusterConfig;
-use crate::shared_list::SharedList;
+use crate::device_id::DeviceId;
+use crate::hub_wire::Signal;
+use crate::shared_list::{Answer, BindRefusal, Cluster, RelayHalf, RemoteAsker, SharedList};
 use crate::sync::lock;
 use devices::{DeviceSync, SyncEvent};
-use hubs::{HubAnnouncement, HubMirror};
+use hubs::{HubMirror, PeerHub};
 
 /// Pings on the NATS connection: a server that vanished without closing is
 /// noticed within two or three of these (async-nats' default is a minute).
@@ -98,7 +101,7 @@ struct ClusterState {
     /// `[cluster] nats`, as written.
     urls: Vec<String>,
     /// What this hub announces.
-    me: HubAnnouncement,
+    me: PeerHub,
     health: Mutex<Health>,
     mirror: Mutex<HubMirror>,
     /// The hub's device list, shared.
@@ -106,6 +109,8 @@ struct ClusterState {
     /// The key bindings' bucket while a session runs; `None` while
     /// degraded.
     bindings: Mutex<Option<Store>>,
+    /// The connection, once made (it reconnects by itself).
+    client: Mutex<Option<async_nats::Client>>,
     /// Background work (releasing a binding) runs here.
     tracker: TaskTracker,
 }
@@ -117,6 +122,23 @@ impl ClusterState {
         for hub in gone {
             self.hub_left(&hub);
         }
+    }
+
+    /// Hands the hub the cluster's other hubs (for its devices), as the
+    /// mirror has them now; only while connected, so a hub cut off from
+    /// NATS keeps handing out the last hubs it knew.
+    fn tell_other_hubs(&self) {
+        let mut others = lock(&self.mirror).live(Instant::now());
+        others.retain(|hub| hub.id != self.me.id);
+        others.truncate(hubs::MAX_HANDED_OUT);
+        self.shared.other_hubs(others);
+    }
+
+    /// The hub that runs this cluster's requests, or why there is none.
+    fn client(&self) -> Result<async_nats::Client, String> {
+        lock(&self.client)
+            .clone()
+            .ok_or_else(|| "the cluster is unreachable".to_owned())
     }
 
     /// Hub `hub` is no longer in the cluster.
@@ -185,7 +207,7 @@ pub fn start(
     }
     let state = Arc::new(ClusterState {
         urls: config.nats.iter().map(ToString::to_string).collect(),
-        me: HubAnnouncement {
+        me: PeerHub {
             id: me.id,
             url: me.url,
             hub_key: me.hub_key,
@@ -194,6 +216,7 @@ pub fn start(
         mirror: Mutex::new(HubMirror::default()),
         shared,
         bindings: Mutex::new(None),
+        client: Mutex::new(None),
         tracker: tracker.clone(),
     });
     tracker.spawn(run(state.clone(), cancel));
@@ -236,6 +259,7 @@ async fn run(state: Arc<ClusterState>, cancel: CancellationToken) {
         .retry_on_initial_connect()
         .ping_interval(PING_EVERY)
         .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(forward::FORWARD_TIMEOUT))
         .connect(state.urls.clone());
     let client = tokio::select! {
         () = cancel.cancelled() => return,
@@ -248,6 +272,7 @@ async fn run(state: Arc<ClusterState>, cancel: CancellationToken) {
             }
         },
     };
+    *lock(&state.client) = Some(client.clone());
     let js = async_nats::jetstream::ContextBuilder::new()
         .timeout(JETSTREAM_TIMEOUT)
         .build(client.clone());
@@ -329,6 +354,12 @@ async fn session(
         .watch_all()
         .await
         .map_err(|error| ClusterError::JetStream(format!("watching the bindings: {error}")))?;
+    // Other hubs' requests for this hub's devices.
+    let client = js.client();
+    let mut requests = client
+        .subscribe(forward::subjects_of(&state.me.id))
+        .await
+        .map_err(|error| ClusterError::JetStream(format!("subscribing to requests: {error}")))?;
     *lock(&state.bindings) = Some(bindings);
     state.connected();
     let mut tick = tokio::time::interval(hubs::ANNOUNCE_EVERY);
@@ -338,7 +369,19 @@ async fn session(
             _ = tick.tick() => {
                 announce(&store, &key, &announcement).await?;
                 state.expire_hubs();
+                state.tell_other_hubs();
             }
+            request = requests.next() => match request {
+                Some(request) => {
+                    let answer = forward::answer(&request.subject, &request.payload, state.shared.as_ref(), &state.me);
+                    if let Some(reply) = request.reply {
+                        // Lost with the connection if it breaks: the asker
+                        // times out and its device retries.
+                        let _ = client.publish(reply, answer).await;
+                    }
+                }
+                None => return Err(ClusterError::JetStream("the requests' subscription ended".to_owned())),
+            },
             release = releases.next() => match release {
                 Some(Ok(entry)) => {
                     if matches!(entry.operation, Operation::Delete | Operation::Purge)
@@ -366,8 +409,15 @@ async fn session(
                 Some(Ok(entry)) => {
                     let mut mirror = lock(&state.mirror);
                     match entry.operation {
-                        Operation::Put => match serde_json::from_slice::<HubAnnouncement>(&entry.value) {
-                            Ok(hub) => mirror.heard(hub, Instant::now()),
+                        Operation::Put => match serde_json::from_slice::<PeerHub>(&entry.value) {
+                            Ok(hub) => {
+                                let new = !mirror.knows(&hub);
+                                mirror.heard(hub, Instant::now());
+                                if new {
+                                    drop(mirror);
+                                    state.tell_other_hubs();
+                                }
+                            }
                             Err(error) => tracing::debug!(key = %entry.key, %error, "cluster: a hub announcement that does not parse; ignored"),
                         },
                         Operation::Delete | Operation::Purge => {
@@ -375,6 +425,7 @@ async fn session(
                             if mirror.left(&hub) {
                                 drop(mirror);
                                 state.hub_left(&hub);
+                                state.tell_other_hubs();
                             }
                         }
                     }
@@ -385,5 +436,60 @@ async fn session(
                 None => return Err(ClusterError::JetStream("the hubs' watch ended".to_owned())),
             },
         }
+    }
+}
+
+impl Cluster for ClusterHandle {
+    fn bind<'a>(&'a self, id: &'a DeviceId, key: &'a str) -> Answer<'a, Result<(), BindRefusal>> {
+        Box::pin(bindings::bind(&self.state, id, key))
+    }
+
+    fn release(&self, id: &DeviceId) {
+        bindings::release(&self.state, id);
+    }
+
+    fn signal<'a>(
+        &'a self,
+        hub: &'a str,
+        from: &'a DeviceId,
+        to: &'a DeviceId,
+        signal: Signal,
+    ) -> Answer<'a, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.state.client()?;
+            forward::signal(&client, hub, from, to, signal).await
+        })
+    }
+
+    fn relay<'a>(
+        &'a self,
+        hub: &'a str,
+        asker: &'a RemoteAsker,
+        to: &'a DeviceId,
+    ) -> Answer<'a, Result<(RelayHalf, PeerHub), String>> {
+        Box::pin(async move {
+            // Where the asker will join: the hub as the cluster announces it.
+            let at = lock(&self.state.mirror)
+                .live(Instant::now())
+                .into_iter()
+                .find(|known| known.id == hub)
+                .ok_or_else(|| format!("hub {hub} is no longer in the cluster"))?;
+            let client = self.state.client()?;
+            let half = forward::relay(&client, hub, asker, to).await?;
+            Ok((half, at))
+        })
+    }
+
+    fn relay_half<'a>(
+        &'a self,
+        hub: &'a str,
+        to: &'a DeviceId,
+        peer: &'a DeviceId,
+        half: RelayHalf,
+    ) -> Answer<'a, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.state.client()?;
+            forward::relay_half(&client, hub, to, peer, half, self.state.me.clone()).await
+        })
     }
 }

@@ -10,12 +10,18 @@ use serde::{Deserialize, Serialize};
 
 use super::ListedDevice;
 
-/// `GET /channel` with `Upgrade: meshd-channel/4` opens a channel.
+/// `GET /channel` with `Upgrade: meshd-channel/5` opens a channel.
 pub const CHANNEL_PATH: &str = "/channel";
 /// The upgrade protocol of a channel: after one whole device list the hub
-/// sends only changes ([`FromHub::Delta`]), and the device reports its
-/// links ([`ToHub::Links`]).
-pub const CHANNEL_UPGRADE: &str = "meshd-channel/4";
+/// sends only changes ([`FromHub::Delta`]), the device reports its links
+/// ([`ToHub::Links`]), and a hub of a cluster names the cluster's other
+/// hubs ([`FromHub::Hubs`]) and may offer a relay on one of them
+/// ([`FromHub::Relay`]'s `at`).
+pub const CHANNEL_UPGRADE: &str = "meshd-channel/5";
+/// The channel before clusters: no [`FromHub::Hubs`], and relays only on
+/// the hub itself. Hubs still serve it, so hubs can be upgraded before
+/// their devices.
+pub const CHANNEL_UPGRADE_NO_CLUSTER: &str = "meshd-channel/4";
 /// The channel before link reports: deltas, and no [`ToHub::Links`]. Hubs
 /// still serve it, so hubs can be upgraded before their devices.
 pub const CHANNEL_UPGRADE_NO_REPORTS: &str = "meshd-channel/3";
@@ -183,6 +189,18 @@ pub enum FromHub {
         token: String,
         /// This device opens the link through the relay.
         dial: bool,
+        /// The hub of the cluster that runs the relay, when it is not this
+        /// one (the other device's channel is there): join it there, with
+        /// the key given here, which this hub vouches for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<PeerHub>,
+    },
+    /// The other hubs of this hub's cluster, whole: sent after the
+    /// registration and whenever they change. A device whose hubs all stop
+    /// answering moves to one of them (docs/cluster.md, "When a hub dies").
+    Hubs {
+        /// Every other hub the cluster knows now.
+        hubs: Vec<PeerHub>,
     },
     /// Device `id` left cleanly (it said [`ToHub::Leave`] over its own
     /// channel): drop it now rather than after its TTL.
@@ -199,6 +217,17 @@ pub enum FromHub {
         /// Why.
         reason: String,
     },
+}
+
+/// Another hub of the cluster, as a hub vouches for it to its devices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerHub {
+    /// Its `[node] id`.
+    pub id: String,
+    /// Where devices reach it (its `[cluster] advertise`).
+    pub url: String,
+    /// The key it proves in the hub handshake, base64.
+    pub hub_key: String,
 }
 
 /// The requests a hub may refuse.
@@ -257,9 +286,18 @@ mod tests {
             FromHub::Relay {
                 peer: "a".into(),
                 token: "t".into(),
-                dial: false
+                dial: false,
+                at: None,
             }
         );
+        // A relay on another hub of the cluster, and the cluster's hubs.
+        let elsewhere = r#"{"type":"relay","peer":"a","token":"t","dial":true,"at":{"id":"h2","url":"http://10.0.0.2:8080","hub_key":"k"}}"#;
+        let relay: FromHub = meshd_ipc::strict::from_slice(elsewhere.as_bytes()).unwrap();
+        assert_eq!(serde_json::to_string(&relay).unwrap(), elsewhere);
+        let hubs =
+            r#"{"type":"hubs","hubs":[{"id":"h2","url":"http://10.0.0.2:8080","hub_key":"k"}]}"#;
+        let parsed: FromHub = meshd_ipc::strict::from_slice(hubs.as_bytes()).unwrap();
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), hubs);
         let register = ToHub::Register {
             addr: "192.0.2.7:8082".into(),
             endpoints: vec!["10.0.0.7:8082".into()],

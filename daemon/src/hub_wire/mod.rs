@@ -11,8 +11,9 @@ mod http;
 mod url;
 
 pub use channel::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_NO_REPORTS, CHANNEL_UPGRADE_WHOLE_LISTS,
-    FromHub, RELAY_PATH, RELAY_UPGRADE, Refusable, ReportedLink, ReportedPath, Signal, ToHub,
+    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_NO_CLUSTER, CHANNEL_UPGRADE_NO_REPORTS,
+    CHANNEL_UPGRADE_WHOLE_LISTS, FromHub, PeerHub, RELAY_PATH, RELAY_UPGRADE, Refusable,
+    ReportedLink, ReportedPath, Signal, ToHub,
 };
 pub use http::{
     DEVICES_PATH, ErrorReply, HEALTH_PATH, ListedDevice, OBSERVED_PATH, ObservedReply,

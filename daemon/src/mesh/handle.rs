@@ -13,7 +13,7 @@ use meshd_ipc::{
 use tokio::sync::{broadcast, oneshot};
 
 use super::error::StopReason;
-use super::hubs::{Hub, Trust};
+use super::hubs::Trust;
 use super::peer::{self, Command, PeerHandle, SendError};
 use super::roster::KeyStatus;
 use super::{MAX_MESSAGE_BYTES, Mesh, netcheck};
@@ -124,7 +124,8 @@ impl MeshHandle {
     /// For `meshctl status`.
     pub fn status(&self) -> MeshStatus {
         let mesh = &self.mesh;
-        let signaling: Vec<HubStatus> = mesh.local.hubs.iter().map(Hub::status).collect();
+        let hubs = &mesh.local.hubs;
+        let signaling: Vec<HubStatus> = hubs.iter().map(|hub| hubs.status(hub.id())).collect();
         let links = lock(&mesh.peers)
             .values()
             .filter(|handle| matches!(handle.view().state, LinkState::Direct | LinkState::Relayed))

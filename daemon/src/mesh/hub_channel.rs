@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::Mesh;
 use super::backoff::Backoff;
 use super::hub_client::{HubConnection, HubError};
-use super::hubs::{Hub, HubId, Trust};
+use super::hubs::{Hub, HubId, Trust, VouchedHub};
 use super::peer::Command;
 use crate::device_id::DeviceId;
 use crate::hub_wire::{
@@ -85,7 +85,12 @@ pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
             // An operator forgot the hub's key: reopen at once, to pin the
             // key it proves now.
             Err(ChannelError::Forgotten) => continue,
-            Err(error) => outage.failed(hub, &error, &mesh.local.id.to_string()),
+            Err(error) => {
+                outage.failed(hub, &error, &mesh.local.id.to_string());
+                if !matches!(error, ChannelError::Closed(_)) && move_on(&mesh, hub) {
+                    continue;
+                }
+            }
             Ok(()) => {}
         }
         tokio::select! {
@@ -96,6 +101,33 @@ pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
     }
 }
 
+/// After a failure to open the channel: when no hub of this device has a
+/// channel open, sends this one to the next hub its cluster vouched for
+/// (docs/cluster.md, "When a hub dies"), or back to the hub itself after
+/// the last. Whether to try again at once.
+fn move_on(mesh: &Mesh, hub: &Hub) -> bool {
+    let hubs = &mesh.local.hubs;
+    if hubs.any_open() {
+        return false;
+    }
+    let current = hub.target().stand_in;
+    let next = hubs.next_stand_in(current.as_deref());
+    match (&current, &next) {
+        (None, None) => return false,
+        (_, Some(next)) => {
+            tracing::info!(hub = %hub.url(), stand_in = %next.url, stand_in_id = %next.id, "no hub of this device answers: trying another hub of its cluster");
+        }
+        (Some(_), None) => {
+            tracing::info!(hub = %hub.url(), "no hub of the cluster answers: trying the hub itself again");
+        }
+    }
+    let back_home = next.is_none();
+    hub.set_stand_in(next);
+    // Round the cluster's hubs at once; the hub itself again after the
+    // backoff.
+    !back_home
+}
+
 /// Why a channel failed or ended.
 #[derive(Debug, thiserror::Error)]
 enum ChannelError {
@@ -104,7 +136,7 @@ enum ChannelError {
     #[error("hub channel: {0}")]
     Link(#[from] LinkError),
     #[error("{0}")]
-    WrongKey(WrongKey),
+    WrongKey(Box<WrongKey>),
     #[error("{status}: {error}")]
     Refused { status: u16, error: String },
     #[error("no answer to the registration within {}s", REGISTER_TIMEOUT.as_secs())]
@@ -130,12 +162,20 @@ struct WrongKey {
     pinned: Trust,
     proved: PublicKey,
     known_hubs: String,
+    /// The stand-in's id, when the hub was one (its key was vouched for).
+    stand_in: Option<String>,
 }
 
 impl std::fmt::Display for WrongKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let url = &self.url;
         let proved = self.proved;
+        if let (Some(id), Some(vouched)) = (&self.stand_in, self.pinned.key()) {
+            return write!(
+                f,
+                "the hub at {url} proved key {proved}, but its cluster announces hub {id} with key {vouched}: nothing it says is used; check [cluster] advertise on hub {id}"
+            );
+        }
         match self.pinned {
             Trust::Configured(pinned) => write!(
                 f,
@@ -161,10 +201,16 @@ struct Outage {
 
 impl Outage {
     fn registered(&mut self, hub: &Hub) {
-        match self.reachable {
-            Some(true) => {}
-            Some(false) => tracing::info!(hub = %hub.url(), "signaling server reachable again"),
-            None => tracing::info!(hub = %hub.url(), "registered with signaling server"),
+        let target = hub.target();
+        match (self.reachable, &target.stand_in) {
+            (Some(true), _) => {}
+            (_, Some(stand_in)) => {
+                tracing::info!(hub = %hub.url(), stand_in = %target.url, stand_in_id = %stand_in, "moved to another hub of the cluster while this one is down")
+            }
+            (Some(false), None) => {
+                tracing::info!(hub = %hub.url(), "signaling server reachable again")
+            }
+            (None, None) => tracing::info!(hub = %hub.url(), "registered with signaling server"),
         }
         self.reachable = Some(true);
         self.last_error.clear();
@@ -242,11 +288,15 @@ async fn session(
 ) -> Result<(), ChannelError> {
     let local = &mesh.local;
     let hub = local.hubs.get(id);
+    let target = hub.target();
     let open = async {
-        let connection = HubConnection::open(hub.url(), Some(mesh.listen)).await?;
+        let connection = HubConnection::open(&target.url, Some(mesh.listen)).await?;
         let (local_addr, remote_addr) = (connection.local_addr(), connection.remote_addr());
         let stream = connection.upgrade(CHANNEL_PATH, CHANNEL_UPGRADE).await?;
-        let trust = hub.trust();
+        let trust = match (&target.stand_in, target.key) {
+            (Some(_), Some(key)) => Trust::Configured(key),
+            _ => hub.trust(),
+        };
         let expected = trust.key().map(|key| *key.as_bytes());
         let opened =
             meshd_link::channel::open(stream, &local.key, &local.id.to_string(), expected.as_ref())
@@ -254,16 +304,17 @@ async fn session(
         let (channel, proved) = match opened {
             Ok(opened) => opened,
             Err(LinkError::UnexpectedHubKey { proved }) => {
-                return Err(ChannelError::WrongKey(WrongKey {
-                    url: hub.url().to_string(),
+                return Err(ChannelError::WrongKey(Box::new(WrongKey {
+                    url: target.url.to_string(),
                     pinned: trust,
                     proved: PublicKey::from(*proved),
                     known_hubs: mesh.known_hubs.path().display().to_string(),
-                }));
+                    stand_in: target.stand_in.clone(),
+                })));
             }
             Err(error) => return Err(error.into()),
         };
-        if trust == Trust::FirstUse {
+        if trust == Trust::FirstUse && target.stand_in.is_none() {
             pin_first_use(mesh, hub, PublicKey::from(proved));
         }
         Ok::<_, ChannelError>((channel, local_addr, remote_addr))
@@ -385,8 +436,20 @@ async fn session(
                         FromHub::Signal { from, signal } => {
                             tell(mesh, &from, Command::Signal { hub: id, signal });
                         }
-                        FromHub::Relay { peer, token, dial } => {
-                            tell(mesh, &peer, Command::RelayOffer { hub: id, token, dial });
+                        FromHub::Relay { peer, token, dial, at } => {
+                            match at.as_ref().map(VouchedHub::from_wire).transpose() {
+                                Ok(at) => tell(mesh, &peer, Command::RelayOffer { hub: id, token, dial, at }),
+                                // The peer asks again when no relay comes.
+                                Err(error) => tracing::debug!(hub = %hub.url(), %peer, %error, "relay offer on another hub ignored: its hub does not parse"),
+                            }
+                        }
+                        FromHub::Hubs { hubs } => {
+                            let vouched = hubs.iter().filter_map(|other| {
+                                VouchedHub::from_wire(other)
+                                    .inspect_err(|error| tracing::debug!(hub = %hub.url(), other = %other.id, %error, "a hub of the cluster ignored: it does not parse"))
+                                    .ok()
+                            });
+                            mesh.local.hubs.vouched_by(id, vouched.collect());
                         }
                         FromHub::Refused { to, request, reason } => {
                             tell(mesh, &to, Command::Refused { hub: id, request, reason });

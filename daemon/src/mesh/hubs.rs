@@ -14,7 +14,7 @@ use std::time::Duration;
 use meshd_ipc::HubStatus;
 use tokio::sync::{Notify, mpsc};
 
-use crate::hub_wire::{HubUrl, ToHub};
+use crate::hub_wire::{HubUrl, PeerHub, ToHub};
 use crate::public_key::PublicKey;
 use crate::sync::lock;
 
@@ -113,6 +113,37 @@ impl Trust {
     }
 }
 
+/// A hub of a cluster that one of this device's hubs vouched for, over its
+/// authenticated channel (docs/cluster.md): where to join a relay it runs,
+/// or where to move when this device's own hubs stop answering. Its key is
+/// the one the vouching hub gave, so trust carries from hub to hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VouchedHub {
+    /// Its node id.
+    pub id: String,
+    /// Where it listens.
+    pub url: HubUrl,
+    /// The key it must prove.
+    pub key: PublicKey,
+}
+
+impl VouchedHub {
+    /// From what a hub sent; `None` (and the reason) when the URL or key
+    /// does not parse, or the URL pins another key.
+    pub fn from_wire(hub: &PeerHub) -> Result<VouchedHub, String> {
+        let url = HubUrl::parse(&hub.url).map_err(|error| error.to_string())?;
+        let key = PublicKey::from_base64(&hub.hub_key).map_err(|error| error.to_string())?;
+        if url.pin().is_some_and(|pinned| pinned != key) {
+            return Err(format!("{} pins another key than {}", hub.url, hub.hub_key));
+        }
+        Ok(VouchedHub {
+            id: hub.id.clone(),
+            url,
+            key,
+        })
+    }
+}
+
 /// One hub and all this node holds about it.
 #[derive(Debug)]
 pub struct Hub {
@@ -133,6 +164,21 @@ pub struct Hub {
     /// Wakes the channel task to reopen without waiting out its backoff
     /// (an operator forgot the hub's key).
     retry_now: Notify,
+    /// While this hub is down and no other is up: the hub of its cluster
+    /// the channel goes to instead (docs/cluster.md, "When a hub dies").
+    stand_in: Mutex<Option<VouchedHub>>,
+}
+
+/// Where a hub's channel goes now: the hub itself, or its stand-in.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Its URL.
+    pub url: HubUrl,
+    /// The key it must prove (`None`: pin the first, only for the hub
+    /// itself).
+    pub key: Option<PublicKey>,
+    /// A stand-in's id, when this is one.
+    pub stand_in: Option<String>,
 }
 
 impl Hub {
@@ -158,7 +204,30 @@ impl Hub {
             }),
             register_now: Notify::new(),
             retry_now: Notify::new(),
+            stand_in: Mutex::new(None),
         }
+    }
+
+    /// Where the channel goes now, and the key it must find there.
+    pub fn target(&self) -> Target {
+        match &*lock(&self.stand_in) {
+            Some(stand_in) => Target {
+                url: stand_in.url.clone(),
+                key: Some(stand_in.key),
+                stand_in: Some(stand_in.id.clone()),
+            },
+            None => Target {
+                url: self.url.clone(),
+                key: self.trust().key(),
+                stand_in: None,
+            },
+        }
+    }
+
+    /// Sends the channel to `stand_in` instead of this hub (`None`: back
+    /// to the hub itself).
+    pub fn set_stand_in(&self, stand_in: Option<VouchedHub>) {
+        *lock(&self.stand_in) = stand_in;
     }
 
     /// The key this hub must prove.
@@ -296,14 +365,17 @@ impl Hub {
     /// For `meshctl status`.
     pub fn status(&self) -> HubStatus {
         let registration = lock(&self.registration);
+        let target = self.target();
         HubStatus {
+            cluster_hubs: Vec::new(),
+            via: target.stand_in.map(|_| target.url.to_string()),
             url: self.url.to_string(),
             reachable: registration.reachable,
             observed: registration.observed.clone(),
             error: registration.error.clone(),
             channel: self.is_open(),
             rtt_ms: (*lock(&self.rtt)).map(super::millis),
-            hub_key: self.trust().key().map(PublicKey::to_base64),
+            hub_key: target.key.map(PublicKey::to_base64),
         }
     }
 }
@@ -312,6 +384,9 @@ impl Hub {
 #[derive(Debug)]
 pub struct Hubs {
     hubs: Box<[Hub]>,
+    /// The other hubs of their clusters that these hubs vouched for last,
+    /// by the hub (or stand-in) that said so.
+    vouched: Mutex<Vec<(HubId, Vec<VouchedHub>)>>,
 }
 
 impl Hubs {
@@ -330,7 +405,53 @@ impl Hubs {
                 hub.set_trust(Trust::Known(key));
             }
         }
-        Hubs { hubs }
+        Hubs {
+            hubs,
+            vouched: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Hub `id`'s status, with the hubs of its cluster it vouched for.
+    pub fn status(&self, id: HubId) -> HubStatus {
+        let mut status = self.get(id).status();
+        if let Some((_, hubs)) = lock(&self.vouched).iter().find(|(by, _)| *by == id) {
+            status.cluster_hubs = hubs.iter().map(|hub| hub.url.to_string()).collect();
+        }
+        status
+    }
+
+    /// Hub `id`'s channel named the other hubs of its cluster (the whole
+    /// list, replacing what it said before).
+    pub fn vouched_by(&self, id: HubId, hubs: Vec<VouchedHub>) {
+        let mut vouched = lock(&self.vouched);
+        vouched.retain(|(by, _)| *by != id);
+        if !hubs.is_empty() {
+            vouched.push((id, hubs));
+        }
+    }
+
+    /// The hub to try after `current` (`None`: the hub itself) when every
+    /// hub of `[mesh] signaling` is down: the next one vouched for, in
+    /// order, skipping the configured hubs themselves; after the last, the
+    /// hub itself again.
+    pub fn next_stand_in(&self, current: Option<&str>) -> Option<VouchedHub> {
+        let configured: Vec<String> = self.hubs.iter().map(|hub| hub.url.to_string()).collect();
+        let mut candidates: Vec<VouchedHub> = Vec::new();
+        for (_, hubs) in lock(&self.vouched).iter() {
+            for hub in hubs {
+                let url = hub.url.to_string();
+                if !configured.contains(&url)
+                    && !candidates.iter().any(|known| known.url.to_string() == url)
+                {
+                    candidates.push(hub.clone());
+                }
+            }
+        }
+        let next = match current {
+            None => 0,
+            Some(current) => candidates.iter().position(|hub| hub.id == current)? + 1,
+        };
+        candidates.into_iter().nth(next)
     }
 
     /// The hub `id` names.
@@ -411,6 +532,81 @@ mod tests {
         assert_eq!(order(2), [2, 0, 1]);
         assert_eq!(hubs.next_after(HubId(2)), HubId(0));
         assert_eq!(hubs.next_after(HubId(0)), HubId(1));
+    }
+
+    fn peer(id: &str, port: u16, key: &PublicKey) -> PeerHub {
+        PeerHub {
+            id: id.to_owned(),
+            url: format!("http://10.0.0.9:{port}"),
+            hub_key: key.to_base64(),
+        }
+    }
+
+    #[test]
+    fn with_every_hub_down_the_channel_goes_round_the_hubs_vouched_for_and_back() {
+        let hubs = hubs(2);
+        let key = PublicKey::from([7; 32]);
+        // Nothing vouched for: the hub itself.
+        assert_eq!(hubs.next_stand_in(None), None);
+        let vouched = |list: &[(&str, u16)]| -> Vec<VouchedHub> {
+            list.iter()
+                .map(|(id, port)| VouchedHub::from_wire(&peer(id, *port, &key)).unwrap())
+                .collect()
+        };
+        hubs.vouched_by(HubId(0), vouched(&[("h2", 9002), ("h3", 9003)]));
+        // Hub 1 names h3 again, and hub 0 (a configured hub: skipped).
+        let mut second = vouched(&[("h3", 9003)]);
+        second.push(
+            VouchedHub::from_wire(&PeerHub {
+                id: "h0".to_owned(),
+                url: "http://127.0.0.1:8080".to_owned(),
+                hub_key: key.to_base64(),
+            })
+            .unwrap(),
+        );
+        hubs.vouched_by(HubId(1), second);
+        let next = |current: Option<&str>| hubs.next_stand_in(current).map(|hub| hub.id);
+        assert_eq!(next(None).as_deref(), Some("h2"));
+        assert_eq!(next(Some("h2")).as_deref(), Some("h3"));
+        assert_eq!(next(Some("h3")), None, "after the last, the hub itself");
+        assert_eq!(next(Some("gone")), None, "a stand-in no longer vouched for");
+        // A hub that names no other hubs any more takes its list back.
+        hubs.vouched_by(HubId(0), Vec::new());
+        assert_eq!(next(None).as_deref(), Some("h3"));
+
+        // The channel goes to the stand-in with the vouched-for key, and
+        // the status says so.
+        let hub = hubs.get(HubId(0));
+        hub.set_stand_in(hubs.next_stand_in(None));
+        let target = hub.target();
+        assert_eq!(target.url.to_string(), "http://10.0.0.9:9003");
+        assert_eq!(target.key, Some(key));
+        let status = hubs.status(HubId(0));
+        assert_eq!(status.url, "http://127.0.0.1:8080");
+        assert_eq!(status.via.as_deref(), Some("http://10.0.0.9:9003"));
+        assert_eq!(status.hub_key, Some(key.to_base64()));
+        hub.set_stand_in(None);
+        assert_eq!(hub.target().url.to_string(), "http://127.0.0.1:8080");
+        assert_eq!(
+            hubs.status(HubId(1)).cluster_hubs,
+            ["http://10.0.0.9:9003", "http://127.0.0.1:8080"]
+        );
+    }
+
+    #[test]
+    fn a_vouched_hub_that_does_not_parse_is_refused() {
+        let key = PublicKey::from([7; 32]);
+        let mut bad = peer("h2", 9002, &key);
+        bad.hub_key = "short".to_owned();
+        assert!(VouchedHub::from_wire(&bad).is_err());
+        let mut bad = peer("h2", 9002, &key);
+        bad.url = "ftp://10.0.0.9".to_owned();
+        assert!(VouchedHub::from_wire(&bad).is_err());
+        let other = PublicKey::from([8; 32]);
+        let mut pinned = peer("h2", 9002, &key);
+        pinned.url = format!("http://10.0.0.9:9002#{}", other.to_base64());
+        let error = VouchedHub::from_wire(&pinned).unwrap_err();
+        assert!(error.contains("pins another key"), "{error}");
     }
 
     #[test]

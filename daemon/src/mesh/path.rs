@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::Local;
 use super::error::{AttemptError, AttemptKind, DialError, JoinRelayError};
 use super::hub_client::HubConnection;
-use super::hubs::HubId;
+use super::hubs::{HubId, VouchedHub};
 use crate::device_id::DeviceId;
 use crate::hub_wire::{RELAY_PATH, RELAY_UPGRADE};
 use crate::metrics::{HandshakeFailure, Metrics, PathLabel, metrics};
@@ -245,18 +245,20 @@ async fn connect(mesh: SocketAddr, endpoint: SocketAddr) -> std::io::Result<TcpS
     TcpStream::connect(endpoint).await
 }
 
-/// Joins the relay that hub `hub` offered with `token`. With `dial` this
-/// side runs the link's initiator handshake; otherwise it answers, and
-/// accepts only the device `target` with its listed key. The hub splices
-/// bytes it cannot read: the handshake is end to end.
+/// Joins the relay that hub `hub` offered with `token`: on that hub, or on
+/// the hub of its cluster it vouched for (`at`). With `dial` this side runs
+/// the link's initiator handshake; otherwise it answers, and accepts only
+/// the device `target` with its listed key. The hub splices bytes it
+/// cannot read: the handshake is end to end.
 pub async fn relay(
     local: &Local,
     hub: HubId,
+    at: Option<&VouchedHub>,
     token: &str,
     dial: bool,
     target: &Target,
 ) -> Result<Established, JoinRelayError> {
-    let url = local.hubs.get(hub).url();
+    let url = at.map_or_else(|| local.hubs.get(hub).url(), |at| &at.url);
     let hub_error = |source| JoinRelayError::Hub {
         url: url.clone(),
         source: Arc::new(source),
@@ -274,7 +276,8 @@ pub async fn relay(
     // The offer came over a channel that proved the hub's key, so the key
     // is known; the join proves it again, then spends the token, which only
     // this device's key can.
-    let Some(hub_key) = local.hubs.get(hub).trust().key() else {
+    let vouched = at.map(|at| at.key);
+    let Some(hub_key) = vouched.or_else(|| local.hubs.get(hub).trust().key()) else {
         // Forgotten by an operator since the offer: nothing to check the
         // hub against until its channel pins a key again.
         return Err(handshake_error(AttemptKind::from(LinkError::Handshake(

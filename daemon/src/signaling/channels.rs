@@ -5,6 +5,12 @@
 //! deltas (list_history.rs), forwards hole-punching signals between
 //! devices, and hands out relay tokens.
 //!
+//! With a cluster (docs/cluster.md, "Signals and relays"), a signal or a
+//! relay request for a device whose channel is on another hub goes there
+//! through the cluster, in the background, and its answer comes back on
+//! this channel; the hub also names the cluster's other hubs to its
+//! devices, so they can move when it dies.
+//!
 //! A channel counts for an id only once it registered: the key its
 //! handshake proved must be the key the id is bound to, or binds it
 //! (admission.rs). So a signal's `from` and a relay's ends are the devices
@@ -32,10 +38,10 @@ use super::link_reports::LinkCounts;
 use super::registry::Proof;
 use super::relay::Asker;
 use crate::device_id::DeviceId;
-use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, Refusable, RegisterRequest, ToHub};
+use crate::hub_wire::{FromHub, MAX_TO_HUB_BYTES, PeerHub, Refusable, RegisterRequest, ToHub};
 use crate::metrics::metrics;
 use crate::public_key::PublicKey;
-use crate::shared_list::BindRefusal;
+use crate::shared_list::{BindRefusal, Cluster, RelayHalf, RemoteAsker};
 use crate::sync::lock;
 
 /// Hub handshakes (channels and relay joins) in progress at once.
@@ -57,6 +63,33 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 /// channel.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Signals and relay requests on their way to other hubs at once, over all
+/// channels; beyond it they are refused (devices retry).
+pub const MAX_FORWARDS: usize = 256;
+
+/// What a channel's device understands, by the upgrade it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChannelVersion {
+    /// `meshd-channel/2`: the whole list on every change.
+    WholeLists,
+    /// `meshd-channel/3`: deltas.
+    Deltas,
+    /// `meshd-channel/4`: deltas and link reports.
+    Reports,
+    /// `meshd-channel/5`: the cluster's hubs, and relays on them.
+    Cluster,
+}
+
+impl ChannelVersion {
+    fn deltas(self) -> bool {
+        self >= ChannelVersion::Deltas
+    }
+
+    fn cluster(self) -> bool {
+        self >= ChannelVersion::Cluster
+    }
+}
+
 /// What a channel's reader and the other channels queue for its writer.
 enum Outgoing {
     /// A message to send as it is.
@@ -70,6 +103,8 @@ struct Session {
     outgoing: mpsc::Sender<Outgoing>,
     /// The device takes deltas (`meshd-channel/3`).
     deltas: bool,
+    /// The device joins relays on other hubs (`meshd-channel/5`).
+    cluster: bool,
     /// Ends the session: when a newer channel of the same id replaces it,
     /// or an operator removes the id.
     stop: CancellationToken,
@@ -94,6 +129,7 @@ impl Channels {
             serial,
             outgoing: channel.outgoing.clone(),
             deltas: channel.deltas,
+            cluster: channel.version.cluster(),
             stop: channel.stop.clone(),
         };
         if let Some(replaced) = lock(&self.sessions).insert(id.clone(), session) {
@@ -136,9 +172,27 @@ impl Channels {
         }
     }
 
+    /// Queues a message that only `meshd-channel/5` devices understand for
+    /// `to`; why not, if it cannot be.
+    fn send_to_cluster_device(&self, to: &DeviceId, message: FromHub) -> Result<(), String> {
+        let sessions = lock(&self.sessions);
+        let Some(session) = sessions.get(to) else {
+            return Err(format!("{to} has no channel open to its hub"));
+        };
+        if !session.cluster {
+            return Err(format!(
+                "{to}'s meshd is too old to join a relay on another hub of the cluster: upgrade it"
+            ));
+        }
+        session
+            .outgoing
+            .try_send(Outgoing::Message(message))
+            .map_err(|_| format!("{to} is not reading its channel"))
+    }
+
     /// Queues a message for `to`; false if it has no channel or its queue
     /// is full.
-    fn send(&self, to: &DeviceId, message: FromHub) -> bool {
+    pub(super) fn send(&self, to: &DeviceId, message: FromHub) -> bool {
         lock(&self.sessions).get(to).is_some_and(|session| {
             session
                 .outgoing
@@ -155,7 +209,7 @@ pub async fn serve<S>(
     stream: S,
     remote: SocketAddr,
     handshake_slot: tokio::sync::OwnedSemaphorePermit,
-    deltas: bool,
+    version: ChannelVersion,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -176,6 +230,7 @@ pub async fn serve<S>(
     let (reader, writer) = channel.split(MAX_TO_HUB_BYTES);
     let (outgoing, queue) = mpsc::channel(OUTGOING_QUEUE);
     let stop = state.stopping.child_token();
+    let deltas = version.deltas();
     let writing = state.tracker.spawn(write_channel(
         state.clone(),
         writer,
@@ -194,6 +249,8 @@ pub async fn serve<S>(
         stop: stop.clone(),
         serial: None,
         deltas,
+        version,
+        peer_hubs: state.peer_hubs.subscribe(),
     };
     let reason = tokio::select! {
         () = stop.cancelled() => "replaced by a newer channel, the id was removed, or meshd is stopping".to_owned(),
@@ -228,6 +285,11 @@ struct DeviceChannel {
     serial: Option<u64>,
     /// The device takes deltas (`meshd-channel/3`).
     deltas: bool,
+    /// What the device understands.
+    version: ChannelVersion,
+    /// The cluster's other hubs, sent to a registered `meshd-channel/5`
+    /// device whenever they change.
+    peer_hubs: tokio::sync::watch::Receiver<Vec<PeerHub>>,
 }
 
 impl DeviceChannel {
@@ -240,7 +302,7 @@ impl DeviceChannel {
 
 /// Handles the device's messages; the reason the channel ended.
 async fn read_channel<R: AsyncRead + Unpin>(
-    state: &SignalingState,
+    state: &Arc<SignalingState>,
     channel: &mut DeviceChannel,
     mut reader: ChannelReader<R>,
 ) -> String {
@@ -252,8 +314,16 @@ async fn read_channel<R: AsyncRead + Unpin>(
             Some(_) => SILENCE_LIMIT,
             None => register_by.saturating_duration_since(tokio::time::Instant::now()),
         };
+        let tells_hubs = channel.serial.is_some() && channel.version.cluster();
         let bytes = tokio::select! {
             () = state.stopping.cancelled() => return "meshd is stopping".to_owned(),
+            changed = channel.peer_hubs.changed(), if tells_hubs => {
+                if changed.is_ok() {
+                    let hubs = channel.peer_hubs.borrow_and_update().clone();
+                    channel.reply(FromHub::Hubs { hubs });
+                }
+                continue;
+            }
             read = tokio::time::timeout(limit, reader.next()) => match read {
                 Err(_elapsed) if channel.serial.is_none() => {
                     return format!("not registered within {}s", REGISTER_DEADLINE.as_secs());
@@ -299,23 +369,8 @@ async fn read_channel<R: AsyncRead + Unpin>(
             ToHub::Ping { nonce } => Some(FromHub::Pong { nonce }),
             ToHub::Signal { to, .. } if !registered => Some(not_registered(to, Refusable::Signal)),
             ToHub::Relay { to } if !registered => Some(not_registered(to, Refusable::Relay)),
-            ToHub::Signal { to, signal } => {
-                let delivered = DeviceId::parse(&to).is_ok_and(|target| {
-                    state.channels.send(
-                        &target,
-                        FromHub::Signal {
-                            from: id.to_string(),
-                            signal,
-                        },
-                    )
-                });
-                (!delivered).then(|| FromHub::Refused {
-                    reason: format!("{to} has no channel open to this hub, or is not reading it"),
-                    request: Refusable::Signal,
-                    to,
-                })
-            }
-            ToHub::Relay { to } => relay(state, &channel.device, to),
+            ToHub::Signal { to, signal } => signal_to(state, channel, to, signal),
+            ToHub::Relay { to } => relay(state, channel, to),
             // Reports describe a registered device; before that there is
             // nothing to show them beside.
             ToHub::Links { .. } if !registered => None,
@@ -374,7 +429,7 @@ fn not_registered(to: String, request: Refusable) -> FromHub {
 /// first (docs/cluster.md, "Key bindings"): the same id with another key at
 /// any hub of the cluster is a conflict, as it is at one hub.
 async fn bound_in_cluster(state: &SignalingState, device: &Asker) -> Result<(), SignalingError> {
-    let Some(cluster) = state.cluster_bindings.get() else {
+    let Some(cluster) = state.cluster.get() else {
         return Ok(());
     };
     if state.registry().binding(&device.device).is_some() {
@@ -418,6 +473,10 @@ fn register(
     if channel.serial.is_none() {
         let serial = state.channels.open(&device.device, channel);
         channel.serial = Some(serial);
+        if state.cluster.get().is_some() {
+            // The cluster's hubs follow the registration's answer.
+            channel.peer_hubs.mark_changed();
+        }
         tracing::debug!(device_id = %device.device, peer_addr = %channel.remote, "hub channel registered");
     }
     Ok(FromHub::Registered {
@@ -426,9 +485,96 @@ fn register(
     })
 }
 
-/// Offers a relay between `id` and `to`: tokens to both; the refusal to
-/// `id` if that cannot be done.
-fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub> {
+/// Passes a signal on to `to`: over its channel here, or through the
+/// cluster to the hub that lists it; the refusal to the sender if neither
+/// can be done now.
+fn signal_to(
+    state: &Arc<SignalingState>,
+    channel: &DeviceChannel,
+    to: String,
+    signal: crate::hub_wire::Signal,
+) -> Option<FromHub> {
+    let id = &channel.device.device;
+    let refused = |reason: String, to: String| {
+        Some(FromHub::Refused {
+            to,
+            request: Refusable::Signal,
+            reason,
+        })
+    };
+    let Ok(target) = DeviceId::parse(&to) else {
+        return refused(format!("{to:?} is not a device id"), to);
+    };
+    let message = FromHub::Signal {
+        from: id.to_string(),
+        signal,
+    };
+    if state.channels.send(&target, message) {
+        return None;
+    }
+    let ClusterRoute {
+        cluster,
+        hub,
+        permit,
+    } = match through_cluster(state, &target) {
+        Ok(Some(route)) => route,
+        Ok(None) => {
+            return refused(
+                format!("{to} has no channel open to this hub, or is not reading it"),
+                to,
+            );
+        }
+        Err(reason) => return refused(reason, to),
+    };
+    let (from, outgoing) = (id.clone(), channel.outgoing.clone());
+    state.tracker.spawn(async move {
+        if let Err(reason) = cluster.signal(&hub, &from, &target, signal).await {
+            let _ = outgoing.try_send(Outgoing::Message(FromHub::Refused {
+                to,
+                request: Refusable::Signal,
+                reason,
+            }));
+        }
+        drop(permit);
+    });
+    None
+}
+
+/// The way to a device of another hub.
+struct ClusterRoute {
+    cluster: Arc<dyn Cluster>,
+    /// The hub whose listing of the device is freshest.
+    hub: String,
+    /// One of the hub's [`MAX_FORWARDS`] slots, held until the answer.
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// The way to `to` when it is another hub's device; `None` when no hub of
+/// the cluster lists it.
+fn through_cluster(state: &SignalingState, to: &DeviceId) -> Result<Option<ClusterRoute>, String> {
+    let Some(cluster) = state.cluster.get() else {
+        return Ok(None);
+    };
+    let Some(hub) = lock(&state.remote).hub_of(to).map(str::to_owned) else {
+        return Ok(None);
+    };
+    let permit = state.forwards.clone().try_acquire_owned().map_err(|_| {
+        format!("{MAX_FORWARDS} requests are on their way to other hubs already; try again")
+    })?;
+    Ok(Some(ClusterRoute {
+        cluster: cluster.clone(),
+        hub,
+        permit,
+    }))
+}
+
+/// Offers a relay between the channel's device and `to`: tokens to both;
+/// the refusal to the asker if that cannot be done. With `to` on another
+/// hub of the cluster the relay runs on the hub of the pair's lesser id
+/// (so two devices that ask for each other at once get one relay), and
+/// the answer comes back on this channel when that hub has made it.
+fn relay(state: &Arc<SignalingState>, channel: &DeviceChannel, to: String) -> Option<FromHub> {
+    let asker = &channel.device;
     let id = &asker.device;
     let refused = |reason: String, to: String| {
         Some(FromHub::Refused {
@@ -443,30 +589,150 @@ fn relay(state: &SignalingState, asker: &Asker, to: String) -> Option<FromHub> {
         Err(_) => return refused(format!("{to:?} is not a device id"), to),
     };
     let target_key = state.registry().binding(&target);
-    let Some(target_key) = target_key.filter(|_| state.channels.is_open(&target)) else {
-        return refused(format!("{to} has no channel open to this hub"), to);
+    if let Some(target_key) = target_key.filter(|_| state.channels.is_open(&target)) {
+        let offered = offer_here(state, asker, &target, target_key);
+        return Some(relay_answer(to, offered.map(|half| (half, None))));
+    }
+    let ClusterRoute {
+        cluster,
+        hub,
+        permit,
+    } = match through_cluster(state, &target) {
+        Ok(Some(route)) => route,
+        Ok(None) => return refused(format!("{to} has no channel open to this hub"), to),
+        Err(reason) => return refused(reason, to),
     };
-    let rate = state.settings().relay_bytes_per_sec;
-    let offer = match state.relays.offer(asker, &target, target_key, rate) {
-        Ok(offer) => offer,
-        Err(error) => return refused(error.to_string(), to),
-    };
-    let offered = state.channels.send(
-        &target,
-        FromHub::Relay {
-            peer: id.to_string(),
+    if !channel.version.cluster() {
+        return refused(
+            format!(
+                "{to} is on another hub of the cluster, and this device's meshd is too old to join a relay there: upgrade it"
+            ),
+            to,
+        );
+    }
+    let outgoing = channel.outgoing.clone();
+    if *id < target {
+        // The relay runs here; the other end's half goes to its hub.
+        let Some(target_key) = listed_key(state, &target) else {
+            return refused(format!("{to} is listed without a key"), to);
+        };
+        let offer = match state
+            .relays
+            .offer(asker, &target, target_key, relay_rate(state))
+        {
+            Ok(offer) => offer,
+            Err(error) => return refused(error.to_string(), to),
+        };
+        let theirs = RelayHalf {
             token: offer.theirs,
             dial: !offer.own_dials,
+        };
+        let own = RelayHalf {
+            token: offer.own,
+            dial: offer.own_dials,
+        };
+        let from = id.clone();
+        state.tracker.spawn(async move {
+            let handed = cluster.relay_half(&hub, &target, &from, theirs).await;
+            let answer = relay_answer(to, handed.map(|()| (own, None)));
+            let _ = outgoing.try_send(Outgoing::Message(answer));
+            drop(permit);
+        });
+    } else {
+        // The relay runs at the other end's hub; this end gets its half.
+        let remote = RemoteAsker {
+            device: id.clone(),
+            key: asker.key,
+            source: asker.source,
+        };
+        state.tracker.spawn(async move {
+            let made = cluster.relay(&hub, &remote, &target).await;
+            let answer = relay_answer(to, made.map(|(half, at)| (half, Some(at))));
+            let _ = outgoing.try_send(Outgoing::Message(answer));
+            drop(permit);
+        });
+    }
+    None
+}
+
+/// The asker's offer of a relay to `to` (on the hub `at`, if another), or
+/// its refusal.
+fn relay_answer(to: String, outcome: Result<(RelayHalf, Option<PeerHub>), String>) -> FromHub {
+    match outcome {
+        Ok((half, at)) => FromHub::Relay {
+            peer: to,
+            token: half.token,
+            dial: half.dial,
+            at,
+        },
+        Err(reason) => FromHub::Refused {
+            to,
+            request: Refusable::Relay,
+            reason,
+        },
+    }
+}
+
+/// The key another hub lists `id` with.
+fn listed_key(state: &SignalingState, id: &DeviceId) -> Option<PublicKey> {
+    let remote = lock(&state.remote);
+    let listed = remote.listed(id)?;
+    PublicKey::from_base64(listed.pubkey.as_deref()?).ok()
+}
+
+fn relay_rate(state: &SignalingState) -> u64 {
+    state.settings().relay_bytes_per_sec
+}
+
+/// Makes a relay here between `asker` and `target` (bound to
+/// `target_key`, its channel open here): `target`'s half goes over its
+/// channel, the asker's is returned.
+pub(super) fn offer_here(
+    state: &SignalingState,
+    asker: &Asker,
+    target: &DeviceId,
+    target_key: PublicKey,
+) -> Result<RelayHalf, String> {
+    let offer = state
+        .relays
+        .offer(asker, target, target_key, relay_rate(state))
+        .map_err(|error| error.to_string())?;
+    let offered = state.channels.send(
+        target,
+        FromHub::Relay {
+            peer: asker.device.to_string(),
+            token: offer.theirs,
+            dial: !offer.own_dials,
+            at: None,
         },
     );
     if !offered {
-        return refused(format!("{to} is not reading its channel"), to);
+        return Err(format!("{target} is not reading its channel"));
     }
-    Some(FromHub::Relay {
-        peer: to,
+    Ok(RelayHalf {
         token: offer.own,
         dial: offer.own_dials,
     })
+}
+
+/// Hands `to` (its channel open here) its half of a relay that another
+/// hub of the cluster, `at`, runs with `peer`.
+pub(super) fn deliver_half(
+    state: &SignalingState,
+    to: &DeviceId,
+    peer: &DeviceId,
+    half: RelayHalf,
+    at: PeerHub,
+) -> Result<(), String> {
+    state.channels.send_to_cluster_device(
+        to,
+        FromHub::Relay {
+            peer: peer.to_string(),
+            token: half.token,
+            dial: half.dial,
+            at: Some(at),
+        },
+    )
 }
 
 /// Sends queued messages, and once the device is registered (after its

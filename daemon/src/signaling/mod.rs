@@ -108,8 +108,13 @@ pub struct SignalingState {
     sharing: std::sync::atomic::AtomicBool,
     local_dirty: Mutex<std::collections::HashSet<DeviceId>>,
     local_changes: Arc<Notify>,
-    /// With a cluster: its key bindings, asked before this hub binds an id.
-    cluster_bindings: std::sync::OnceLock<Arc<dyn crate::shared_list::ClusterBindings>>,
+    /// With a cluster: its key bindings, asked before this hub binds an id,
+    /// and the way to other hubs' devices.
+    cluster: std::sync::OnceLock<Arc<dyn crate::shared_list::Cluster>>,
+    /// Signals and relay requests on their way to other hubs now.
+    forwards: Arc<tokio::sync::Semaphore>,
+    /// The cluster's other hubs, for the devices' channels.
+    peer_hubs: watch::Sender<Vec<crate::hub_wire::PeerHub>>,
 }
 
 impl SignalingState {
@@ -140,7 +145,9 @@ impl SignalingState {
             sharing: std::sync::atomic::AtomicBool::new(false),
             local_dirty: Mutex::new(std::collections::HashSet::new()),
             local_changes: Arc::new(Notify::new()),
-            cluster_bindings: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
+            forwards: Arc::new(tokio::sync::Semaphore::new(channels::MAX_FORWARDS)),
+            peer_hubs: watch::Sender::new(Vec::new()),
         }
     }
 
@@ -338,6 +345,60 @@ impl crate::shared_list::SharedList for Shared {
             tracing::info!(device_id = %id, "binding released by another hub of the cluster");
         }
     }
+
+    fn deliver_signal(
+        &self,
+        from: &DeviceId,
+        to: &DeviceId,
+        signal: crate::hub_wire::Signal,
+    ) -> Result<(), String> {
+        let message = crate::hub_wire::FromHub::Signal {
+            from: from.to_string(),
+            signal,
+        };
+        if self.0.channels.send(to, message) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{to} has no channel open to its hub, or is not reading it"
+            ))
+        }
+    }
+
+    fn offer_relay(
+        &self,
+        asker: &crate::shared_list::RemoteAsker,
+        to: &DeviceId,
+    ) -> Result<crate::shared_list::RelayHalf, String> {
+        let key = self.0.registry().binding(to);
+        let Some(key) = key.filter(|_| self.0.channels.is_open(to)) else {
+            return Err(format!("{to} has no channel open to its hub"));
+        };
+        let asker = relay::Asker {
+            device: asker.device.clone(),
+            key: asker.key,
+            source: asker.source,
+        };
+        channels::offer_here(&self.0, &asker, to, key)
+    }
+
+    fn deliver_relay_half(
+        &self,
+        to: &DeviceId,
+        peer: &DeviceId,
+        half: crate::shared_list::RelayHalf,
+        at: crate::hub_wire::PeerHub,
+    ) -> Result<(), String> {
+        channels::deliver_half(&self.0, to, peer, half, at)
+    }
+
+    fn other_hubs(&self, hubs: Vec<crate::hub_wire::PeerHub>) {
+        self.0.peer_hubs.send_if_modified(|held| {
+            let changed = *held != hubs;
+            *held = hubs;
+            changed
+        });
+    }
 }
 
 /// How long the web console shows a device that left or expired.
@@ -477,9 +538,10 @@ impl SignalingHandle {
         self.listen
     }
 
-    /// From now on ids new to this hub are bound through the cluster.
-    pub fn bind_through(&self, bindings: Arc<dyn crate::shared_list::ClusterBindings>) {
-        let _ = self.state.cluster_bindings.set(bindings);
+    /// From now on ids new to this hub are bound through the cluster, and
+    /// signals and relays reach other hubs' devices through it.
+    pub fn join(&self, cluster: Arc<dyn crate::shared_list::Cluster>) {
+        let _ = self.state.cluster.set(cluster);
     }
 
     /// The hub's list for the cluster to share; from now on this hub's own
@@ -549,7 +611,7 @@ impl SignalingHandle {
         // The channel spoke for the binding just released.
         self.state.channels.close_device(id);
         if removed.had_binding
-            && let Some(cluster) = self.state.cluster_bindings.get()
+            && let Some(cluster) = self.state.cluster.get()
         {
             cluster.release(id);
         }

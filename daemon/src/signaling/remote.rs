@@ -68,10 +68,21 @@ impl RemoteDevices {
         ids.into_iter().filter(|id| self.remove(hub, id)).collect()
     }
 
-    /// The device as the freshest hub lists it (RFC 3339 times in UTC
-    /// compare as text).
+    /// The device as the freshest hub lists it.
     pub fn listed(&self, id: &DeviceId) -> Option<&ListedDevice> {
-        self.by_device.get(id)?.values().max_by(|a, b| {
+        self.freshest(id).map(|(_, device)| device)
+    }
+
+    /// The hub whose listing of `id` is freshest: where its channel most
+    /// likely is.
+    pub fn hub_of(&self, id: &DeviceId) -> Option<&str> {
+        self.freshest(id).map(|(hub, _)| hub.as_str())
+    }
+
+    /// The freshest listing of `id`, with its hub (RFC 3339 times in UTC
+    /// compare as text).
+    fn freshest(&self, id: &DeviceId) -> Option<(&String, &ListedDevice)> {
+        self.by_device.get(id)?.iter().max_by(|(_, a), (_, b)| {
             a.last_seen
                 .cmp(&b.last_seen)
                 .then_with(|| a.addr.cmp(&b.addr))
@@ -148,6 +159,9 @@ mod tests {
             device("d", "192.0.2.2:2", "2026-12-03T10:00:05Z")
         ));
         assert_eq!(remote.listed(&id("d")).unwrap().addr, "192.0.2.2:2");
+        // Signals for it go to the hub whose listing is freshest.
+        assert_eq!(remote.hub_of(&id("d")), Some("h2"));
+        assert_eq!(remote.hub_of(&id("other")), None);
         // The same again changes nothing.
         assert!(!remote.upsert(
             "h2",
@@ -157,6 +171,7 @@ mod tests {
         // The fresher hub drops it: the other's listing stands.
         assert!(remote.remove("h2", &id("d")));
         assert_eq!(remote.listed(&id("d")).unwrap().addr, "192.0.2.1:1");
+        assert_eq!(remote.hub_of(&id("d")), Some("h1"));
         assert!(remote.remove("h1", &id("d")));
         assert!(remote.listed(&id("d")).is_none());
         assert!(!remote.remove("h1", &id("d")), "nothing left to remove");

@@ -17,14 +17,14 @@ use hyper_util::rt::TokioIo;
 use super::SignalingState;
 use super::admission::token_matches;
 use super::api;
-use super::channels;
+use super::channels::{self, ChannelVersion};
 use super::error::{SignalingError, json_response};
 use super::registry::Proof;
 use crate::http_head::head_bytes;
 use crate::hub_wire::{
-    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_NO_REPORTS, CHANNEL_UPGRADE_WHOLE_LISTS,
-    DEVICES_PATH, HEALTH_PATH, MAX_BODY_BYTES, MAX_HEAD_BYTES, OBSERVED_PATH, ObservedReply,
-    REGISTER_PATH, RELAY_PATH, RELAY_UPGRADE, RegisterRequest,
+    CHANNEL_PATH, CHANNEL_UPGRADE, CHANNEL_UPGRADE_NO_CLUSTER, CHANNEL_UPGRADE_NO_REPORTS,
+    CHANNEL_UPGRADE_WHOLE_LISTS, DEVICES_PATH, HEALTH_PATH, MAX_BODY_BYTES, MAX_HEAD_BYTES,
+    OBSERVED_PATH, ObservedReply, REGISTER_PATH, RELAY_PATH, RELAY_UPGRADE, RegisterRequest,
 };
 
 /// Dispatches one request. Never fails: every error becomes a JSON response.
@@ -174,21 +174,24 @@ fn channel(
     peer: SocketAddr,
     state: &Arc<SignalingState>,
 ) -> Result<Response<Full<Bytes>>, SignalingError> {
-    // Devices of this version take deltas and report links; older ones
-    // are still served (channel/3: deltas, no reports; channel/2: whole
-    // lists), so hubs can be upgraded first. A channel/3 device simply
-    // never reports.
-    let (protocol, deltas) = match require_upgrade(&request, CHANNEL_UPGRADE) {
-        Ok(()) => (CHANNEL_UPGRADE, true),
-        Err(error) => {
-            if require_upgrade(&request, CHANNEL_UPGRADE_NO_REPORTS).is_ok() {
-                (CHANNEL_UPGRADE_NO_REPORTS, true)
-            } else if require_upgrade(&request, CHANNEL_UPGRADE_WHOLE_LISTS).is_ok() {
-                (CHANNEL_UPGRADE_WHOLE_LISTS, false)
-            } else {
-                return Err(error);
-            }
+    // Devices of this version take deltas, report links and learn the
+    // cluster's hubs; older ones are still served (channel/4: no cluster
+    // hubs; channel/3: no reports either; channel/2: whole lists), so
+    // hubs can be upgraded first.
+    let mut chosen = None;
+    for (protocol, version) in [
+        (CHANNEL_UPGRADE, ChannelVersion::Cluster),
+        (CHANNEL_UPGRADE_NO_CLUSTER, ChannelVersion::Reports),
+        (CHANNEL_UPGRADE_NO_REPORTS, ChannelVersion::Deltas),
+        (CHANNEL_UPGRADE_WHOLE_LISTS, ChannelVersion::WholeLists),
+    ] {
+        if require_upgrade(&request, protocol).is_ok() {
+            chosen = Some((protocol, version));
+            break;
         }
+    }
+    let Some((protocol, version)) = chosen else {
+        return Err(SignalingError::UpgradeRequired(CHANNEL_UPGRADE));
     };
     let slot = handshake_slot(state)?;
     let upgrade = hyper::upgrade::on(&mut request);
@@ -196,7 +199,7 @@ fn channel(
     state.tracker.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                channels::serve(task_state, TokioIo::new(upgraded), peer, slot, deltas).await;
+                channels::serve(task_state, TokioIo::new(upgraded), peer, slot, version).await;
             }
             Err(error) => tracing::debug!(peer_addr = %peer, %error, "hub channel upgrade failed"),
         }

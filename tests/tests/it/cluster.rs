@@ -200,10 +200,26 @@ fn every_hub_lists_every_device_and_devices_on_two_hubs_link() {
     assert_eq!(inbox, [("one".to_owned(), "across the cluster".to_owned())]);
     assert_eq!(b.ctl_json(&["status"])["roles"]["signaling"]["devices"], 2);
 
-    // A hub that dies takes its devices out of the others' lists.
+    // A hub that dies takes its devices out of the others' lists: one
+    // registered over HTTP is gone for good, a device with a channel
+    // moves to the other hub and is listed there as its own.
+    let registered = http::post_json(
+        b.signaling_addr(),
+        "/register",
+        &json!({"id": "laptop.2", "addr": "192.0.2.8:8082"}),
+    );
+    assert_eq!(registered.status, 200);
+    wait_until("laptop.2 listed at hub-a", Duration::from_secs(5), || {
+        listed_ids(&a)
+            .contains(&"laptop.2".to_owned())
+            .then_some(())
+    });
     b.kill9();
-    wait_until("two gone from hub-a", Duration::from_secs(20), || {
-        (listed_ids(&a) == ["one"]).then_some(())
+    wait_until("laptop.2 gone from hub-a", Duration::from_secs(20), || {
+        (listed_ids(&a) == ["one", "two"]).then_some(())
+    });
+    wait_until("two moved to hub-a", Duration::from_secs(10), || {
+        (a.ctl_json(&["status"])["roles"]["signaling"]["channels"] == 2).then_some(())
     });
 }
 
@@ -255,4 +271,83 @@ fn an_id_bound_at_one_hub_is_refused_with_another_key_at_another_until_released(
         refused["status"], 409,
         "now bound to the second key: {refused}"
     );
+}
+
+/// `node`'s status of its hub `url`.
+fn hub_status(node: &Node, url: &str) -> Value {
+    let status = node.ctl_json(&["status"]);
+    status["roles"]["mesh"]["signaling"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|hub| hub["url"] == url)
+        .unwrap_or_else(|| panic!("no hub {url} in {status}"))
+        .clone()
+}
+
+#[test]
+fn a_device_whose_hub_dies_moves_to_another_hub_of_the_cluster_within_10s() {
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let mut first = cluster_hub("hub-1", &nats);
+    let second = cluster_hub("hub-2", &nats);
+    let (first_url, second_url) = (first.hub_url(), second.hub_url());
+    let one = device("one", std::slice::from_ref(&first_url));
+    let two = device("two", std::slice::from_ref(&second_url));
+    wait_full_mesh(&[&one, &two], Duration::from_secs(20));
+    // Each hub names the other to its devices, with the key the cluster
+    // announces for it.
+    wait_until("hub-1 names hub-2 to one", Duration::from_secs(10), || {
+        (hub_status(&one, &first_url)["cluster_hubs"] == json!([second_url])).then_some(())
+    });
+    let text = one.ctl_ok(&["status"]);
+    assert!(
+        text.contains(&format!("; 1 other hub of its cluster: {second_url}")),
+        "{text}"
+    );
+
+    first.kill9();
+    let killed = std::time::Instant::now();
+    let moved = wait_until("one moved to hub-2", Duration::from_secs(15), || {
+        let hub = hub_status(&one, &first_url);
+        (hub["via"] == second_url.as_str() && hub["channel"] == true).then_some(hub)
+    });
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "moved after {:?}",
+        killed.elapsed()
+    );
+    // The key is the one hub-2 proves, carried over from hub-1.
+    let second_key = second.ctl_json(&["status"])["roles"]["signaling"]["hub_key"].clone();
+    assert_eq!(moved["hub_key"], second_key, "{moved}");
+    assert!(moved["reachable"] == true, "{moved}");
+    let text = one.ctl_ok(&["status"]);
+    assert!(
+        text.contains(&format!(
+            "signaling {first_url} (down; moved to {second_url}, a hub of its cluster): registered"
+        )),
+        "{text}"
+    );
+    assert!(
+        one.log()
+            .contains("moved to another hub of the cluster while this one is down")
+    );
+    // hub-2 serves it as its own device now: it lists it, and a device
+    // that joins later links with it and talks.
+    wait_until("hub-2 lists one", Duration::from_secs(5), || {
+        listed_ids(&second)
+            .contains(&"one".to_owned())
+            .then_some(())
+    });
+    assert_eq!(
+        second.ctl_json(&["status"])["roles"]["signaling"]["channels"],
+        2
+    );
+    let three = device("three", std::slice::from_ref(&second_url));
+    wait_full_mesh(&[&one, &two, &three], Duration::from_secs(15));
+    three.ctl_ok(&["send", "one", "after the move"]);
+    one.ctl_ok(&["send", "two", "still here"]);
+    assert!(crate::mesh::inbox(&one).contains(&("three".to_owned(), "after the move".to_owned())));
+    assert!(crate::mesh::inbox(&two).contains(&("one".to_owned(), "still here".to_owned())));
 }

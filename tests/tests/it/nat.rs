@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use meshd_tests::nats::NatsServer;
 use meshd_tests::netlab::{Host, Nat, TwoHomes, lab_or_skip};
 use meshd_tests::{MeshOptions, Node, NodeOptions, wait_until};
 
@@ -351,7 +352,7 @@ fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
     // The capture works: it holds the channels' HTTP upgrades (the one
     // plain part), and the relayed messages' bytes.
     assert!(
-        contains(&captured, b"meshd-channel/4") && captured.len() > 4 * 48 * 1024,
+        contains(&captured, b"meshd-channel/5") && captured.len() > 4 * 48 * 1024,
         "the capture lacks the hub's traffic ({} bytes)",
         captured.len()
     );
@@ -559,4 +560,127 @@ fn a_hub_on_every_interface_registers_its_own_device_where_others_reach_it() {
         "{own}"
     );
     exchange((&hub, "hub"), (&dev, "dev"));
+}
+
+/// NATS for a cluster of the lab's hubs, on the internet segment.
+const NATS_PORT: u16 = 4222;
+
+/// A hub of a cluster on `nats` (advertising its listen address).
+fn start_cluster_hub(id: &str, hub: &Host, nats: &NatsServer, signaling: &str) -> Node {
+    Node::start(NodeOptions {
+        id: id.to_owned(),
+        signaling_listen: format!("{}:{HUB_PORT}", hub.ip),
+        signaling: signaling.to_owned(),
+        extra: format!("[cluster]\nnats = [\"{}\"]\n", nats.url()),
+        netns: Some(hub.netns.clone()),
+        ..NodeOptions::default()
+    })
+}
+
+/// Two hubs of one cluster on the internet segment (NATS beside the
+/// first), a behind `nat_a` knowing only the first and b behind a
+/// port-preserving NAT knowing only the second.
+struct ClusterLab {
+    _nats: NatsServer,
+    hub1: Node,
+    hub2: Node,
+    hub1_host: Host,
+    a: Node,
+    b: Node,
+}
+
+fn cluster_lab(
+    lab: &mut meshd_tests::netlab::Lab,
+    nat_a: Nat,
+    signaling: &str,
+) -> Option<ClusterLab> {
+    let TwoHomes {
+        hub: hub1_host,
+        a: a_host,
+        b: b_host,
+        ..
+    } = lab.two_homes(nat_a).unwrap();
+    let hub2_host = lab.public_host("hub2", 2).unwrap();
+    let nats = NatsServer::start_in(
+        &hub1_host.netns,
+        std::net::SocketAddr::from((hub1_host.ip, NATS_PORT)),
+    )?;
+    let hub1 = start_cluster_hub("hub1", &hub1_host, &nats, signaling);
+    let hub2 = start_cluster_hub("hub2", &hub2_host, &nats, signaling);
+    for hub in [&hub1, &hub2] {
+        wait_until("both hubs in the cluster", Duration::from_secs(10), || {
+            let status = hub.ctl_json(&["status"]);
+            (status["roles"]["cluster"]["hubs"].as_array()?.len() == 2).then_some(())
+        });
+    }
+    let a = start_device("a", &a_host, &hub1_host);
+    let b = start_device("b", &b_host, &hub2_host);
+    Some(ClusterLab {
+        _nats: nats,
+        hub1,
+        hub2,
+        hub1_host,
+        a,
+        b,
+    })
+}
+
+#[test]
+fn g_devices_on_two_hubs_of_a_cluster_punch_through_their_nats_with_signals_across_hubs() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let Some(cluster) = cluster_lab(&mut lab, Nat::PortPreserving, "") else {
+        return;
+    };
+    let ClusterLab {
+        hub1, hub2, a, b, ..
+    } = &cluster;
+    // As with one hub (case a), but each device's signals to the other go
+    // through its own hub, the cluster, and the other's hub.
+    let (a_end, b_end) = wait_link((a, "a"), (b, "b"), "direct", Duration::from_secs(15));
+    assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
+    assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
+    exchange((a, "a"), (b, "b"));
+    for hub in [hub1, hub2] {
+        let log = hub.log();
+        assert!(
+            log.contains("request from another hub carried out")
+                && log.contains("request=\"signal\""),
+            "no signal crossed the cluster:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn h_a_relay_between_devices_on_two_hubs_runs_on_one_of_them() {
+    let Some(mut lab) = lab_or_skip() else { return };
+    let rate = format!("relay_bytes_per_sec = {}", 1024 * 1024);
+    let Some(cluster) = cluster_lab(&mut lab, Nat::RandomPort, &rate) else {
+        return;
+    };
+    let ClusterLab {
+        hub1,
+        hub2,
+        hub1_host,
+        a,
+        b,
+        ..
+    } = &cluster;
+    // a's NAT defeats hole punching, so the pair is relayed; the relay
+    // runs on the hub of the lesser id, a's hub1, and b joins it there
+    // with the key hub2 vouched for.
+    let hub1_endpoint = format!("{}:{HUB_PORT}", hub1_host.ip);
+    let (a_end, b_end) = wait_link((a, "a"), (b, "b"), "relayed", Duration::from_secs(20));
+    assert_eq!(
+        (a_end.as_str(), b_end.as_str()),
+        (hub1_endpoint.as_str(), hub1_endpoint.as_str())
+    );
+    exchange((a, "a"), (b, "b"));
+    let relays = |hub: &Node| hub.ctl_json(&["status"])["roles"]["signaling"]["relays"].clone();
+    assert_eq!(relays(hub1), 1);
+    assert_eq!(relays(hub2), 0);
+    // b has no channel to hub1: only the relay.
+    assert_eq!(
+        hub1.ctl_json(&["status"])["roles"]["signaling"]["channels"],
+        1
+    );
 }

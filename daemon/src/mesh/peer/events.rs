@@ -14,7 +14,7 @@ use bytes::Bytes;
 use meshd_link::Frame;
 
 use super::super::error::{DialError, JoinRelayError, LinkDown, StopReason};
-use super::super::hubs::HubId;
+use super::super::hubs::{HubId, VouchedHub};
 use super::super::path::Path;
 use super::super::roster::Listing;
 use super::{PingOutcome, SendError};
@@ -122,6 +122,8 @@ pub enum Input<S, P> {
         token: String,
         /// This side runs the link's initiator handshake.
         dial: bool,
+        /// Another hub of the cluster runs the relay, as `hub` vouches.
+        at: Option<VouchedHub>,
     },
     /// `hub` could not pass a signal or relay request to the peer.
     Refused {
@@ -169,6 +171,9 @@ pub enum Action<S, P> {
         token: String,
         /// This side runs the initiator handshake.
         dial: bool,
+        /// Join there instead: another hub of the cluster, as `hub`
+        /// vouches.
+        at: Option<VouchedHub>,
     },
     /// The link is adopted: start its reader and writer.
     StartLink {

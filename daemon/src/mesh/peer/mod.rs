@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Local;
 use super::error::{NoLinkReason, StopReason};
-use super::hubs::HubId;
+use super::hubs::{HubId, VouchedHub};
 use super::path::Established;
 use super::roster::Listing;
 use crate::device_id::DeviceId;
@@ -90,6 +90,8 @@ pub enum Command {
         token: String,
         /// This side runs the link's initiator handshake.
         dial: bool,
+        /// Another hub of the cluster runs the relay, as `hub` vouches.
+        at: Option<VouchedHub>,
     },
     /// Hub `hub` could not pass a signal or relay request to the peer.
     Refused {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::super::error::{JoinRelayError, NoLinkReason};
-use super::super::hubs::HubId;
+use super::super::hubs::{HubId, VouchedHub};
 use super::events::{Action, LinkFacts, LinkId, PeerEvent};
 use super::state::{PeerState, Punch, RelayAttempt, Step};
 use super::timers::Timer;
@@ -62,12 +62,18 @@ impl<S, P> PeerState<S, P> {
         hub: HubId,
         token: String,
         dial: bool,
+        at: Option<VouchedHub>,
     ) {
         if self.relay == RelayAttempt::Joining {
             return;
         }
         self.relay = RelayAttempt::Joining;
-        step.out.push(Action::JoinRelay { hub, token, dial });
+        step.out.push(Action::JoinRelay {
+            hub,
+            token,
+            dial,
+            at,
+        });
     }
 
     pub(super) fn relayed_outcome(

@@ -227,7 +227,17 @@ impl PeerTask {
             }
             Command::Listing(listing) => Input::Listing(listing),
             Command::Signal { hub, signal } => Input::Signal { hub, signal },
-            Command::RelayOffer { hub, token, dial } => Input::RelayOffer { hub, token, dial },
+            Command::RelayOffer {
+                hub,
+                token,
+                dial,
+                at,
+            } => Input::RelayOffer {
+                hub,
+                token,
+                dial,
+                at,
+            },
             Command::Refused {
                 hub,
                 request,
@@ -286,10 +296,15 @@ impl PeerTask {
                     },
                 );
             }
-            Action::JoinRelay { hub, token, dial } => {
+            Action::JoinRelay {
+                hub,
+                token,
+                dial,
+                at,
+            } => {
                 let (local, target) = (self.local.clone(), self.target.clone());
                 self.spawn_attempt(
-                    async move { path::relay(&local, hub, &token, dial, &target).await },
+                    async move { path::relay(&local, hub, at.as_ref(), &token, dial, &target).await },
                     LinkEvent::Relayed,
                 );
             }

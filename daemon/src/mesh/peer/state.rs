@@ -264,7 +264,12 @@ impl<S, P> PeerState<S, P> {
             Input::Received { link } => self.on_received(&mut step, link),
             Input::LinkDown { link, reason } => self.link_lost(&mut step, link, reason),
             Input::Signal { hub, signal } => self.on_signal(&mut step, hub, signal),
-            Input::RelayOffer { hub, token, dial } => self.join_relay(&mut step, hub, token, dial),
+            Input::RelayOffer {
+                hub,
+                token,
+                dial,
+                at,
+            } => self.join_relay(&mut step, hub, token, dial, at),
             Input::Refused {
                 hub,
                 request,

@@ -626,10 +626,11 @@ fn an_offer_is_joined_whoever_asked_so_the_pair_gets_one_relay() {
         hub: hub(0),
         token: token.into(),
         dial: false,
+        at: None,
     };
     let acts = h.at(400, offer("t1"));
     assert!(
-        matches!(&acts[..], [Action::JoinRelay { hub: at, token, dial: false }] if *at == hub(0) && token == "t1")
+        matches!(&acts[..], [Action::JoinRelay { hub: via, token, dial: false, at: None }] if *via == hub(0) && token == "t1")
     );
     // Joining: no request of our own, and a second offer is not joined.
     assert!(relay_requests(&h.tick(900)).is_empty());
