@@ -26,6 +26,7 @@ mod mesh;
 mod metrics;
 mod paths;
 mod public_key;
+mod shared_chat;
 mod shared_list;
 mod signaling;
 mod signals;

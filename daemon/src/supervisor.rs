@@ -203,16 +203,24 @@ pub async fn run(
                 .unwrap_or_default(),
             hub_key: hub.status().hub_key.unwrap_or_default(),
         };
+        // Chat is shared only by a hub that runs it.
+        let room = chat.as_ref().and_then(chat::ChatHandle::share);
         cluster::start(
             &config.cluster,
             me,
             hub.share(),
+            room,
             cancel.child_token(),
             &tracker,
         )
     });
-    if let (Some(hub), Some(cluster)) = (&signaling, &cluster) {
-        hub.join(std::sync::Arc::new(cluster.clone()));
+    if let Some(cluster) = &cluster {
+        if let Some(hub) = &signaling {
+            hub.join(std::sync::Arc::new(cluster.clone()));
+        }
+        if let Some(chat) = &chat {
+            chat.join(std::sync::Arc::new(cluster.clone()));
+        }
     }
     let mut roles = Roles {
         signaling,

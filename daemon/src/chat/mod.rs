@@ -8,7 +8,9 @@
 //! rest of meshd: status, operator broadcasts, and user management. With
 //! `tls = true` every connection goes through a TLS handshake first
 //! (`tls.rs`, the certificate in `certificate.rs`), and the same sessions run
-//! over the TLS stream.
+//! over the TLS stream. In a cluster (docs/cluster.md, "Chat across hubs")
+//! the room and the users are shared through it (`shared.rs`): user
+//! changes are made in the cluster first.
 
 mod argon2_pool;
 mod auth;
@@ -18,6 +20,7 @@ mod line_reader;
 pub(crate) mod protocol;
 mod room;
 mod session;
+mod shared;
 mod tls;
 pub(crate) mod users;
 
@@ -35,6 +38,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ChatConfig;
 use crate::log_limit::LogLimiter;
+use crate::shared_chat::{UserOp, UserRefusal};
 use auth::Authenticator;
 use flood::FloodControl;
 use room::Room;
@@ -55,6 +59,8 @@ pub struct ChatShared {
     throttled_logins: LogLimiter,
     max_line_bytes: usize,
     cancel: CancellationToken,
+    /// In a cluster: where user changes are made first.
+    cluster: std::sync::OnceLock<Arc<dyn crate::shared_chat::ChatCluster>>,
 }
 
 /// The chat role as the rest of meshd sees it.
@@ -103,6 +109,7 @@ pub async fn start(
         throttled_logins: LogLimiter::default(),
         max_line_bytes: config.max_line_bytes,
         cancel: cancel.clone(),
+        cluster: std::sync::OnceLock::new(),
     });
     match shared.users.reload().await {
         Ok(count) => tracing::info!(role = "chat", users = count, "chat users loaded"),
@@ -217,8 +224,21 @@ impl ChatHandle {
     pub async fn add_user(&self, name: &str, password: String) -> Result<(), UsersError> {
         users::check_name(name)?;
         users::check_password(&password)?;
+        if self.shared.users.snapshot().hash_of(name).is_some() {
+            return Err(UsersError::Exists(name.to_owned()));
+        }
         let hash = self.hash(password).await?;
-        self.shared.users.change(|set| set.add(name, hash)).await?;
+        self.in_cluster(name, UserOp::Add(&hash)).await?;
+        self.shared
+            .users
+            .change(|set| {
+                // The cluster's copy may have come back first.
+                if set.hash_of(name) == Some(hash.as_str()) {
+                    return Ok(());
+                }
+                set.add(name, hash.clone())
+            })
+            .await?;
         tracing::info!(user = name, "chat user added");
         Ok(())
     }
@@ -230,6 +250,7 @@ impl ChatHandle {
         }
         users::check_password(&password)?;
         let hash = self.hash(password).await?;
+        self.in_cluster(name, UserOp::SetPassword(&hash)).await?;
         self.shared
             .users
             .change(|set| set.set_password(name, hash))
@@ -249,10 +270,52 @@ impl ChatHandle {
 
     /// `meshctl users remove`
     pub async fn remove_user(&self, name: &str) -> Result<(), UsersError> {
-        self.shared.users.change(|set| set.remove(name)).await?;
+        if self.shared.users.snapshot().hash_of(name).is_none() {
+            return Err(UsersError::NotFound(name.to_owned()));
+        }
+        self.in_cluster(name, UserOp::Remove).await?;
+        let clustered = self.shared.cluster.get().is_some();
+        self.shared
+            .users
+            .change(|set| match set.remove(name) {
+                // The cluster's removal may have come back first.
+                Err(UsersError::NotFound(_)) if clustered => Ok(()),
+                removed => removed,
+            })
+            .await?;
         let ended = self.shared.room.revoke(name, "user removed");
         tracing::info!(user = name, sessions_ended = ended, "chat user removed");
         Ok(())
+    }
+
+    /// In a cluster, makes a user change there first, so that it reaches
+    /// every hub or none.
+    async fn in_cluster(&self, name: &str, op: UserOp<'_>) -> Result<(), UsersError> {
+        let Some(cluster) = self.shared.cluster.get() else {
+            return Ok(());
+        };
+        match cluster.change_user(name, op).await {
+            Ok(()) => Ok(()),
+            Err(UserRefusal::Exists) => Err(UsersError::Exists(name.to_owned())),
+            Err(UserRefusal::Unavailable(reason)) => Err(UsersError::Cluster(reason)),
+        }
+    }
+
+    /// The room and the users for the cluster to share, with the outbox of
+    /// this hub's events; `None` if already shared.
+    pub fn share(
+        &self,
+    ) -> Option<(
+        Arc<dyn crate::shared_chat::SharedRoom>,
+        tokio::sync::mpsc::Receiver<crate::shared_chat::ChatEvent>,
+    )> {
+        let outbox = self.shared.room.share()?;
+        Some((Arc::new(shared::Shared(self.shared.clone())), outbox))
+    }
+
+    /// From now on user changes are made in `cluster` first.
+    pub fn join(&self, cluster: Arc<dyn crate::shared_chat::ChatCluster>) {
+        let _ = self.shared.cluster.set(cluster);
     }
 
     /// Applies the live keys of a reloaded config (the flood limits).

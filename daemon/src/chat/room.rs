@@ -7,18 +7,30 @@
 //! than its capacity behind is lagging and is disconnected as slow (NATS's
 //! slow-consumer policy), and a stalled client never blocks the sender or the
 //! others. One ring also gives every receiver one sender's lines in order.
+//!
+//! In a cluster (docs/cluster.md, "Chat across hubs") the room also queues
+//! its own clients' events for the other hubs (a bounded outbox the cluster
+//! drains), takes theirs into the same ring, and keeps who is logged in at
+//! each other hub for `/who`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::protocol;
+use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
+use crate::shared_chat::{ChatEvent, ChatEventKind};
 use crate::sync::lock;
+
+/// Users listed per other hub at most; beyond it a hub's list is cut, so a
+/// flood on the bus cannot grow this hub's memory without end.
+pub const MAX_REMOTE_USERS: usize = 10_000;
 
 /// Identifies one logged-in session; 0 is the system.
 pub type ClientId = u64;
@@ -89,6 +101,14 @@ pub struct Room {
     members: Mutex<BTreeMap<ClientId, Member>>,
     next_id: AtomicU64,
     relayed: AtomicU64,
+    /// In a cluster: this hub's events for the other hubs.
+    outbox: OnceLock<mpsc::Sender<ChatEvent>>,
+    /// Events the outbox had no room for.
+    outbox_full: LogLimiter,
+    /// Woken when this hub's logged-in users change.
+    presence: Arc<Notify>,
+    /// The users logged in at each other hub of the cluster.
+    remote: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl Room {
@@ -100,7 +120,101 @@ impl Room {
             members: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(SYSTEM + 1),
             relayed: AtomicU64::new(0),
+            outbox: OnceLock::new(),
+            outbox_full: LogLimiter::new(Duration::from_secs(60)),
+            presence: Arc::new(Notify::new()),
+            remote: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// From now on this hub's events go to the cluster too, through the
+    /// returned outbox (bounded: [`crate::shared_chat::OUTBOX`]).
+    pub fn share(&self) -> Option<mpsc::Receiver<ChatEvent>> {
+        let (sender, receiver) = mpsc::channel(crate::shared_chat::OUTBOX);
+        self.outbox.set(sender).ok().map(|()| receiver)
+    }
+
+    /// Queues an event of this hub's clients for the other hubs.
+    fn to_cluster(&self, kind: ChatEventKind, user: &str, text: &str) {
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        let event = ChatEvent {
+            kind,
+            user: user.to_owned(),
+            text: text.to_owned(),
+        };
+        if outbox.try_send(event).is_err() {
+            self.outbox_full.log(|suppressed| {
+                tracing::warn!(role = "chat", suppressed, "chat outbox full: the cluster is slow or unreachable, and this hub's lines reach only its own clients meanwhile");
+            });
+        }
+    }
+
+    /// Woken when this hub's logged-in users change.
+    pub fn presence_changed(&self) -> Arc<Notify> {
+        self.presence.clone()
+    }
+
+    /// The users logged in at this hub, sorted, each once.
+    pub fn local_users(&self) -> Vec<String> {
+        let members = lock(&self.members);
+        let names: BTreeSet<&str> = members.values().map(|m| m.user.as_str()).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Another hub's clients said or did `event`; one no client could have
+    /// made is dropped.
+    pub fn deliver(&self, event: &ChatEvent) {
+        let named = super::users::check_name(&event.user).is_ok();
+        let one_line = !event.text.contains(['\n', '\r']);
+        let line = match event.kind {
+            ChatEventKind::Msg if named && one_line => protocol::msg(&event.user, &event.text),
+            ChatEventKind::Join if named && event.text.is_empty() => protocol::join(&event.user),
+            ChatEventKind::Leave if named && event.text.is_empty() => protocol::leave(&event.user),
+            ChatEventKind::Sys if event.user.is_empty() && one_line => protocol::sys(&event.text),
+            _ => {
+                tracing::debug!(
+                    role = "chat",
+                    ?event,
+                    "chat event from another hub dropped: no client could have sent it"
+                );
+                return;
+            }
+        };
+        self.send(SYSTEM, line);
+    }
+
+    /// The users logged in at hub `hub` now.
+    pub fn remote_users(&self, hub: &str, mut users: Vec<String>) {
+        users.truncate(MAX_REMOTE_USERS);
+        users.retain(|user| super::users::check_name(user).is_ok());
+        let mut remote = lock(&self.remote);
+        if users.is_empty() {
+            remote.remove(hub);
+        } else {
+            remote.insert(hub.to_owned(), users);
+        }
+    }
+
+    /// Hub `hub` is gone: its users logged in nowhere else leave.
+    pub fn remote_hub_gone(&self, hub: &str) {
+        let Some(gone) = lock(&self.remote).remove(hub) else {
+            return;
+        };
+        let still = self.online();
+        for user in gone.iter().filter(|user| !still.contains(user.as_str())) {
+            self.send(SYSTEM, protocol::leave(user));
+        }
+    }
+
+    /// Every user logged in here or at another hub.
+    fn online(&self) -> BTreeSet<String> {
+        let mut online: BTreeSet<String> = self.local_users().into_iter().collect();
+        for users in lock(&self.remote).values() {
+            online.extend(users.iter().cloned());
+        }
+        online
     }
 
     /// Adds a logged-in session, tells the others, and returns its receiver
@@ -119,6 +233,8 @@ impl Room {
             },
         );
         self.send(id, protocol::join(user));
+        self.to_cluster(ChatEventKind::Join, user, "");
+        self.presence.notify_one();
         Membership { id, ring, revoked }
     }
 
@@ -127,6 +243,8 @@ impl Room {
         let removed = lock(&self.members).remove(&id);
         if let Some(member) = removed {
             self.send(id, protocol::leave(&member.user));
+            self.to_cluster(ChatEventKind::Leave, &member.user, "");
+            self.presence.notify_one();
         }
     }
 
@@ -148,6 +266,10 @@ impl Room {
         for (id, member) in &revoked {
             member.revoked.revoke(reason);
             self.send(*id, protocol::leave(&member.user));
+            self.to_cluster(ChatEventKind::Leave, &member.user, "");
+        }
+        if !revoked.is_empty() {
+            self.presence.notify_one();
         }
         revoked.len()
     }
@@ -157,24 +279,22 @@ impl Room {
         self.relayed.fetch_add(1, Ordering::Relaxed);
         metrics().chat_messages.inc();
         self.send(id, protocol::msg(user, text));
+        self.to_cluster(ChatEventKind::Msg, user, text);
     }
 
-    /// Sends `SYS text` to every client; returns how many there are.
+    /// Sends `SYS text` to every client, at every hub of a cluster;
+    /// returns how many there are here.
     pub fn system(&self, text: &str) -> usize {
         self.send(SYSTEM, protocol::sys(text));
+        self.to_cluster(ChatEventKind::Sys, "", text);
         self.clients()
     }
 
-    /// The `WHO` line: every logged-in user once, sorted.
+    /// The `WHO` line: every logged-in user once, sorted, at every hub of
+    /// a cluster.
     pub fn who(&self) -> Bytes {
-        let members = lock(&self.members);
-        let mut names: Vec<&str> = members
-            .values()
-            .map(|member| member.user.as_str())
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        protocol::who(names)
+        let online = self.online();
+        protocol::who(online.iter().map(String::as_str))
     }
 
     /// Logged-in sessions.
@@ -232,6 +352,84 @@ mod tests {
         );
         assert_eq!(room.relayed(), 2);
         assert_eq!(&room.who()[..], b"WHO alice\n");
+    }
+
+    fn event(kind: ChatEventKind, user: &str, text: &str) -> ChatEvent {
+        ChatEvent {
+            kind,
+            user: user.to_owned(),
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn another_hubs_lines_reach_every_client_and_ones_no_client_could_send_do_not() {
+        let room = Room::new(16);
+        let mut ring = room.join("alice").ring;
+        let _ = ring.try_recv(); // alice's own JOIN
+        room.deliver(&event(ChatEventKind::Join, "bob", ""));
+        room.deliver(&event(ChatEventKind::Msg, "bob", "hi  there"));
+        room.deliver(&event(ChatEventKind::Sys, "", "noon"));
+        // Shapes no client of another hub could have made.
+        room.deliver(&event(ChatEventKind::Msg, "bad name", "x"));
+        room.deliver(&event(ChatEventKind::Msg, "bob", "two\nlines"));
+        room.deliver(&event(ChatEventKind::Join, "bob", "text"));
+        room.deliver(&event(ChatEventKind::Sys, "bob", "x"));
+        room.deliver(&event(ChatEventKind::Leave, "", ""));
+        let lines: Vec<Bytes> = std::iter::from_fn(|| ring.try_recv().ok())
+            .map(|out| out.line)
+            .collect();
+        assert_eq!(
+            lines,
+            [&b"JOIN bob\n"[..], b"MSG bob hi  there\n", b"SYS noon\n"]
+        );
+        // Remote lines are not this hub's clients' messages.
+        assert_eq!(room.relayed(), 0);
+    }
+
+    #[test]
+    fn who_covers_other_hubs_and_a_hub_that_goes_takes_its_users() {
+        let room = Room::new(16);
+        let mut ring = room.join("alice").ring;
+        let _ = ring.try_recv();
+        room.remote_users("h2", vec!["bob".into(), "carol".into(), "bad name".into()]);
+        room.remote_users("h3", vec!["carol".into()]);
+        assert_eq!(&room.who()[..], b"WHO alice bob carol\n");
+        // h2 goes: bob is logged in nowhere else, carol is (at h3).
+        room.remote_hub_gone("h2");
+        let lines: Vec<Bytes> = std::iter::from_fn(|| ring.try_recv().ok())
+            .map(|out| out.line)
+            .collect();
+        assert_eq!(lines, [&b"LEAVE bob\n"[..]]);
+        assert_eq!(&room.who()[..], b"WHO alice carol\n");
+        room.remote_hub_gone("h2");
+        room.remote_users("h3", Vec::new());
+        assert_eq!(&room.who()[..], b"WHO alice\n");
+    }
+
+    #[tokio::test]
+    async fn in_a_cluster_this_hubs_events_go_to_the_outbox_in_order() {
+        let room = Room::new(16);
+        let mut outbox = room.share().unwrap();
+        assert!(room.share().is_none(), "shared once");
+        let presence = room.presence_changed();
+        let alice = room.join("alice");
+        presence.notified().await;
+        room.publish(alice.id, "alice", "one");
+        room.system("noon");
+        room.leave(alice.id);
+        let mut events = Vec::new();
+        outbox.recv_many(&mut events, 16).await;
+        assert_eq!(
+            events,
+            [
+                event(ChatEventKind::Join, "alice", ""),
+                event(ChatEventKind::Msg, "alice", "one"),
+                event(ChatEventKind::Sys, "", "noon"),
+                event(ChatEventKind::Leave, "alice", ""),
+            ]
+        );
+        assert!(room.local_users().is_empty());
     }
 
     #[test]

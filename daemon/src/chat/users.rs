@@ -59,6 +59,12 @@ pub enum UsersError {
     /// Hashing the password failed.
     #[error("{0}")]
     Hash(String),
+    /// In a cluster, user changes go through it first, and it cannot be
+    /// asked now.
+    #[error(
+        "the cluster that shares chat users cannot be asked now ({0}); a change must reach every hub: try again when meshctl status shows the cluster connected"
+    )]
+    Cluster(String),
 }
 
 /// Longest password accepted, in bytes.
@@ -142,6 +148,27 @@ impl UserSet {
             out.push('\n');
         }
         out
+    }
+
+    /// Makes `name` have `hash` (`None`: not exist); whether that changed
+    /// anything.
+    pub fn put(&mut self, name: &str, hash: Option<&str>) -> bool {
+        match hash {
+            Some(hash) if self.hash_of(name) != Some(hash) => {
+                self.0.insert(name.to_owned(), hash.to_owned());
+                true
+            }
+            Some(_) => false,
+            None => self.0.remove(name).is_some(),
+        }
+    }
+
+    /// Every user with its hash, sorted by name.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        self.0
+            .iter()
+            .map(|(name, hash)| (name.clone(), hash.clone()))
+            .collect()
     }
 
     /// The hash of `name`.

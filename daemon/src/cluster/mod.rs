@@ -17,6 +17,7 @@
 
 mod bindings;
 mod buckets;
+mod chat;
 mod devices;
 mod forward;
 mod hubs;
@@ -34,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::ClusterConfig;
 use crate::device_id::DeviceId;
 use crate::hub_wire::Signal;
+use crate::shared_chat::{ChatCluster, ChatEvent, SharedRoom, UserOp, UserRefusal};
 use crate::shared_list::{Answer, BindRefusal, Cluster, RelayHalf, RemoteAsker, SharedList};
 use crate::sync::lock;
 use devices::{DeviceSync, SyncEvent};
@@ -48,13 +50,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Every JetStream request (bucket setup, announcements) must be answered
 /// within this, or the cluster counts as degraded.
-const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often a degraded hub looks at the connection again.
-const RECHECK_EVERY: Duration = Duration::from_millis(250);
+pub(super) const RECHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// A session that failed on a working connection is retried after this.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// A hub that has not reached NATS this long after its start says so; the
 /// first connection gets this long before that counts as an outage.
@@ -111,6 +113,10 @@ struct ClusterState {
     bindings: Mutex<Option<Store>>,
     /// The connection, once made (it reconnects by itself).
     client: Mutex<Option<async_nats::Client>>,
+    /// The chat room, when this hub runs chat.
+    chat_room: Option<Arc<dyn SharedRoom>>,
+    /// The chat users' bucket while the chat's session runs.
+    chat_users: Mutex<Option<Store>>,
     /// Background work (releasing a binding) runs here.
     tracker: TaskTracker,
 }
@@ -145,6 +151,9 @@ impl ClusterState {
     fn hub_left(&self, hub: &str) {
         if hub != self.me.id {
             self.shared.remote_drop_hub(hub);
+            if let Some(room) = &self.chat_room {
+                room.remote_hub_gone(hub);
+            }
         }
     }
 
@@ -193,12 +202,16 @@ pub struct Identity {
     pub hub_key: String,
 }
 
-/// Starts the role, sharing the hub's list `shared`; `None` without
-/// `[cluster] nats`.
+/// The chat room to share, with its outbox.
+pub type ChatShare = (Arc<dyn SharedRoom>, tokio::sync::mpsc::Receiver<ChatEvent>);
+
+/// Starts the role, sharing the hub's list `shared` and, when this hub runs
+/// chat, its room; `None` without `[cluster] nats`.
 pub fn start(
     config: &ClusterConfig,
     me: Identity,
     shared: Arc<dyn SharedList>,
+    chat: Option<ChatShare>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Option<ClusterHandle> {
@@ -217,8 +230,14 @@ pub fn start(
         shared,
         bindings: Mutex::new(None),
         client: Mutex::new(None),
+        chat_room: chat.as_ref().map(|(room, _)| room.clone()),
+        chat_users: Mutex::new(None),
         tracker: tracker.clone(),
     });
+    if let Some((room, outbox)) = chat {
+        let sync = chat::ChatSync::new(room, outbox);
+        tracker.spawn(chat::run(state.clone(), sync, cancel.clone()));
+    }
     tracker.spawn(run(state.clone(), cancel));
     Some(ClusterHandle { state })
 }
@@ -491,5 +510,15 @@ impl Cluster for ClusterHandle {
             let client = self.state.client()?;
             forward::relay_half(&client, hub, to, peer, half, self.state.me.clone()).await
         })
+    }
+}
+
+impl ChatCluster for ClusterHandle {
+    fn change_user<'a>(
+        &'a self,
+        name: &'a str,
+        op: UserOp<'a>,
+    ) -> Answer<'a, Result<(), UserRefusal>> {
+        Box::pin(chat::change_user(&self.state, name, op))
     }
 }

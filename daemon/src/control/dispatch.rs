@@ -237,6 +237,7 @@ impl Dispatcher {
                     UsersError::NotFound(_) => ErrorCode::NotFound,
                     UsersError::Exists(_) => ErrorCode::Conflict,
                     UsersError::BadName(_) | UsersError::BadPassword(_) => ErrorCode::BadRequest,
+                    UsersError::Cluster(_) => ErrorCode::Unavailable,
                     UsersError::Io { .. } | UsersError::Invalid { .. } | UsersError::Hash(_) => {
                         ErrorCode::Internal
                     }

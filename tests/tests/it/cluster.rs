@@ -351,3 +351,177 @@ fn a_device_whose_hub_dies_moves_to_another_hub_of_the_cluster_within_10s() {
     assert!(crate::mesh::inbox(&one).contains(&("three".to_owned(), "after the move".to_owned())));
     assert!(crate::mesh::inbox(&two).contains(&("one".to_owned(), "still here".to_owned())));
 }
+
+/// A hub of the cluster on `nats` that also runs chat.
+fn chat_hub(id: &str, nats: &NatsServer) -> Node {
+    Node::start(NodeOptions {
+        id: id.to_owned(),
+        signaling_listen: format!("127.0.0.1:{}", free_port()),
+        chat_enabled: true,
+        extra: format!("[cluster]\nnats = [\"{}\"]\n", nats.url()),
+        ..NodeOptions::default()
+    })
+}
+
+/// Waits until `hub` lists chat user `name` (or no longer does).
+fn wait_user(hub: &Node, name: &str, listed: bool) {
+    wait_until(
+        &format!("user {name} listed: {listed}"),
+        Duration::from_secs(10),
+        || {
+            let users = hub.ctl_json(&["users", "list"]);
+            let has = users.as_array().is_some_and(|users| {
+                users
+                    .iter()
+                    .any(|user| user == name || user["name"] == name)
+            });
+            (has == listed).then_some(())
+        },
+    );
+}
+
+/// Two chat hubs of one cluster, both joined.
+fn two_chat_hubs(nats: &NatsServer) -> (Node, Node) {
+    let one = chat_hub("chat-1", nats);
+    let two = chat_hub("chat-2", nats);
+    for hub in [&one, &two] {
+        wait_until("both hubs joined", Duration::from_secs(10), || {
+            (hub_ids(hub)?.len() == 2).then_some(())
+        });
+    }
+    (one, two)
+}
+
+#[test]
+fn chat_users_lines_and_presence_cross_hubs_in_order() {
+    use meshd_tests::ChatClient;
+    let Some(nats) = NatsServer::start() else {
+        return;
+    };
+    let (one, mut two) = two_chat_hubs(&nats);
+    // A user added at one hub logs in at the other.
+    one.add_user("alice", "alice pw");
+    two.add_user("bob", "bob pw");
+    wait_user(&two, "alice", true);
+    wait_user(&one, "bob", true);
+    // One name, one user, across the cluster.
+    let twice = two.ctl_with_input(&["users", "add", "alice", "--password-stdin"], "other\n");
+    assert_eq!(twice.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("exists already"));
+
+    let mut alice = ChatClient::login(one.chat_addr(), "alice", "alice pw");
+    let mut bob = ChatClient::login(two.chat_addr(), "bob", "bob pw");
+    alice.expect("JOIN bob");
+    // /who covers every hub once its presence is in.
+    wait_until("WHO across hubs", Duration::from_secs(5), || {
+        alice.send("/who");
+        (alice.line_skipping_presence() == "WHO alice bob").then_some(())
+    });
+    bob.send("/who");
+    assert_eq!(bob.line_skipping_presence(), "WHO alice bob");
+
+    // One sender's lines arrive in order, each once, at the other hub.
+    for n in 0..300 {
+        bob.send(&format!("line {n}"));
+    }
+    for n in 0..300 {
+        assert_eq!(alice.line_skipping_presence(), format!("MSG bob line {n}"));
+    }
+    alice.send("hello from hub one");
+    assert_eq!(bob.line_skipping_presence(), "MSG alice hello from hub one");
+    // An operator's broadcast reaches every hub's clients.
+    one.ctl_ok(&["broadcast", "maintenance", "at", "noon"]);
+    assert_eq!(alice.line_skipping_presence(), "SYS maintenance at noon");
+    assert_eq!(bob.line_skipping_presence(), "SYS maintenance at noon");
+
+    // A new password set at one hub ends the user's sessions at every hub.
+    let changed = two.ctl_with_input(
+        &["users", "passwd", "alice", "--password-stdin"],
+        "new pw\n",
+    );
+    assert!(changed.status.success(), "{changed:?}");
+    assert!(alice.line_skipping_presence().starts_with("ERR auth"));
+    alice.expect_closed();
+    bob.expect("LEAVE alice");
+    wait_until(
+        "the new password works at hub one",
+        Duration::from_secs(10),
+        || {
+            let mut client = ChatClient::connect(one.chat_addr());
+            client.send("AUTH alice new pw");
+            (client.line() == "OK alice").then_some(())
+        },
+    );
+    bob.expect("JOIN alice");
+
+    // A user removed at one hub is gone at every hub.
+    one.ctl_ok(&["users", "remove", "bob"]);
+    assert!(bob.line_skipping_presence().starts_with("ERR auth"));
+    wait_user(&two, "bob", false);
+
+    // A hub that dies takes its users' presence with it.
+    two.add_user("carol", "carol pw");
+    wait_user(&one, "carol", true);
+    let mut watcher = ChatClient::login(one.chat_addr(), "alice", "new pw");
+    let _carol = ChatClient::login(two.chat_addr(), "carol", "carol pw");
+    watcher.expect("JOIN carol");
+    two.kill9();
+    watcher.set_timeout(Duration::from_secs(15));
+    watcher.expect("LEAVE carol");
+    watcher.send("/who");
+    assert_eq!(watcher.line_skipping_presence(), "WHO alice");
+}
+
+#[test]
+fn chat_lines_said_while_nats_was_away_arrive_once_when_it_is_back() {
+    use meshd_tests::ChatClient;
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let (one, two) = two_chat_hubs(&nats);
+    one.add_user("alice", "alice pw");
+    wait_user(&two, "alice", true);
+    two.add_user("bob", "bob pw");
+    wait_user(&one, "bob", true);
+    let mut alice = ChatClient::login(one.chat_addr(), "alice", "alice pw");
+    let mut bob = ChatClient::login(two.chat_addr(), "bob", "bob pw");
+    alice.expect("JOIN bob");
+    bob.send("before");
+    alice.expect("MSG bob before");
+
+    nats.stop();
+    wait_until("hub two degraded", Duration::from_secs(10), || {
+        (cluster_status(&two)["connected"] == false).then_some(())
+    });
+    // Users cannot change while the change cannot reach every hub.
+    let refused = two.ctl_with_input(&["users", "add", "erin", "--password-stdin"], "pw\n");
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("cluster that shares chat users cannot be asked now"),
+        "{stderr}"
+    );
+    // Each hub's own clients still talk; bob's lines wait in his hub's
+    // outbox.
+    let mut bob2 = ChatClient::login(two.chat_addr(), "alice", "alice pw");
+    for n in 0..20 {
+        bob.send(&format!("during {n}"));
+    }
+    for n in 0..20 {
+        assert_eq!(bob2.line_skipping_presence(), format!("MSG bob during {n}"));
+    }
+
+    nats.launch();
+    bob.send("after");
+    let mut seen = Vec::new();
+    alice.set_timeout(Duration::from_secs(20));
+    loop {
+        let line = alice.line_skipping_presence();
+        if line == "MSG bob after" {
+            break;
+        }
+        seen.push(line);
+    }
+    let expected: Vec<String> = (0..20).map(|n| format!("MSG bob during {n}")).collect();
+    assert_eq!(seen, expected, "each line of the outage once, in order");
+}

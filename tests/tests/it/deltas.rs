@@ -354,10 +354,10 @@ mod fake_hub {
             head.push(stream.read_u8().await.unwrap());
         }
         let head = String::from_utf8_lossy(&head).to_lowercase();
-        assert!(head.contains("upgrade: meshd-channel/4"), "{head}");
+        assert!(head.contains("upgrade: meshd-channel/5"), "{head}");
         stream
             .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: meshd-channel/4\r\n\r\n",
+                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: meshd-channel/5\r\n\r\n",
             )
             .await
             .unwrap();

@@ -48,7 +48,7 @@ impl HubChannel {
         key: &StaticKey,
         expected: Option<[u8; 32]>,
     ) -> Result<HubChannel, LinkError> {
-        HubChannel::open_as(addr, id, key, expected, "meshd-channel/4").await
+        HubChannel::open_as(addr, id, key, expected, "meshd-channel/5").await
     }
 
     /// Opens a channel with the given upgrade `protocol`

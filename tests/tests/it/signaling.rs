@@ -743,7 +743,7 @@ fn a_hub_channel_registers_with_its_proven_key_and_ends_when_the_id_is_removed()
     // Without the upgrade headers: 426 with what to send.
     let plain = http::get(addr, "/channel");
     assert_eq!(plain.status, 426, "{plain:?}");
-    assert!(plain.error().contains("meshd-channel/4"), "{plain:?}");
+    assert!(plain.error().contains("meshd-channel/5"), "{plain:?}");
     let runtime = hub_client::runtime();
     runtime.block_on(async {
         // The hub proves the key `meshctl status` shows.

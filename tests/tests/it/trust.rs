@@ -250,7 +250,7 @@ fn the_wire_between_device_and_hub_holds_no_id_endpoint_or_token() {
             .any(|window| window == needle)
     };
     assert!(
-        contains(b"meshd-channel/4"),
+        contains(b"meshd-channel/5"),
         "the tap saw the channel's upgrade"
     );
     for needle in ["secret-device-7", "10.77.88.99", "tok-xyzzy-42", "register"] {

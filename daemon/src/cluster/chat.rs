@@ -1,0 +1,424 @@
+//! Chat across hubs (docs/cluster.md, "Chat across hubs"): one room over
+//! every hub of the cluster.
+//!
+//! - **Lines** (messages, JOIN, LEAVE, operator broadcasts) go through the
+//!   JetStream stream `MESHD_CHAT`: each hub publishes its own clients'
+//!   events in batches on `meshd.chat.<hub>`, in order, one batch at a time,
+//!   each with a message id the stream deduplicates (a batch resent after a
+//!   lost acknowledgement is stored once). The room queues them in a bounded
+//!   outbox, which waits while NATS is unreachable. Each hub reads the
+//!   stream with an ordered consumer from where it stopped (the last stream
+//!   sequence it applied), so lines published while it was cut off arrive
+//!   when it is back, each once.
+//! - **Users** live in the bucket `meshd_chat_users` (name to argon2id
+//!   hash): a change is made there first, and every hub applies the bucket
+//!   to its own users file, which keeps logins working while NATS is away.
+//! - **Presence** (`/who`): each hub keeps the users logged in there in the
+//!   bucket `meshd_chat_online` under its own id; a hub that leaves takes its
+//!   users with it, and those logged in nowhere else are said to leave.
+//!
+//! Task: its own, beside the membership's, on the same connection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+use async_nats::jetstream::{Context, ContextBuilder};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ClusterError, ClusterState, JETSTREAM_TIMEOUT, RECHECK_EVERY, RETRY_AFTER, buckets};
+use crate::shared_chat::{ChatEvent, SharedRoom, UserOp, UserRefusal};
+use crate::sync::lock;
+
+/// The stream of every hub's chat events.
+const STREAM: &str = "MESHD_CHAT";
+
+/// Chat users, name to password hash.
+pub const USERS: &str = "meshd_chat_users";
+
+/// The users logged in at each hub.
+pub const ONLINE: &str = "meshd_chat_online";
+
+/// Events per published batch at most.
+const MAX_BATCH: usize = 64;
+
+/// How long the stream keeps events: a hub cut off for longer misses what
+/// is older.
+const KEEP_EVENTS: Duration = Duration::from_secs(3600);
+
+/// The stream's size at most; the oldest events go first.
+const MAX_STREAM_BYTES: i64 = 256 << 20;
+
+/// A batch resent within this is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The largest batch a hub reads from another (64 lines of at most 64 KiB,
+/// and their framing).
+const MAX_BATCH_BYTES: usize = 5 << 20;
+
+/// The subject a hub publishes its events on.
+fn subject_of(hub: &str) -> String {
+    format!("meshd.chat.{}", buckets::key_of(hub))
+}
+
+/// One published batch.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    hub: String,
+    events: Vec<ChatEvent>,
+}
+
+/// The chat room, as the cluster task holds it.
+pub struct ChatSync {
+    room: Arc<dyn SharedRoom>,
+    outbox: mpsc::Receiver<ChatEvent>,
+    /// A batch not yet acknowledged: its message id and bytes.
+    pending: Option<(String, Bytes)>,
+    /// Numbers this start's batches.
+    next_batch: u64,
+    /// Tells this start's batches from an earlier start's.
+    boot: u64,
+    /// The last stream sequence applied; `None` before the first session.
+    applied: Option<u64>,
+}
+
+impl ChatSync {
+    /// The room to share, and its outbox.
+    pub fn new(room: Arc<dyn SharedRoom>, outbox: mpsc::Receiver<ChatEvent>) -> ChatSync {
+        ChatSync {
+            room,
+            outbox,
+            pending: None,
+            next_batch: 0,
+            boot: rand_boot(),
+            applied: None,
+        }
+    }
+}
+
+/// A number unlikely to repeat across starts of this hub.
+fn rand_boot() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// The chat's task: a session whenever the connection is up.
+pub async fn run(state: Arc<ClusterState>, mut chat: ChatSync, cancel: CancellationToken) {
+    loop {
+        let client = lock(&state.client).clone();
+        let connected = client.as_ref().is_some_and(|client| {
+            client.connection_state() == async_nats::connection::State::Connected
+        });
+        let Some(client) = client.filter(|_| connected) else {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(RECHECK_EVERY) => continue,
+            }
+        };
+        let js = ContextBuilder::new()
+            .timeout(JETSTREAM_TIMEOUT)
+            .build(client);
+        let outcome = tokio::select! {
+            () = cancel.cancelled() => break,
+            outcome = session(&state, &mut chat, &js) => outcome,
+        };
+        *lock(&state.chat_users) = None;
+        if let Err(error) = outcome {
+            tracing::debug!(role = "cluster", %error, "chat session ended; retrying");
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(RETRY_AFTER) => {}
+            }
+        }
+    }
+    // Leave at once: the others say this hub's users left.
+    let client = lock(&state.client).clone();
+    if let Some(client) = client {
+        let js = ContextBuilder::new()
+            .timeout(JETSTREAM_TIMEOUT)
+            .build(client);
+        if let Ok(online) = js.get_key_value(ONLINE).await {
+            let key = buckets::key_of(&state.me.id);
+            let _ = tokio::time::timeout(Duration::from_secs(1), online.delete(key)).await;
+        }
+    }
+}
+
+fn jetstream(what: &str) -> impl Fn(String) -> ClusterError + '_ {
+    move |error| ClusterError::JetStream(format!("{what}: {error}"))
+}
+
+/// One healthy stretch; returns why it ended.
+async fn session(
+    state: &ClusterState,
+    chat: &mut ChatSync,
+    js: &Context,
+) -> Result<(), ClusterError> {
+    let users = buckets::ensure(js, USERS, 1, Duration::ZERO).await?;
+    let mut users_watch = sync_users(&users, chat.room.as_ref()).await?;
+    *lock(&state.chat_users) = Some(users);
+
+    let online = buckets::ensure(js, ONLINE, 1, Duration::ZERO).await?;
+    let me = buckets::key_of(&state.me.id);
+    let presence = chat.room.presence_changed();
+    put_presence(&online, &me, chat.room.as_ref()).await?;
+    let mut online_watch = online
+        .watch_with_history(">")
+        .await
+        .map_err(|error| jetstream("watching chat presence")(error.to_string()))?;
+
+    let stream = js
+        .get_or_create_stream(Config {
+            name: STREAM.to_owned(),
+            subjects: vec!["meshd.chat.>".to_owned()],
+            max_age: KEEP_EVENTS,
+            max_bytes: MAX_STREAM_BYTES,
+            discard: DiscardPolicy::Old,
+            duplicate_window: DUPLICATE_WINDOW,
+            storage: StorageType::File,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| jetstream("the chat stream")(error.to_string()))?;
+    let deliver_policy = match chat.applied {
+        Some(applied) => DeliverPolicy::ByStartSequence {
+            start_sequence: applied + 1,
+        },
+        // A hub that starts sees what is said from now on, as a client
+        // that logs in does.
+        None => DeliverPolicy::New,
+    };
+    let consumer = stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: "meshd.chat.>".to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| jetstream("reading the chat stream")(error.to_string()))?;
+    let mut events = consumer
+        .messages()
+        .await
+        .map_err(|error| jetstream("reading the chat stream")(error.to_string()))?;
+    let own_subject = subject_of(&state.me.id);
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        if let Some((id, bytes)) = &chat.pending {
+            let publish = PublishMessage::build()
+                .payload(bytes.clone())
+                .message_id(id);
+            let ack = js
+                .send_publish(own_subject.clone(), publish)
+                .await
+                .map_err(|error| jetstream("publishing chat lines")(error.to_string()))?;
+            ack.await
+                .map_err(|error| jetstream("publishing chat lines")(error.to_string()))?;
+            chat.pending = None;
+        }
+        tokio::select! {
+            received = chat.outbox.recv_many(&mut batch, MAX_BATCH) => {
+                if received == 0 {
+                    // The chat role is gone: meshd is stopping.
+                    return Ok(());
+                }
+                chat.pending = Some(seal(chat, &state.me.id, &mut batch)?);
+            }
+            () = presence.notified() => put_presence(&online, &me, chat.room.as_ref()).await?,
+            entry = users_watch.next() => match entry {
+                Some(Ok(entry)) => apply_user_entry(chat.room.as_ref(), &entry).await,
+                Some(Err(error)) => return Err(jetstream("watching chat users")(error.to_string())),
+                None => return Err(jetstream("watching chat users")("ended".to_owned())),
+            },
+            entry = online_watch.next() => match entry {
+                Some(Ok(entry)) => {
+                    let hub = buckets::id_of(&entry.key);
+                    if hub != state.me.id {
+                        apply_presence(chat.room.as_ref(), &hub, &entry);
+                    }
+                }
+                Some(Err(error)) => return Err(jetstream("watching chat presence")(error.to_string())),
+                None => return Err(jetstream("watching chat presence")("ended".to_owned())),
+            },
+            message = events.next() => match message {
+                Some(Ok(message)) => {
+                    if let Ok(info) = message.info() {
+                        chat.applied = Some(info.stream_sequence);
+                    }
+                    if message.subject.as_str() != own_subject {
+                        deliver(chat.room.as_ref(), &message.payload);
+                    }
+                }
+                Some(Err(error)) => return Err(jetstream("reading the chat stream")(error.to_string())),
+                None => return Err(jetstream("reading the chat stream")("ended".to_owned())),
+            },
+        }
+    }
+}
+
+/// Turns the events taken from the outbox into the next batch to publish.
+fn seal(
+    chat: &mut ChatSync,
+    me: &str,
+    events: &mut Vec<ChatEvent>,
+) -> Result<(String, Bytes), ClusterError> {
+    let batch = Batch {
+        hub: me.to_owned(),
+        events: std::mem::take(events),
+    };
+    let bytes =
+        serde_json::to_vec(&batch).map_err(|error| ClusterError::JetStream(error.to_string()))?;
+    chat.next_batch += 1;
+    let id = format!("{me}:{:x}:{}", chat.boot, chat.next_batch);
+    Ok((id, Bytes::from(bytes)))
+}
+
+/// Shows another hub's batch to this hub's clients.
+fn deliver(room: &dyn SharedRoom, payload: &[u8]) {
+    if payload.len() > MAX_BATCH_BYTES {
+        tracing::debug!(
+            role = "cluster",
+            bytes = payload.len(),
+            "chat batch from another hub dropped: too large"
+        );
+        return;
+    }
+    match serde_json::from_slice::<Batch>(payload) {
+        Ok(batch) => {
+            for event in batch.events.into_iter().take(MAX_BATCH) {
+                room.deliver(&batch.hub, event);
+            }
+        }
+        Err(error) => {
+            tracing::debug!(role = "cluster", %error, "chat batch from another hub dropped: malformed")
+        }
+    }
+}
+
+/// Puts the users logged in at this hub.
+async fn put_presence(online: &Store, me: &str, room: &dyn SharedRoom) -> Result<(), ClusterError> {
+    let users = serde_json::to_vec(&room.local_users())
+        .map_err(|error| ClusterError::JetStream(error.to_string()))?;
+    online
+        .put(me, users.into())
+        .await
+        .map(|_revision| ())
+        .map_err(|error| jetstream("chat presence")(error.to_string()))
+}
+
+/// Another hub's logged-in users changed, or it left.
+fn apply_presence(room: &dyn SharedRoom, hub: &str, entry: &async_nats::jetstream::kv::Entry) {
+    match entry.operation {
+        Operation::Put => match serde_json::from_slice::<Vec<String>>(&entry.value) {
+            Ok(users) => room.remote_users(hub, users),
+            Err(error) => {
+                tracing::debug!(role = "cluster", %hub, %error, "chat presence that does not parse; ignored")
+            }
+        },
+        Operation::Delete | Operation::Purge => room.remote_hub_gone(hub),
+    }
+}
+
+/// Applies a user entry of the bucket to this hub.
+async fn apply_user_entry(room: &dyn SharedRoom, entry: &async_nats::jetstream::kv::Entry) {
+    let name = buckets::id_of(&entry.key);
+    match entry.operation {
+        Operation::Put => match std::str::from_utf8(&entry.value) {
+            Ok(hash) => room.apply_user(&name, Some(hash)).await,
+            Err(_) => {
+                tracing::debug!(role = "cluster", user = %name, "chat user hash that is not text; ignored")
+            }
+        },
+        Operation::Delete | Operation::Purge => room.apply_user(&name, None).await,
+    }
+}
+
+/// The first look at the users' bucket each session: every entry (removals
+/// included) applied to this hub, then this hub's users the bucket has
+/// never heard of (made before the hub joined) written to it. Returns the
+/// watch, which goes on with the changes.
+async fn sync_users(
+    store: &Store,
+    room: &dyn SharedRoom,
+) -> Result<async_nats::jetstream::kv::Watch, ClusterError> {
+    let values = store
+        .status()
+        .await
+        .map_err(|error| jetstream("the chat users bucket")(error.to_string()))?
+        .values();
+    let mut watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|error| jetstream("watching chat users")(error.to_string()))?;
+    let mut known = std::collections::HashSet::new();
+    if values > 0 {
+        loop {
+            let entry = tokio::time::timeout(JETSTREAM_TIMEOUT, watch.next())
+                .await
+                .map_err(|_| jetstream("reading chat users")("no answer".to_owned()))?;
+            let entry = match entry {
+                Some(Ok(entry)) => entry,
+                Some(Err(error)) => return Err(jetstream("reading chat users")(error.to_string())),
+                None => return Err(jetstream("reading chat users")("ended".to_owned())),
+            };
+            known.insert(buckets::id_of(&entry.key));
+            apply_user_entry(room, &entry).await;
+            if entry.delta == 0 {
+                break;
+            }
+        }
+    }
+    for (name, hash) in room.users() {
+        if known.contains(&name) {
+            continue;
+        }
+        match store.create(buckets::key_of(&name), hash.into()).await {
+            Ok(_) => {}
+            // Made meanwhile at another hub: the watch brings it.
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {}
+            Err(error) => return Err(jetstream("writing chat users")(error.to_string())),
+        }
+    }
+    Ok(watch)
+}
+
+/// Makes a user change in the bucket (for [`crate::shared_chat::ChatCluster`]).
+pub async fn change_user(
+    state: &ClusterState,
+    name: &str,
+    op: UserOp<'_>,
+) -> Result<(), UserRefusal> {
+    let Some(store) = lock(&state.chat_users).clone() else {
+        return Err(UserRefusal::Unavailable(
+            "the cluster is unreachable".to_owned(),
+        ));
+    };
+    let key = buckets::key_of(name);
+    let unavailable = |error: String| UserRefusal::Unavailable(error);
+    let changed = match op {
+        UserOp::Add(hash) => match store.create(&key, hash.to_owned().into()).await {
+            Err(error) if error.kind() == CreateErrorKind::AlreadyExists => {
+                return Err(UserRefusal::Exists);
+            }
+            other => other.map(|_| ()).map_err(|error| error.to_string()),
+        },
+        UserOp::SetPassword(hash) => store
+            .put(&key, hash.to_owned().into())
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string()),
+        UserOp::Remove => store.delete(&key).await.map_err(|error| error.to_string()),
+    };
+    changed.map_err(unavailable)
+}
