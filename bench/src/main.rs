@@ -31,6 +31,7 @@ mod memory;
 mod meshd;
 mod nats;
 mod procfs;
+mod propagation;
 mod protocol;
 mod publisher;
 mod redis;
@@ -72,6 +73,26 @@ enum Command {
     /// A login storm: N clients log in to meshd at once; prints one
     /// Markdown row (used by login-storm.sh).
     Logins(LoginsArgs),
+    /// How long a registration at one hub of a cluster takes to appear at
+    /// another, beside one message through nats-server; prints a Markdown
+    /// table (used by cluster.sh).
+    Propagation(PropagationArgs),
+}
+
+#[derive(Debug, Args)]
+struct PropagationArgs {
+    /// The hub that takes the registrations: its signaling address.
+    #[arg(long, value_name = "ADDR")]
+    from: SocketAddr,
+    /// The hub whose list is watched.
+    #[arg(long, value_name = "ADDR")]
+    to: SocketAddr,
+    /// nats-server, the reference.
+    #[arg(long, value_name = "ADDR")]
+    nats: SocketAddr,
+    /// Samples of each kind.
+    #[arg(long, default_value_t = 200)]
+    count: usize,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +141,11 @@ struct RunArgs {
     /// Its certificate's fingerprint, from `meshctl status` (`sha256:...`).
     #[arg(long, value_name = "sha256:HEX")]
     meshd_tls_fingerprint: Option<String>,
+    /// The chat servers of a meshd cluster's hubs, IP:PORT,... on loopback,
+    /// measured together as one server (`meshd-cluster`): the publisher at
+    /// the first, subscribers at each in turn; same user and password.
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    meshd_cluster: Vec<SocketAddr>,
     /// nats-server, IP:PORT on loopback.
     #[arg(long, value_name = "ADDR")]
     nats: Option<SocketAddr>,
@@ -217,6 +243,20 @@ fn main() -> ExitCode {
                     )
                     .await?;
                     println!("{}", storm.row(&args.label));
+                    Ok(())
+                })
+            }),
+        Command::Propagation(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(BenchError::io("starting the tokio runtime"))
+            .and_then(|runtime| {
+                runtime.block_on(async {
+                    for addr in [args.from, args.to, args.nats] {
+                        loopback(addr)?;
+                    }
+                    let table = propagation::run(args.from, args.to, args.nats, args.count).await?;
+                    print!("{table}");
                     Ok(())
                 })
             }),
@@ -452,6 +492,23 @@ fn servers(args: &RunArgs) -> Result<Vec<Server>, BenchError> {
             args.meshd_tls_pid,
         ));
     }
+    if !args.meshd_cluster.is_empty() {
+        let password = args.password.as_deref().ok_or_else(|| {
+            BenchError::Usage(
+                "--meshd-cluster needs the chat user's password: set CHAT_FANOUT_PASSWORD"
+                    .to_owned(),
+            )
+        })?;
+        let addrs = args
+            .meshd_cluster
+            .iter()
+            .map(|addr| loopback(*addr))
+            .collect::<Result<Vec<_>, _>>()?;
+        servers.push(Server::new(
+            Target::MeshdCluster(meshd::MeshdCluster::new(&addrs, &args.user, password)?),
+            None,
+        ));
+    }
     if let Some(addr) = args.nats {
         servers.push(Server::new(
             Target::Nats(nats::Nats::new(loopback(addr)?)),
@@ -466,7 +523,7 @@ fn servers(args: &RunArgs) -> Result<Vec<Server>, BenchError> {
     }
     if servers.is_empty() {
         return Err(BenchError::Usage(
-            "no server to measure: give --meshd, --meshd-tls, --nats and/or --redis".to_owned(),
+            "no server to measure: give --meshd, --meshd-tls, --meshd-cluster, --nats and/or --redis".to_owned(),
         ));
     }
     Ok(servers)

@@ -181,6 +181,85 @@ impl Protocol for MeshdTls {
     }
 }
 
+/// The hubs of one meshd cluster (docs/cluster.md, "Chat across hubs") as
+/// one server: the publisher logs in at the first hub, and subscribers at
+/// each hub in turn, so most lines cross the cluster to reach them.
+#[derive(Debug, Clone)]
+pub struct MeshdCluster {
+    hubs: Arc<[Meshd]>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl MeshdCluster {
+    /// The chat servers of the hubs at `addrs`, each logged into as `user`.
+    pub fn new(
+        addrs: &[SocketAddr],
+        user: &str,
+        password: &str,
+    ) -> Result<MeshdCluster, BenchError> {
+        if addrs.is_empty() {
+            return Err(BenchError::Usage(
+                "--meshd-cluster needs at least one address".to_owned(),
+            ));
+        }
+        Ok(MeshdCluster {
+            hubs: addrs
+                .iter()
+                .map(|addr| Meshd::new(*addr, user, password))
+                .collect(),
+            next: Arc::default(),
+        })
+    }
+
+    fn first(&self) -> &Meshd {
+        // Infallible: `new` refuses an empty list.
+        &self.hubs[0]
+    }
+}
+
+impl Protocol for MeshdCluster {
+    const NAME: &'static str = "meshd-cluster";
+
+    fn addr(&self) -> SocketAddr {
+        self.first().addr
+    }
+
+    fn parse<'a>(&self, buf: &'a [u8]) -> Parsed<'a> {
+        parse_line(buf)
+    }
+
+    fn encode_publish(&self, payload: &[u8], out: &mut Vec<u8>) {
+        self.first().encode_publish(payload, out);
+    }
+
+    fn pong(&self) -> &'static [u8] {
+        self.first().pong()
+    }
+
+    fn goodbye(&self) -> &'static [u8] {
+        self.first().goodbye()
+    }
+
+    async fn subscriber(&self) -> Result<Connection, BenchError> {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.hubs[turn % self.hubs.len()].login().await
+    }
+
+    async fn publisher(&self) -> Result<Connection, BenchError> {
+        self.first().login().await
+    }
+
+    /// Every hub's `JOIN` reaches the publisher's hub through the cluster,
+    /// after the subscriber joined its own hub's room.
+    async fn await_subscribers(
+        &self,
+        publisher: &mut Connection,
+        subscribers: usize,
+    ) -> Result<(), BenchError> {
+        self.first().await_subscribers(publisher, subscribers).await
+    }
+}
+
 /// Cuts one server line off `buf`.
 fn parse_line(buf: &[u8]) -> Parsed<'_> {
     let Some(newline) = buf.iter().position(|&b| b == b'\n') else {

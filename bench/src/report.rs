@@ -452,6 +452,7 @@ fn display_name(name: &str) -> &str {
         "nats" => "nats-server",
         "redis" => "redis-server",
         "meshd-tls" => "meshd (TLS)",
+        "meshd-cluster" => "meshd cluster",
         other => other,
     }
 }

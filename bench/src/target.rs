@@ -8,7 +8,7 @@ use crate::error::BenchError;
 use crate::latency::{self, Latency};
 use crate::load::Settings;
 use crate::memory::{self, Memory};
-use crate::meshd::{Meshd, MeshdTls};
+use crate::meshd::{Meshd, MeshdCluster, MeshdTls};
 use crate::nats::Nats;
 use crate::protocol::Protocol;
 use crate::redis::Redis;
@@ -22,6 +22,8 @@ pub enum Target {
     Meshd(Meshd),
     /// meshd's chat role over TLS.
     MeshdTls(MeshdTls),
+    /// The chat of a meshd cluster's hubs.
+    MeshdCluster(MeshdCluster),
     /// nats-server.
     Nats(Nats),
     /// redis-server.
@@ -42,6 +44,7 @@ macro_rules! with_proto {
         match $target {
             Target::Meshd($proto) => $call,
             Target::MeshdTls($proto) => $call,
+            Target::MeshdCluster($proto) => $call,
             Target::Nats($proto) => $call,
             Target::Redis($proto) => $call,
         }
@@ -59,6 +62,7 @@ impl Server {
         match self.target {
             Target::Meshd(_) => Meshd::NAME,
             Target::MeshdTls(_) => MeshdTls::NAME,
+            Target::MeshdCluster(_) => MeshdCluster::NAME,
             Target::Nats(_) => Nats::NAME,
             Target::Redis(_) => Redis::NAME,
         }

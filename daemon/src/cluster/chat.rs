@@ -422,3 +422,95 @@ pub async fn change_user(
     };
     changed.map_err(unavailable)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::shared_chat::ChatEventKind;
+    use crate::shared_list::Answer;
+
+    #[derive(Default)]
+    struct Room {
+        delivered: Mutex<Vec<(String, ChatEvent)>>,
+    }
+
+    impl SharedRoom for Room {
+        fn presence_changed(&self) -> Arc<tokio::sync::Notify> {
+            Arc::default()
+        }
+        fn local_users(&self) -> Vec<String> {
+            Vec::new()
+        }
+        fn deliver(&self, hub: &str, event: ChatEvent) {
+            self.delivered.lock().unwrap().push((hub.to_owned(), event));
+        }
+        fn remote_users(&self, _: &str, _: Vec<String>) {}
+        fn remote_hub_gone(&self, _: &str) {}
+        fn users(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+        fn apply_user<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> Answer<'a, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn msg(n: usize) -> ChatEvent {
+        ChatEvent {
+            kind: ChatEventKind::Msg,
+            user: "bob".to_owned(),
+            text: format!("line {n}"),
+        }
+    }
+
+    #[test]
+    fn batches_carry_their_events_in_order_under_ids_that_never_repeat() {
+        let room: Arc<dyn SharedRoom> = Arc::new(Room::default());
+        let (_sender, outbox) = mpsc::channel(4);
+        let mut sync = ChatSync::new(room, outbox);
+        let mut events = vec![msg(0), msg(1)];
+        let (first, bytes) = seal(&mut sync, "hub.1", &mut events).unwrap();
+        assert!(events.is_empty(), "the events went into the batch");
+        let (second, _) = seal(&mut sync, "hub.1", &mut vec![msg(2)]).unwrap();
+        assert_ne!(first, second);
+        assert!(
+            first.starts_with("hub.1:") && first.ends_with(":1"),
+            "{first}"
+        );
+        assert!(second.ends_with(":2"), "{second}");
+
+        // Another hub reads it back whole, in order.
+        let reader = Room::default();
+        deliver(&reader, &bytes);
+        let delivered = reader.delivered.lock().unwrap();
+        assert_eq!(
+            *delivered,
+            [("hub.1".to_owned(), msg(0)), ("hub.1".to_owned(), msg(1))]
+        );
+    }
+
+    #[test]
+    fn a_batch_of_the_wrong_shape_or_size_is_dropped_and_a_long_one_cut() {
+        let room = Room::default();
+        deliver(&room, b"not json");
+        deliver(
+            &room,
+            br#"{"hub":"h","events":[{"kind":"msg","user":"a","text":"x","extra":1}]}"#,
+        );
+        deliver(
+            &room,
+            br#"{"hub":"h","events":[{"kind":"shout","user":"a"}]}"#,
+        );
+        deliver(&room, br#"{"hub":"h"}"#);
+        let huge = vec![b' '; MAX_BATCH_BYTES + 1];
+        deliver(&room, &huge);
+        assert!(room.delivered.lock().unwrap().is_empty());
+        let many = Batch {
+            hub: "h".to_owned(),
+            events: (0..MAX_BATCH * 2).map(msg).collect(),
+        };
+        deliver(&room, &serde_json::to_vec(&many).unwrap());
+        assert_eq!(room.delivered.lock().unwrap().len(), MAX_BATCH);
+    }
+}
