@@ -163,15 +163,35 @@ impl Room {
         names.into_iter().map(str::to_owned).collect()
     }
 
-    /// Another hub's clients said or did `event`; one no client could have
-    /// made is dropped.
-    pub fn deliver(&self, event: &ChatEvent) {
+    /// Hub `hub`'s clients said or did `event`; one no client could have
+    /// made is dropped. A `JOIN` or `LEAVE` also counts for `/who` until
+    /// the hub's next presence says otherwise (presence travels apart from
+    /// the lines, and may come later).
+    pub fn deliver(&self, hub: &str, event: &ChatEvent) {
         let named = super::users::check_name(&event.user).is_ok();
         let one_line = !event.text.contains(['\n', '\r']);
         let line = match event.kind {
             ChatEventKind::Msg if named && one_line => protocol::msg(&event.user, &event.text),
-            ChatEventKind::Join if named && event.text.is_empty() => protocol::join(&event.user),
-            ChatEventKind::Leave if named && event.text.is_empty() => protocol::leave(&event.user),
+            ChatEventKind::Join if named && event.text.is_empty() => {
+                let mut remote = lock(&self.remote);
+                let users = remote.entry(hub.to_owned()).or_default();
+                if users.len() < MAX_REMOTE_USERS {
+                    users.push(event.user.clone());
+                }
+                protocol::join(&event.user)
+            }
+            ChatEventKind::Leave if named && event.text.is_empty() => {
+                let mut remote = lock(&self.remote);
+                if let Some(users) = remote.get_mut(hub) {
+                    if let Some(at) = users.iter().position(|user| *user == event.user) {
+                        users.swap_remove(at);
+                    }
+                    if users.is_empty() {
+                        remote.remove(hub);
+                    }
+                }
+                protocol::leave(&event.user)
+            }
             ChatEventKind::Sys if event.user.is_empty() && one_line => protocol::sys(&event.text),
             _ => {
                 tracing::debug!(
@@ -367,15 +387,15 @@ mod tests {
         let room = Room::new(16);
         let mut ring = room.join("alice").ring;
         let _ = ring.try_recv(); // alice's own JOIN
-        room.deliver(&event(ChatEventKind::Join, "bob", ""));
-        room.deliver(&event(ChatEventKind::Msg, "bob", "hi  there"));
-        room.deliver(&event(ChatEventKind::Sys, "", "noon"));
+        room.deliver("h2", &event(ChatEventKind::Join, "bob", ""));
+        room.deliver("h2", &event(ChatEventKind::Msg, "bob", "hi  there"));
+        room.deliver("h2", &event(ChatEventKind::Sys, "", "noon"));
         // Shapes no client of another hub could have made.
-        room.deliver(&event(ChatEventKind::Msg, "bad name", "x"));
-        room.deliver(&event(ChatEventKind::Msg, "bob", "two\nlines"));
-        room.deliver(&event(ChatEventKind::Join, "bob", "text"));
-        room.deliver(&event(ChatEventKind::Sys, "bob", "x"));
-        room.deliver(&event(ChatEventKind::Leave, "", ""));
+        room.deliver("h2", &event(ChatEventKind::Msg, "bad name", "x"));
+        room.deliver("h2", &event(ChatEventKind::Msg, "bob", "two\nlines"));
+        room.deliver("h2", &event(ChatEventKind::Join, "bob", "text"));
+        room.deliver("h2", &event(ChatEventKind::Sys, "bob", "x"));
+        room.deliver("h2", &event(ChatEventKind::Leave, "", ""));
         let lines: Vec<Bytes> = std::iter::from_fn(|| ring.try_recv().ok())
             .map(|out| out.line)
             .collect();
@@ -385,6 +405,25 @@ mod tests {
         );
         // Remote lines are not this hub's clients' messages.
         assert_eq!(room.relayed(), 0);
+        // The JOIN counts for /who before h2's presence comes, and its
+        // LEAVE undoes it.
+        assert_eq!(&room.who()[..], b"WHO alice bob\n");
+        room.deliver("h2", &event(ChatEventKind::Leave, "bob", ""));
+        assert_eq!(&room.who()[..], b"WHO alice\n");
+    }
+
+    #[test]
+    fn a_hub_that_goes_right_after_a_join_takes_that_user_with_it() {
+        let room = Room::new(16);
+        let mut ring = room.join("alice").ring;
+        room.deliver("h2", &event(ChatEventKind::Join, "carol", ""));
+        // h2 dies before its presence arrives.
+        room.remote_hub_gone("h2");
+        let lines: Vec<Bytes> = std::iter::from_fn(|| ring.try_recv().ok())
+            .map(|out| out.line)
+            .filter(|line| !line.starts_with(b"JOIN alice"))
+            .collect();
+        assert_eq!(lines, [&b"JOIN carol\n"[..], b"LEAVE carol\n"]);
     }
 
     #[test]

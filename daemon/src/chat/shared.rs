@@ -21,8 +21,8 @@ impl SharedRoom for Shared {
         self.0.room.local_users()
     }
 
-    fn deliver(&self, _hub: &str, event: ChatEvent) {
-        self.0.room.deliver(&event);
+    fn deliver(&self, hub: &str, event: ChatEvent) {
+        self.0.room.deliver(hub, &event);
     }
 
     fn remote_users(&self, hub: &str, users: Vec<String>) {
