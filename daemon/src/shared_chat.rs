@@ -57,6 +57,9 @@ pub trait SharedRoom: Send + Sync {
     /// Hub `hub` left the cluster, or is no longer heard of: its users
     /// not logged in anywhere else are said to leave.
     fn remote_hub_gone(&self, hub: &str);
+    /// The hubs in the cluster now: any other hub the room counts users
+    /// of is gone ([`SharedRoom::remote_hub_gone`]).
+    fn remote_hubs_alive(&self, live: &[String]);
     /// Every chat user this hub has, with the password's hash.
     fn users(&self) -> Vec<(String, String)>;
     /// The cluster holds `name` with `hash` (`None`: removed): make this

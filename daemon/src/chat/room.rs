@@ -32,6 +32,9 @@ use crate::sync::lock;
 /// flood on the bus cannot grow this hub's memory without end.
 pub const MAX_REMOTE_USERS: usize = 10_000;
 
+/// Other hubs whose users the room counts at most.
+pub const MAX_REMOTE_HUBS: usize = 256;
+
 /// Identifies one logged-in session; 0 is the system.
 pub type ClientId = u64;
 
@@ -174,9 +177,11 @@ impl Room {
             ChatEventKind::Msg if named && one_line => protocol::msg(&event.user, &event.text),
             ChatEventKind::Join if named && event.text.is_empty() => {
                 let mut remote = lock(&self.remote);
-                let users = remote.entry(hub.to_owned()).or_default();
-                if users.len() < MAX_REMOTE_USERS {
-                    users.push(event.user.clone());
+                if remote.len() < MAX_REMOTE_HUBS || remote.contains_key(hub) {
+                    let users = remote.entry(hub.to_owned()).or_default();
+                    if users.len() < MAX_REMOTE_USERS {
+                        users.push(event.user.clone());
+                    }
                 }
                 protocol::join(&event.user)
             }
@@ -212,8 +217,20 @@ impl Room {
         let mut remote = lock(&self.remote);
         if users.is_empty() {
             remote.remove(hub);
-        } else {
+        } else if remote.len() < MAX_REMOTE_HUBS || remote.contains_key(hub) {
             remote.insert(hub.to_owned(), users);
+        }
+    }
+
+    /// Every other hub not in `live` is gone.
+    pub fn remote_hubs_alive(&self, live: &[String]) {
+        let gone: Vec<String> = lock(&self.remote)
+            .keys()
+            .filter(|hub| !live.contains(hub))
+            .cloned()
+            .collect();
+        for hub in gone {
+            self.remote_hub_gone(&hub);
         }
     }
 

@@ -33,6 +33,10 @@ impl SharedRoom for Shared {
         self.0.room.remote_hub_gone(hub);
     }
 
+    fn remote_hubs_alive(&self, live: &[String]) {
+        self.0.room.remote_hubs_alive(live);
+    }
+
     fn users(&self) -> Vec<(String, String)> {
         self.0.users.snapshot().entries()
     }

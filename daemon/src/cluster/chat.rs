@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::kv::{CreateErrorKind, Operation, Store};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
@@ -48,6 +49,10 @@ pub const ONLINE: &str = "meshd_chat_online";
 
 /// Events per published batch at most.
 const MAX_BATCH: usize = 64;
+
+/// A published batch's size at most: well under NATS's default
+/// `max_payload` (1 MiB), whatever `[chat] max_line_bytes` allows.
+const MAX_PUBLISH_BYTES: usize = 256 << 10;
 
 /// How long the stream keeps events: a hub cut off for longer misses what
 /// is older.
@@ -80,6 +85,8 @@ struct Batch {
 pub struct ChatSync {
     room: Arc<dyn SharedRoom>,
     outbox: mpsc::Receiver<ChatEvent>,
+    /// Events taken from the outbox and not yet in a batch, in order.
+    taken: Vec<ChatEvent>,
     /// A batch not yet acknowledged: its message id and bytes.
     pending: Option<(String, Bytes)>,
     /// Numbers this start's batches.
@@ -96,6 +103,7 @@ impl ChatSync {
         ChatSync {
             room,
             outbox,
+            taken: Vec::with_capacity(MAX_BATCH),
             pending: None,
             next_batch: 0,
             boot: rand_boot(),
@@ -191,13 +199,13 @@ async fn session(
         })
         .await
         .map_err(|error| jetstream("the chat stream")(error.to_string()))?;
-    let deliver_policy = match chat.applied {
-        Some(applied) => DeliverPolicy::ByStartSequence {
-            start_sequence: applied + 1,
-        },
-        // A hub that starts sees what is said from now on, as a client
-        // that logs in does.
-        None => DeliverPolicy::New,
+    // A hub that starts sees what is said from now on, as a client that
+    // logs in does; from then on it reads from where it stopped.
+    let applied = *chat
+        .applied
+        .get_or_insert(stream.cached_info().state.last_sequence);
+    let deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: applied + 1,
     };
     let consumer = stream
         .create_consumer(push::OrderedConfig {
@@ -213,27 +221,44 @@ async fn session(
         .await
         .map_err(|error| jetstream("reading the chat stream")(error.to_string()))?;
     let own_subject = subject_of(&state.me.id);
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut presence_cache = PresenceCache::default();
+    let mut recheck = tokio::time::interval(super::hubs::ANNOUNCE_EVERY);
     loop {
+        if chat.pending.is_none() && !chat.taken.is_empty() {
+            chat.pending = seal(chat, &state.me.id);
+        }
         if let Some((id, bytes)) = &chat.pending {
             let publish = PublishMessage::build()
                 .payload(bytes.clone())
                 .message_id(id);
-            let ack = js
-                .send_publish(own_subject.clone(), publish)
-                .await
-                .map_err(|error| jetstream("publishing chat lines")(error.to_string()))?;
+            let ack = match js.send_publish(own_subject.clone(), publish).await {
+                Ok(ack) => ack,
+                Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    // It never will fit: the lines stay on this hub.
+                    tracing::warn!(role = "cluster", bytes = bytes.len(), %error, "chat lines too large for NATS dropped; they reached this hub's clients only");
+                    chat.pending = None;
+                    continue;
+                }
+                Err(error) => return Err(jetstream("publishing chat lines")(error.to_string())),
+            };
             ack.await
                 .map_err(|error| jetstream("publishing chat lines")(error.to_string()))?;
             chat.pending = None;
+            continue;
         }
         tokio::select! {
-            received = chat.outbox.recv_many(&mut batch, MAX_BATCH) => {
+            received = chat.outbox.recv_many(&mut chat.taken, MAX_BATCH) => {
                 if received == 0 {
                     // The chat role is gone: meshd is stopping.
                     return Ok(());
                 }
-                chat.pending = Some(seal(chat, &state.me.id, &mut batch)?);
+            }
+            _ = recheck.tick() => {
+                // Presence counts only for hubs in the cluster now: an old
+                // entry of a hub that died is nobody logged in.
+                let live = state.live_hubs();
+                presence_cache.apply(chat.room.as_ref(), &live);
+                chat.room.remote_hubs_alive(&live);
             }
             () = presence.notified() => put_presence(&online, &me, chat.room.as_ref()).await?,
             entry = users_watch.next() => match entry {
@@ -245,7 +270,7 @@ async fn session(
                 Some(Ok(entry)) => {
                     let hub = buckets::id_of(&entry.key);
                     if hub != state.me.id {
-                        apply_presence(chat.room.as_ref(), &hub, &entry);
+                        presence_cache.take(chat.room.as_ref(), &hub, &entry, &state.live_hubs());
                     }
                 }
                 Some(Err(error)) => return Err(jetstream("watching chat presence")(error.to_string())),
@@ -256,8 +281,11 @@ async fn session(
                     if let Ok(info) = message.info() {
                         chat.applied = Some(info.stream_sequence);
                     }
-                    if message.subject.as_str() != own_subject {
-                        deliver(chat.room.as_ref(), &message.payload);
+                    let subject = message.subject.as_str();
+                    if let Some(hub) = subject.strip_prefix("meshd.chat.")
+                        && subject != own_subject
+                    {
+                        deliver(chat.room.as_ref(), &buckets::id_of(hub), &message.payload);
                     }
                 }
                 Some(Err(error)) => return Err(jetstream("reading the chat stream")(error.to_string())),
@@ -267,25 +295,43 @@ async fn session(
     }
 }
 
-/// Turns the events taken from the outbox into the next batch to publish.
-fn seal(
-    chat: &mut ChatSync,
-    me: &str,
-    events: &mut Vec<ChatEvent>,
-) -> Result<(String, Bytes), ClusterError> {
+/// Turns the events taken from the outbox, in order, into the next batch
+/// to publish: as many as fit in [`MAX_PUBLISH_BYTES`]; the rest wait for
+/// the next. `None` when only events too large to publish at all were
+/// there (they are dropped, and said so).
+fn seal(chat: &mut ChatSync, me: &str) -> Option<(String, Bytes)> {
+    let mut events = Vec::new();
+    let mut size = 64;
+    while let Some(event) = chat.taken.first() {
+        // Infallible for these types; counted as too large if not.
+        let bytes = serde_json::to_vec(event).map_or(usize::MAX, |bytes| bytes.len() + 1);
+        if bytes > MAX_PUBLISH_BYTES - 64 {
+            let event = chat.taken.remove(0);
+            tracing::warn!(role = "cluster", user = %event.user, bytes, "a chat line too large for the cluster reached this hub's clients only");
+            continue;
+        }
+        if size + bytes > MAX_PUBLISH_BYTES {
+            break;
+        }
+        size += bytes;
+        events.push(chat.taken.remove(0));
+    }
+    if events.is_empty() {
+        return None;
+    }
     let batch = Batch {
         hub: me.to_owned(),
-        events: std::mem::take(events),
+        events,
     };
-    let bytes =
-        serde_json::to_vec(&batch).map_err(|error| ClusterError::JetStream(error.to_string()))?;
+    let bytes = serde_json::to_vec(&batch).ok()?;
     chat.next_batch += 1;
     let id = format!("{me}:{:x}:{}", chat.boot, chat.next_batch);
-    Ok((id, Bytes::from(bytes)))
+    Some((id, Bytes::from(bytes)))
 }
 
-/// Shows another hub's batch to this hub's clients.
-fn deliver(room: &dyn SharedRoom, payload: &[u8]) {
+/// Shows hub `hub`'s batch (the hub its subject names) to this hub's
+/// clients.
+fn deliver(room: &dyn SharedRoom, hub: &str, payload: &[u8]) {
     if payload.len() > MAX_BATCH_BYTES {
         tracing::debug!(
             role = "cluster",
@@ -297,11 +343,61 @@ fn deliver(room: &dyn SharedRoom, payload: &[u8]) {
     match serde_json::from_slice::<Batch>(payload) {
         Ok(batch) => {
             for event in batch.events.into_iter().take(MAX_BATCH) {
-                room.deliver(&batch.hub, event);
+                room.deliver(hub, event);
             }
         }
         Err(error) => {
             tracing::debug!(role = "cluster", %error, "chat batch from another hub dropped: malformed")
+        }
+    }
+}
+
+/// The other hubs' presence as the bucket has it, applied to the room only
+/// for hubs in the cluster now (a dead hub's entry stays in the bucket).
+#[derive(Default)]
+struct PresenceCache {
+    by_hub: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl PresenceCache {
+    /// Takes an entry of the presence bucket.
+    fn take(
+        &mut self,
+        room: &dyn SharedRoom,
+        hub: &str,
+        entry: &async_nats::jetstream::kv::Entry,
+        live: &[String],
+    ) {
+        match entry.operation {
+            Operation::Put => match serde_json::from_slice::<Vec<String>>(&entry.value) {
+                Ok(users) => {
+                    if self.by_hub.len() >= super::hubs::MAX_HUBS && !self.by_hub.contains_key(hub)
+                    {
+                        return;
+                    }
+                    if live.iter().any(|known| known == hub) {
+                        room.remote_users(hub, users.clone());
+                    }
+                    self.by_hub.insert(hub.to_owned(), users);
+                }
+                Err(error) => {
+                    tracing::debug!(role = "cluster", %hub, %error, "chat presence that does not parse; ignored")
+                }
+            },
+            Operation::Delete | Operation::Purge => {
+                self.by_hub.remove(hub);
+                room.remote_hub_gone(hub);
+            }
+        }
+    }
+
+    /// Applies what the live hubs said (a hub may be heard of after its
+    /// presence).
+    fn apply(&self, room: &dyn SharedRoom, live: &[String]) {
+        for hub in live {
+            if let Some(users) = self.by_hub.get(hub) {
+                room.remote_users(hub, users.clone());
+            }
         }
     }
 }
@@ -315,19 +411,6 @@ async fn put_presence(online: &Store, me: &str, room: &dyn SharedRoom) -> Result
         .await
         .map(|_revision| ())
         .map_err(|error| jetstream("chat presence")(error.to_string()))
-}
-
-/// Another hub's logged-in users changed, or it left.
-fn apply_presence(room: &dyn SharedRoom, hub: &str, entry: &async_nats::jetstream::kv::Entry) {
-    match entry.operation {
-        Operation::Put => match serde_json::from_slice::<Vec<String>>(&entry.value) {
-            Ok(users) => room.remote_users(hub, users),
-            Err(error) => {
-                tracing::debug!(role = "cluster", %hub, %error, "chat presence that does not parse; ignored")
-            }
-        },
-        Operation::Delete | Operation::Purge => room.remote_hub_gone(hub),
-    }
 }
 
 /// Applies a user entry of the bucket to this hub.
@@ -448,6 +531,7 @@ mod tests {
         }
         fn remote_users(&self, _: &str, _: Vec<String>) {}
         fn remote_hub_gone(&self, _: &str) {}
+        fn remote_hubs_alive(&self, _: &[String]) {}
         fn users(&self) -> Vec<(String, String)> {
             Vec::new()
         }
@@ -469,10 +553,11 @@ mod tests {
         let room: Arc<dyn SharedRoom> = Arc::new(Room::default());
         let (_sender, outbox) = mpsc::channel(4);
         let mut sync = ChatSync::new(room, outbox);
-        let mut events = vec![msg(0), msg(1)];
-        let (first, bytes) = seal(&mut sync, "hub.1", &mut events).unwrap();
-        assert!(events.is_empty(), "the events went into the batch");
-        let (second, _) = seal(&mut sync, "hub.1", &mut vec![msg(2)]).unwrap();
+        sync.taken = vec![msg(0), msg(1)];
+        let (first, bytes) = seal(&mut sync, "hub.1").unwrap();
+        assert!(sync.taken.is_empty(), "the events went into the batch");
+        sync.taken = vec![msg(2)];
+        let (second, _) = seal(&mut sync, "hub.1").unwrap();
         assert_ne!(first, second);
         assert!(
             first.starts_with("hub.1:") && first.ends_with(":1"),
@@ -480,9 +565,10 @@ mod tests {
         );
         assert!(second.ends_with(":2"), "{second}");
 
-        // Another hub reads it back whole, in order.
+        // Another hub reads it back whole, in order, as the hub its
+        // subject names.
         let reader = Room::default();
-        deliver(&reader, &bytes);
+        deliver(&reader, "hub.1", &bytes);
         let delivered = reader.delivered.lock().unwrap();
         assert_eq!(
             *delivered,
@@ -491,26 +577,57 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_never_passes_its_size_and_a_line_too_large_for_any_is_dropped() {
+        let room: Arc<dyn SharedRoom> = Arc::new(Room::default());
+        let (_sender, outbox) = mpsc::channel(4);
+        let mut sync = ChatSync::new(room, outbox);
+        let long = |text: &str| ChatEvent {
+            kind: ChatEventKind::Msg,
+            user: "bob".to_owned(),
+            text: text.to_owned(),
+        };
+        // Control characters take six bytes each in JSON.
+        let escaped = "\u{1}".repeat(30_000);
+        sync.taken = vec![
+            long(&"x".repeat(MAX_PUBLISH_BYTES)),
+            long(&escaped),
+            long(&escaped),
+            msg(1),
+        ];
+        let (_, first) = seal(&mut sync, "h").unwrap();
+        assert!(first.len() <= MAX_PUBLISH_BYTES, "{}", first.len());
+        let first: Batch = serde_json::from_slice(&first).unwrap();
+        assert_eq!(first.events, [long(&escaped)], "the too-large line went");
+        let (_, second) = seal(&mut sync, "h").unwrap();
+        let second: Batch = serde_json::from_slice(&second).unwrap();
+        assert_eq!(second.events, [long(&escaped), msg(1)]);
+        assert!(sync.taken.is_empty());
+        assert!(seal(&mut sync, "h").is_none());
+    }
+
+    #[test]
     fn a_batch_of_the_wrong_shape_or_size_is_dropped_and_a_long_one_cut() {
         let room = Room::default();
-        deliver(&room, b"not json");
+        deliver(&room, "h", b"not json");
         deliver(
             &room,
+            "h",
             br#"{"hub":"h","events":[{"kind":"msg","user":"a","text":"x","extra":1}]}"#,
         );
         deliver(
             &room,
+            "h",
             br#"{"hub":"h","events":[{"kind":"shout","user":"a"}]}"#,
         );
-        deliver(&room, br#"{"hub":"h"}"#);
+        deliver(&room, "h", br#"{"hub":"h"}"#);
         let huge = vec![b' '; MAX_BATCH_BYTES + 1];
-        deliver(&room, &huge);
+        deliver(&room, "h", &huge);
         assert!(room.delivered.lock().unwrap().is_empty());
         let many = Batch {
             hub: "h".to_owned(),
             events: (0..MAX_BATCH * 2).map(msg).collect(),
         };
-        deliver(&room, &serde_json::to_vec(&many).unwrap());
+        deliver(&room, "h", &serde_json::to_vec(&many).unwrap());
         assert_eq!(room.delivered.lock().unwrap().len(), MAX_BATCH);
     }
 }

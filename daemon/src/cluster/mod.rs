@@ -130,6 +130,15 @@ impl ClusterState {
         }
     }
 
+    /// The ids of the hubs in the cluster now, this one included.
+    fn live_hubs(&self) -> Vec<String> {
+        lock(&self.mirror)
+            .live(Instant::now())
+            .into_iter()
+            .map(|hub| hub.id)
+            .collect()
+    }
+
     /// Hands the hub the cluster's other hubs (for its devices), as the
     /// mirror has them now; only while connected, so a hub cut off from
     /// NATS keeps handing out the last hubs it knew.
@@ -140,11 +149,15 @@ impl ClusterState {
         self.shared.other_hubs(others);
     }
 
-    /// The hub that runs this cluster's requests, or why there is none.
+    /// The connection for a request to another hub, or why there is none:
+    /// while NATS is away requests are refused at once, not after their
+    /// timeout.
     fn client(&self) -> Result<async_nats::Client, String> {
-        lock(&self.client)
-            .clone()
-            .ok_or_else(|| "the cluster is unreachable".to_owned())
+        let client = lock(&self.client).clone();
+        match client {
+            Some(client) if client.connection_state() == State::Connected => Ok(client),
+            _ => Err("the cluster is unreachable".to_owned()),
+        }
     }
 
     /// Hub `hub` is no longer in the cluster.
@@ -381,7 +394,12 @@ async fn session(
         .map_err(|error| ClusterError::JetStream(format!("subscribing to requests: {error}")))?;
     *lock(&state.bindings) = Some(bindings);
     state.connected();
-    let mut tick = tokio::time::interval(hubs::ANNOUNCE_EVERY);
+    // Not at once: the devices are told the other hubs once the watch has
+    // replayed them, not an empty list first.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + hubs::ANNOUNCE_EVERY,
+        hubs::ANNOUNCE_EVERY,
+    );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -111,7 +111,7 @@ fn move_on(mesh: &Mesh, hub: &Hub) -> bool {
         return false;
     }
     let current = hub.target().stand_in;
-    let next = hubs.next_stand_in(current.as_deref());
+    let next = hubs.move_on(hub.id());
     match (&current, &next) {
         (None, None) => return false,
         (_, Some(next)) => {
@@ -122,7 +122,6 @@ fn move_on(mesh: &Mesh, hub: &Hub) -> bool {
         }
     }
     let back_home = next.is_none();
-    hub.set_stand_in(next);
     // Round the cluster's hubs at once; the hub itself again after the
     // backoff.
     !back_home

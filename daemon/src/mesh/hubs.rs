@@ -387,6 +387,8 @@ pub struct Hubs {
     /// The other hubs of their clusters that these hubs vouched for last,
     /// by the hub (or stand-in) that said so.
     vouched: Mutex<Vec<(HubId, Vec<VouchedHub>)>>,
+    /// Held while a hub's channel picks a stand-in.
+    moving: Mutex<()>,
 }
 
 impl Hubs {
@@ -408,6 +410,7 @@ impl Hubs {
         Hubs {
             hubs,
             vouched: Mutex::new(Vec::new()),
+            moving: Mutex::new(()),
         }
     }
 
@@ -428,6 +431,32 @@ impl Hubs {
         if !hubs.is_empty() {
             vouched.push((id, hubs));
         }
+    }
+
+    /// Sends hub `id`'s channel to the stand-in after its current one
+    /// (see [`Hubs::next_stand_in`]), skipping stand-ins the other hubs'
+    /// channels went to, so that two hubs that failed together do not
+    /// take turns replacing each other's channel at one stand-in. Returns
+    /// the new stand-in (`None`: back to the hub itself).
+    pub fn move_on(&self, id: HubId) -> Option<VouchedHub> {
+        // One hub moves at a time.
+        let _moving = lock(&self.moving);
+        let hub = self.get(id);
+        let taken: Vec<String> = self
+            .hubs
+            .iter()
+            .filter(|other| other.id != id)
+            .filter_map(|other| other.target().stand_in)
+            .collect();
+        let mut current = hub.target().stand_in;
+        let next = loop {
+            match self.next_stand_in(current.as_deref()) {
+                Some(next) if taken.contains(&next.id) => current = Some(next.id),
+                next => break next,
+            }
+        };
+        hub.set_stand_in(next.clone());
+        next
     }
 
     /// The hub to try after `current` (`None`: the hub itself) when every
@@ -591,6 +620,24 @@ mod tests {
             hubs.status(HubId(1)).cluster_hubs,
             ["http://10.0.0.9:9003", "http://127.0.0.1:8080"]
         );
+    }
+
+    #[test]
+    fn two_hubs_down_together_do_not_move_to_the_same_stand_in() {
+        let hubs = hubs(2);
+        let key = PublicKey::from([7; 32]);
+        let vouched: Vec<VouchedHub> = [("h2", 9002), ("h3", 9003)]
+            .iter()
+            .map(|(id, port)| VouchedHub::from_wire(&peer(id, *port, &key)).unwrap())
+            .collect();
+        hubs.vouched_by(HubId(0), vouched);
+        let moved = |id| hubs.move_on(HubId(id)).map(|hub| hub.id);
+        assert_eq!(moved(0).as_deref(), Some("h2"));
+        assert_eq!(moved(1).as_deref(), Some("h3"), "h2 is hub 0's");
+        // Hub 0 goes on round: h3 is hub 1's, so back to itself.
+        assert_eq!(moved(0), None);
+        assert_eq!(hubs.get(HubId(0)).target().stand_in, None);
+        assert_eq!(moved(0).as_deref(), Some("h2"));
     }
 
     #[test]

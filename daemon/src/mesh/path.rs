@@ -258,7 +258,10 @@ pub async fn relay(
     dial: bool,
     target: &Target,
 ) -> Result<Established, JoinRelayError> {
-    let url = at.map_or_else(|| local.hubs.get(hub).url(), |at| &at.url);
+    // Without `at`, the hub whose channel carried the offer: the hub
+    // itself, or the stand-in its channel went to.
+    let target_hub = local.hubs.get(hub).target();
+    let url = at.map_or(&target_hub.url, |at| &at.url);
     let hub_error = |source| JoinRelayError::Hub {
         url: url.clone(),
         source: Arc::new(source),
@@ -276,8 +279,7 @@ pub async fn relay(
     // The offer came over a channel that proved the hub's key, so the key
     // is known; the join proves it again, then spends the token, which only
     // this device's key can.
-    let vouched = at.map(|at| at.key);
-    let Some(hub_key) = vouched.or_else(|| local.hubs.get(hub).trust().key()) else {
+    let Some(hub_key) = at.map_or(target_hub.key, |at| Some(at.key)) else {
         // Forgotten by an operator since the offer: nothing to check the
         // hub against until its channel pins a key again.
         return Err(handshake_error(AttemptKind::from(LinkError::Handshake(

@@ -624,16 +624,20 @@ fn relay(state: &Arc<SignalingState>, channel: &DeviceChannel, to: String) -> Op
             Err(error) => return refused(error.to_string(), to),
         };
         let theirs = RelayHalf {
-            token: offer.theirs,
+            token: offer.theirs.clone(),
             dial: !offer.own_dials,
         };
         let own = RelayHalf {
-            token: offer.own,
+            token: offer.own.clone(),
             dial: offer.own_dials,
         };
         let from = id.clone();
-        state.tracker.spawn(async move {
+        let state = state.clone();
+        state.tracker.clone().spawn(async move {
             let handed = cluster.relay_half(&hub, &target, &from, theirs).await;
+            if handed.is_err() {
+                state.relays.withdraw(&offer);
+            }
             let answer = relay_answer(to, handed.map(|()| (own, None)));
             let _ = outgoing.try_send(Outgoing::Message(answer));
             drop(permit);

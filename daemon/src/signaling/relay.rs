@@ -221,6 +221,23 @@ impl Relays {
         pending.remove(token).and_then(|half| half.owner)
     }
 
+    /// Withdraws an offer nobody has joined yet (its other half could not
+    /// be handed over), giving its slot and share back at once.
+    pub fn withdraw(&self, offer: &Offer) {
+        let mut pending = lock(&self.pending);
+        if [&offer.own, &offer.theirs]
+            .iter()
+            .any(|token| pending.get(token.as_str()).is_some_and(|half| half.claimed))
+        {
+            return;
+        }
+        for token in [&offer.own, &offer.theirs] {
+            if let Some(owner) = self.remove(&mut pending, token) {
+                lock(&self.shares).give_back(&owner);
+            }
+        }
+    }
+
     /// Relays spliced now.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
