@@ -85,6 +85,12 @@ pub async fn run(mesh: Arc<Mesh>, id: HubId, cancel: CancellationToken) {
             // An operator forgot the hub's key: reopen at once, to pin the
             // key it proves now.
             Err(ChannelError::Forgotten) => continue,
+            // The hub itself answers again: back to it now.
+            Err(ChannelError::GoingHome) => {
+                hub.set_stand_in(None);
+                tracing::info!(hub = %hub.url(), "the hub answers again: moving back to it from the hub of its cluster");
+                continue;
+            }
             Err(error) => {
                 outage.failed(hub, &error, &mesh.local.id.to_string());
                 if !matches!(error, ChannelError::Closed(_)) && move_on(&mesh, hub) {
@@ -127,6 +133,25 @@ fn move_on(mesh: &Mesh, hub: &Hub) -> bool {
     !back_home
 }
 
+/// While a channel is on a stand-in, the hub itself is tried this often.
+const HOME_CHECK: Duration = Duration::from_secs(10);
+
+/// Completes once the hub itself accepts a connection again, tried every
+/// [`HOME_CHECK`]; never when the channel is on the hub itself. A device
+/// that moved goes back, so a stand-in that later loses its cluster does
+/// not keep it.
+async fn hub_answers_again(hub: &Hub, on_stand_in: bool) {
+    if !on_stand_in {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(HOME_CHECK).await;
+        if HubConnection::open(hub.url(), None).await.is_ok() {
+            return;
+        }
+    }
+}
+
 /// Why a channel failed or ended.
 #[derive(Debug, thiserror::Error)]
 enum ChannelError {
@@ -152,6 +177,9 @@ enum ChannelError {
     /// An operator forgot the hub's key while its channel was open.
     #[error("the hub's key was forgotten by an operator")]
     Forgotten,
+    /// The channel is on a stand-in, and the hub itself answers again.
+    #[error("the hub answers again")]
+    GoingHome,
 }
 
 /// A hub that proved another key than the one pinned.
@@ -362,6 +390,7 @@ async fn session(
     let heartbeat = |ttl: Duration| (ttl / 3).max(MIN_HEARTBEAT);
     let mut next_heartbeat = Instant::now() + heartbeat(ttl);
     let mut ping = tokio::time::interval(PING_INTERVAL);
+    let mut back_home = std::pin::pin!(hub_answers_again(hub, target.stand_in.is_some()));
     let mut ping_sent: Option<(u64, Instant)> = None;
     let mut nonce = 0u64;
     let mut heard = Instant::now();
@@ -388,6 +417,7 @@ async fn session(
                 // the channel stayed open): register now.
                 () = hub.register_asked() => register(),
                 () = hub.retry_asked() => return Err(ChannelError::Forgotten),
+                () = &mut back_home => return Err(ChannelError::GoingHome),
                 _ = ping.tick() => {
                     if heard.elapsed() >= SILENCE_LIMIT {
                         return Err(ChannelError::Silent);
@@ -471,7 +501,7 @@ async fn session(
     // A refusal of a heartbeat (a rotated join token, a removed id) is an
     // outage to report; anything else that ends an open channel is not yet.
     ended.await.map_err(|error| match error {
-        ChannelError::Refused { .. } | ChannelError::Forgotten => error,
+        ChannelError::Refused { .. } | ChannelError::Forgotten | ChannelError::GoingHome => error,
         other => ChannelError::Closed(Box::new(other)),
     })
 }

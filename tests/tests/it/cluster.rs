@@ -350,6 +350,23 @@ fn a_device_whose_hub_dies_moves_to_another_hub_of_the_cluster_within_10s() {
     one.ctl_ok(&["send", "two", "still here"]);
     assert!(crate::mesh::inbox(&one).contains(&("three".to_owned(), "after the move".to_owned())));
     assert!(crate::mesh::inbox(&two).contains(&("one".to_owned(), "still here".to_owned())));
+
+    // Its own hub back, the device goes back to it.
+    first.restart();
+    let restarted = std::time::Instant::now();
+    wait_until("one back at hub-1", Duration::from_secs(30), || {
+        let hub = hub_status(&one, &first_url);
+        (hub["via"].is_null() && hub["channel"] == true).then_some(())
+    });
+    assert!(restarted.elapsed() < Duration::from_secs(25));
+    assert!(
+        one.log()
+            .contains("the hub answers again: moving back to it")
+    );
+    wait_until("hub-1 serves one again", Duration::from_secs(10), || {
+        (first.ctl_json(&["status"])["roles"]["signaling"]["channels"] == 1).then_some(())
+    });
+    one.ctl_ok(&["send", "two", "from home"]);
 }
 
 /// A hub of the cluster on `nats` that also runs chat.
