@@ -106,18 +106,10 @@ impl ChatSync {
             taken: Vec::with_capacity(MAX_BATCH),
             pending: None,
             next_batch: 0,
-            boot: rand_boot(),
+            boot: rand::random(),
             applied: None,
         }
     }
-}
-
-/// A number unlikely to repeat across starts of this hub.
-fn rand_boot() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
 }
 
 /// The chat's task: a session whenever the connection is up.

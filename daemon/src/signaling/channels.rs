@@ -418,10 +418,19 @@ async fn read_channel<R: AsyncRead + Unpin>(
 
 /// The refusal of a request sent before the device registered.
 fn not_registered(to: String, request: Refusable) -> FromHub {
-    FromHub::Refused {
-        reason: "this device has not registered on this channel yet".to_owned(),
+    refusal(
         request,
         to,
+        "this device has not registered on this channel yet".to_owned(),
+    )
+}
+
+/// The refusal of a `request` for device `to`, and why.
+fn refusal(request: Refusable, to: String, reason: String) -> FromHub {
+    FromHub::Refused {
+        to,
+        request,
+        reason,
     }
 }
 
@@ -495,13 +504,7 @@ fn signal_to(
     signal: crate::hub_wire::Signal,
 ) -> Option<FromHub> {
     let id = &channel.device.device;
-    let refused = |reason: String, to: String| {
-        Some(FromHub::Refused {
-            to,
-            request: Refusable::Signal,
-            reason,
-        })
-    };
+    let refused = |reason, to| Some(refusal(Refusable::Signal, to, reason));
     let Ok(target) = DeviceId::parse(&to) else {
         return refused(format!("{to:?} is not a device id"), to);
     };
@@ -529,11 +532,8 @@ fn signal_to(
     let (from, outgoing) = (id.clone(), channel.outgoing.clone());
     state.tracker.spawn(async move {
         if let Err(reason) = cluster.signal(&hub, &from, &target, signal).await {
-            let _ = outgoing.try_send(Outgoing::Message(FromHub::Refused {
-                to,
-                request: Refusable::Signal,
-                reason,
-            }));
+            let refused = refusal(Refusable::Signal, to, reason);
+            let _ = outgoing.try_send(Outgoing::Message(refused));
         }
         drop(permit);
     });
@@ -576,13 +576,7 @@ fn through_cluster(state: &SignalingState, to: &DeviceId) -> Result<Option<Clust
 fn relay(state: &Arc<SignalingState>, channel: &DeviceChannel, to: String) -> Option<FromHub> {
     let asker = &channel.device;
     let id = &asker.device;
-    let refused = |reason: String, to: String| {
-        Some(FromHub::Refused {
-            to,
-            request: Refusable::Relay,
-            reason,
-        })
-    };
+    let refused = |reason, to| Some(refusal(Refusable::Relay, to, reason));
     let target = match DeviceId::parse(&to) {
         Ok(target) if target != *id => target,
         Ok(_) => return refused("a device cannot relay to itself".to_owned(), to),
@@ -669,11 +663,7 @@ fn relay_answer(to: String, outcome: Result<(RelayHalf, Option<PeerHub>), String
             dial: half.dial,
             at,
         },
-        Err(reason) => FromHub::Refused {
-            to,
-            request: Refusable::Relay,
-            reason,
-        },
+        Err(reason) => refusal(Refusable::Relay, to, reason),
     }
 }
 
