@@ -93,21 +93,39 @@ pub fn mesh(node: &str, roles: &Roles) -> MeshView {
     }
 }
 
-/// The hub's view; this node's own links (when it is also a device) stand
-/// in for its report, so they show before the first report arrives.
+/// The hub's view. When this node is also a device, its own links and
+/// counts are taken from the node itself, live: its report to itself is up
+/// to a few seconds old, and would show a link to a device just killed as
+/// still up.
 fn hub_view(
     console: ConsoleView,
     node: &str,
     hub_url: &str,
     own: Option<MeshConsole>,
 ) -> (Vec<DeviceView>, Vec<LinkView>, bool) {
+    let (own_counts, own_links) = match own.map(device_view) {
+        Some((own_devices, own_links)) => {
+            let counts = own_devices
+                .iter()
+                .find(|device| device.is_self)
+                .map(|me| (me.direct, me.relayed, me.down));
+            (counts, own_links)
+        }
+        None => (None, Vec::new()),
+    };
     let devices = console
         .devices
         .into_iter()
         .map(|device| {
-            let counts = device.counts.unwrap_or_default();
+            let is_self = device.listed.id == node;
+            let reported = device.counts.unwrap_or_default();
+            let (direct, relayed, down) = own_counts.filter(|_| is_self).unwrap_or((
+                reported.direct,
+                reported.relayed,
+                reported.down,
+            ));
             DeviceView {
-                is_self: device.listed.id == node,
+                is_self,
                 id: device.listed.id,
                 online: device.online,
                 addr: device.listed.addr,
@@ -119,13 +137,17 @@ fn hub_view(
                 } else {
                     Vec::new()
                 },
-                direct: counts.direct,
-                relayed: counts.relayed,
-                down: counts.down,
+                direct,
+                relayed,
+                down,
             }
         })
         .collect();
-    let links = console
+    let own_pairs: std::collections::HashSet<(String, String)> = own_links
+        .iter()
+        .map(|link| (link.a.clone(), link.b.clone()))
+        .collect();
+    let mut links: Vec<LinkView> = console
         .pairs
         .into_iter()
         .map(|pair| LinkView {
@@ -135,19 +157,10 @@ fn hub_view(
             rtt_ms: pair.rtt.map(millis),
             since: pair.since.map(rfc3339),
         })
+        .filter(|link| !own_pairs.contains(&(link.a.clone(), link.b.clone())))
         .collect();
-    let mut links: Vec<LinkView> = links;
-    if let Some(own) = own {
-        // Pairs of this node's own that no report covers yet.
-        let reported: std::collections::HashSet<(String, String)> = links
-            .iter()
-            .map(|link| (link.a.clone(), link.b.clone()))
-            .collect();
-        let (_, mine) = device_view(own);
-        links.extend(
-            mine.into_iter()
-                .filter(|link| !reported.contains(&(link.a.clone(), link.b.clone()))),
-        );
+    if !own_links.is_empty() {
+        links.extend(own_links);
         links.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
     }
     (devices, links, console.pairs_truncated)

@@ -208,6 +208,13 @@ fn the_live_page_follows_the_mesh_without_a_reload() {
             "the a-b link down",
         )
         .await;
+        // The hub's own side is live, not its last report to itself.
+        shows(
+            &browser,
+            r#"tr[data-link="b|hub"][data-path="down"]"#,
+            "the b-hub link down",
+        )
+        .await;
         assert_eq!(marker(&browser).await, "same page");
 
         // What docs/web.md shows users.

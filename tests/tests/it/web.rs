@@ -710,3 +710,68 @@ fn link_reports_too_early_or_of_the_wrong_shape_are_not_taken() {
     let view = mesh_json(web);
     assert_eq!(online(&view, "x"), Some(false), "{view}");
 }
+
+#[test]
+fn a_hubs_own_links_are_shown_live_not_as_a_peer_reports_them() {
+    use crate::hub_client::{HubChannel, runtime};
+    use serde_json::json;
+    // A hub that is also a device, and a device spoken by hand whose
+    // listed address refuses connections: the hub's own link to it is down
+    // whatever the device claims.
+    let hub = hub_device("hub", "");
+    let addr = hub.signaling_addr();
+    let web = hub.web_addr();
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_at = refusing.local_addr().unwrap().to_string();
+    drop(refusing);
+    let path_of_x = |view: &Value| {
+        pairs(view)
+            .into_iter()
+            .find(|(a, b, _)| (a.as_str(), b.as_str()) == ("hub", "x"))
+            .map(|(_, _, path)| path)
+    };
+    runtime().block_on(async {
+        let key = meshd_link::StaticKey::generate().unwrap();
+        let mut x = HubChannel::open(addr, "x", &key, None).await.unwrap();
+        let registered = x.register(&refused_at, "").await;
+        assert_eq!(registered["type"], "registered", "{registered}");
+        // x's claim, each time just before the view is read, so it is the
+        // freshest report of the pair: the hub's own side must still win.
+        let mut claim = async |nonce: u64| {
+            x.send(
+                &json!({"type": "links", "direct": 1, "relayed": 0, "down": 0,
+                "links": [{"peer": "hub", "path": "direct", "rtt_us": 900, "up_secs": 3}]}),
+            )
+            .await;
+            x.send(&json!({"type": "ping", "nonce": nonce})).await;
+            while x.next().await.unwrap()["type"] != "pong" {}
+            mesh_json(web)
+        };
+        let mut nonce = 0;
+        let started = std::time::Instant::now();
+        loop {
+            nonce += 1;
+            let view = claim(nonce).await;
+            if path_of_x(&view).as_deref() == Some("down") {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the hub never showed its own link to x as down: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for _ in 0..10 {
+            nonce += 1;
+            let view = claim(nonce).await;
+            assert_eq!(path_of_x(&view).as_deref(), Some("down"), "{view}");
+            let me = view["devices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|device| device["id"] == "hub")
+                .unwrap();
+            assert_eq!(me["direct"], 0, "the hub's own counts: {view}");
+        }
+    });
+}
