@@ -309,7 +309,8 @@ async fn reload(
     log: &LogControl,
 ) -> Result<ReloadReply, ReloadError> {
     systemd::reloading();
-    let outcome = match Config::load(location) {
+    let loaded = Config::load(location).and_then(|new| running.check_live(&new).map(|()| new));
+    let outcome = match loaded {
         Ok(new) => {
             let mut plan = ReloadPlan::between(running, &new);
             if log.fixed_by_env() {

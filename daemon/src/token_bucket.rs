@@ -2,8 +2,11 @@
 //!
 //! Pure: the caller passes the time and decides what to do with a wait (the
 //! relay sleeps off its bytes, a chat sender's lines wait), so the arithmetic
-//! is tested to the microsecond without a clock.
+//! is tested to the microsecond without a clock. [`PerSource`] keeps one
+//! bucket per client address, in a bounded table.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Tokens and the last time they were topped up.
@@ -70,9 +73,83 @@ impl TokenBucket {
     }
 }
 
+/// One bucket per source address, for limits that must not let one client
+/// spend the others' budget. At most `max_sources` are kept: when the table
+/// is full, buckets idle long enough to be full again are forgotten, then,
+/// if a flood of addresses still fills it, all of them (the limits start
+/// over rather than memory growing).
+#[derive(Debug)]
+pub struct PerSource {
+    buckets: HashMap<IpAddr, TokenBucket>,
+    max_sources: usize,
+}
+
+impl PerSource {
+    /// An empty table of at most `max_sources` addresses.
+    pub fn new(max_sources: usize) -> PerSource {
+        PerSource {
+            buckets: HashMap::new(),
+            max_sources,
+        }
+    }
+
+    /// [`TokenBucket::try_take`] on `source`'s bucket (full when new).
+    pub fn try_take(
+        &mut self,
+        source: IpAddr,
+        amount: u64,
+        rate: u64,
+        burst: u64,
+        now: Instant,
+    ) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        if self.buckets.len() >= self.max_sources && !self.buckets.contains_key(&source) {
+            let refill = Duration::from_secs(burst.div_ceil(rate) + 1);
+            self.buckets
+                .retain(|_, bucket| now.saturating_duration_since(bucket.last_used()) < refill);
+            if self.buckets.len() >= self.max_sources {
+                self.buckets.clear();
+            }
+        }
+        self.buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::full(now))
+            .try_take(amount, rate, burst, now)
+    }
+
+    /// How many addresses are tracked.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_source_has_its_own_bucket_and_the_table_stays_bounded() {
+        let t0 = Instant::now();
+        let mut sources = PerSource::new(4);
+        let a: IpAddr = "203.0.113.1".parse().unwrap();
+        let b: IpAddr = "203.0.113.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(sources.try_take(a, 1, 1, 3, t0));
+        }
+        assert!(!sources.try_take(a, 1, 1, 3, t0), "a's burst is spent");
+        assert!(sources.try_take(b, 1, 1, 3, t0), "b is not charged for a");
+        // A flood of addresses: the table never passes its bound, and idle
+        // buckets (full again) go first.
+        for i in 0..100u32 {
+            let source = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            assert!(sources.try_take(source, 1, 1, 3, t0 + Duration::from_secs(10)));
+            assert!(sources.len() <= 4);
+        }
+        assert!(sources.try_take(a, 1, 0, 0, t0), "rate 0: no limit");
+    }
 
     #[test]
     fn a_burst_passes_then_the_rate_holds() {

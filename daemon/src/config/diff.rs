@@ -8,7 +8,8 @@
 
 use std::path::Path;
 
-use super::{ChatTls, Config};
+use super::error::Problem;
+use super::{ChatTls, Config, ConfigError};
 
 /// A key a reload applies at once: how to see it changed, and how to take
 /// the new value.
@@ -171,6 +172,36 @@ impl ReloadPlan {
 }
 
 impl Config {
+    /// Refuses a reload whose live keys would be unsafe beside the keys
+    /// that keep their running values until a restart: a token removed
+    /// while the console still listens beyond loopback would open it to
+    /// the network (docs/config.md#web-the-web-console).
+    pub fn check_live(&self, new: &Config) -> Result<(), ConfigError> {
+        let running = &self.web;
+        if running.enabled
+            && !running.listen.ip().to_canonical().is_loopback()
+            && new.web.token.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                origin: new.file.as_ref().map_or_else(
+                    || "<built-in defaults>".to_owned(),
+                    |file| file.display().to_string(),
+                ),
+                problems: vec![Problem {
+                    line: None,
+                    key: "web.token".to_owned(),
+                    message: format!(
+                        "the web console listens on {} until meshd restarts (web.listen and web.enabled \
+                         change only at a restart), so a reload cannot remove its token: keep the token, \
+                         or restart meshd (systemctl restart meshd) to apply the new listen address",
+                        running.listen
+                    ),
+                }],
+            });
+        }
+        Ok(())
+    }
+
     /// Takes the live keys of `new` (and its file name); everything else keeps
     /// its running value, so the result is the configuration actually in
     /// force, and a later reload still reports pending restart keys.
@@ -216,6 +247,32 @@ mod tests {
         let again = ReloadPlan::between(&running, &new);
         assert!(again.applied.is_empty());
         assert_eq!(again.restart_required, vec!["signaling.listen"]);
+    }
+
+    #[test]
+    fn a_reload_cannot_take_the_token_from_a_console_beyond_loopback() {
+        let exposed =
+            Config::from_toml("[web]\nlisten = \"0.0.0.0:8083\"\ntoken = \"t\"\n", None).unwrap();
+        // Valid on its own, but the listener stays on 0.0.0.0 until a restart.
+        for new in [
+            "[web]\nlisten = \"127.0.0.1:8083\"\n",
+            "[web]\nenabled = false\n",
+        ] {
+            let new = Config::from_toml(new, None).unwrap();
+            let refused = exposed.check_live(&new).unwrap_err().to_string();
+            assert!(refused.contains("web.token"), "{refused}");
+            assert!(refused.contains("0.0.0.0:8083"), "{refused}");
+        }
+        // Another token, or none on a loopback console, reloads.
+        let other =
+            Config::from_toml("[web]\nlisten = \"0.0.0.0:8083\"\ntoken = \"u\"\n", None).unwrap();
+        assert!(exposed.check_live(&other).is_ok());
+        let local = Config::from_toml("[web]\ntoken = \"t\"\n", None).unwrap();
+        assert!(
+            local
+                .check_live(&Config::from_toml("", None).unwrap())
+                .is_ok()
+        );
     }
 
     #[test]

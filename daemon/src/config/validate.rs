@@ -208,6 +208,15 @@ fn web(check: &mut Checker<'_>, raw: RawWeb) -> WebConfig {
     let enabled = raw.enabled.unwrap_or(true);
     let listen = check.addr("web.listen", raw.listen, "127.0.0.1:8083");
     let token = raw.token.unwrap_or_default();
+    // Sent as `Authorization: Bearer TOKEN` or a form field, and compared
+    // byte for byte: spaces, control or non-ASCII characters could never
+    // match, and would lock everyone out without a word.
+    if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+        check.problem(
+            "web.token",
+            "must be visible ASCII without spaces (e.g. from: openssl rand -hex 32)".to_owned(),
+        );
+    }
     // The console shows every device and its addresses; beyond loopback
     // only with a token (docs/config.md).
     if enabled && token.is_empty() && !listen.ip().to_canonical().is_loopback() {
@@ -665,6 +674,28 @@ mod tests {
         assert!(problems("[chat]\nlisten = \"[::1]:8081\"\n").is_empty());
         assert!(problems("[chat]\nlisten = \"[::ffff:127.0.0.1]:8081\"\n").is_empty());
         assert!(problems("[chat]\nenabled = false\nlisten = \"0.0.0.0:8081\"\n").is_empty());
+    }
+
+    #[test]
+    fn a_web_token_that_could_never_be_sent_is_refused_with_its_line() {
+        for token in [
+            " s3cret",
+            "s3cret ",
+            "two words",
+            "   ",
+            "caf\u{e9}",
+            "tab\there",
+        ] {
+            let lines = problems(&format!("[web]\n\ntoken = {token:?}\n"));
+            assert_eq!(
+                lines,
+                [
+                    "/etc/meshd/meshd.toml:3: web.token: must be visible ASCII without spaces (e.g. from: openssl rand -hex 32)"
+                ],
+                "{token:?}"
+            );
+        }
+        assert!(problems("[web]\ntoken = \"a-Z_0.9~!@#$%^&*()+=\"\n").is_empty());
     }
 
     #[test]

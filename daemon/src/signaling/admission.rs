@@ -4,9 +4,8 @@
 //! registry rules (registry.rs), so neither door is easier than the other
 //! (docs/signaling-api.md, docs/security.md).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use subtle::ConstantTimeEq;
 
@@ -16,10 +15,10 @@ use super::registry::{Proof, RegisterError, Registration};
 use crate::hub_wire::RegisterReply;
 use crate::metrics::metrics;
 use crate::sync::lock;
-use crate::token_bucket::TokenBucket;
+use crate::token_bucket::PerSource;
 
-/// Source addresses whose limits are remembered at most; beyond it the
-/// buckets idle long enough to be full again are forgotten, then all.
+/// Source addresses whose limits are remembered at most (token_bucket.rs,
+/// [`PerSource`]).
 const MAX_TRACKED_SOURCES: usize = 16_384;
 
 /// A burst of new ids from one address: this many seconds' worth.
@@ -32,31 +31,24 @@ pub fn token_matches(sent: &str, expected: &str) -> bool {
 }
 
 /// New-id budgets per source address.
-#[derive(Default)]
 pub struct SourceLimits {
-    buckets: std::sync::Mutex<HashMap<IpAddr, TokenBucket>>,
+    buckets: std::sync::Mutex<PerSource>,
+}
+
+impl Default for SourceLimits {
+    fn default() -> SourceLimits {
+        SourceLimits {
+            buckets: std::sync::Mutex::new(PerSource::new(MAX_TRACKED_SOURCES)),
+        }
+    }
 }
 
 impl SourceLimits {
     /// Takes one new registration for `source`; false when it is over
     /// `rate` per second.
     fn try_take(&self, source: IpAddr, rate: u64, now: Instant) -> bool {
-        if rate == 0 {
-            return true;
-        }
         let burst = rate.saturating_mul(BURST_SECONDS);
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() >= MAX_TRACKED_SOURCES && !buckets.contains_key(&source) {
-            let refill = Duration::from_secs(BURST_SECONDS + 1);
-            buckets.retain(|_, bucket| now.saturating_duration_since(bucket.last_used()) < refill);
-            if buckets.len() >= MAX_TRACKED_SOURCES {
-                buckets.clear();
-            }
-        }
-        buckets
-            .entry(source)
-            .or_insert_with(|| TokenBucket::full(now))
-            .try_take(1, rate, burst, now)
+        lock(&self.buckets).try_take(source, 1, rate, burst, now)
     }
 }
 
@@ -129,6 +121,7 @@ impl SignalingState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn each_address_has_its_own_budget_of_new_ids() {

@@ -14,7 +14,7 @@ use ring::hmac;
 use subtle::ConstantTimeEq;
 
 use crate::sync::lock;
-use crate::token_bucket::TokenBucket;
+use crate::token_bucket::{PerSource, TokenBucket};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "meshd_session";
@@ -22,18 +22,32 @@ pub const SESSION_COOKIE: &str = "meshd_session";
 /// How long the page's login lasts.
 pub const SESSION_SECS: u64 = 12 * 3600;
 
-/// Wrong tokens the login takes per second over all clients (ten at once):
-/// guessing a token of any length is hopeless, and one client's guessing
-/// cannot hold the others off for long.
-const FAILED_LOGINS_PER_SEC: u64 = 2;
-const FAILED_LOGIN_BURST: u64 = 10;
+/// Tokens the login checks per second from one client address (ten at
+/// once): guessing a token of any length this way is hopeless, and one
+/// client's guessing holds off no other address.
+const LOGINS_PER_SEC_PER_SOURCE: u64 = 2;
+const LOGIN_BURST_PER_SOURCE: u64 = 10;
+
+/// Tokens the login checks per second over all clients, so many addresses
+/// together cannot guess much faster either.
+const LOGINS_PER_SEC: u64 = 20;
+const LOGIN_BURST: u64 = 50;
+
+/// Client addresses whose login budget is remembered at most.
+const MAX_LOGIN_SOURCES: usize = 4096;
 
 /// The page's sessions. A session is a MAC of the token under a key made
 /// at start: nothing is stored per session, a restart ends them all, and
 /// so does a new token.
 pub struct Sessions {
     key: hmac::Key,
-    failures: Mutex<TokenBucket>,
+    logins: Mutex<LoginBudget>,
+}
+
+/// What the login may still check: per client address, and in all.
+struct LoginBudget {
+    per_source: PerSource,
+    all: TokenBucket,
 }
 
 /// What a request may do.
@@ -55,7 +69,10 @@ impl Sessions {
         rand::fill(&mut secret);
         Sessions {
             key: hmac::Key::new(hmac::HMAC_SHA256, &secret),
-            failures: Mutex::new(TokenBucket::full(Instant::now())),
+            logins: Mutex::new(LoginBudget {
+                per_source: PerSource::new(MAX_LOGIN_SOURCES),
+                all: TokenBucket::full(Instant::now()),
+            }),
         }
     }
 
@@ -98,13 +115,22 @@ impl Sessions {
         Access::NeedsToken
     }
 
-    /// Checks a token typed into the login form; `None` when too many wrong
-    /// ones came lately (the caller answers 429).
-    pub fn login(&self, sent: &str, token: &str) -> Option<bool> {
-        let mut failures = lock(&self.failures);
+    /// Checks a token typed into the login form from `source`; `None` when
+    /// that address, or all together, tried too many lately (the caller
+    /// answers 429).
+    pub fn login(&self, sent: &str, token: &str, source: IpAddr) -> Option<bool> {
+        let now = Instant::now();
+        let mut budget = lock(&self.logins);
         // Every attempt is paid for before it is checked; right ones are
         // rare enough not to matter.
-        if !failures.try_take(1, FAILED_LOGINS_PER_SEC, FAILED_LOGIN_BURST, Instant::now()) {
+        let admitted = budget.per_source.try_take(
+            source,
+            1,
+            LOGINS_PER_SEC_PER_SOURCE,
+            LOGIN_BURST_PER_SOURCE,
+            now,
+        ) && budget.all.try_take(1, LOGINS_PER_SEC, LOGIN_BURST, now);
+        if !admitted {
             return None;
         }
         Some(!token.is_empty() && matches(sent, token))
@@ -198,16 +224,26 @@ mod tests {
     }
 
     #[test]
-    fn wrong_logins_are_limited() {
+    fn logins_are_limited_per_address_and_in_all() {
         let sessions = Sessions::new();
-        let outcomes: Vec<Option<bool>> =
-            (0..20).map(|_| sessions.login("guess", "s3cret")).collect();
+        let guesser: IpAddr = "203.0.113.9".parse().unwrap();
+        let outcomes: Vec<Option<bool>> = (0..20)
+            .map(|_| sessions.login("guess", "s3cret", guesser))
+            .collect();
         let refused = outcomes.iter().filter(|outcome| outcome.is_none()).count();
         assert!(refused >= 9, "{outcomes:?}");
         assert_eq!(outcomes[0], Some(false));
-        assert_eq!(Sessions::new().login("s3cret", "s3cret"), Some(true));
+        // Another address is not held off by the guesser.
+        let user: IpAddr = "203.0.113.10".parse().unwrap();
+        assert_eq!(sessions.login("s3cret", "s3cret", user), Some(true));
+        // Many addresses together meet the limit over all clients.
+        let spread = (0..100u8)
+            .map(|last| sessions.login("guess", "s3cret", IpAddr::from([10, 0, 1, last])))
+            .filter(Option::is_none)
+            .count();
+        assert!(spread >= 40, "{spread} of 100 refused");
         assert_eq!(
-            Sessions::new().login("", ""),
+            Sessions::new().login("", "", user),
             Some(false),
             "no token, no login"
         );

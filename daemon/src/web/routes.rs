@@ -3,6 +3,7 @@
 //! (no framing, no other hosts, nothing cached).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,8 +42,13 @@ const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'un
 
 type Answer = Response<Full<Bytes>>;
 
-/// Dispatches one request. Never fails: every error is an answer.
-pub async fn route(request: Request<Incoming>, state: Arc<WebState>) -> Result<Answer, Infallible> {
+/// Dispatches one request from `peer`. Never fails: every error is an
+/// answer.
+pub async fn route(
+    request: Request<Incoming>,
+    state: Arc<WebState>,
+    peer: SocketAddr,
+) -> Result<Answer, Infallible> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     if head_bytes(&request) > MAX_HEAD_BYTES {
@@ -62,7 +68,7 @@ pub async fn route(request: Request<Incoming>, state: Arc<WebState>) -> Result<A
     let readable = matches!(method, Method::GET | Method::HEAD);
     let mut answer = if path == "/login" {
         match method {
-            Method::POST => login(request, &state, &token, access).await,
+            Method::POST => login(request, &state, &token, access, peer).await,
             _ => redirect_home(),
         }
     } else if !known(&path) {
@@ -137,6 +143,7 @@ async fn login(
     state: &WebState,
     token: &str,
     access: Access,
+    peer: SocketAddr,
 ) -> Answer {
     if access == Access::ForeignHost {
         return text(StatusCode::FORBIDDEN, FOREIGN_HOST);
@@ -156,10 +163,10 @@ async fn login(
         .find(|(name, _)| name == "token")
         .map(|(_, value)| value.into_owned())
         .unwrap_or_default();
-    match state.sessions.login(sent.trim(), token) {
+    match state.sessions.login(sent.trim(), token, peer.ip()) {
         None => login_page(
             StatusCode::TOO_MANY_REQUESTS,
-            "Too many wrong tokens lately; wait a few seconds and try again.",
+            "Too many tokens tried lately; wait a few seconds and try again.",
         ),
         Some(false) => {
             tracing::info!("web console login with a wrong token");

@@ -55,7 +55,7 @@ async fn serve_connection(
     state: Arc<WebState>,
     cancel: CancellationToken,
 ) {
-    let service = service_fn(move |request| routes::route(request, state.clone()));
+    let service = service_fn(move |request| routes::route(request, state.clone(), peer));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

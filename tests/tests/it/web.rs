@@ -459,6 +459,28 @@ fn guessing_the_token_through_the_login_is_slowed() {
         statuses.iter().filter(|s| **s == 429).count() >= 10,
         "{statuses:?}"
     );
+    // Another client address is not held off by this one's guessing: the
+    // right token from 127.0.0.2 logs in at once.
+    let from_elsewhere = crate::hub_client::runtime().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut stream = socket.connect(web).await.unwrap();
+        let body = "token=tok-guess-me";
+        let head = format!(
+            "POST /login HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    });
+    assert!(
+        from_elsewhere.starts_with("HTTP/1.1 303"),
+        "{from_elsewhere}"
+    );
     // The bearer header is not slowed by the login's guesses.
     let bearer = http::request(
         web,
@@ -774,4 +796,49 @@ fn a_hubs_own_links_are_shown_live_not_as_a_peer_reports_them() {
             assert_eq!(me["direct"], 0, "the hub's own counts: {view}");
         }
     });
+}
+
+#[test]
+fn a_reload_cannot_open_a_console_beyond_loopback_by_dropping_its_token() {
+    let port = crate::mesh::free_port();
+    let mut node = Node::start(NodeOptions {
+        id: "hub".into(),
+        web: format!("listen = \"0.0.0.0:{port}\"\ntoken = \"tok-wide-1\"\n"),
+        ..NodeOptions::default()
+    });
+    let web = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(http::get(web, "/metrics").status, 401);
+    // Valid on its own (a loopback console needs no token), but the
+    // listener stays on 0.0.0.0 until a restart: the reload is refused.
+    let config = node
+        .config_text()
+        .replace(&format!("0.0.0.0:{port}"), &format!("127.0.0.1:{port}"))
+        .replace("token = \"tok-wide-1\"", "");
+    node.write_config(&config);
+    let refused = node.ctl(&["reload"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("web.token") && said.contains(&format!("0.0.0.0:{port}")),
+        "{said}"
+    );
+    assert_eq!(
+        http::get(web, "/metrics").status,
+        401,
+        "the token still holds"
+    );
+    let with = http::request(
+        web,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer tok-wide-1")],
+        b"",
+    );
+    assert_eq!(with.status, 200);
+    // A restart applies the new listen address, and with it no token.
+    node.stop();
+    node.restart();
+    assert_eq!(node.web_addr(), web);
+    assert_eq!(http::get(web, "/metrics").status, 200);
+    node.stop();
 }
