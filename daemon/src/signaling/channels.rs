@@ -386,8 +386,11 @@ async fn read_channel<R: AsyncRead + Unpin>(
                         relayed,
                         down,
                     };
-                    lock(&state.link_reports).put(id, serial, counts, links, SystemTime::now());
-                    metrics().hub_link_reports.inc();
+                    let taken =
+                        lock(&state.link_reports).put(id, serial, counts, links, SystemTime::now());
+                    if taken {
+                        metrics().hub_link_reports.inc();
+                    }
                 }
                 None
             }

@@ -6,8 +6,13 @@
 //! [`MAX_LINKS_HELD`] in all, so a hub of 10,000 devices in a full mesh
 //! keeps the counts of every device and the links of the first few hundred
 //! to report. A report lives as long as the channel that brought it.
+//!
+//! Reports are held behind `Arc`s, so the console takes a [`Snapshot`] under
+//! the lock and builds its view of every pair after releasing it: devices'
+//! reports never wait on a page being served.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::device_id::DeviceId;
@@ -66,15 +71,23 @@ pub struct Pair {
 /// The latest report of every device with an open channel.
 #[derive(Debug, Default)]
 pub struct LinkReports {
-    reports: HashMap<DeviceId, Report>,
+    reports: HashMap<DeviceId, Arc<Report>>,
     held: usize,
+}
+
+/// The reports at one moment, to read without holding the hub's lock.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    reports: HashMap<DeviceId, Arc<Report>>,
 }
 
 impl LinkReports {
     /// Takes `device`'s report, received over channel `serial` at `now`,
-    /// replacing its last. Entries naming an invalid id, the device itself
-    /// or a peer already named are dropped; links beyond the bounds are
-    /// not kept (the counts are).
+    /// replacing its last; false (and nothing changes) when a newer channel
+    /// of the device already reported, so the last words of a replaced
+    /// channel cannot overwrite it. Entries naming an invalid id, the
+    /// device itself or a peer already named are dropped; links beyond the
+    /// bounds are not kept (the counts are).
     pub fn put(
         &mut self,
         device: &DeviceId,
@@ -82,7 +95,15 @@ impl LinkReports {
         counts: LinkCounts,
         links: Vec<ReportedLink>,
         now: SystemTime,
-    ) {
+    ) -> bool {
+        // Channel serials only grow (channels.rs).
+        if self
+            .reports
+            .get(device)
+            .is_some_and(|held| held.serial > serial)
+        {
+            return false;
+        }
         if let Some(old) = self.reports.remove(device) {
             self.held -= old.links.len();
         }
@@ -111,13 +132,14 @@ impl LinkReports {
         self.held += held.len();
         self.reports.insert(
             device.clone(),
-            Report {
+            Arc::new(Report {
                 serial,
                 received: now,
                 counts,
                 links: held,
-            },
+            }),
         );
+        true
     }
 
     /// Forgets `device`'s report if channel `serial` brought it.
@@ -132,15 +154,24 @@ impl LinkReports {
         }
     }
 
-    /// `device`'s counts, if it reported.
-    pub fn counts(&self, device: &DeviceId) -> Option<LinkCounts> {
-        self.reports.get(device).map(|report| report.counts)
-    }
-
     /// Links held over all reports.
     #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// The reports as they are now: one `Arc` per device.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            reports: self.reports.clone(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// `device`'s counts, if it reported.
+    pub fn counts(&self, device: &DeviceId) -> Option<LinkCounts> {
+        self.reports.get(device).map(|report| report.counts)
     }
 
     /// Every reported pair, sorted, each once: when both ends reported it,
@@ -221,7 +252,7 @@ mod tests {
             ],
             t0 + Duration::from_secs(1),
         );
-        let (pairs, truncated) = reports.pairs(10);
+        let (pairs, truncated) = reports.snapshot().pairs(10);
         assert!(!truncated);
         assert_eq!(pairs.len(), 2);
         assert_eq!((pairs[0].a.as_str(), pairs[0].b.as_str()), ("a", "b"));
@@ -230,7 +261,7 @@ mod tests {
         assert_eq!(pairs[0].since, Some(t0 - Duration::from_secs(9)));
         assert_eq!(pairs[1].path, ReportedPath::Down);
         assert_eq!(pairs[1].since, None, "a link that is down has no since");
-        let (first, truncated) = reports.pairs(1);
+        let (first, truncated) = reports.snapshot().pairs(1);
         assert!(truncated && first.len() == 1);
     }
 
@@ -258,10 +289,24 @@ mod tests {
             now,
         );
         assert_eq!(reports.held(), 1);
+        // The replaced channel's last report changes nothing.
+        assert!(!reports.put(
+            &id("x"),
+            1,
+            LinkCounts::default(),
+            vec![link("w", ReportedPath::Down, 1)],
+            now,
+        ));
+        let (pairs, _) = reports.snapshot().pairs(10);
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].b.as_str(), "y");
         reports.forget(&id("x"), 1);
-        assert!(reports.counts(&id("x")).is_some());
+        assert!(reports.snapshot().counts(&id("x")).is_some());
         reports.forget(&id("x"), 2);
-        assert_eq!((reports.counts(&id("x")), reports.held()), (None, 0));
+        assert_eq!(
+            (reports.snapshot().counts(&id("x")), reports.held()),
+            (None, 0)
+        );
         // Self-links and invalid ids are dropped.
         reports.put(
             &id("z"),
@@ -294,6 +339,9 @@ mod tests {
         assert_eq!(reports.held(), MAX_LINKS_HELD);
         // Every device's counts are kept even when its links are not.
         let last = id(&format!("d{}", devices - 1));
-        assert_eq!(reports.counts(&last).map(|c| c.direct), Some(5_000));
+        assert_eq!(
+            reports.snapshot().counts(&last).map(|c| c.direct),
+            Some(5_000)
+        );
     }
 }

@@ -23,6 +23,7 @@ mod server;
 pub use bindings::{BindingsError, BindingsFile};
 pub use link_reports::{LinkCounts, Pair};
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -424,6 +425,9 @@ pub struct ConsoleDevice {
     /// Listed, and with its channel open (or registered without one, over
     /// plain HTTP).
     pub online: bool,
+    /// The URLs of the hubs that list it now: this one while its channel
+    /// is open, and the cluster's other hubs that list it.
+    pub hubs: Vec<String>,
     /// Its links as it last reported them.
     pub counts: Option<LinkCounts>,
 }
@@ -553,23 +557,46 @@ impl SignalingHandle {
         Arc::new(Shared(self.state.clone()))
     }
 
-    /// For the web console: devices, online or recently gone, and the
-    /// pairs their reports describe (at most `max_pairs`).
-    pub fn console(&self, max_pairs: usize) -> ConsoleView {
+    /// For the web console: devices, online or recently gone, the hubs
+    /// that list each (this one as `own_url`, the cluster's others by
+    /// their advertised URLs), and the pairs their reports describe (at
+    /// most `max_pairs`).
+    pub fn console(&self, max_pairs: usize, own_url: &str) -> ConsoleView {
         let live = self.state.live_devices();
         let departed = self
             .state
             .registry()
             .departed(SystemTime::now() - DEPARTED_SHOWN);
-        let reports = lock(&self.state.link_reports);
+        // Taken under the lock, read after it: reports never wait on a page.
+        let reports = lock(&self.state.link_reports).snapshot();
         let (pairs, pairs_truncated) = reports.pairs(max_pairs);
+        let peer_urls: HashMap<String, String> = self
+            .state
+            .peer_hubs
+            .borrow()
+            .iter()
+            .map(|hub| (hub.id.clone(), hub.url.clone()))
+            .collect();
+        let remote = lock(&self.state.remote);
+        let hubs = |id: &DeviceId, here: bool| -> Vec<String> {
+            let elsewhere = remote
+                .hubs_listing(id)
+                .into_iter()
+                .filter_map(|hub| peer_urls.get(hub).cloned());
+            here.then(|| own_url.to_owned())
+                .into_iter()
+                .chain(elsewhere)
+                .collect()
+        };
         let mut devices: Vec<ConsoleDevice> = live
             .iter()
             .map(|device| {
                 let id = &device.registration.id;
+                let online = device.proof == Proof::Claimed || self.state.channels.is_open(id);
                 ConsoleDevice {
                     listed: api::listed(device),
-                    online: device.proof == Proof::Claimed || self.state.channels.is_open(id),
+                    online,
+                    hubs: hubs(id, online),
                     counts: reports.counts(id),
                 }
             })
@@ -577,22 +604,28 @@ impl SignalingHandle {
         // Devices only the cluster's other hubs list: online while listed.
         let own: std::collections::HashSet<&DeviceId> =
             live.iter().map(|device| &device.registration.id).collect();
-        let remote = lock(&self.state.remote).all();
+        let elsewhere = remote.all();
         let listed_elsewhere: std::collections::HashSet<DeviceId> =
-            remote.iter().map(|(id, _)| id.clone()).collect();
-        devices.extend(remote.into_iter().filter(|(id, _)| !own.contains(id)).map(
-            |(_, listed)| ConsoleDevice {
-                listed,
-                online: true,
-                counts: None,
-            },
-        ));
+            elsewhere.iter().map(|(id, _)| id.clone()).collect();
+        devices.extend(
+            elsewhere
+                .into_iter()
+                .filter(|(id, _)| !own.contains(id))
+                .map(|(id, listed)| ConsoleDevice {
+                    listed,
+                    online: true,
+                    hubs: hubs(&id, false),
+                    counts: None,
+                }),
+        );
+        drop(remote);
         let departed = departed
             .iter()
             .filter(|device| !listed_elsewhere.contains(&device.registration.id));
         devices.extend(departed.map(|device| ConsoleDevice {
             listed: api::listed(device),
             online: false,
+            hubs: Vec::new(),
             counts: None,
         }));
         ConsoleView {

@@ -73,6 +73,17 @@ impl RemoteDevices {
         self.freshest(id).map(|(_, device)| device)
     }
 
+    /// The ids of the hubs that list `id`, sorted.
+    pub fn hubs_listing(&self, id: &DeviceId) -> Vec<&str> {
+        let mut hubs: Vec<&str> = self
+            .by_device
+            .get(id)
+            .map(|hubs| hubs.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        hubs.sort_unstable();
+        hubs
+    }
+
     /// The hub whose listing of `id` is freshest: where its channel most
     /// likely is.
     pub fn hub_of(&self, id: &DeviceId) -> Option<&str> {

@@ -67,11 +67,14 @@ pub fn mesh(node: &str, roles: &Roles) -> MeshView {
     let generated_at = rfc3339(SystemTime::now());
     let (view, devices, links, links_truncated) = match (&roles.signaling, &roles.mesh) {
         (Some(signaling), mesh) => {
-            let hub_url = format!("http://{}", signaling.listen());
+            let advertised = roles
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.status().advertise);
+            let hub_url = hub_url(advertised, signaling.listen());
             let (devices, links, truncated) = hub_view(
-                signaling.console(MAX_PAIRS),
+                signaling.console(MAX_PAIRS, &hub_url),
                 node,
-                &hub_url,
                 mesh.as_ref().map(|mesh| mesh.console()),
             );
             ("hub", devices, links, truncated)
@@ -100,7 +103,6 @@ pub fn mesh(node: &str, roles: &Roles) -> MeshView {
 fn hub_view(
     console: ConsoleView,
     node: &str,
-    hub_url: &str,
     own: Option<MeshConsole>,
 ) -> (Vec<DeviceView>, Vec<LinkView>, bool) {
     let (own_counts, own_links) = match own.map(device_view) {
@@ -132,11 +134,7 @@ fn hub_view(
                 endpoints: device.listed.endpoints,
                 observed: device.listed.observed,
                 last_seen: device.listed.last_seen,
-                hubs: if device.online {
-                    vec![hub_url.to_owned()]
-                } else {
-                    Vec::new()
-                },
+                hubs: device.hubs,
                 direct,
                 relayed,
                 down,
@@ -164,6 +162,25 @@ fn hub_view(
         links.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
     }
     (devices, links, console.pairs_truncated)
+}
+
+/// This hub's URL as the page shows it: the one it advertises to its
+/// cluster, else its listen address, with this machine's host name for a
+/// wildcard listener (as `meshctl status` prints the pin line).
+fn hub_url(advertised: Option<String>, listen: std::net::SocketAddr) -> String {
+    if let Some(url) = advertised.filter(|url| !url.is_empty()) {
+        return url;
+    }
+    let host = match listen {
+        addr if addr.ip().is_unspecified() => nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| addr.ip().to_string()),
+        std::net::SocketAddr::V6(addr) => format!("[{}]", addr.ip()),
+        std::net::SocketAddr::V4(addr) => addr.ip().to_string(),
+    };
+    format!("http://{host}:{}", listen.port())
 }
 
 /// A device's own view: its roster, and its links.
@@ -265,4 +282,32 @@ fn millis(rtt: Duration) -> f64 {
 
 fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hub_is_named_by_its_advertised_url_or_its_listen_address() {
+        let listen: std::net::SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(hub_url(None, listen), "http://127.0.0.1:8080");
+        assert_eq!(
+            hub_url(Some("http://hub-a.example:8080".into()), listen),
+            "http://hub-a.example:8080"
+        );
+        assert_eq!(
+            hub_url(Some(String::new()), listen),
+            "http://127.0.0.1:8080"
+        );
+        let v6: std::net::SocketAddr = "[::1]:8080".parse().unwrap();
+        assert_eq!(hub_url(None, v6), "http://[::1]:8080");
+        // A wildcard is no address to reach: this machine's name instead.
+        let wildcard: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let named = hub_url(None, wildcard);
+        assert!(
+            !named.contains("0.0.0.0") && named.ends_with(":8080"),
+            "{named}"
+        );
+    }
 }

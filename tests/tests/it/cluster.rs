@@ -199,6 +199,23 @@ fn every_hub_lists_every_device_and_devices_on_two_hubs_link() {
     let inbox = crate::mesh::inbox(&two);
     assert_eq!(inbox, [("one".to_owned(), "across the cluster".to_owned())]);
     assert_eq!(b.ctl_json(&["status"])["roles"]["signaling"]["devices"], 2);
+    // Each hub's console names the hub that lists each device.
+    wait_until(
+        "each device's hub on hub-a's console",
+        Duration::from_secs(5),
+        || {
+            let view = http::get(a.web_addr(), "/api/v1/mesh").json();
+            let hubs_of = |id: &str| {
+                view["devices"]
+                    .as_array()?
+                    .iter()
+                    .find(|device| device["id"] == id)
+                    .map(|device| device["hubs"].clone())
+            };
+            (hubs_of("one")? == json!([a.hub_url()]) && hubs_of("two")? == json!([b.hub_url()]))
+                .then_some(())
+        },
+    );
 
     // A hub that dies takes its devices out of the others' lists: one
     // registered over HTTP is gone for good, a device with a channel
