@@ -102,11 +102,53 @@ impl Drop for Driver {
     }
 }
 
+/// How long the page may take to show what its hub already serves: one
+/// poll interval (2 s) and the drawing, with room to spare (docs/web.md).
+const PAGE_FOLLOWS_WITHIN: Duration = Duration::from_secs(5);
+
+/// Waits until the hub's `/api/v1/mesh` at `web` says `device` is
+/// `online`, then until the page shows it, which must take at most
+/// [`PAGE_FOLLOWS_WITHIN`] more: the page's own part of "within 5 s".
+async fn follows(browser: &Client, web: SocketAddr, device: &str, online: bool) {
+    let served = tokio::task::block_in_place(|| {
+        meshd_tests::wait_until(
+            &format!("{device} online={online} served"),
+            SHOWS_WITHIN,
+            || {
+                let view = meshd_tests::http::get(web, "/api/v1/mesh").json();
+                view["devices"]
+                    .as_array()?
+                    .iter()
+                    .any(|entry| entry["id"] == device && entry["online"] == online)
+                    .then(Instant::now)
+            },
+        )
+    });
+    let css = format!(r#"tr[data-device="{device}"][data-online="{online}"]"#);
+    shows_within(
+        browser,
+        &css,
+        &format!("{device} online={online}"),
+        PAGE_FOLLOWS_WITHIN,
+    )
+    .await;
+    let took = served.elapsed();
+    assert!(
+        took <= PAGE_FOLLOWS_WITHIN,
+        "the page showed {device} online={online} {took:?} after its hub served it"
+    );
+}
+
 /// Waits until `css` matches an element of the page.
 async fn shows(browser: &Client, css: &str, what: &str) {
+    shows_within(browser, css, what, SHOWS_WITHIN).await;
+}
+
+/// Waits up to `within` until `css` matches an element of the page.
+async fn shows_within(browser: &Client, css: &str, what: &str, within: Duration) {
     let found = browser
         .wait()
-        .at_most(SHOWS_WITHIN)
+        .at_most(within)
         .every(Duration::from_millis(100))
         .for_element(Locator::Css(css))
         .await;
@@ -115,7 +157,7 @@ async fn shows(browser: &Client, css: &str, what: &str) {
             .execute("return document.body.innerText", Vec::new())
             .await
             .unwrap_or(Value::Null);
-        panic!("the page did not show {what} ({css}) within {SHOWS_WITHIN:?}: {error}\n{body}");
+        panic!("the page did not show {what} ({css}) within {within:?}: {error}\n{body}");
     }
 }
 
@@ -136,7 +178,8 @@ fn the_live_page_follows_the_mesh_without_a_reload() {
     let url = hub.hub_url();
     let a = device("a", std::slice::from_ref(&url));
     wait_full_mesh(&[&hub, &a], Duration::from_secs(20));
-    let page = format!("http://{}/", hub.web_addr());
+    let web = hub.web_addr();
+    let page = format!("http://{web}/");
     let profile = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -167,12 +210,7 @@ fn the_live_page_follows_the_mesh_without_a_reload() {
 
         // A third device appears, and its links, without a reload.
         let mut b = tokio::task::block_in_place(|| device("b", std::slice::from_ref(&url)));
-        shows(
-            &browser,
-            r#"tr[data-device="b"][data-online="true"]"#,
-            "device b",
-        )
-        .await;
+        follows(&browser, web, "b", true).await;
         shows(
             &browser,
             r#"tr[data-link="a|b"][data-path="direct"]"#,
@@ -196,12 +234,7 @@ fn the_live_page_follows_the_mesh_without_a_reload() {
 
         // Killed: offline, its links down, still without a reload.
         tokio::task::block_in_place(|| b.kill9());
-        shows(
-            &browser,
-            r#"tr[data-device="b"][data-online="false"]"#,
-            "device b offline",
-        )
-        .await;
+        follows(&browser, web, "b", false).await;
         shows(
             &browser,
             r#"tr[data-link="a|b"][data-path="down"]"#,
