@@ -47,8 +47,12 @@ pub enum Direction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HandshakeFailure {
     /// The Noise handshake itself failed: garbage, a key that does not
-    /// match, a drop or a timeout in the middle.
+    /// match, tampering or a timeout.
     Protocol,
+    /// The other end closed the connection before the handshake finished:
+    /// most often the losing attempt of a dial race, or a port scan. Kept
+    /// apart so `protocol` stays a signal worth alerting on.
+    Abandoned,
     /// The dialler's id is listed by no hub (usual for a moment while a
     /// device joins).
     UnknownPeer,
@@ -56,6 +60,24 @@ pub enum HandshakeFailure {
     WrongKey,
     /// The other end proved a key but named other ids than expected.
     WrongPeer,
+}
+
+impl HandshakeFailure {
+    /// `Abandoned` when `error` is the other end going away, else
+    /// `Protocol`.
+    pub fn of(error: &meshd_link::LinkError) -> HandshakeFailure {
+        use std::io::ErrorKind;
+        match error {
+            meshd_link::LinkError::Closed => HandshakeFailure::Abandoned,
+            meshd_link::LinkError::Io(io) => match io.kind() {
+                ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => {
+                    HandshakeFailure::Abandoned
+                }
+                _ => HandshakeFailure::Protocol,
+            },
+            _ => HandshakeFailure::Protocol,
+        }
+    }
 }
 
 /// How a chat login ended, as a label.
@@ -90,6 +112,7 @@ label_values! {
     Direction { In => "in", Out => "out" }
     HandshakeFailure {
         Protocol => "protocol",
+        Abandoned => "abandoned",
         UnknownPeer => "unknown_peer",
         WrongKey => "wrong_key",
         WrongPeer => "wrong_peer",
@@ -284,6 +307,7 @@ impl Metrics {
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         for reason in [
             HandshakeFailure::Protocol,
+            HandshakeFailure::Abandoned,
             HandshakeFailure::UnknownPeer,
             HandshakeFailure::WrongKey,
             HandshakeFailure::WrongPeer,

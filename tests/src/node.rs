@@ -492,6 +492,14 @@ impl Node {
             .expect("listen address parses")
     }
 
+    /// One series of the web console's `/metrics`, written as in the text
+    /// (`meshd_chat_logins_total{result="ok"}`); `None` when absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let answer = crate::http::get(self.web_addr(), "/metrics");
+        assert_eq!(answer.status, 200, "/metrics: {answer:?}");
+        metric_in(&answer.body, series)
+    }
+
     /// The signaling server's URL, for other nodes' `[mesh] signaling`.
     pub fn hub_url(&self) -> String {
         format!("http://{}", self.signaling_addr())
@@ -618,4 +626,10 @@ fn thread_is_stopped(stat: &Path) -> bool {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|state| state == "T" || state == "t")
+}
+
+/// The value of `series` in a Prometheus text exposition.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }

@@ -215,6 +215,7 @@ async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         // join would not have reached this session: check again.
                         if shared.users.snapshot().hash_of(user) != hash.as_deref() {
                             shared.room.leave(membership.id);
+                            metrics().chat_login(LoginResult::Failed);
                             let _ = write_direct(socket, &protocol::auth_failed()).await;
                             return None;
                         }

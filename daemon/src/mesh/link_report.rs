@@ -128,13 +128,22 @@ impl Report {
         let fits = |count: usize| {
             serde_json::to_vec(&message(count)).is_ok_and(|bytes| bytes.len() <= MAX_TO_HUB_BYTES)
         };
-        let mut count = self.links.len().min(MAX_REPORTED_LINKS);
-        // Ids are at most 63 bytes, so this halves a handful of times at
-        // most, and only for a mesh of long ids.
-        while count > 0 && !fits(count) {
-            count /= 2;
+        let most = self.links.len().min(MAX_REPORTED_LINKS);
+        if fits(most) {
+            return message(most);
         }
-        message(count)
+        // Only a mesh of long ids gets here: the most links that fit, by
+        // bisection (fits(low) holds, fits(high) does not).
+        let (mut low, mut high) = (0, most);
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if fits(middle) {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        message(low)
     }
 }
 
@@ -290,6 +299,18 @@ mod tests {
         };
         assert_eq!(direct, 1_000);
         assert!(!links.is_empty() && links.len() <= MAX_REPORTED_LINKS);
+        // As many as fit: one more would pass the limit.
+        let one_more = ToHub::Links {
+            direct: 1_000,
+            relayed: 0,
+            down: 0,
+            links: {
+                let mut more = links.clone();
+                more.push(more[0].clone());
+                more
+            },
+        };
+        assert!(serde_json::to_vec(&one_more).unwrap().len() > MAX_TO_HUB_BYTES);
         let short = Report::from_peers(
             (0..1_000).map(|n| (format!("d{n:04}"), LinkState::Direct, ms(1), ms(1))),
         );

@@ -55,7 +55,7 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     let pending = match meshd_link::accept(stream, &local.key).await {
         Ok(pending) => pending,
         Err(error) => {
-            metrics().handshake_failed(HandshakeFailure::Protocol);
+            metrics().handshake_failed(HandshakeFailure::of(&error));
             tracing::debug!(%remote, %error, "inbound handshake failed");
             return;
         }
@@ -95,7 +95,7 @@ async fn inbound(mesh: &Arc<Mesh>, stream: TcpStream, remote: SocketAddr) {
     let link = match pending.complete(&local.hello_to(&peer)).await {
         Ok(link) => link,
         Err(error) => {
-            metrics().handshake_failed(HandshakeFailure::Protocol);
+            metrics().handshake_failed(HandshakeFailure::of(&error));
             tracing::debug!(%remote, %peer, %error, "inbound handshake failed");
             return;
         }

@@ -216,7 +216,7 @@ async fn handshake(
             })
         }
         Err(error) => {
-            metrics().handshake_failed(HandshakeFailure::Protocol);
+            metrics().handshake_failed(HandshakeFailure::of(&error));
             Err(AttemptKind::from(error))
         }
     }
@@ -298,7 +298,7 @@ pub async fn relay(
     }
     let started = std::time::Instant::now();
     let protocol_error = |error| {
-        metrics().handshake_failed(HandshakeFailure::Protocol);
+        metrics().handshake_failed(HandshakeFailure::of(&error));
         handshake_error(AttemptKind::from(error))
     };
     let inbound = meshd_link::accept(stream, &local.key)

@@ -238,6 +238,14 @@ fn a_slow_consumer_is_cut_off_while_others_get_everything() {
         },
     );
     assert!(node.log().contains("user=\"stuck\""), "{}", node.log());
+    // Counted where they happen: one client cut off, every line said once
+    // (not once per reader).
+    assert_eq!(node.metric("meshd_chat_slow_consumers_total"), Some(1.0));
+    assert_eq!(node.metric("meshd_chat_messages_total"), Some(COUNT as f64));
+    assert_eq!(
+        node.metric("meshd_chat_logins_total{result=\"ok\"}"),
+        Some(3.0)
+    );
     // Its connection is closed: reading what is buffered ends in EOF.
     let mut rest = Vec::new();
     stuck

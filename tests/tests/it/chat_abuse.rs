@@ -172,6 +172,14 @@ fn two_thousand_guesses_at_once_are_capped_and_others_still_log_in_at_once() {
             "a login from another address took {during:?} during the storm ({unloaded:?} without)"
         );
     });
+    // Each login counted once, by what became of it.
+    for (result, count) in [("ok", 2.0), ("failed", 10.0), ("throttled", 1990.0)] {
+        assert_eq!(
+            node.metric(&format!("meshd_chat_logins_total{{result=\"{result}\"}}")),
+            Some(count),
+            "{result}"
+        );
+    }
 }
 
 #[test]

@@ -10,17 +10,11 @@ use std::time::Duration;
 
 use meshd_tests::chat::ChatClient;
 use meshd_tests::http::{self, HttpResponse};
+use meshd_tests::node::metric_in;
 use meshd_tests::{Node, NodeOptions, wait_until};
 use serde_json::Value;
 
 use crate::mesh::{device, hub_device, wait_full_mesh};
-
-/// The value of one series (with its labels written as in the text), or
-/// `None` when absent.
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
 
 fn scrape(node: &Node) -> String {
     let answer = http::get(node.web_addr(), "/metrics");
@@ -124,50 +118,76 @@ fn metrics_count_what_happened_and_pass_promtool() {
     let sent = scrape(&a);
     promtool_check(&sent);
     assert_eq!(
-        series(&sent, "meshd_messages_sent_total"),
+        metric_in(&sent, "meshd_messages_sent_total"),
         Some(3.0),
         "{sent}"
     );
     assert_eq!(
-        series(&sent, "meshd_links{path=\"direct\"}"),
+        metric_in(&sent, "meshd_links{path=\"direct\"}"),
         Some(1.0),
         "{sent}"
     );
     assert_eq!(
-        series(&sent, "meshd_links{path=\"relayed\"}"),
+        metric_in(&sent, "meshd_links{path=\"relayed\"}"),
         Some(0.0),
         "{sent}"
     );
-    let out = series(
+    let out = metric_in(
         &sent,
         "meshd_link_bytes_total{path=\"direct\",direction=\"out\"}",
     );
     assert!(out.is_some_and(|bytes| bytes > 30.0), "{sent}");
-    assert!(series(&sent, "meshd_handshake_duration_seconds_count").is_some());
+    assert!(metric_in(&sent, "meshd_handshake_duration_seconds_count").is_some());
     assert!(
-        series(&sent, "process_resident_memory_bytes").is_some_and(|rss| rss > 1e6),
+        metric_in(&sent, "process_resident_memory_bytes").is_some_and(|rss| rss > 1e6),
         "{sent}"
     );
     assert!(
-        series(&sent, "process_open_fds").is_some_and(|fds| fds >= 5.0),
+        metric_in(&sent, "process_open_fds").is_some_and(|fds| fds >= 5.0),
         "{sent}"
     );
     assert!(sent.contains("meshd_build_info{version=\""), "{sent}");
     // A direct link has been made, so its time was measured (again if a
     // simultaneous dial's tie-break closed the first one).
     assert!(
-        series(&sent, "meshd_time_to_direct_seconds_count").is_some_and(|n| n >= 1.0),
+        metric_in(&sent, "meshd_time_to_direct_seconds_count").is_some_and(|n| n >= 1.0),
         "{sent}"
     );
 
+    // Handshakes that fail are counted by why: a connection closed before
+    // a word (a dial race's loser, a port scan) apart from garbage.
+    let mesh_port: SocketAddr = b.mesh_status()["listen"].as_str().unwrap().parse().unwrap();
+    let failures = |reason: &str| {
+        b.metric(&format!(
+            "meshd_handshake_failures_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or_else(|| panic!("no {reason} series"))
+    };
+    let (protocol, abandoned) = (failures("protocol"), failures("abandoned"));
+    drop(std::net::TcpStream::connect(mesh_port).unwrap());
+    wait_until(
+        "an abandoned handshake counted",
+        Duration::from_secs(10),
+        || (failures("abandoned") == abandoned + 1.0).then_some(()),
+    );
+    let mut garbage = std::net::TcpStream::connect(mesh_port).unwrap();
+    garbage.write_all(&[0x5a; 300]).unwrap();
+    let _ = std::io::Read::read_to_end(&mut garbage, &mut Vec::new());
+    wait_until(
+        "a garbage handshake counted",
+        Duration::from_secs(10),
+        || (failures("protocol") == protocol + 1.0).then_some(()),
+    );
+    assert_eq!(failures("abandoned"), abandoned + 1.0);
+
     let received = scrape(&b);
     assert_eq!(
-        series(&received, "meshd_messages_received_total"),
+        metric_in(&received, "meshd_messages_received_total"),
         Some(3.0),
         "{received}"
     );
     // a's link shows in b's bytes in.
-    let bytes_in = series(
+    let bytes_in = metric_in(
         &received,
         "meshd_link_bytes_total{path=\"direct\",direction=\"in\"}",
     );
@@ -175,31 +195,47 @@ fn metrics_count_what_happened_and_pass_promtool() {
 
     let on_hub = scrape(&hub);
     promtool_check(&on_hub);
-    assert_eq!(series(&on_hub, "meshd_hub_devices"), Some(2.0), "{on_hub}");
-    assert_eq!(series(&on_hub, "meshd_hub_channels"), Some(2.0), "{on_hub}");
-    assert_eq!(series(&on_hub, "meshd_hub_relays"), Some(0.0), "{on_hub}");
-    assert!(series(&on_hub, "meshd_hub_registrations_total").is_some_and(|n| n >= 2.0));
-    assert_eq!(series(&on_hub, "meshd_chat_clients"), Some(2.0), "{on_hub}");
     assert_eq!(
-        series(&on_hub, "meshd_chat_messages_total"),
+        metric_in(&on_hub, "meshd_hub_devices"),
         Some(2.0),
         "{on_hub}"
     );
     assert_eq!(
-        series(&on_hub, "meshd_chat_logins_total{result=\"ok\"}"),
+        metric_in(&on_hub, "meshd_hub_channels"),
+        Some(2.0),
+        "{on_hub}"
+    );
+    assert_eq!(
+        metric_in(&on_hub, "meshd_hub_relays"),
+        Some(0.0),
+        "{on_hub}"
+    );
+    assert!(metric_in(&on_hub, "meshd_hub_registrations_total").is_some_and(|n| n >= 2.0));
+    assert_eq!(
+        metric_in(&on_hub, "meshd_chat_clients"),
+        Some(2.0),
+        "{on_hub}"
+    );
+    assert_eq!(
+        metric_in(&on_hub, "meshd_chat_messages_total"),
+        Some(2.0),
+        "{on_hub}"
+    );
+    assert_eq!(
+        metric_in(&on_hub, "meshd_chat_logins_total{result=\"ok\"}"),
         Some(2.0)
     );
     assert_eq!(
-        series(&on_hub, "meshd_chat_logins_total{result=\"failed\"}"),
+        metric_in(&on_hub, "meshd_chat_logins_total{result=\"failed\"}"),
         Some(1.0)
     );
     assert_eq!(
-        series(&on_hub, "meshd_chat_slow_consumers_total"),
+        metric_in(&on_hub, "meshd_chat_slow_consumers_total"),
         Some(0.0)
     );
     // bob read alice's second line: one fan-out delay measured at least.
     assert!(
-        series(&on_hub, "meshd_chat_fanout_delay_seconds_count").is_some_and(|n| n >= 1.0),
+        metric_in(&on_hub, "meshd_chat_fanout_delay_seconds_count").is_some_and(|n| n >= 1.0),
         "{on_hub}"
     );
 
