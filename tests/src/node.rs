@@ -494,10 +494,31 @@ impl Node {
 
     /// One series of the web console's `/metrics`, written as in the text
     /// (`meshd_chat_logins_total{result="ok"}`); `None` when absent.
+    /// A node in a network namespace is asked from inside it, with bash's
+    /// `/dev/tcp` (its loopback is its own).
     pub fn metric(&self, series: &str) -> Option<f64> {
-        let answer = crate::http::get(self.web_addr(), "/metrics");
-        assert_eq!(answer.status, 200, "/metrics: {answer:?}");
-        metric_in(&answer.body, series)
+        let web = self.web_addr();
+        let Some(netns) = &self.options.netns else {
+            let answer = crate::http::get(web, "/metrics");
+            assert_eq!(answer.status, 200, "/metrics: {answer:?}");
+            return metric_in(&answer.body, series);
+        };
+        let script = format!(
+            "exec 3<>/dev/tcp/{}/{} && printf 'GET /metrics HTTP/1.0\\r\\nHost: {web}\\r\\n\\r\\n' >&3 && cat <&3",
+            web.ip(),
+            web.port()
+        );
+        let output = Command::new("ip")
+            .args(["netns", "exec", netns, "bash", "-c", &script])
+            .output()
+            .expect("running ip netns exec");
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+            "/metrics in {netns}: {answer:.200} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        metric_in(&answer, series)
     }
 
     /// The signaling server's URL, for other nodes' `[mesh] signaling`.

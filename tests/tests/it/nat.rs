@@ -304,6 +304,22 @@ fn a_two_devices_behind_two_port_preserving_nats_link_directly() {
     assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
     assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
     exchange((&a, "a"), (&b, "b"));
+    // The punch is counted where it happened: on the side whose dial came
+    // through the public endpoint (either, or both, may be it).
+    let punched: Vec<(f64, f64)> = [&a, &b]
+        .iter()
+        .map(|node| {
+            let attempts = node.metric("meshd_holepunch_attempts_total").unwrap();
+            let successes = node.metric("meshd_holepunch_successes_total").unwrap();
+            assert!(successes <= attempts, "{successes} of {attempts}");
+            (attempts, successes)
+        })
+        .collect();
+    assert!(
+        punched.iter().any(|(_, successes)| *successes >= 1.0),
+        "no hole punch counted: {punched:?}"
+    );
+    assert_eq!(a.metric("meshd_links{path=\"direct\"}"), Some(1.0));
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -356,6 +372,19 @@ fn b_a_random_port_nat_is_relayed_and_the_hub_sees_no_plaintext() {
     );
     // Direct attempts went on in the background and kept failing.
     assert_eq!(link(&a, "b").unwrap().0, "relayed");
+    // Counted where it happens: the hub carries one relay and every byte
+    // of those messages; a's punches through its random-port NAT all
+    // failed, and its link is relayed.
+    assert_eq!(hub.metric("meshd_hub_relays"), Some(1.0));
+    let carried = hub.metric("meshd_hub_relay_bytes_total").unwrap();
+    assert!(carried > 4.0 * 48.0 * 1024.0, "{carried} bytes relayed");
+    assert!(a.metric("meshd_holepunch_attempts_total").unwrap() >= 1.0);
+    assert_eq!(a.metric("meshd_holepunch_successes_total"), Some(0.0));
+    assert_eq!(a.metric("meshd_links{path=\"relayed\"}"), Some(1.0));
+    let relayed_out = a
+        .metric("meshd_link_bytes_total{path=\"relayed\",direction=\"out\"}")
+        .unwrap();
+    assert!(relayed_out > 4.0 * 48.0 * 1024.0, "{relayed_out} bytes out");
 
     let captured = capture.finish();
     let _ = std::fs::remove_file(&pcap);
@@ -464,6 +493,22 @@ fn e_a_cut_direct_path_falls_back_to_the_relay_and_comes_back() {
     assert_eq!(a_end, format!("203.0.113.30:{MESH_PORT}"));
     assert_eq!(b_end, format!("203.0.113.20:{MESH_PORT}"));
     exchange((&a, "a"), (&b, "b"));
+    // The punch is counted where it happened: on the side whose dial came
+    // through the public endpoint (either, or both, may be it).
+    let punched: Vec<(f64, f64)> = [&a, &b]
+        .iter()
+        .map(|node| {
+            let attempts = node.metric("meshd_holepunch_attempts_total").unwrap();
+            let successes = node.metric("meshd_holepunch_successes_total").unwrap();
+            assert!(successes <= attempts, "{successes} of {attempts}");
+            (attempts, successes)
+        })
+        .collect();
+    assert!(
+        punched.iter().any(|(_, successes)| *successes >= 1.0),
+        "no hole punch counted: {punched:?}"
+    );
+    assert_eq!(a.metric("meshd_links{path=\"direct\"}"), Some(1.0));
 }
 
 #[test]
