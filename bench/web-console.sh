@@ -7,7 +7,9 @@
 # Builds meshd and mesh-link in release from this checkout, then runs
 # `mesh-link hub --scrape-secs S` for each N (default 1000,10000; S default
 # 60): one meshd hub with its web console on, and N simulated devices (real
-# hub channels and keys) that join and heartbeat. Once all have joined, the
+# hub channels and keys) that join, report their links to their next 200
+# peers once (so /api/v1/mesh serves a mesh's pairs) and heartbeat. Once all
+# have joined, the
 # hub's CPU is measured in windows left alone (the reference) and windows
 # scraped once a second (GET /metrics), alternating, S seconds of each; then
 # 500 requests back to back of /metrics and of /api/v1/mesh give the hub's CPU

@@ -237,6 +237,9 @@ struct Fleet {
     started: Instant,
     /// The protocol the hub took.
     whole_lists_only: std::sync::atomic::AtomicBool,
+    /// Each device reports its links once registered (when the web
+    /// console is measured), so the console has a mesh's pairs to serve.
+    report_links: bool,
 }
 
 impl Fleet {
@@ -276,6 +279,7 @@ async fn simulate(
         last_registered_micros: AtomicU64::new(0),
         started: Instant::now(),
         whole_lists_only: std::sync::atomic::AtomicBool::new(false),
+        report_links: web.is_some(),
     });
     let keys: Vec<StaticKey> = (0..devices)
         .map(|_| StaticKey::generate())
@@ -580,6 +584,8 @@ struct Session {
     reader: Reader,
     writer: Writer,
     register: Vec<u8>,
+    /// The link report to send once registered.
+    report: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -618,10 +624,15 @@ impl Session {
             drop(permit);
             let (reader, mut writer) = channel.split(64 << 20);
             writer.send(&register).await?;
+            let report = match fleet.report_links {
+                true => Some(link_report(index, fleet.devices)?),
+                false => None,
+            };
             return Ok(Session {
                 reader,
                 writer,
                 register,
+                report,
             });
         }
     }
@@ -645,6 +656,9 @@ impl Session {
             };
             match message.kind {
                 "registered" => {
+                    if let Some(report) = self.report.take() {
+                        self.writer.send(&report).await?;
+                    }
                     if fleet.phase.load(Ordering::SeqCst) == 0 {
                         let micros = fleet.started.elapsed().as_micros() as u64;
                         fleet
@@ -708,6 +722,31 @@ impl Session {
         let _ = self.writer.send(br#"{"type":"leave"}"#).await;
         while self.reader.next().await.is_ok() {}
     }
+}
+
+/// The link report device `index` of a mesh of `devices` sends its hub
+/// (docs/web.md, "Link reports"): its next 200 peers (as many as a report
+/// holds), most of them direct, some relayed, a few down.
+fn link_report(index: usize, devices: usize) -> Result<Vec<u8>, Error> {
+    let mut counts = [0u32; 3];
+    let links: Vec<serde_json::Value> = (1..devices.min(201))
+        .map(|step| {
+            let peer = (index + step) % devices;
+            let roll = (index * 31 + peer * 17) % 100;
+            let (slot, path, rtt_us) = match roll {
+                0..=2 => (2, "down", None),
+                3..=9 => (1, "relayed", Some(20_000 + roll * 100)),
+                _ => (0, "direct", Some(300 + roll * 20)),
+            };
+            counts[slot] += 1;
+            serde_json::json!({"peer": format!("d{peer}"), "path": path,
+                               "rtt_us": rtt_us, "up_secs": rtt_us.map(|_| 60)})
+        })
+        .collect();
+    Ok(serde_json::to_vec(&serde_json::json!({
+        "type": "links", "direct": counts[0], "relayed": counts[1], "down": counts[2],
+        "links": links,
+    }))?)
 }
 
 /// The channel's HTTP upgrade, reading the answer's head byte by byte.
