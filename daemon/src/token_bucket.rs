@@ -74,10 +74,13 @@ impl TokenBucket {
 }
 
 /// One bucket per source address, for limits that must not let one client
-/// spend the others' budget. At most `max_sources` are kept: when the table
-/// is full, buckets idle long enough to be full again are forgotten, then,
-/// if a flood of addresses still fills it, all of them (the limits start
-/// over rather than memory growing).
+/// spend the others' budget. An IPv6 /64 counts as one address (one host
+/// is handed a whole /64 and could otherwise take a new budget per
+/// request); an IPv4-mapped address as its IPv4 address. At most
+/// `max_sources` are kept: when the table is full, buckets idle long enough
+/// to be full again are forgotten, then, if a flood of addresses still
+/// fills it, all of them (the limits start over rather than memory
+/// growing).
 #[derive(Debug)]
 pub struct PerSource {
     buckets: HashMap<IpAddr, TokenBucket>,
@@ -105,6 +108,7 @@ impl PerSource {
         if rate == 0 {
             return true;
         }
+        let source = source_key(source);
         if self.buckets.len() >= self.max_sources && !self.buckets.contains_key(&source) {
             let refill = Duration::from_secs(burst.div_ceil(rate) + 1);
             self.buckets
@@ -126,9 +130,68 @@ impl PerSource {
     }
 }
 
+/// The address a limit is kept under: IPv4 as it is, IPv6 by its /64.
+fn source_key(source: IpAddr) -> IpAddr {
+    match source.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source_and_a_mapped_ipv4_its_address() {
+        let t0 = Instant::now();
+        let mut sources = PerSource::new(16);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(sources.try_take(one, 2, 1, 2, t0));
+        assert!(
+            !sources.try_take(same_64, 1, 1, 2, t0),
+            "the /64's budget is spent"
+        );
+        assert!(sources.try_take(other_64, 1, 1, 2, t0));
+        let v4: IpAddr = "203.0.113.5".parse().unwrap();
+        let mapped: IpAddr = "::ffff:203.0.113.5".parse().unwrap();
+        assert!(sources.try_take(v4, 2, 1, 2, t0));
+        assert!(
+            !sources.try_take(mapped, 1, 1, 2, t0),
+            "one address, two spellings"
+        );
+    }
+
+    #[test]
+    fn a_full_table_forgets_idle_sources_before_busy_ones() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let mut sources = PerSource::new(4);
+        let busy: IpAddr = "203.0.113.1".parse().unwrap();
+        for last in 2..5u8 {
+            assert!(sources.try_take(IpAddr::from([203, 0, 113, last]), 1, 1, 3, t0));
+        }
+        // busy spends its burst now; the three others have been idle long
+        // enough to be full again.
+        for _ in 0..3 {
+            assert!(sources.try_take(busy, 1, 1, 3, later));
+        }
+        assert!(sources.try_take(IpAddr::from([203, 0, 113, 9]), 1, 1, 3, later));
+        assert_eq!(
+            sources.len(),
+            2,
+            "the idle ones went, busy and the new one stay"
+        );
+        assert!(
+            !sources.try_take(busy, 1, 1, 3, later),
+            "busy kept its spent bucket"
+        );
+    }
 
     #[test]
     fn each_source_has_its_own_bucket_and_the_table_stays_bounded() {

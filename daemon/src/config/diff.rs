@@ -178,10 +178,7 @@ impl Config {
     /// the network (docs/config.md#web-the-web-console).
     pub fn check_live(&self, new: &Config) -> Result<(), ConfigError> {
         let running = &self.web;
-        if running.enabled
-            && !running.listen.ip().to_canonical().is_loopback()
-            && new.web.token.is_empty()
-        {
+        if running.exposed_with(&new.web.token) {
             return Err(ConfigError::Invalid {
                 origin: new.file.as_ref().map_or_else(
                     || "<built-in defaults>".to_owned(),

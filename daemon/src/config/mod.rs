@@ -167,6 +167,15 @@ pub struct WebConfig {
     pub token: String,
 }
 
+impl WebConfig {
+    /// Whether this console with `token` would be open beyond loopback to
+    /// anyone: it shows every device and its addresses, so that is refused
+    /// at start and on reload (docs/config.md).
+    pub fn exposed_with(&self, token: &str) -> bool {
+        self.enabled && token.is_empty() && !self.listen.ip().to_canonical().is_loopback()
+    }
+}
+
 /// `[cluster]`: hubs that share one mesh through NATS JetStream
 /// (docs/cluster.md).
 #[derive(Debug, Clone, PartialEq)]

@@ -217,9 +217,12 @@ fn web(check: &mut Checker<'_>, raw: RawWeb) -> WebConfig {
             "must be visible ASCII without spaces (e.g. from: openssl rand -hex 32)".to_owned(),
         );
     }
-    // The console shows every device and its addresses; beyond loopback
-    // only with a token (docs/config.md).
-    if enabled && token.is_empty() && !listen.ip().to_canonical().is_loopback() {
+    let web = WebConfig {
+        enabled,
+        listen,
+        token,
+    };
+    if web.exposed_with(&web.token) {
         check.problems.push(Problem {
             line: check.lines.of("web.token").or_else(|| check.lines.of("web.listen")),
             key: "web.token".to_owned(),
@@ -229,11 +232,7 @@ fn web(check: &mut Checker<'_>, raw: RawWeb) -> WebConfig {
             ),
         });
     }
-    WebConfig {
-        enabled,
-        listen,
-        token,
-    }
+    web
 }
 
 fn node(check: &mut Checker<'_>, raw: RawNode) -> NodeConfig {

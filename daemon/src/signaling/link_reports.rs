@@ -7,9 +7,10 @@
 //! keeps the counts of every device and the links of the first few hundred
 //! to report. A report lives as long as the channel that brought it.
 //!
-//! Reports are held behind `Arc`s, so the console takes a [`Snapshot`] under
-//! the lock and builds its view of every pair after releasing it: devices'
-//! reports never wait on a page being served.
+//! The table is held behind an `Arc` (copied on write only while a page
+//! holds a snapshot), so the console takes a [`Snapshot`] under the lock at
+//! the cost of one reference count and builds its view of every pair after
+//! releasing it: devices' reports never wait on a page being served.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -71,14 +72,14 @@ pub struct Pair {
 /// The latest report of every device with an open channel.
 #[derive(Debug, Default)]
 pub struct LinkReports {
-    reports: HashMap<DeviceId, Arc<Report>>,
+    reports: Arc<HashMap<DeviceId, Arc<Report>>>,
     held: usize,
 }
 
 /// The reports at one moment, to read without holding the hub's lock.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    reports: HashMap<DeviceId, Arc<Report>>,
+    reports: Arc<HashMap<DeviceId, Arc<Report>>>,
 }
 
 impl LinkReports {
@@ -104,7 +105,8 @@ impl LinkReports {
         {
             return false;
         }
-        if let Some(old) = self.reports.remove(device) {
+        let reports = Arc::make_mut(&mut self.reports);
+        if let Some(old) = reports.remove(device) {
             self.held -= old.links.len();
         }
         let room = MAX_LINKS_HELD
@@ -130,7 +132,7 @@ impl LinkReports {
             .take(room)
             .collect();
         self.held += held.len();
-        self.reports.insert(
+        reports.insert(
             device.clone(),
             Arc::new(Report {
                 serial,
@@ -148,7 +150,7 @@ impl LinkReports {
             .reports
             .get(device)
             .is_some_and(|report| report.serial == serial)
-            && let Some(report) = self.reports.remove(device)
+            && let Some(report) = Arc::make_mut(&mut self.reports).remove(device)
         {
             self.held -= report.links.len();
         }
@@ -160,7 +162,7 @@ impl LinkReports {
         self.held
     }
 
-    /// The reports as they are now: one `Arc` per device.
+    /// The reports as they are now.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             reports: self.reports.clone(),
@@ -179,7 +181,7 @@ impl Snapshot {
     /// out.
     pub fn pairs(&self, limit: usize) -> (Vec<Pair>, bool) {
         let mut pairs: BTreeMap<(&DeviceId, &DeviceId), (SystemTime, &HeldLink)> = BTreeMap::new();
-        for (device, report) in &self.reports {
+        for (device, report) in self.reports.iter() {
             for link in &report.links {
                 let key = if *device < link.peer {
                     (device, &link.peer)

@@ -577,15 +577,24 @@ impl SignalingHandle {
             .iter()
             .map(|hub| (hub.id.clone(), hub.url.clone()))
             .collect();
-        let remote = lock(&self.state.remote);
+        // Copied out under the lock, read after it: signals and relays
+        // routed through the cluster never wait on a page.
+        let elsewhere = lock(&self.state.remote).all_with_hubs();
+        let urls_of = |hub_ids: &[String]| -> Vec<String> {
+            hub_ids
+                .iter()
+                .filter_map(|hub| peer_urls.get(hub).cloned())
+                .collect()
+        };
+        let elsewhere_hubs: HashMap<&DeviceId, Vec<String>> = elsewhere
+            .iter()
+            .map(|(id, _, hub_ids)| (id, urls_of(hub_ids)))
+            .collect();
         let hubs = |id: &DeviceId, here: bool| -> Vec<String> {
-            let elsewhere = remote
-                .hubs_listing(id)
-                .into_iter()
-                .filter_map(|hub| peer_urls.get(hub).cloned());
+            let others = elsewhere_hubs.get(id).into_iter().flatten().cloned();
             here.then(|| own_url.to_owned())
                 .into_iter()
-                .chain(elsewhere)
+                .chain(others)
                 .collect()
         };
         let mut devices: Vec<ConsoleDevice> = live
@@ -604,21 +613,19 @@ impl SignalingHandle {
         // Devices only the cluster's other hubs list: online while listed.
         let own: std::collections::HashSet<&DeviceId> =
             live.iter().map(|device| &device.registration.id).collect();
-        let elsewhere = remote.all();
         let listed_elsewhere: std::collections::HashSet<DeviceId> =
-            elsewhere.iter().map(|(id, _)| id.clone()).collect();
-        devices.extend(
-            elsewhere
-                .into_iter()
-                .filter(|(id, _)| !own.contains(id))
-                .map(|(id, listed)| ConsoleDevice {
-                    listed,
-                    online: true,
-                    hubs: hubs(&id, false),
-                    counts: None,
-                }),
-        );
-        drop(remote);
+            elsewhere.iter().map(|(id, _, _)| id.clone()).collect();
+        let only_elsewhere: Vec<ConsoleDevice> = elsewhere
+            .iter()
+            .filter(|(id, _, _)| !own.contains(id))
+            .map(|(id, listed, _)| ConsoleDevice {
+                listed: listed.clone(),
+                online: true,
+                hubs: hubs(id, false),
+                counts: None,
+            })
+            .collect();
+        devices.extend(only_elsewhere);
         let departed = departed
             .iter()
             .filter(|device| !listed_elsewhere.contains(&device.registration.id));

@@ -73,17 +73,6 @@ impl RemoteDevices {
         self.freshest(id).map(|(_, device)| device)
     }
 
-    /// The ids of the hubs that list `id`, sorted.
-    pub fn hubs_listing(&self, id: &DeviceId) -> Vec<&str> {
-        let mut hubs: Vec<&str> = self
-            .by_device
-            .get(id)
-            .map(|hubs| hubs.keys().map(String::as_str).collect())
-            .unwrap_or_default();
-        hubs.sort_unstable();
-        hubs
-    }
-
     /// The hub whose listing of `id` is freshest: where its channel most
     /// likely is.
     pub fn hub_of(&self, id: &DeviceId) -> Option<&str> {
@@ -123,6 +112,24 @@ impl RemoteDevices {
     /// The ids listed, unordered, without copying the listings.
     pub fn ids(&self) -> impl Iterator<Item = &DeviceId> {
         self.by_device.keys()
+    }
+
+    /// Every device, sorted by id, with the ids of the hubs that list it
+    /// (sorted): for the web console, copied out so the lock is not held
+    /// while the page is built.
+    pub fn all_with_hubs(&self) -> Vec<(DeviceId, ListedDevice, Vec<String>)> {
+        self.all()
+            .into_iter()
+            .map(|(id, listed)| {
+                let mut hubs: Vec<String> = self
+                    .by_device
+                    .get(&id)
+                    .map(|hubs| hubs.keys().cloned().collect())
+                    .unwrap_or_default();
+                hubs.sort_unstable();
+                (id, listed, hubs)
+            })
+            .collect()
     }
 
     /// Every device, sorted by id.

@@ -141,13 +141,26 @@ fn hub_view(
             }
         })
         .collect();
-    let own_pairs: std::collections::HashSet<(String, String)> = own_links
+    // The peers of this node's own links: a reported pair with one of them
+    // is replaced by the live one.
+    let own_peers: std::collections::HashSet<&str> = own_links
         .iter()
-        .map(|link| (link.a.clone(), link.b.clone()))
+        .map(|link| {
+            if link.a == node {
+                link.b.as_str()
+            } else {
+                link.a.as_str()
+            }
+        })
         .collect();
+    let mine = |pair: &crate::signaling::Pair| {
+        let (a, b) = (pair.a.as_str(), pair.b.as_str());
+        (a == node && own_peers.contains(b)) || (b == node && own_peers.contains(a))
+    };
     let mut links: Vec<LinkView> = console
         .pairs
         .into_iter()
+        .filter(|pair| own_peers.is_empty() || !mine(pair))
         .map(|pair| LinkView {
             a: pair.a.to_string(),
             b: pair.b.to_string(),
@@ -155,13 +168,17 @@ fn hub_view(
             rtt_ms: pair.rtt.map(millis),
             since: pair.since.map(rfc3339),
         })
-        .filter(|link| !own_pairs.contains(&(link.a.clone(), link.b.clone())))
         .collect();
+    let mut truncated = console.pairs_truncated;
     if !own_links.is_empty() {
         links.extend(own_links);
         links.sort_by(|x, y| (&x.a, &x.b).cmp(&(&y.a, &y.b)));
+        if links.len() > MAX_PAIRS {
+            links.truncate(MAX_PAIRS);
+            truncated = true;
+        }
     }
-    (devices, links, console.pairs_truncated)
+    (devices, links, truncated)
 }
 
 /// This hub's URL as the page shows it: the one it advertises to its
@@ -171,14 +188,17 @@ fn hub_url(advertised: Option<String>, listen: std::net::SocketAddr) -> String {
     if let Some(url) = advertised.filter(|url| !url.is_empty()) {
         return url;
     }
-    let host = match listen {
-        addr if addr.ip().is_unspecified() => nix::unistd::gethostname()
+    let address = match listen {
+        std::net::SocketAddr::V6(addr) => format!("[{}]", addr.ip()),
+        std::net::SocketAddr::V4(addr) => addr.ip().to_string(),
+    };
+    let host = match listen.ip().is_unspecified() {
+        true => nix::unistd::gethostname()
             .ok()
             .and_then(|name| name.into_string().ok())
             .filter(|name| !name.is_empty())
-            .unwrap_or_else(|| addr.ip().to_string()),
-        std::net::SocketAddr::V6(addr) => format!("[{}]", addr.ip()),
-        std::net::SocketAddr::V4(addr) => addr.ip().to_string(),
+            .unwrap_or(address),
+        false => address,
     };
     format!("http://{host}:{}", listen.port())
 }

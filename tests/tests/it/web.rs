@@ -165,10 +165,11 @@ fn metrics_count_what_happened_and_pass_promtool() {
     };
     let (protocol, abandoned) = (failures("protocol"), failures("abandoned"));
     drop(std::net::TcpStream::connect(mesh_port).unwrap());
+    // At least: a late dial of the mesh itself may add one of its own.
     wait_until(
         "an abandoned handshake counted",
         Duration::from_secs(10),
-        || (failures("abandoned") == abandoned + 1.0).then_some(()),
+        || (failures("abandoned") >= abandoned + 1.0).then_some(()),
     );
     let mut garbage = std::net::TcpStream::connect(mesh_port).unwrap();
     garbage.write_all(&[0x5a; 300]).unwrap();
@@ -178,7 +179,6 @@ fn metrics_count_what_happened_and_pass_promtool() {
         Duration::from_secs(10),
         || (failures("protocol") == protocol + 1.0).then_some(()),
     );
-    assert_eq!(failures("abandoned"), abandoned + 1.0);
 
     let received = scrape(&b);
     assert_eq!(
@@ -848,7 +848,7 @@ fn a_reload_cannot_open_a_console_beyond_loopback_by_dropping_its_token() {
     // listener stays on 0.0.0.0 until a restart: the reload is refused.
     let config = node
         .config_text()
-        .replace(&format!("0.0.0.0:{port}"), &format!("127.0.0.1:{port}"))
+        .replace(&format!("0.0.0.0:{port}"), "127.0.0.1:0")
         .replace("token = \"tok-wide-1\"", "");
     node.write_config(&config);
     let refused = node.ctl(&["reload"]);
@@ -874,7 +874,8 @@ fn a_reload_cannot_open_a_console_beyond_loopback_by_dropping_its_token() {
     // A restart applies the new listen address, and with it no token.
     node.stop();
     node.restart();
-    assert_eq!(node.web_addr(), web);
-    assert_eq!(http::get(web, "/metrics").status, 200);
+    let local = node.web_addr();
+    assert!(local.ip().is_loopback(), "{local}");
+    assert_eq!(http::get(local, "/metrics").status, 200);
     node.stop();
 }
