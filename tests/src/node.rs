@@ -627,7 +627,12 @@ impl Drop for Node {
         }
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            // MESHD_TEST_LOG_TAIL=N shows more when chasing a failure.
+            let lines = std::env::var("MESHD_TEST_LOG_TAIL")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(40);
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
             eprintln!("---- meshd log tail ({}) ----", self.options.id);
             for line in tail.iter().rev() {
                 eprintln!("{line}");

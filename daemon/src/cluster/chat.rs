@@ -346,9 +346,15 @@ fn deliver(room: &dyn SharedRoom, hub: &str, payload: &[u8]) {
 
 /// The other hubs' presence as the bucket has it, applied to the room only
 /// for hubs in the cluster now (a dead hub's entry stays in the bucket).
+/// Each entry is applied once: when it comes from a live hub, or when its
+/// hub is first heard of later. Applying it again would undo the `JOIN`s
+/// and `LEAVE`s that came through the stream since (presence and lines
+/// travel apart), and a hub that then died would leave its newest users
+/// online at the others for ever.
 #[derive(Default)]
 struct PresenceCache {
-    by_hub: std::collections::HashMap<String, Vec<String>>,
+    /// Each hub's users, and whether the room has them yet.
+    by_hub: std::collections::HashMap<String, (Vec<String>, bool)>,
 }
 
 impl PresenceCache {
@@ -362,16 +368,7 @@ impl PresenceCache {
     ) {
         match entry.operation {
             Operation::Put => match serde_json::from_slice::<Vec<String>>(&entry.value) {
-                Ok(users) => {
-                    if self.by_hub.len() >= super::hubs::MAX_HUBS && !self.by_hub.contains_key(hub)
-                    {
-                        return;
-                    }
-                    if live.iter().any(|known| known == hub) {
-                        room.remote_users(hub, users.clone());
-                    }
-                    self.by_hub.insert(hub.to_owned(), users);
-                }
+                Ok(users) => self.put(room, hub, users, live),
                 Err(error) => {
                     tracing::debug!(role = "cluster", %hub, %error, "chat presence that does not parse; ignored")
                 }
@@ -383,13 +380,28 @@ impl PresenceCache {
         }
     }
 
-    /// Applies what the live hubs said (a hub may be heard of after its
-    /// presence).
-    fn apply(&self, room: &dyn SharedRoom, live: &[String]) {
-        for hub in live {
-            if let Some(users) = self.by_hub.get(hub) {
+    /// Hub `hub` says `users` are logged in there.
+    fn put(&mut self, room: &dyn SharedRoom, hub: &str, users: Vec<String>, live: &[String]) {
+        if self.by_hub.len() >= super::hubs::MAX_HUBS && !self.by_hub.contains_key(hub) {
+            return;
+        }
+        let applied = live.iter().any(|known| known == hub);
+        if applied {
+            room.remote_users(hub, users.clone());
+        }
+        self.by_hub.insert(hub.to_owned(), (users, applied));
+    }
+
+    /// Applies what live hubs said before they were heard of (or before
+    /// they were last taken for gone: the room drops a hub that leaves the
+    /// cluster, so it gets its users again when it is back).
+    fn apply(&mut self, room: &dyn SharedRoom, live: &[String]) {
+        for (hub, (users, applied)) in &mut self.by_hub {
+            let is_live = live.contains(hub);
+            if is_live && !*applied {
                 room.remote_users(hub, users.clone());
             }
+            *applied = is_live;
         }
     }
 }
@@ -509,6 +521,7 @@ mod tests {
     #[derive(Default)]
     struct Room {
         delivered: Mutex<Vec<(String, ChatEvent)>>,
+        presence: Mutex<Vec<(String, Vec<String>)>>,
     }
 
     impl SharedRoom for Room {
@@ -521,7 +534,9 @@ mod tests {
         fn deliver(&self, hub: &str, event: ChatEvent) {
             self.delivered.lock().unwrap().push((hub.to_owned(), event));
         }
-        fn remote_users(&self, _: &str, _: Vec<String>) {}
+        fn remote_users(&self, hub: &str, users: Vec<String>) {
+            self.presence.lock().unwrap().push((hub.to_owned(), users));
+        }
         fn remote_hub_gone(&self, _: &str) {}
         fn remote_hubs_alive(&self, _: &[String]) {}
         fn users(&self) -> Vec<(String, String)> {
@@ -530,6 +545,39 @@ mod tests {
         fn apply_user<'a>(&'a self, _: &'a str, _: Option<&'a str>) -> Answer<'a, ()> {
             Box::pin(async {})
         }
+    }
+
+    #[test]
+    fn a_hubs_presence_is_applied_once_so_later_joins_stand() {
+        let room = Room::default();
+        let mut cache = PresenceCache::default();
+        let live = ["h2".to_owned()];
+        // h2 says nobody is there; then a JOIN comes through the stream
+        // (the room counts it); the periodic recheck must not undo it.
+        cache.put(&room, "h2", Vec::new(), &live);
+        cache.apply(&room, &live);
+        cache.apply(&room, &live);
+        assert_eq!(
+            *room.presence.lock().unwrap(),
+            [("h2".to_owned(), Vec::new())]
+        );
+        // A hub heard of only after its presence gets it then, once.
+        cache.put(&room, "h3", vec!["carol".to_owned()], &live);
+        assert_eq!(room.presence.lock().unwrap().len(), 1, "h3 is not live yet");
+        let both = ["h2".to_owned(), "h3".to_owned()];
+        cache.apply(&room, &both);
+        cache.apply(&room, &both);
+        let applied = room.presence.lock().unwrap().clone();
+        assert_eq!(applied.len(), 2);
+        assert_eq!(applied[1], ("h3".to_owned(), vec!["carol".to_owned()]));
+        // Taken for gone a while (the room dropped its users), then back:
+        // its users again, once.
+        cache.apply(&room, &live);
+        cache.apply(&room, &both);
+        cache.apply(&room, &both);
+        let applied = room.presence.lock().unwrap().clone();
+        assert_eq!(applied.len(), 3);
+        assert_eq!(applied[2], ("h3".to_owned(), vec!["carol".to_owned()]));
     }
 
     fn msg(n: usize) -> ChatEvent {
