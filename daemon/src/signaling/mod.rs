@@ -613,8 +613,6 @@ impl SignalingHandle {
         // Devices only the cluster's other hubs list: online while listed.
         let own: std::collections::HashSet<&DeviceId> =
             live.iter().map(|device| &device.registration.id).collect();
-        let listed_elsewhere: std::collections::HashSet<DeviceId> =
-            elsewhere.iter().map(|(id, _, _)| id.clone()).collect();
         let only_elsewhere: Vec<ConsoleDevice> = elsewhere
             .iter()
             .filter(|(id, _, _)| !own.contains(id))
@@ -628,7 +626,7 @@ impl SignalingHandle {
         devices.extend(only_elsewhere);
         let departed = departed
             .iter()
-            .filter(|device| !listed_elsewhere.contains(&device.registration.id));
+            .filter(|device| !elsewhere_hubs.contains_key(&device.registration.id));
         devices.extend(departed.map(|device| ConsoleDevice {
             listed: api::listed(device),
             online: false,

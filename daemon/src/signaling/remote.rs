@@ -118,18 +118,18 @@ impl RemoteDevices {
     /// (sorted): for the web console, copied out so the lock is not held
     /// while the page is built.
     pub fn all_with_hubs(&self) -> Vec<(DeviceId, ListedDevice, Vec<String>)> {
-        self.all()
-            .into_iter()
-            .map(|(id, listed)| {
-                let mut hubs: Vec<String> = self
-                    .by_device
-                    .get(&id)
-                    .map(|hubs| hubs.keys().cloned().collect())
-                    .unwrap_or_default();
-                hubs.sort_unstable();
-                (id, listed, hubs)
+        let mut all: Vec<(DeviceId, ListedDevice, Vec<String>)> = self
+            .by_device
+            .iter()
+            .filter_map(|(id, hubs)| {
+                let listed = self.listed(id)?.clone();
+                let mut hub_ids: Vec<String> = hubs.keys().cloned().collect();
+                hub_ids.sort_unstable();
+                Some((id.clone(), listed, hub_ids))
             })
-            .collect()
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Every device, sorted by id.

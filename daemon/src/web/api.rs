@@ -188,19 +188,16 @@ fn hub_url(advertised: Option<String>, listen: std::net::SocketAddr) -> String {
     if let Some(url) = advertised.filter(|url| !url.is_empty()) {
         return url;
     }
-    let address = match listen {
-        std::net::SocketAddr::V6(addr) => format!("[{}]", addr.ip()),
-        std::net::SocketAddr::V4(addr) => addr.ip().to_string(),
-    };
-    let host = match listen.ip().is_unspecified() {
-        true => nix::unistd::gethostname()
+    let host_name = || {
+        nix::unistd::gethostname()
             .ok()
             .and_then(|name| name.into_string().ok())
             .filter(|name| !name.is_empty())
-            .unwrap_or(address),
-        false => address,
     };
-    format!("http://{host}:{}", listen.port())
+    match listen.ip().is_unspecified().then(host_name).flatten() {
+        Some(name) => format!("http://{name}:{}", listen.port()),
+        None => format!("http://{listen}"),
+    }
 }
 
 /// A device's own view: its roster, and its links.
