@@ -42,7 +42,13 @@ impl HttpResponse {
 
 /// Sends raw request bytes and reads the response until the server closes.
 pub fn raw(addr: SocketAddr, request: &[u8]) -> HttpResponse {
-    let mut stream = TcpStream::connect(addr).expect("connecting to the signaling server");
+    let stream = TcpStream::connect(addr).expect("connecting to the signaling server");
+    over(stream, request)
+}
+
+/// Sends raw request bytes on a connected `stream` (one bound to a chosen
+/// source address, say) and reads the response until the server closes.
+pub fn over(mut stream: TcpStream, request: &[u8]) -> HttpResponse {
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("read timeout");
@@ -62,6 +68,17 @@ pub fn request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> HttpResponse {
+    raw(addr, &request_bytes(addr, method, path, headers, body))
+}
+
+/// The bytes of [`request`].
+pub fn request_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -72,7 +89,7 @@ pub fn request(
     head.push_str("\r\n");
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(body);
-    raw(addr, &bytes)
+    bytes
 }
 
 /// `GET path`.

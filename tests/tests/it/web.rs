@@ -497,26 +497,17 @@ fn guessing_the_token_through_the_login_is_slowed() {
     );
     // Another client address is not held off by this one's guessing: the
     // right token from 127.0.0.2 logs in at once.
-    let from_elsewhere = crate::hub_client::runtime().block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        let mut stream = socket.connect(web).await.unwrap();
-        let body = "token=tok-guess-me";
-        let head = format!(
-            "POST /login HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
-    });
-    assert!(
-        from_elsewhere.starts_with("HTTP/1.1 303"),
-        "{from_elsewhere}"
-    );
+    let elsewhere = crate::hub_client::runtime()
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind("127.0.0.2:0".parse().unwrap())?;
+            socket.connect(web).await?.into_std()
+        })
+        .unwrap();
+    elsewhere.set_nonblocking(false).unwrap();
+    let login = http::request_bytes(web, "POST", "/login", &form, b"token=tok-guess-me");
+    let from_elsewhere = http::over(elsewhere, &login);
+    assert_eq!(from_elsewhere.status, 303, "{from_elsewhere:?}");
     // The bearer header is not slowed by the login's guesses.
     let bearer = http::request(
         web,
